@@ -1,0 +1,185 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/storage"
+)
+
+// Defaults match `sandq dev`, so producers and workers need no flags
+// against the local stack. Production sets every credential.
+const (
+	defaultRedisAddr  = "127.0.0.1:6379"
+	defaultS3Endpoint = "127.0.0.1:9000"
+	defaultAccessKey  = "sandq"
+	defaultSecretKey  = "sandq-dev-secret"
+	defaultBucket     = "sandq"
+)
+
+func env(name string) []string { return []string{"SANDQ_" + name} }
+
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "redis-addr", Value: defaultRedisAddr, EnvVars: env("REDIS_ADDR"), Usage: "Redis host:port"},
+		&cli.StringFlag{Name: "redis-username", EnvVars: env("REDIS_USERNAME"), Usage: "Redis ACL user"},
+		&cli.StringFlag{Name: "redis-password", EnvVars: env("REDIS_PASSWORD"), Usage: "Redis password"},
+		&cli.IntFlag{Name: "redis-db", EnvVars: env("REDIS_DB"), Usage: "Redis database number"},
+		&cli.StringFlag{Name: "s3-endpoint", Value: defaultS3Endpoint, EnvVars: env("S3_ENDPOINT"), Usage: "S3 API host:port"},
+		&cli.StringFlag{Name: "s3-public-endpoint", EnvVars: env("S3_PUBLIC_ENDPOINT"), Usage: "host:port written into presigned links (default: --s3-endpoint)"},
+		&cli.BoolFlag{Name: "s3-secure", EnvVars: env("S3_SECURE"), Usage: "use https to reach S3"},
+		&cli.StringFlag{Name: "s3-access-key", Value: defaultAccessKey, EnvVars: env("S3_ACCESS_KEY"), Usage: "S3 access key"},
+		&cli.StringFlag{Name: "s3-secret-key", Value: defaultSecretKey, EnvVars: env("S3_SECRET_KEY"), Usage: "S3 secret key"},
+		&cli.StringFlag{Name: "s3-bucket", Value: defaultBucket, EnvVars: env("S3_BUCKET"), Usage: "bucket for inputs, outputs and logs"},
+		&cli.StringFlag{Name: "s3-region", Value: "us-east-1", EnvVars: env("S3_REGION"), Usage: "S3 region (set, so presigning needs no request)"},
+		&cli.StringFlag{Name: "queue", Value: "default", EnvVars: env("QUEUE"), Usage: "queue for jobs that name none"},
+		&cli.DurationFlag{Name: "default-timeout", Value: 5 * time.Minute, EnvVars: env("DEFAULT_TIMEOUT")},
+		&cli.DurationFlag{Name: "max-timeout", Value: time.Hour, EnvVars: env("MAX_TIMEOUT")},
+		&cli.StringFlag{Name: "default-memory", Value: "2GiB", EnvVars: env("DEFAULT_MEMORY")},
+		&cli.StringFlag{Name: "max-memory", Value: "8GiB", EnvVars: env("MAX_MEMORY")},
+		&cli.StringFlag{Name: "default-disk", Value: "2GiB", EnvVars: env("DEFAULT_DISK")},
+		&cli.StringFlag{Name: "max-disk", Value: "10GiB", EnvVars: env("MAX_DISK")},
+		&cli.StringFlag{Name: "default-output-size", Value: "512MiB", EnvVars: env("DEFAULT_OUTPUT_SIZE")},
+		&cli.StringFlag{Name: "max-output-size", Value: "2GiB", EnvVars: env("MAX_OUTPUT_SIZE")},
+		&cli.IntFlag{Name: "default-output-files", Value: 1000, EnvVars: env("DEFAULT_OUTPUT_FILES")},
+		&cli.IntFlag{Name: "max-output-files", Value: 10000, EnvVars: env("MAX_OUTPUT_FILES")},
+		&cli.IntFlag{Name: "max-inputs", Value: 100, EnvVars: env("MAX_INPUTS")},
+		&cli.StringFlag{Name: "max-input-size", Value: "1GiB", EnvVars: env("MAX_INPUT_SIZE"), Usage: "largest input file"},
+		&cli.StringFlag{Name: "max-inputs-size", Value: "4GiB", EnvVars: env("MAX_INPUTS_SIZE"), Usage: "all inputs of a job together"},
+		&cli.StringFlag{Name: "max-script-size", Value: "1MiB", EnvVars: env("MAX_SCRIPT_SIZE")},
+		&cli.IntFlag{Name: "max-retry", Value: 3, EnvVars: env("MAX_RETRY"), Usage: "retries of a job the system could not run"},
+		&cli.DurationFlag{Name: "result-retention", Value: 7 * 24 * time.Hour, EnvVars: env("RESULT_RETENTION")},
+		&cli.DurationFlag{Name: "link-expiry", Value: 24 * time.Hour, EnvVars: env("LINK_EXPIRY"), Usage: "life of presigned links (at most 168h)"},
+		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
+	}
+}
+
+func workerFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.IntFlag{Name: "concurrency", EnvVars: env("CONCURRENCY"), Usage: "jobs run at once (default: number of CPUs)"},
+		&cli.StringFlag{Name: "queues", Value: "default=1", EnvVars: env("QUEUES"), Usage: "queues and priorities, q=n,..."},
+		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/sandq", EnvVars: env("STATE_DIR"), Usage: "sandbox scratch space and runsc state"},
+		&cli.StringFlag{Name: "runsc", Value: "runsc", EnvVars: env("RUNSC"), Usage: "runsc binary"},
+		&cli.StringFlag{Name: "platform", Value: "systrap", EnvVars: env("PLATFORM"), Usage: "runsc platform"},
+		&cli.StringFlag{Name: "image-dir", EnvVars: env("IMAGE_DIR"), Usage: "image directory (default: STATE_DIR/images)"},
+		&cli.StringFlag{Name: "image", Value: "default", EnvVars: env("IMAGE"), Usage: "image jobs run on"},
+		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
+		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
+	}
+}
+
+func newLogger(c *cli.Context) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// loadConfig maps flags and SANDQ_* variables onto jobs.Config.
+func loadConfig(c *cli.Context) (jobs.Config, error) {
+	cfg := jobs.Config{
+		RedisAddr: c.String("redis-addr"), RedisUsername: c.String("redis-username"),
+		RedisPassword: c.String("redis-password"), RedisDB: c.Int("redis-db"),
+		Storage: storage.Config{
+			Endpoint: c.String("s3-endpoint"), PublicEndpoint: c.String("s3-public-endpoint"),
+			AccessKey: c.String("s3-access-key"), SecretKey: c.String("s3-secret-key"),
+			Bucket: c.String("s3-bucket"), Region: c.String("s3-region"), Secure: c.Bool("s3-secure"),
+		},
+		Queue:           c.String("queue"),
+		MaxInputs:       c.Int("max-inputs"),
+		MaxRetry:        c.Int("max-retry"),
+		ResultRetention: c.Duration("result-retention"),
+		LinkExpiry:      c.Duration("link-expiry"),
+	}
+	cfg.DefaultLimits.Timeout = c.Duration("default-timeout")
+	cfg.MaxLimits.Timeout = c.Duration("max-timeout")
+	cfg.DefaultLimits.OutputFiles = c.Int("default-output-files")
+	cfg.MaxLimits.OutputFiles = c.Int("max-output-files")
+	sizes := []struct {
+		flag string
+		dst  *int64
+	}{
+		{"default-memory", &cfg.DefaultLimits.Memory}, {"max-memory", &cfg.MaxLimits.Memory},
+		{"default-disk", &cfg.DefaultLimits.Disk}, {"max-disk", &cfg.MaxLimits.Disk},
+		{"default-output-size", &cfg.DefaultLimits.OutputBytes}, {"max-output-size", &cfg.MaxLimits.OutputBytes},
+		{"max-input-size", &cfg.MaxInputBytes}, {"max-inputs-size", &cfg.MaxInputsTotal}, {"max-script-size", &cfg.MaxScriptBytes},
+	}
+	if hasFlag(c, "log-size") {
+		sizes = append(sizes, struct {
+			flag string
+			dst  *int64
+		}{"log-size", &cfg.Worker.LogBytes})
+	}
+	for _, s := range sizes {
+		v, err := jobs.ParseSize(c.String(s.flag))
+		if err != nil {
+			return cfg, fmt.Errorf("--%s: %w", s.flag, err)
+		}
+		*s.dst = v
+	}
+	if hasFlag(c, "state-dir") {
+		w := &cfg.Worker
+		w.Concurrency = c.Int("concurrency")
+		w.StateDir = c.String("state-dir")
+		w.Runsc = c.String("runsc")
+		w.Platform = c.String("platform")
+		w.ImageDir = c.String("image-dir")
+		w.Image = c.String("image")
+		w.ShutdownGrace = c.Duration("shutdown-grace")
+		q, err := parseQueues(c.String("queues"))
+		if err != nil {
+			return cfg, err
+		}
+		w.Queues = q
+	}
+	cfg = cfg.WithDefaults()
+	return cfg, cfg.Validate()
+}
+
+func hasFlag(c *cli.Context, name string) bool {
+	for _, n := range c.FlagNames() {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func parseQueues(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, prio, found := strings.Cut(part, "=")
+		p := 1
+		if found {
+			n, err := strconv.Atoi(prio)
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("--queues: priority of %s must be a whole number >= 1", name)
+			}
+			p = n
+		}
+		if err := jobs.CheckQueue(name); err != nil {
+			return nil, fmt.Errorf("--queues: %w", err)
+		}
+		out[name] = p
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--queues: no queue named")
+	}
+	return out, nil
+}
+
+func newStore(cfg jobs.Config) (*storage.Store, error) {
+	return storage.New(cfg.Storage)
+}

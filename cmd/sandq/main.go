@@ -1,0 +1,128 @@
+// Command sandq submits analysis jobs, runs workers that execute them in
+// gVisor sandboxes, and runs a local stack for development.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// Exit codes.
+const (
+	exitJobNotSucceeded = 1
+	exitError           = 2
+)
+
+func main() {
+	app := &cli.App{
+		Name:  "sandq",
+		Usage: "run untrusted analysis scripts in fresh gVisor sandboxes, queued in Redis, outputs in S3",
+		Flags: globalFlags(),
+		Commands: []*cli.Command{
+			enqueueCommand(),
+			statusCommand(),
+			waitCommand(),
+			cancelCommand(),
+			workerCommand(),
+			devCommand(),
+			imageCommand(),
+		},
+		ExitErrHandler: func(c *cli.Context, err error) {},
+	}
+	if err := app.Run(permuteArgs(app, os.Args)); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			if msg := err.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, "sandq:", msg)
+			}
+			os.Exit(ec.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "sandq:", err)
+		os.Exit(exitError)
+	}
+}
+
+// permuteArgs moves a command's flags in front of its positional arguments,
+// so that `sandq enqueue script.py --input data.csv` works: urfave/cli v2
+// stops parsing flags at the first positional argument. "--" ends flags.
+func permuteArgs(app *cli.App, args []string) []string {
+	out := append([]string{}, args[0])
+	i := 1
+	// Global flags come before the command.
+	cmds := app.Commands
+	var cmd *cli.Command
+	for i < len(args) {
+		a := args[i]
+		if strings.HasPrefix(a, "-") {
+			out = append(out, a)
+			if takesValue(app.Flags, a) && !strings.Contains(a, "=") && i+1 < len(args) {
+				out = append(out, args[i+1])
+				i++
+			}
+			i++
+			continue
+		}
+		next := findCommand(cmds, a)
+		if next == nil {
+			break
+		}
+		cmd = next
+		out = append(out, a)
+		cmds = next.Subcommands
+		i++
+		if len(cmds) == 0 {
+			break
+		}
+	}
+	if cmd == nil {
+		return append(out, args[i:]...)
+	}
+	var flags, positional []string
+	for i < len(args) {
+		a := args[i]
+		switch {
+		case a == "--":
+			positional = append(positional, args[i:]...)
+			i = len(args)
+			continue
+		case strings.HasPrefix(a, "-") && a != "-":
+			flags = append(flags, a)
+			if takesValue(cmd.Flags, a) && !strings.Contains(a, "=") && i+1 < len(args) {
+				flags = append(flags, args[i+1])
+				i++
+			}
+		default:
+			positional = append(positional, a)
+		}
+		i++
+	}
+	return append(append(out, flags...), positional...)
+}
+
+func findCommand(cmds []*cli.Command, name string) *cli.Command {
+	for _, c := range cmds {
+		if c.HasName(name) {
+			return c
+		}
+	}
+	return nil
+}
+
+// takesValue reports whether the flag arg (like --input or -i) is a known
+// flag that takes a value.
+func takesValue(flags []cli.Flag, arg string) bool {
+	name := strings.TrimLeft(arg, "-")
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				_, isBool := f.(*cli.BoolFlag)
+				return !isBool
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,320 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/sandq/sandq/jobs"
+)
+
+func enqueueCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "enqueue",
+		Usage:     "upload a script and its inputs and queue it as a job",
+		ArgsUsage: "SCRIPT",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "input file, mounted at /mnt/inputs/<base name>; NAME=PATH names it (repeatable)"},
+			&cli.StringSliceFlag{Name: "arg", Usage: "argument to the script (repeatable)"},
+			&cli.StringSliceFlag{Name: "env", Usage: "environment variable K=V (repeatable)"},
+			&cli.StringFlag{Name: "runtime", Usage: "python, node or shell (default: from the script's extension)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "wall-clock limit (default: the configured default)"},
+			&cli.StringFlag{Name: "memory", Usage: "memory limit, e.g. 512MiB"},
+			&cli.StringFlag{Name: "disk", Usage: "size of the sandbox's writable root, e.g. 1GiB"},
+			&cli.StringFlag{Name: "output-size", Usage: "total bytes the job may write to /mnt/outputs"},
+			&cli.IntFlag{Name: "output-files", Usage: "entries the job may create in /mnt/outputs"},
+			&cli.StringFlag{Name: "idempotency-key", Usage: "enqueueing twice with one key returns the first job"},
+			&cli.BoolFlag{Name: "wait", Usage: "follow the job and print its result"},
+			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("enqueue takes exactly one SCRIPT", exitError)
+			}
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			sub, err := submissionFromFlags(c, cfg)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			client, closeFn, err := newClient(c, cfg)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			defer closeFn()
+			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			enq, err := client.Enqueue(ctx, sub)
+			if err != nil {
+				return cli.Exit(fmt.Errorf("job refused: %w", err), exitError)
+			}
+			if enq.Existing {
+				fmt.Fprintf(os.Stderr, "job %s already exists for idempotency key %q; not enqueued again\n", enq.ID, sub.IdempotencyKey)
+			}
+			if !c.Bool("wait") {
+				if c.Bool("json") {
+					return printJSON(c.App.Writer, enq)
+				}
+				fmt.Fprintln(c.App.Writer, enq.ID)
+				return nil
+			}
+			if !c.Bool("json") {
+				fmt.Fprintf(os.Stderr, "job %s queued on %s\n", enq.ID, enq.Queue)
+			}
+			return follow(ctx, c, client, enq.ID)
+		},
+	}
+}
+
+func submissionFromFlags(c *cli.Context, cfg jobs.Config) (jobs.Submission, error) {
+	script, err := jobs.LocalFile(c.Args().First(), "")
+	if err != nil {
+		return jobs.Submission{}, fmt.Errorf("script: %w", err)
+	}
+	sub := jobs.Submission{
+		Script: script, Runtime: c.String("runtime"), Args: c.StringSlice("arg"),
+		Queue: c.String("queue"), IdempotencyKey: c.String("idempotency-key"),
+	}
+	for _, in := range c.StringSlice("input") {
+		path, name := in, ""
+		if _, err := os.Stat(in); err != nil {
+			if n, p, ok := strings.Cut(in, "="); ok {
+				path, name = p, n
+			}
+		}
+		f, err := jobs.LocalFile(path, name)
+		if err != nil {
+			return sub, fmt.Errorf("input: %w", err)
+		}
+		sub.Inputs = append(sub.Inputs, f)
+	}
+	if kvs := c.StringSlice("env"); len(kvs) > 0 {
+		sub.Env = map[string]string{}
+		for _, kv := range kvs {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return sub, fmt.Errorf("env: %q is not K=V", kv)
+			}
+			sub.Env[k] = v
+		}
+	}
+	sub.Limits.TimeoutSeconds = c.Duration("timeout").Seconds()
+	for _, s := range []struct {
+		flag string
+		dst  *int64
+	}{{"memory", &sub.Limits.MemoryBytes}, {"disk", &sub.Limits.DiskBytes}, {"output-size", &sub.Limits.OutputBytes}} {
+		if v := c.String(s.flag); v != "" {
+			n, err := jobs.ParseSize(v)
+			if err != nil {
+				return sub, fmt.Errorf("--%s: %w", s.flag, err)
+			}
+			if n == 0 {
+				return sub, fmt.Errorf("--%s: must be more than 0", s.flag)
+			}
+			*s.dst = n
+		}
+	}
+	sub.Limits.OutputFiles = c.Int("output-files")
+	return sub, nil
+}
+
+func newClient(c *cli.Context, cfg jobs.Config) (*jobs.Client, func(), error) {
+	store, err := newStore(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := jobs.NewClient(cfg, store, newLogger(c))
+	if err != nil {
+		return nil, nil, err
+	}
+	return client, func() { client.Close() }, nil
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show a job's state, and its result when it is done",
+		ArgsUsage: "ID",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON: the result document when done, the state otherwise"}},
+		Action: func(c *cli.Context) error {
+			return withJob(c, func(ctx context.Context, client *jobs.Client, id string) error {
+				st, err := client.Status(ctx, id)
+				if err != nil {
+					return cli.Exit(err, exitError)
+				}
+				return printStatus(c, st)
+			})
+		},
+	}
+}
+
+func waitCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "wait",
+		Usage:     "wait for a job to finish and print its result",
+		ArgsUsage: "ID",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print the result document as JSON"}},
+		Action: func(c *cli.Context) error {
+			return withJob(c, func(ctx context.Context, client *jobs.Client, id string) error {
+				return follow(ctx, c, client, id)
+			})
+		},
+	}
+}
+
+func cancelCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "cancel",
+		Usage:     "remove a pending job, or kill a running job's sandbox (it ends canceled)",
+		ArgsUsage: "ID",
+		Action: func(c *cli.Context) error {
+			return withJob(c, func(ctx context.Context, client *jobs.Client, id string) error {
+				out, err := client.Cancel(ctx, id)
+				if err != nil {
+					return cli.Exit(err, exitError)
+				}
+				switch out {
+				case jobs.CancelRemoved:
+					fmt.Fprintf(c.App.Writer, "job %s removed from its queue before it started\n", id)
+				case jobs.CancelSignalled:
+					fmt.Fprintf(c.App.Writer, "job %s is being killed; it will end canceled\n", id)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+func withJob(c *cli.Context, fn func(context.Context, *jobs.Client, string) error) error {
+	if c.NArg() != 1 {
+		return cli.Exit(c.Command.Name+" takes exactly one job ID", exitError)
+	}
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return cli.Exit(err, exitError)
+	}
+	client, closeFn, err := newClient(c, cfg)
+	if err != nil {
+		return cli.Exit(err, exitError)
+	}
+	defer closeFn()
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return fn(ctx, client, c.Args().First())
+}
+
+// follow waits for a job, showing a live state line on a terminal, prints
+// its result and exits non-zero unless it succeeded.
+func follow(ctx context.Context, c *cli.Context, client *jobs.Client, id string) error {
+	start := time.Now()
+	live := term.IsTerminal(int(os.Stderr.Fd()))
+	var last jobs.State
+	st, err := client.Wait(ctx, id, func(st *jobs.JobStatus) {
+		if live {
+			fmt.Fprintf(os.Stderr, "\r\033[K%s  %-9s %5.1fs", id, st.State, time.Since(start).Seconds())
+		} else if st.State != last && !c.Bool("json") {
+			fmt.Fprintf(os.Stderr, "%s %s\n", id, st.State)
+		}
+		last = st.State
+	})
+	if live {
+		fmt.Fprintln(os.Stderr)
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return cli.Exit(fmt.Sprintf("stopped waiting; job %s goes on (sandq status %s)", id, id), exitError)
+		}
+		return cli.Exit(err, exitError)
+	}
+	return printStatus(c, st)
+}
+
+func printStatus(c *cli.Context, st *jobs.JobStatus) error {
+	w := c.App.Writer
+	if c.Bool("json") {
+		var err error
+		if st.Result != nil {
+			err = printJSON(w, st.Result)
+		} else {
+			err = printJSON(w, st)
+		}
+		if err != nil {
+			return err
+		}
+	} else {
+		printHuman(w, st)
+	}
+	if st.State == jobs.StateDone && !st.Result.Status.Succeeded() {
+		return cli.Exit("", exitJobNotSucceeded)
+	}
+	return nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func printHuman(w io.Writer, st *jobs.JobStatus) {
+	fmt.Fprintf(w, "job      %s (queue %s)\n", st.ID, st.Queue)
+	if st.State != jobs.StateDone {
+		fmt.Fprintf(w, "state    %s\n", st.State)
+		if st.LastError != "" {
+			fmt.Fprintf(w, "retried  %d of %d; last error: %s\n", st.Retried, st.MaxRetry, st.LastError)
+		}
+		if !st.NextAttemptAt.IsZero() {
+			fmt.Fprintf(w, "next     %s\n", st.NextAttemptAt.Format(time.RFC3339))
+		}
+		return
+	}
+	r := st.Result
+	fmt.Fprintf(w, "status   %s\n", r.Status)
+	if r.ExitCode != nil {
+		fmt.Fprintf(w, "exit     %d\n", *r.ExitCode)
+	}
+	if r.Signal != "" {
+		fmt.Fprintf(w, "signal   %s\n", r.Signal)
+	}
+	if r.Reason != "" {
+		fmt.Fprintf(w, "reason   %s\n", r.Reason)
+	}
+	fmt.Fprintf(w, "duration %s (attempt %d)\n", time.Duration(r.DurationMS)*time.Millisecond, r.Attempt)
+	for _, l := range []struct {
+		name string
+		doc  *jobs.LogDoc
+	}{{"stdout", r.Stdout}, {"stderr", r.Stderr}} {
+		if l.doc == nil || l.doc.Bytes == 0 {
+			continue
+		}
+		note := ""
+		if l.doc.Truncated {
+			note = fmt.Sprintf(", last %d shown", len(l.doc.Tail))
+		}
+		fmt.Fprintf(w, "--- %s (%d bytes%s) %s\n%s", l.name, l.doc.Bytes, note, l.doc.URL, l.doc.Tail)
+		if !strings.HasSuffix(l.doc.Tail, "\n") {
+			fmt.Fprintln(w)
+		}
+	}
+	if len(r.Outputs) > 0 {
+		fmt.Fprintf(w, "--- outputs (links expire %s)\n", r.Outputs[0].ExpiresAt.Format(time.RFC3339))
+	}
+	for _, o := range r.Outputs {
+		fmt.Fprintf(w, "%s  %s  sha256:%s\n  %s\n", o.Path, jobs.FormatSize(o.Size), o.SHA256, o.URL)
+	}
+	for _, s := range r.SkippedOutputs {
+		fmt.Fprintf(w, "skipped %s (%s): %s\n", s.Path, s.Type, s.Reason)
+	}
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/jobs"
+)
+
+func workerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "worker",
+		Usage: "run jobs from Redis in fresh gVisor sandboxes (as root)",
+		Flags: workerFlags(),
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			logger := newLogger(c)
+			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if _, err := image.Path(cfg.Worker.ImageDir, cfg.Worker.Image); err != nil {
+				return cli.Exit(err, exitError)
+			}
+			store, err := newStore(cfg)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			if err := store.EnsureBucket(ctx); err != nil {
+				return cli.Exit(fmt.Errorf("object store at %s: %w", cfg.Storage.Endpoint, err), exitError)
+			}
+			runner, err := executor.NewRunscRunner(ctx, executor.RunscConfig{
+				Runsc: cfg.Worker.Runsc, Platform: cfg.Worker.Platform, StateDir: cfg.Worker.StateDir, Logger: logger,
+			})
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			defer runner.Close(context.Background())
+			w, err := jobs.NewWorker(cfg, runner, store, logger)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			if err := w.Start(ctx); err != nil {
+				return cli.Exit(err, exitError)
+			}
+			<-ctx.Done()
+			logger.Info("stopping: running jobs get the grace period", "grace", cfg.Worker.ShutdownGrace)
+			w.Shutdown()
+			return nil
+		},
+	}
+}
+
+func devCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "dev",
+		Usage: "run Redis, MinIO and one worker on this host, with all data under one directory",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "data-dir", EnvVars: env("DEV_DIR"), Usage: "where the stack keeps its data (default: $XDG_DATA_HOME/sandq/dev)"},
+			&cli.IntFlag{Name: "minio-console-port", Value: 9001, Usage: "port of MinIO's web console"},
+		},
+		Action: func(c *cli.Context) error {
+			cfg, err := loadConfig(c)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			logger := newLogger(c)
+			dir := c.String("data-dir")
+			if dir == "" {
+				base := os.Getenv("XDG_DATA_HOME")
+				if base == "" {
+					home, _ := os.UserHomeDir()
+					base = filepath.Join(home, ".local", "share")
+				}
+				dir = filepath.Join(base, "sandq", "dev")
+			}
+			redisPort, err := portOf(cfg.RedisAddr)
+			if err != nil {
+				return cli.Exit(fmt.Errorf("--redis-addr: %w", err), exitError)
+			}
+			minioPort, err := portOf(cfg.Storage.Endpoint)
+			if err != nil {
+				return cli.Exit(fmt.Errorf("--s3-endpoint: %w", err), exitError)
+			}
+			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			stack, err := devstack.Start(ctx, devstack.Options{
+				Dir: dir, RedisPort: redisPort, MinioPort: minioPort, MinioConsolePort: c.Int("minio-console-port"),
+				AccessKey: cfg.Storage.AccessKey, SecretKey: cfg.Storage.SecretKey, AppendOnly: true, Logger: logger,
+			})
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			defer stack.Stop()
+			store, err := newStore(cfg)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			if err := store.EnsureBucket(ctx); err != nil {
+				return cli.Exit(err, exitError)
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			workerLog := filepath.Join(dir, "logs", "worker.log")
+			logf, err := os.OpenFile(workerLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			defer logf.Close()
+			// The worker gets this process's flags through the environment.
+			worker := exec.Command(self, "worker")
+			worker.Env = append(os.Environ(),
+				"SANDQ_REDIS_ADDR="+cfg.RedisAddr, "SANDQ_S3_ENDPOINT="+cfg.Storage.Endpoint,
+				"SANDQ_S3_ACCESS_KEY="+cfg.Storage.AccessKey, "SANDQ_S3_SECRET_KEY="+cfg.Storage.SecretKey,
+				"SANDQ_S3_BUCKET="+cfg.Storage.Bucket, "SANDQ_LOG_LEVEL="+c.String("log-level"))
+			worker.Stdout, worker.Stderr = logf, logf
+			worker.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+			if err := worker.Start(); err != nil {
+				return cli.Exit(fmt.Errorf("start worker: %w", err), exitError)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- worker.Wait() }()
+			fmt.Fprintf(c.App.Writer, `sandq dev is running (Ctrl-C stops it)
+  redis          %s
+  minio (S3)     %s  bucket %s
+  minio console  http://%s  (user %s)
+  worker         pid %d, log %s
+  data           %s
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, dir)
+			select {
+			case <-ctx.Done():
+				worker.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-exited:
+				case <-time.After(cfg.Worker.ShutdownGrace + 40*time.Second):
+					worker.Process.Kill()
+					<-exited
+				}
+				fmt.Fprintln(c.App.Writer, "sandq dev stopped")
+				return nil
+			case err := <-exited:
+				return cli.Exit(fmt.Errorf("worker exited (%v); see %s", err, workerLog), exitError)
+			}
+		},
+	}
+}
+
+func portOf(addr string) (int, error) {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(p)
+}
+
+func imageCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "image",
+		Usage: "manage sandbox images",
+		Subcommands: []*cli.Command{{
+			Name:      "build",
+			Usage:     "build an image from Debian packages with debootstrap (skipped when nothing changed)",
+			ArgsUsage: "NAME",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "packages-file", Required: true, Usage: "package names, whitespace-separated, # comments"},
+				&cli.StringFlag{Name: "image-dir", Value: "/var/lib/sandq/images", EnvVars: env("IMAGE_DIR")},
+				&cli.StringFlag{Name: "mirror", EnvVars: env("DEBIAN_MIRROR"), Usage: "Debian mirror (default: the host's configured one)"},
+				&cli.StringFlag{Name: "suite", Value: "bookworm"},
+				&cli.BoolFlag{Name: "force", Usage: "rebuild even if up to date"},
+			},
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return cli.Exit("image build takes exactly one NAME", exitError)
+				}
+				pkgs, err := image.ReadPackagesFile(c.String("packages-file"))
+				if err != nil {
+					return cli.Exit(err, exitError)
+				}
+				start := time.Now()
+				img, err := image.Build(c.Context, image.BuildOptions{
+					Name: c.Args().First(), Dir: c.String("image-dir"), Packages: pkgs, Suite: c.String("suite"),
+					Mirror: c.String("mirror"), Force: c.Bool("force"), Logger: newLogger(c),
+				})
+				if err != nil {
+					return cli.Exit(err, exitError)
+				}
+				state := "built"
+				if img.Cached {
+					state = "up to date"
+				}
+				fmt.Fprintf(c.App.Writer, "image %s %s in %.1fs: %s (stamp %s)\n", img.Name, state, time.Since(start).Seconds(), img.Rootfs, img.Stamp[:16])
+				return nil
+			},
+		}},
+	}
+}

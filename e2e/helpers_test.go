@@ -1,0 +1,18 @@
+package e2e
+
+import (
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/executor"
+)
+
+func redisClient(t *testing.T) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: env.stack.RedisAddr})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func mountsUnder(dir string) ([]string, error) { return executor.MountsUnder(dir) }

@@ -1,0 +1,452 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sandq/sandq/jobs"
+)
+
+func file(t *testing.T, name, body string) jobs.File {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), filepath.Base(name))
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := jobs.LocalFile(p, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func submit(t *testing.T, sub jobs.Submission) *jobs.Enqueued {
+	t.Helper()
+	enq, err := env.client.Enqueue(context.Background(), sub)
+	if err != nil {
+		t.Fatalf("enqueue: %v", err)
+	}
+	return enq
+}
+
+func waitResult(t *testing.T, id string, limit time.Duration) *jobs.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	st, err := env.client.Wait(ctx, id, nil)
+	if err != nil {
+		t.Fatalf("wait for %s: %v (last state %+v)", id, err, st)
+	}
+	return st.Result
+}
+
+func runJob(t *testing.T, sub jobs.Submission) *jobs.Result {
+	t.Helper()
+	return waitResult(t, submit(t, sub).ID, 3*time.Minute)
+}
+
+func download(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return b
+}
+
+func wantStatus(t *testing.T, r *jobs.Result, want jobs.Status) {
+	t.Helper()
+	if r.Status != want {
+		t.Fatalf("status %s (reason %q, exit %v), want %s\nstdout: %s\nstderr: %s", r.Status, r.Reason, r.ExitCode, want, r.Stdout.Tail, r.Stderr.Tail)
+	}
+}
+
+func TestPythonJobReadsInputWritesOutputs(t *testing.T) {
+	script := file(t, "analyse.py", `
+import hashlib, json, os, sys
+data = open(os.path.join(os.environ["INPUT_DIR"], "numbers.csv")).read()
+nums = [int(x) for x in data.split()]
+out = os.environ["OUTPUT_DIR"]
+open(os.path.join(out, "sum.txt"), "w").write(str(sum(nums)) + "\n")
+os.makedirs(os.path.join(out, "nested"))
+json.dump({"count": len(nums), "args": sys.argv[1:]}, open(os.path.join(out, "nested", "stats.json"), "w"))
+print("env:", ",".join(sorted(os.environ)))
+print("proc environ:", open("/proc/self/environ", "rb").read().replace(b"\0", b";").decode())
+print("cwd:", os.getcwd(), "uid:", os.getuid())
+`)
+	r := runJob(t, jobs.Submission{Script: script, Inputs: []jobs.File{file(t, "numbers.csv", "1\n2\n3\n4\n")}, Args: []string{"--flag", "two words"}, Env: map[string]string{"MY_SETTING": "x"}})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	if r.ExitCode == nil || *r.ExitCode != 0 {
+		t.Fatalf("exit code %v", r.ExitCode)
+	}
+	if len(r.Outputs) != 2 {
+		t.Fatalf("outputs %+v", r.Outputs)
+	}
+	want := map[string]string{"sum.txt": "10\n", "nested/stats.json": `{"count": 4, "args": ["--flag", "two words"]}`}
+	for _, o := range r.Outputs {
+		body := download(t, o.URL)
+		sum := sha256.Sum256(body)
+		if hex.EncodeToString(sum[:]) != o.SHA256 || int64(len(body)) != o.Size {
+			t.Errorf("%s: downloaded %d bytes with sha256 %x; result says %d bytes, %s", o.Path, len(body), sum, o.Size, o.SHA256)
+		}
+		if string(body) != want[o.Path] {
+			t.Errorf("%s = %q, want %q", o.Path, body, want[o.Path])
+		}
+		if o.ExpiresAt.Before(time.Now().Add(23*time.Hour)) || o.URL == "" || o.ContentType == "" {
+			t.Errorf("%s: link %q expiring %s, content type %q", o.Path, o.URL, o.ExpiresAt, o.ContentType)
+		}
+	}
+	if !strings.Contains(r.Stdout.Tail, "env: HOME,INPUT_DIR,LANG,MY_SETTING,OUTPUT_DIR,PATH\n") {
+		t.Errorf("environment is not exactly the job's: %s", r.Stdout.Tail)
+	}
+	if strings.Contains(r.Stdout.Tail, canary) || strings.Contains(r.Stdout.Tail, "do-not-leak") {
+		t.Errorf("the worker's secret reached the job: %s", r.Stdout.Tail)
+	}
+	if !strings.Contains(r.Stdout.Tail, "cwd: /work uid: 1000") {
+		t.Errorf("cwd/uid: %s", r.Stdout.Tail)
+	}
+	if got := string(download(t, r.Stdout.URL)); got != r.Stdout.Tail {
+		t.Errorf("stored stdout %q differs from the tail %q", got, r.Stdout.Tail)
+	}
+	if r.StartedAt.IsZero() || r.FinishedAt.Before(r.StartedAt) || r.Attempt != 1 {
+		t.Errorf("times or attempt: %+v", r)
+	}
+}
+
+func TestNodeAndShellJobsRun(t *testing.T) {
+	node := runJob(t, jobs.Submission{Script: file(t, "report.js", `
+const fs = require("fs");
+fs.writeFileSync(process.env.OUTPUT_DIR + "/report.json", JSON.stringify({node: process.version}));
+console.log("node ok", process.argv.slice(2).join(" "));
+`), Args: []string{"a", "b"}})
+	wantStatus(t, node, jobs.StatusSucceeded)
+	if !strings.Contains(node.Stdout.Tail, "node ok a b") || len(node.Outputs) != 1 || node.Outputs[0].ContentType != "application/json" {
+		t.Errorf("node job: stdout %q outputs %+v", node.Stdout.Tail, node.Outputs)
+	}
+	sh := runJob(t, jobs.Submission{Script: file(t, "job.sh", `set -e; echo "shell $1"; wc -c < "$INPUT_DIR/in.txt" > "$OUTPUT_DIR/count"`), Args: []string{"ok"}, Inputs: []jobs.File{file(t, "in.txt", "12345")}})
+	wantStatus(t, sh, jobs.StatusSucceeded)
+	if !strings.Contains(sh.Stdout.Tail, "shell ok") || len(sh.Outputs) != 1 || string(download(t, sh.Outputs[0].URL)) != "5\n" {
+		t.Errorf("shell job: stdout %q outputs %+v", sh.Stdout.Tail, sh.Outputs)
+	}
+}
+
+func TestNonZeroExitIsFailedWithStderr(t *testing.T) {
+	r := runJob(t, jobs.Submission{Script: file(t, "fail.py", "import sys\nprint('about to fail')\nsys.stderr.write('something broke\\n')\nsys.exit(3)\n")})
+	wantStatus(t, r, jobs.StatusFailed)
+	if r.ExitCode == nil || *r.ExitCode != 3 {
+		t.Fatalf("exit code %v, want 3", r.ExitCode)
+	}
+	if !strings.Contains(r.Stderr.Tail, "something broke") || r.Attempt != 1 {
+		t.Errorf("stderr %q attempt %d (a failed job is a result, not retried)", r.Stderr.Tail, r.Attempt)
+	}
+}
+
+func TestTimeoutKillsSandbox(t *testing.T) {
+	start := time.Now()
+	r := runJob(t, jobs.Submission{Script: file(t, "sleep.sh", "echo sleeping; sleep 600"), Limits: jobs.LimitRequest{TimeoutSeconds: 5}})
+	took := time.Since(start)
+	wantStatus(t, r, jobs.StatusTimedOut)
+	if r.ExitCode != nil || r.Signal != "SIGKILL" {
+		t.Errorf("exit %v signal %q", r.ExitCode, r.Signal)
+	}
+	if r.DurationMS < 5000 || r.DurationMS > 15000 || took > 60*time.Second {
+		t.Errorf("ran %dms (limit 5s), %s end to end", r.DurationMS, took)
+	}
+	if !strings.Contains(r.Stdout.Tail, "sleeping") {
+		t.Errorf("stdout before the kill is lost: %q", r.Stdout.Tail)
+	}
+	assertNoSandboxes(t)
+}
+
+func TestMemoryLimitEndsOutOfMemory(t *testing.T) {
+	r := runJob(t, jobs.Submission{
+		Script: file(t, "balloon.py", "chunks = []\nwhile True:\n    chunks.append(bytearray(32 << 20))\n"),
+		Limits: jobs.LimitRequest{MemoryBytes: 256 << 20},
+	})
+	wantStatus(t, r, jobs.StatusOutOfMemory)
+	// The worker is unaffected: the next job runs.
+	wantStatus(t, runJob(t, jobs.Submission{Script: file(t, "ok.sh", "echo fine")}), jobs.StatusSucceeded)
+	assertNoSandboxes(t)
+}
+
+func freeBytes(t *testing.T, path string) int64 {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+func TestDiskLimitFailsInsideJob(t *testing.T) {
+	before := freeBytes(t, env.state)
+	r := runJob(t, jobs.Submission{
+		Script: file(t, "fill.sh", "dd if=/dev/zero of=/tmp/big bs=1M count=200 2>&1; echo tmp=$?; dd if=/dev/zero of=/work/big bs=1M count=200 2>&1; echo work=$?; exit 7"),
+		Limits: jobs.LimitRequest{DiskBytes: 64 << 20},
+	})
+	wantStatus(t, r, jobs.StatusFailed)
+	out := r.Stdout.Tail
+	if !strings.Contains(out, "No space left on device") || !strings.Contains(out, "tmp=1") || !strings.Contains(out, "work=1") {
+		t.Errorf("writes past the 64MiB disk limit did not fail with ENOSPC:\n%s", out)
+	}
+	if after := freeBytes(t, env.state); before-after > 32<<20 {
+		t.Errorf("host free space fell by %d bytes", before-after)
+	}
+}
+
+func TestOutputLimitsFailInsideJob(t *testing.T) {
+	before := freeBytes(t, env.state)
+	r := runJob(t, jobs.Submission{
+		Script: file(t, "outputs.sh", `dd if=/dev/zero of=$OUTPUT_DIR/big bs=1M count=50 2>&1; echo size=$?
+for i in $(seq 1 50); do echo $i > $OUTPUT_DIR/f$i || { echo files=stopped-at-$i; break; }; done
+exit 0`),
+		Limits: jobs.LimitRequest{OutputBytes: 8 << 20, OutputFiles: 20},
+	})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	out := r.Stdout.Tail
+	if !strings.Contains(out, "No space left on device") || !strings.Contains(out, "size=1") || !strings.Contains(out, "files=stopped-at-") {
+		t.Errorf("the output caps did not bite:\n%s", out)
+	}
+	var total int64
+	for _, o := range r.Outputs {
+		total += o.Size
+	}
+	if total > 8<<20 || len(r.Outputs) > 20 {
+		t.Errorf("collected %d outputs of %d bytes, over the caps", len(r.Outputs), total)
+	}
+	if after := freeBytes(t, env.state); before-after > 32<<20 {
+		t.Errorf("host free space fell by %d bytes", before-after)
+	}
+}
+
+func TestSymlinkAndSpecialOutputsUploadNoHostBytes(t *testing.T) {
+	r := runJob(t, jobs.Submission{Script: file(t, "links.sh", `
+ln -s /etc/hostname $OUTPUT_DIR/leak
+ln -s / $OUTPUT_DIR/rootdir
+mkfifo $OUTPUT_DIR/pipe && echo made-fifo
+echo real > $OUTPUT_DIR/real.txt`)})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	if len(r.Outputs) != 1 || r.Outputs[0].Path != "real.txt" {
+		t.Fatalf("outputs %+v, want only real.txt", r.Outputs)
+	}
+	skipped := map[string]string{}
+	for _, s := range r.SkippedOutputs {
+		skipped[s.Path] = s.Type
+	}
+	// gVisor keeps a FIFO made on a host mount inside the sandbox: the host
+	// side never sees one, so the FIFO is neither collected nor skipped (the
+	// collector's own tests cover host FIFOs).
+	if skipped["leak"] != "symlink" || skipped["rootdir"] != "symlink" {
+		t.Errorf("skipped %+v", r.SkippedOutputs)
+	}
+	keys, err := env.store.List(context.Background(), jobs.JobPrefix(r.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.ReadFile("/etc/hostname")
+	for _, k := range keys {
+		if strings.Contains(k, "leak") || strings.Contains(k, "rootdir") || strings.Contains(k, "pipe") {
+			t.Errorf("object %s was uploaded", k)
+		}
+		if strings.Contains(k, "/outputs/") {
+			if b, err := env.store.Read(context.Background(), k, 1<<20); err != nil || (len(host) > 0 && strings.Contains(string(b), strings.TrimSpace(string(host)))) {
+				t.Errorf("object %s: %q %v", k, b, err)
+			}
+		}
+	}
+}
+
+func TestCancelRunningJob(t *testing.T) {
+	enq := submit(t, jobs.Submission{Script: file(t, "long.sh", "echo started; sleep 600")})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		st, err := env.client.Status(ctx, enq.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == jobs.StateActive {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // let the sandbox start
+	out, err := env.client.Cancel(ctx, enq.ID)
+	if err != nil || out != jobs.CancelSignalled {
+		t.Fatalf("cancel: %v %v", out, err)
+	}
+	r := waitResult(t, enq.ID, time.Minute)
+	wantStatus(t, r, jobs.StatusCanceled)
+	assertNoSandboxes(t)
+	if _, err := env.client.Cancel(ctx, enq.ID); !errors.Is(err, jobs.ErrJobFinished) {
+		t.Errorf("cancelling a finished job: %v", err)
+	}
+}
+
+func TestCancelPendingJobRemovesIt(t *testing.T) {
+	// No worker serves this queue, so the job stays pending.
+	enq := submit(t, jobs.Submission{Script: file(t, "never.sh", "echo never"), Queue: "parked"})
+	ctx := context.Background()
+	if keys, _ := env.store.List(ctx, jobs.JobPrefix(enq.ID)); len(keys) == 0 {
+		t.Fatal("no uploads for the pending job")
+	}
+	out, err := env.client.Cancel(ctx, enq.ID)
+	if err != nil || out != jobs.CancelRemoved {
+		t.Fatalf("cancel: %v %v", out, err)
+	}
+	if _, err := env.client.Status(ctx, enq.ID); !errors.Is(err, jobs.ErrJobNotFound) {
+		t.Errorf("status after removal: %v", err)
+	}
+	if keys, _ := env.store.List(ctx, jobs.JobPrefix(enq.ID)); len(keys) != 0 {
+		t.Errorf("objects left: %v", keys)
+	}
+}
+
+func TestIdempotencyKeyGivesOneJobOneRun(t *testing.T) {
+	key := "report-" + time.Now().Format(time.RFC3339Nano)
+	sub := jobs.Submission{Script: file(t, "once.sh", "echo ran > $OUTPUT_DIR/ran"), IdempotencyKey: key}
+	first := submit(t, sub)
+	second := submit(t, sub)
+	if first.Existing || !second.Existing || first.ID != second.ID {
+		t.Fatalf("first %+v second %+v", first, second)
+	}
+	r := waitResult(t, first.ID, 2*time.Minute)
+	wantStatus(t, r, jobs.StatusSucceeded)
+	third := submit(t, sub)
+	if !third.Existing || third.ID != first.ID {
+		t.Fatalf("after completion: %+v", third)
+	}
+	keys, err := env.store.List(context.Background(), jobs.JobPrefix(first.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runs, uploads := map[string]bool{}, map[string]bool{}
+	for _, k := range keys {
+		part := strings.Split(strings.TrimPrefix(k, jobs.JobPrefix(first.ID)), "/")[0]
+		if strings.HasPrefix(part, "run-") {
+			runs[part] = true
+		}
+		if strings.HasPrefix(part, "in-") {
+			uploads[part] = true
+		}
+	}
+	if len(runs) != 1 || len(uploads) != 1 {
+		t.Errorf("runs %v uploads %v: want one of each", runs, uploads)
+	}
+}
+
+// snapshot is everything in the bucket and in Redis.
+func snapshot(t *testing.T) (objects []string, redisKeys []string) {
+	t.Helper()
+	objects, err := env.store.List(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redisClient(t)
+	redisKeys, err = rdb.Keys(context.Background(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(objects)
+	sort.Strings(redisKeys)
+	return objects, redisKeys
+}
+
+func TestRefusedSubmissionsLeaveNothing(t *testing.T) {
+	// Let in-flight work from other tests settle so Redis is quiet.
+	objBefore, keysBefore := snapshot(t)
+	ok := file(t, "ok.py", "print(1)")
+	cases := []struct {
+		name  string
+		sub   jobs.Submission
+		field string
+	}{
+		{"dotdot input", jobs.Submission{Script: ok, Inputs: []jobs.File{file(t, "../escape.csv", "x")}}, "inputs"},
+		{"absolute input", jobs.Submission{Script: ok, Inputs: []jobs.File{file(t, "/etc/passwd", "x")}}, "inputs"},
+		{"colliding inputs", jobs.Submission{Script: ok, Inputs: []jobs.File{file(t, "a.csv", "x"), file(t, "A.csv", "y")}}, "inputs"},
+		{"memory over max", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{MemoryBytes: 64 << 30}}, "memory"},
+		{"timeout over max", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{TimeoutSeconds: 86400}}, "timeout"},
+		{"unknown runtime", jobs.Submission{Script: ok, Runtime: "cobol"}, "runtime"},
+		{"reserved env", jobs.Submission{Script: ok, Env: map[string]string{"OUTPUT_DIR": "/etc"}}, "env"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := env.client.Enqueue(context.Background(), c.sub)
+			var fe *jobs.FieldError
+			if !errors.As(err, &fe) || fe.Field != c.field {
+				t.Fatalf("error %v, want a refusal naming %q", err, c.field)
+			}
+		})
+	}
+	objAfter, keysAfter := snapshot(t)
+	if strings.Join(objBefore, "\n") != strings.Join(objAfter, "\n") {
+		t.Errorf("objects changed:\nbefore %v\nafter  %v", objBefore, objAfter)
+	}
+	// asynq's own bookkeeping keys (server heartbeats, stats) come and go;
+	// no task key may appear.
+	for _, k := range keysAfter {
+		if strings.Contains(k, ":t:") && !contains(keysBefore, k) {
+			t.Errorf("new task key in Redis: %s", k)
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func assertNoSandboxes(t *testing.T) {
+	t.Helper()
+	// Other tests' jobs may run concurrently on the same worker; wait until
+	// the worker is idle, then nothing of any sandbox may remain.
+	deadline := time.Now().Add(30 * time.Second)
+	for env.worker.Running() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	ids, err := env.runner.Containers(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 0 {
+		t.Errorf("runsc containers left: %v", ids)
+	}
+	// runsc keeps one shared mount in its root (null-netns); per-sandbox
+	// mounts live under the sandboxes directory.
+	mounts, err := mountsUnder(env.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		if strings.Contains(m, "/sandboxes/") {
+			t.Errorf("sandbox mount left: %s", m)
+		}
+	}
+	sbs, _ := filepath.Glob(filepath.Join(env.state, "workers", "*", "sandboxes", "*"))
+	if len(sbs) != 0 {
+		t.Errorf("sandbox dirs left: %v", sbs)
+	}
+}

@@ -1,0 +1,144 @@
+// Package e2e runs sandq end to end against real services: Redis and MinIO
+// started by the test as child processes, real runsc sandboxes on the
+// image built by `make test`. Nothing here skips: a missing runsc, Redis,
+// MinIO or image fails the run.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/storage"
+)
+
+// canary is in the worker's environment; no job may see it.
+const canary = "SANDQ_TEST_SECRET_CANARY"
+
+var env struct {
+	stack  *devstack.Stack
+	cfg    jobs.Config
+	store  *storage.Store
+	client *jobs.Client
+	runner *executor.RunscRunner
+	worker *jobs.Worker
+	state  string
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if err := setup(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e set-up failed: %v\n(`make test` installs and builds what these tests need)\n", err)
+		teardown()
+		return 1
+	}
+	code := m.Run()
+	if err := teardown(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e teardown: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+func setup() error {
+	ctx := context.Background()
+	for _, bin := range []string{"runsc", "redis-server", "minio", "debootstrap"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("%s is not installed: %w", bin, err)
+		}
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("end-to-end tests run sandboxes and must run as root")
+	}
+	imageDir := os.Getenv("SANDQ_IMAGE_DIR")
+	if imageDir == "" {
+		imageDir = "/var/lib/sandq/images"
+	}
+	imageName := os.Getenv("SANDQ_TEST_IMAGE")
+	if imageName == "" {
+		imageName = "default"
+	}
+	if _, err := image.Path(imageDir, imageName); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "sandq-e2e-")
+	if err != nil {
+		return err
+	}
+	env.state = filepath.Join(dir, "state")
+	logLevel := slog.LevelWarn
+	if os.Getenv("SANDQ_TEST_LOG") != "" {
+		logLevel = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
+	env.stack, err = devstack.Start(ctx, devstack.Options{Dir: filepath.Join(dir, "stack"), AccessKey: "e2e-access", SecretKey: "e2e-secret-key", Logger: logger})
+	if err != nil {
+		return err
+	}
+	env.cfg = jobs.Config{
+		RedisAddr: env.stack.RedisAddr,
+		Storage:   storage.Config{Endpoint: env.stack.MinioAddr, AccessKey: "e2e-access", SecretKey: "e2e-secret-key", Bucket: "e2e"},
+		Worker: jobs.WorkerConfig{
+			Concurrency: 2, StateDir: env.state, ImageDir: imageDir, Image: imageName,
+			Queues: map[string]int{"default": 1, "other": 1}, ShutdownGrace: 5 * time.Second,
+		},
+		MaxRetry:     1,
+		PollInterval: 100 * time.Millisecond,
+	}.WithDefaults()
+	if env.store, err = storage.New(env.cfg.Storage); err != nil {
+		return err
+	}
+	if err := env.store.EnsureBucket(ctx); err != nil {
+		return err
+	}
+	if env.client, err = jobs.NewClient(env.cfg, env.store, logger); err != nil {
+		return err
+	}
+	// The worker's own environment carries a secret that jobs must not see.
+	os.Setenv(canary, "do-not-leak-4f1c")
+	env.runner, err = executor.NewRunscRunner(ctx, executor.RunscConfig{StateDir: env.state, Logger: logger})
+	if err != nil {
+		return err
+	}
+	if env.worker, err = jobs.NewWorker(env.cfg, env.runner, env.store, logger); err != nil {
+		return err
+	}
+	return env.worker.Start(ctx)
+}
+
+func teardown() error {
+	var errs []error
+	if env.worker != nil {
+		env.worker.Shutdown()
+	}
+	if env.runner != nil {
+		errs = append(errs, env.runner.Close(context.Background()))
+	}
+	if env.client != nil {
+		env.client.Close()
+	}
+	if env.stack != nil {
+		errs = append(errs, env.stack.Stop())
+		os.RemoveAll(filepath.Dir(env.stack.Dir))
+	}
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}

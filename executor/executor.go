@@ -1,0 +1,110 @@
+// Package executor runs one job in a fresh gVisor sandbox and collects what
+// it leaves behind.
+//
+// A Runner prepares a Sandbox (scratch directories, a size-capped outputs
+// filesystem); the caller fills its inputs and job directories; Run starts a
+// new runsc container, enforces the limits and waits for it; Outputs lists the
+// regular files it wrote, once the container is gone; Release tears everything
+// down, also after a cancellation.
+package executor
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Paths inside every sandbox.
+const (
+	InputsMount  = "/mnt/inputs"
+	OutputsMount = "/mnt/outputs"
+	JobMount     = "/mnt/job"
+	WorkDir      = "/work"
+)
+
+// Limits bound one sandbox.
+type Limits struct {
+	// Timeout is the wall-clock time from start to kill.
+	Timeout time.Duration
+	// Memory is the sandbox's cgroup memory limit, in bytes.
+	Memory int64
+	// Disk is the size of the in-memory overlay holding every write to the
+	// root filesystem, in bytes.
+	Disk int64
+	// OutputBytes caps the outputs filesystem, in bytes.
+	OutputBytes int64
+	// OutputFiles caps the entries (files and directories) in the outputs
+	// filesystem.
+	OutputFiles int
+	// Pids caps the tasks in the sandbox's cgroup.
+	Pids int64
+	// LogBytes caps each of stdout and stderr as stored; the rest is
+	// counted and dropped from the middle.
+	LogBytes int64
+	// LogTail is how many of the last bytes of each stream the outcome
+	// carries for the result document.
+	LogTail int
+}
+
+// Spec is what runs in a sandbox.
+type Spec struct {
+	// Name labels the sandbox in logs (the job ID).
+	Name string
+	// Image is the root filesystem directory, shared read-only.
+	Image string
+	// Args is the process's argv; Args[0] is an absolute path in the image.
+	Args []string
+	// Env is the process's whole environment, KEY=value.
+	Env []string
+	// UID and GID the process runs as.
+	UID, GID uint32
+	Limits   Limits
+}
+
+// Outcome is how a sandbox ended.
+type Outcome struct {
+	// ExitCode is the process's exit status; nil when it was killed by a
+	// signal, including by a timeout or a cancellation.
+	ExitCode *int
+	// Signal is the signal that ended the process, if any.
+	Signal string
+	// TimedOut is set when the wall-clock limit killed the sandbox.
+	TimedOut bool
+	// OOMKilled is set when the memory limit killed the sandbox.
+	OOMKilled bool
+	// Interrupted is the cause of the context cancellation that killed the
+	// sandbox, nil otherwise.
+	Interrupted error
+	Stdout      LogSummary
+	Stderr      LogSummary
+	// CreatedAt is when set-up of the container began, StartedAt when the
+	// job's process was started, FinishedAt when the container was gone.
+	CreatedAt, StartedAt, FinishedAt time.Time
+}
+
+// Runner makes sandboxes.
+type Runner interface {
+	// Prepare makes a sandbox's scratch space. The caller must Release it.
+	Prepare(ctx context.Context, spec Spec) (Sandbox, error)
+}
+
+// Sandbox is one fresh container for one job, used once.
+type Sandbox interface {
+	// ID is the container's ID.
+	ID() string
+	// InputsDir is the host directory mounted read-only at InputsMount.
+	InputsDir() string
+	// JobDir is the host directory mounted read-only at JobMount.
+	JobDir() string
+	// Run creates, starts and waits for the container and removes it.
+	// Cancelling ctx kills it; the cause is reported in Outcome.Interrupted.
+	Run(ctx context.Context) (*Outcome, error)
+	// Outputs lists what the job wrote, after Run.
+	Outputs() (*Collection, error)
+	// Release removes the container, mounts and scratch space.
+	Release(ctx context.Context) error
+}
+
+// ErrSandbox marks failures of the sandbox machinery itself (as opposed to
+// the job's own failures), which are worth a retry.
+var ErrSandbox = errors.New("sandbox failure")

@@ -1,0 +1,55 @@
+package executor
+
+import (
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ociSpec is the OCI runtime spec of one sandbox: the image as root (runsc
+// layers a memory overlay over it, so the image is never written), the job's
+// directories as bind mounts, no capabilities, and cgroup limits.
+func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath string) *specs.Spec {
+	memory := spec.Limits.Memory
+	pids := spec.Limits.Pids
+	ro := []string{"bind", "ro", "nosuid", "nodev"}
+	return &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			User:            specs.User{UID: spec.UID, GID: spec.GID},
+			Args:            spec.Args,
+			Env:             spec.Env,
+			Cwd:             WorkDir,
+			NoNewPrivileges: true,
+			Capabilities:    &specs.LinuxCapabilities{},
+			Rlimits: []specs.POSIXRlimit{
+				{Type: "RLIMIT_NOFILE", Hard: 4096, Soft: 4096},
+				{Type: "RLIMIT_CORE", Hard: 0, Soft: 0},
+			},
+		},
+		Root:     &specs.Root{Path: spec.Image, Readonly: false},
+		Hostname: "sandbox",
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: InputsMount, Type: "bind", Source: inputsDir, Options: ro},
+			{Destination: JobMount, Type: "bind", Source: jobDir, Options: ro},
+			{Destination: OutputsMount, Type: "bind", Source: outputsDir, Options: []string{"bind", "rw", "nosuid", "nodev", "noexec"}},
+		},
+		Linux: &specs.Linux{
+			CgroupsPath: cgroupsPath,
+			Resources: &specs.LinuxResources{
+				Memory: &specs.LinuxMemory{Limit: &memory, Swap: &memory},
+				Pids:   &specs.LinuxPids{Limit: &pids},
+			},
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace},
+				{Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace},
+				{Type: specs.NetworkNamespace},
+			},
+		},
+	}
+}

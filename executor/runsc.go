@@ -1,0 +1,442 @@
+package executor
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// RunscConfig configures the gVisor runner.
+type RunscConfig struct {
+	// Runsc is the runsc binary. Default: "runsc" on PATH.
+	Runsc string
+	// Platform is runsc's --platform. Default systrap.
+	Platform string
+	// StateDir holds this host's per-worker scratch space and runsc state.
+	// Default /var/lib/sandq.
+	StateDir string
+	// CgroupParent is the cgroup under which each sandbox gets its own.
+	// Default /sandq.
+	CgroupParent string
+	// ExtraFlags are added to every runsc invocation (e.g. --debug).
+	ExtraFlags []string
+	Logger     *slog.Logger
+}
+
+// WithDefaults fills unset fields.
+func (c RunscConfig) WithDefaults() RunscConfig {
+	if c.Runsc == "" {
+		c.Runsc = "runsc"
+	}
+	if c.Platform == "" {
+		c.Platform = "systrap"
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/sandq"
+	}
+	if c.CgroupParent == "" {
+		c.CgroupParent = "/sandq"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// RunscRunner runs each job in a new runsc container. One RunscRunner is
+// one worker's: it owns a directory under StateDir, held by a lock for the
+// process's lifetime, so that a later worker can tell a dead predecessor's
+// leftovers from a live neighbour's and sweep them.
+type RunscRunner struct {
+	cfg      RunscConfig
+	runsc    string
+	workerID string
+	dir      string // StateDir/workers/<workerID>
+	lock     *os.File
+	logger   *slog.Logger
+
+	mu   sync.Mutex
+	live map[string]*runscSandbox
+}
+
+var _ Runner = (*RunscRunner)(nil)
+
+// NewRunscRunner checks runsc, claims a worker directory and sweeps what dead
+// workers on this host left behind.
+func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) {
+	cfg = cfg.WithDefaults()
+	bin, err := exec.LookPath(cfg.Runsc)
+	if err != nil {
+		return nil, fmt.Errorf("runsc not found (%s): %w; install it with scripts/install-deps.sh", cfg.Runsc, err)
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the worker must run as root: runsc needs it to create sandboxes, mounts and cgroups")
+	}
+	workers := filepath.Join(cfg.StateDir, "workers")
+	if err := os.MkdirAll(workers, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	id := "w" + randomHex(6)
+	dir := filepath.Join(workers, id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("worker dir: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	r := &RunscRunner{cfg: cfg, runsc: bin, workerID: id, dir: dir, lock: lock, logger: cfg.Logger.With("worker_dir", id), live: map[string]*runscSandbox{}}
+	if err := r.Sweep(ctx); err != nil {
+		r.logger.Warn("sweeping dead workers' leftovers", "err", err)
+	}
+	return r, nil
+}
+
+// WorkerID names this runner's directory under StateDir/workers.
+func (r *RunscRunner) WorkerID() string { return r.workerID }
+
+// RunscRoot is the --root of this runner's containers.
+func (r *RunscRunner) RunscRoot() string { return filepath.Join(r.dir, "runsc") }
+
+// Containers lists the runsc containers of this runner that exist now.
+func (r *RunscRunner) Containers(ctx context.Context) ([]string, error) {
+	return listContainers(ctx, r.runsc, r.RunscRoot())
+}
+
+// Close kills what is still running, removes this runner's directory and
+// releases its lock.
+func (r *RunscRunner) Close(ctx context.Context) error {
+	r.mu.Lock()
+	live := make([]*runscSandbox, 0, len(r.live))
+	for _, sb := range r.live {
+		live = append(live, sb)
+	}
+	r.mu.Unlock()
+	var errs []error
+	for _, sb := range live {
+		errs = append(errs, sb.Release(ctx))
+	}
+	errs = append(errs, cleanWorkerDir(ctx, r.runsc, r.dir, r.cgroupDir()))
+	errs = append(errs, r.lock.Close())
+	return errors.Join(errs...)
+}
+
+func (r *RunscRunner) cgroupDir() string { return filepath.Join(r.cfg.CgroupParent, r.workerID) }
+
+// Prepare makes the sandbox's scratch space: directories for the bundle,
+// job, inputs and logs, the overlay file store, and a size- and inode-capped
+// tmpfs for outputs, so a job can never fill the host's disk through them.
+func (r *RunscRunner) Prepare(ctx context.Context, spec Spec) (_ Sandbox, err error) {
+	if err := checkSpec(spec); err != nil {
+		return nil, err
+	}
+	id := "sandq-" + randomHex(8)
+	sb := &runscSandbox{r: r, id: id, spec: spec, dir: filepath.Join(r.dir, "sandboxes", id)}
+	sb.logger = r.logger.With("sandbox", id, "job_id", spec.Name)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, sb.cleanup.release(ctx))
+		}
+	}()
+	if err := os.MkdirAll(sb.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: scratch dir: %w", ErrSandbox, err)
+	}
+	sb.cleanup.add("scratch dir", func(context.Context) error { return os.RemoveAll(sb.dir) })
+	for _, d := range []string{"bundle", "inputs", "job", "outputs", "logs", "overlay"} {
+		mode := os.FileMode(0o755)
+		if d == "bundle" || d == "logs" || d == "overlay" {
+			mode = 0o700
+		}
+		if err := os.Mkdir(filepath.Join(sb.dir, d), mode); err != nil {
+			return nil, fmt.Errorf("%w: scratch dir: %w", ErrSandbox, err)
+		}
+	}
+	outputs := sb.OutputsDir()
+	opts := fmt.Sprintf("size=%d,nr_inodes=%d,mode=0755,uid=%d,gid=%d", spec.Limits.OutputBytes, spec.Limits.OutputFiles+1, spec.UID, spec.GID)
+	if err := unix.Mount("sandq-outputs", outputs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
+		return nil, fmt.Errorf("%w: mount outputs tmpfs: %w", ErrSandbox, err)
+	}
+	sb.cleanup.add("outputs mount", func(context.Context) error { return unmount(outputs) })
+	r.mu.Lock()
+	r.live[id] = sb
+	r.mu.Unlock()
+	sb.cleanup.add("registry", func(context.Context) error {
+		r.mu.Lock()
+		delete(r.live, id)
+		r.mu.Unlock()
+		return nil
+	})
+	return sb, nil
+}
+
+func checkSpec(spec Spec) error {
+	l := spec.Limits
+	switch {
+	case len(spec.Args) == 0 || !strings.HasPrefix(spec.Args[0], "/"):
+		return errors.New("sandbox args: the first must be an absolute path")
+	case l.Timeout <= 0 || l.Memory <= 0 || l.Disk <= 0 || l.OutputBytes <= 0 || l.OutputFiles <= 0 || l.Pids <= 0 || l.LogBytes <= 0:
+		return fmt.Errorf("sandbox limits must all be positive: %+v", l)
+	}
+	st, err := os.Stat(filepath.Join(spec.Image, "bin"))
+	if err != nil || !st.IsDir() {
+		return fmt.Errorf("%w: image %s is not a root filesystem (no /bin)", ErrSandbox, spec.Image)
+	}
+	// runsc mounts an unlimited tmpfs over an empty /tmp, which would escape
+	// the disk limit; images keep a file there so /tmp stays on the overlay.
+	ents, err := os.ReadDir(filepath.Join(spec.Image, "tmp"))
+	if err != nil || len(ents) == 0 {
+		return fmt.Errorf("%w: image %s: /tmp must exist and not be empty, or runsc would mount an unbounded tmpfs there", ErrSandbox, spec.Image)
+	}
+	return nil
+}
+
+type runscSandbox struct {
+	r       *RunscRunner
+	id      string
+	spec    Spec
+	dir     string
+	logger  *slog.Logger
+	cleanup cleanupStack
+	ran     bool
+}
+
+func (s *runscSandbox) ID() string         { return s.id }
+func (s *runscSandbox) InputsDir() string  { return filepath.Join(s.dir, "inputs") }
+func (s *runscSandbox) JobDir() string     { return filepath.Join(s.dir, "job") }
+func (s *runscSandbox) OutputsDir() string { return filepath.Join(s.dir, "outputs") }
+func (s *runscSandbox) bundleDir() string  { return filepath.Join(s.dir, "bundle") }
+func (s *runscSandbox) cgroupPath() string { return filepath.Join(s.r.cgroupDir(), s.id) }
+
+// flags are runsc's global flags for this sandbox, the same on every call.
+func (s *runscSandbox) flags() []string {
+	f := []string{
+		"--root=" + s.r.RunscRoot(),
+		"--platform=" + s.r.cfg.Platform,
+		"--network=none",
+		fmt.Sprintf("--overlay2=root:dir=%s,size=%d", filepath.Join(s.dir, "overlay"), s.spec.Limits.Disk),
+	}
+	return append(f, s.r.cfg.ExtraFlags...)
+}
+
+func (s *runscSandbox) runsc(ctx context.Context, timeout time.Duration, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.r.runsc, append(s.flags(), args...)...)
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// Run creates, starts and waits for the container, enforcing the timeout,
+// then deletes it. Errors are returned only for failures of the machinery;
+// how the job ended is in the Outcome.
+func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
+	if s.ran {
+		return nil, errors.New("sandbox already used: a sandbox runs one job once")
+	}
+	s.ran = true
+	out := &Outcome{CreatedAt: time.Now()}
+	spec := ociSpec(s.spec, s.InputsDir(), s.JobDir(), s.OutputsDir(), s.cgroupPath())
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(s.bundleDir(), "config.json"), b, 0o600); err != nil {
+		return nil, fmt.Errorf("%w: bundle: %w", ErrSandbox, err)
+	}
+
+	lim := s.spec.Limits
+	stdout, err := NewLogCapture(filepath.Join(s.dir, "logs", "stdout.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail)
+	if err != nil {
+		return nil, err
+	}
+	stderr, err := NewLogCapture(filepath.Join(s.dir, "logs", "stderr.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail)
+	if err != nil {
+		stdout.Close()
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+	var drained sync.WaitGroup
+	drain := func(r *os.File, w *LogCapture) {
+		defer drained.Done()
+		io.Copy(w, r)
+	}
+	drained.Add(2)
+	go drain(outR, stdout)
+	go drain(errR, stderr)
+	finishLogs := func() {
+		// The sandbox holds the pipes' write ends until every process in it
+		// is gone; the container is deleted before this, so they close soon.
+		done := make(chan struct{})
+		go func() { drained.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			s.logger.Warn("log pipes still open 10s after the sandbox ended; closing them")
+			outR.Close()
+			errR.Close()
+			<-done
+		}
+		outR.Close()
+		errR.Close()
+		stdout.Close()
+		stderr.Close()
+		out.Stdout = stdout.Summary()
+		out.Stderr = stderr.Summary()
+	}
+
+	// From here a container may exist: delete it whatever happens.
+	s.cleanup.add("container", func(ctx context.Context) error { return s.delete(ctx) })
+	create := exec.Command(s.r.runsc, append(s.flags(), "create", "--bundle", s.bundleDir(), s.id)...)
+	create.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	create.Stdin = nil
+	create.Stdout = outW
+	create.Stderr = errW
+	err = create.Run()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		s.delete(ctx)
+		finishLogs()
+		return nil, fmt.Errorf("%w: runsc create: %w: %s", ErrSandbox, err, strings.TrimSpace(string(out.Stderr.Tail)))
+	}
+	if _, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "start", s.id); err != nil {
+		s.delete(ctx)
+		finishLogs()
+		return nil, fmt.Errorf("%w: %w", ErrSandbox, err)
+	}
+	out.StartedAt = time.Now()
+	s.logger.Debug("sandbox started", "setup_ms", out.StartedAt.Sub(out.CreatedAt).Milliseconds())
+
+	type waitResult struct {
+		status int
+		err    error
+	}
+	waited := make(chan waitResult, 1)
+	go func() {
+		b, err := s.runsc(context.WithoutCancel(ctx), lim.Timeout+time.Hour, "wait", s.id)
+		if err != nil {
+			waited <- waitResult{-1, err}
+			return
+		}
+		var w struct {
+			ExitStatus int `json:"exitStatus"`
+		}
+		if err := json.Unmarshal(b, &w); err != nil {
+			waited <- waitResult{-1, fmt.Errorf("runsc wait: %q: %w", b, err)}
+			return
+		}
+		waited <- waitResult{w.ExitStatus, nil}
+	}()
+
+	timer := time.NewTimer(lim.Timeout)
+	defer timer.Stop()
+	var res waitResult
+	select {
+	case res = <-waited:
+	case <-timer.C:
+		out.TimedOut = true
+		s.kill(ctx)
+		res = <-waited
+	case <-ctx.Done():
+		out.Interrupted = context.Cause(ctx)
+		s.kill(ctx)
+		res = <-waited
+	}
+	out.OOMKilled = oomKills(s.cgroupPath()) > 0
+	derr := s.delete(ctx)
+	out.FinishedAt = time.Now()
+	finishLogs()
+	if derr != nil {
+		return out, fmt.Errorf("%w: %w", ErrSandbox, derr)
+	}
+	switch {
+	case out.TimedOut || out.Interrupted != nil:
+		out.Signal = "SIGKILL"
+	case out.OOMKilled:
+		out.Signal = "SIGKILL"
+	case res.err != nil:
+		// The sandbox died without an exit status and not from the memory
+		// limit: the machinery failed.
+		return out, fmt.Errorf("%w: %w", ErrSandbox, res.err)
+	case res.status > 128 && res.status < 128+65:
+		out.Signal = unix.SignalName(syscall.Signal(res.status - 128))
+		code := res.status
+		out.ExitCode = &code
+	default:
+		code := res.status
+		out.ExitCode = &code
+	}
+	return out, nil
+}
+
+func (s *runscSandbox) kill(ctx context.Context) {
+	if _, err := s.runsc(context.WithoutCancel(ctx), 30*time.Second, "kill", "--all", s.id, "KILL"); err != nil {
+		s.logger.Debug("runsc kill", "err", err)
+	}
+}
+
+func (s *runscSandbox) delete(ctx context.Context) error {
+	_, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "delete", "--force", s.id)
+	if err != nil && isNotExist(err) {
+		return nil
+	}
+	return err
+}
+
+func isNotExist(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "does not exist") || strings.Contains(msg, "no such file or directory") || strings.Contains(msg, "not found")
+}
+
+// Outputs lists the regular files in the outputs filesystem. It refuses to
+// run before the container is gone.
+func (s *runscSandbox) Outputs() (*Collection, error) {
+	if !s.ran {
+		return nil, errors.New("outputs: the sandbox has not run")
+	}
+	return CollectOutputs(s.OutputsDir(), s.spec.Limits.OutputFiles, s.spec.Limits.OutputBytes)
+}
+
+// Release removes the container, the outputs mount and the scratch space.
+func (s *runscSandbox) Release(ctx context.Context) error {
+	return s.cleanup.release(ctx)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}

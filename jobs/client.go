@@ -1,0 +1,390 @@
+package jobs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/storage"
+)
+
+// ErrJobNotFound is returned for an ID no queue holds.
+var ErrJobNotFound = errors.New("job not found")
+
+// ErrJobFinished is returned when cancelling a job that already ended.
+var ErrJobFinished = errors.New("job already finished")
+
+// Client is a producer: it submits jobs and follows them.
+type Client struct {
+	cfg    Config
+	store  *storage.Store
+	client *asynq.Client
+	insp   *asynq.Inspector
+	rdb    redis.UniversalClient
+	logger *slog.Logger
+	now    func() time.Time
+}
+
+// NewClient connects to Redis (lazily) and uses store for files.
+func NewClient(cfg Config, store *storage.Store, logger *slog.Logger) (*Client, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	opt := cfg.RedisOpt()
+	rdb, ok := opt.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, errors.New("redis client: unexpected type")
+	}
+	return &Client{
+		cfg: cfg, store: store, logger: logger, now: time.Now, rdb: rdb,
+		client: asynq.NewClientFromRedisClient(rdb),
+		insp:   asynq.NewInspectorFromRedisClient(rdb),
+	}, nil
+}
+
+// Close releases the Redis connections.
+func (c *Client) Close() error { return c.rdb.Close() }
+
+// File is a file to upload: a name in the sandbox and its bytes.
+type File struct {
+	Name string
+	Size int64
+	Open func() (io.ReadCloser, error)
+}
+
+// LocalFile is the file at path, named name in the sandbox (its base name
+// when name is empty).
+func LocalFile(path, name string) (File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return File{}, err
+	}
+	if !st.Mode().IsRegular() {
+		return File{}, fmt.Errorf("%s is not a regular file", path)
+	}
+	if name == "" {
+		name = filepath.Base(path)
+	}
+	return File{Name: name, Size: st.Size(), Open: func() (io.ReadCloser, error) { return os.Open(path) }}, nil
+}
+
+// Submission is a job as a producer asks for it.
+type Submission struct {
+	Script         File
+	Inputs         []File
+	Runtime        string
+	Args           []string
+	Env            map[string]string
+	Limits         LimitRequest
+	Queue          string
+	IdempotencyKey string
+}
+
+// Enqueued tells where a submission went.
+type Enqueued struct {
+	ID    string `json:"id"`
+	Queue string `json:"queue"`
+	// Existing is set when an idempotency key matched an earlier job, which
+	// is returned instead of a new one.
+	Existing bool `json:"existing"`
+}
+
+// Validate checks a submission against the configuration without touching
+// any service, and returns the resolved runtime and limits.
+func (c *Client) Validate(s *Submission) (string, Limits, error) {
+	if s.Queue == "" {
+		s.Queue = c.cfg.Queue
+	}
+	if err := CheckQueue(s.Queue); err != nil {
+		return "", Limits{}, err
+	}
+	if err := CheckIdempotencyKey(s.IdempotencyKey); err != nil {
+		return "", Limits{}, err
+	}
+	if err := CheckName("script", s.Script.Name); err != nil {
+		return "", Limits{}, err
+	}
+	rt, err := ResolveRuntime(s.Runtime, s.Script.Name)
+	if err != nil {
+		return "", Limits{}, err
+	}
+	if s.Script.Size > c.cfg.MaxScriptBytes {
+		return "", Limits{}, &FieldError{Field: "script", Msg: fmt.Sprintf("%s is %d bytes, over the maximum of %d", s.Script.Name, s.Script.Size, c.cfg.MaxScriptBytes)}
+	}
+	if len(s.Inputs) > c.cfg.MaxInputs {
+		return "", Limits{}, &FieldError{Field: "inputs", Msg: fmt.Sprintf("%d inputs is over the maximum of %d", len(s.Inputs), c.cfg.MaxInputs)}
+	}
+	names := make([]string, len(s.Inputs))
+	var total int64
+	for i, in := range s.Inputs {
+		names[i] = in.Name
+		if in.Size > c.cfg.MaxInputBytes {
+			return "", Limits{}, &FieldError{Field: "inputs", Msg: fmt.Sprintf("%s is %d bytes, over the maximum of %d", in.Name, in.Size, c.cfg.MaxInputBytes)}
+		}
+		total += in.Size
+	}
+	if total > c.cfg.MaxInputsTotal {
+		return "", Limits{}, &FieldError{Field: "inputs", Msg: fmt.Sprintf("%d bytes in all is over the maximum of %d", total, c.cfg.MaxInputsTotal)}
+	}
+	if err := CheckNames("inputs", names); err != nil {
+		return "", Limits{}, err
+	}
+	if err := CheckArgs(s.Args, c.cfg.MaxArgs, c.cfg.MaxArgBytes); err != nil {
+		return "", Limits{}, err
+	}
+	if err := CheckEnv(s.Env, c.cfg.MaxEnv, c.cfg.MaxEnvBytes); err != nil {
+		return "", Limits{}, err
+	}
+	lim, err := s.Limits.Resolve(c.cfg.DefaultLimits, c.cfg.MaxLimits)
+	if err != nil {
+		return "", Limits{}, err
+	}
+	return rt, lim, nil
+}
+
+// Enqueue validates a submission, uploads its files under the job's prefix
+// and enqueues it. Nothing is left behind when it fails: a refused
+// submission uploads nothing, and uploads are removed if enqueueing fails.
+func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
+	rt, lim, err := c.Validate(&s)
+	if err != nil {
+		return nil, err
+	}
+	id := NewJobID()
+	if s.IdempotencyKey != "" {
+		id = IdempotentJobID(s.Queue, s.IdempotencyKey)
+		if _, err := c.insp.GetTaskInfo(s.Queue, id); err == nil {
+			return &Enqueued{ID: id, Queue: s.Queue, Existing: true}, nil
+		} else if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+			return nil, fmt.Errorf("look up idempotency key: %w", err)
+		}
+	}
+	nonce := make([]byte, 6)
+	rand.Read(nonce)
+	job := &Job{
+		ID: id, Queue: s.Queue, Runtime: rt, Args: s.Args, Env: s.Env, Limits: lim,
+		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(),
+		UploadPrefix: JobPrefix(id) + "in-" + hex.EncodeToString(nonce) + "/",
+	}
+	// Each submission uploads under its own prefix, so two racing
+	// submissions with one idempotency key never overwrite each other's files.
+	removeUploads := func() {
+		if err := c.store.RemovePrefix(context.WithoutCancel(ctx), job.UploadPrefix); err != nil {
+			c.logger.Error("removing uploads of a job that was not enqueued", "job_id", id, "err", err)
+		}
+	}
+	job.Script, err = c.upload(ctx, job.UploadPrefix+"script/", s.Script)
+	if err != nil {
+		removeUploads()
+		return nil, err
+	}
+	for _, in := range s.Inputs {
+		ref, err := c.upload(ctx, job.UploadPrefix+"inputs/", in)
+		if err != nil {
+			removeUploads()
+			return nil, err
+		}
+		job.Inputs = append(job.Inputs, ref)
+	}
+	payload, err := job.marshal()
+	if err != nil {
+		removeUploads()
+		return nil, err
+	}
+	_, err = c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), c.cfg.jobTaskOptions(job)...)
+	switch {
+	case errors.Is(err, asynq.ErrTaskIDConflict):
+		removeUploads()
+		return &Enqueued{ID: id, Queue: s.Queue, Existing: true}, nil
+	case err != nil:
+		removeUploads()
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
+	c.logger.Debug("job enqueued", "job_id", id, "queue", s.Queue)
+	return &Enqueued{ID: id, Queue: s.Queue}, nil
+}
+
+func (c *Client) upload(ctx context.Context, prefix string, f File) (FileRef, error) {
+	r, err := f.Open()
+	if err != nil {
+		return FileRef{}, fmt.Errorf("open %s: %w", f.Name, err)
+	}
+	defer r.Close()
+	obj, err := c.store.Put(ctx, prefix+f.Name, r, f.Size, "application/octet-stream")
+	if err != nil {
+		return FileRef{}, err
+	}
+	return FileRef{Name: f.Name, Key: obj.Key, Size: obj.Size, SHA256: obj.SHA256}, nil
+}
+
+// State is where a job is in its life.
+type State string
+
+// States.
+const (
+	StatePending   State = "pending"
+	StateScheduled State = "scheduled"
+	StateActive    State = "active"
+	StateRetry     State = "retry"
+	StateDone      State = "done"
+)
+
+// JobStatus is a job's state and, once done, its result.
+type JobStatus struct {
+	ID    string `json:"id"`
+	Queue string `json:"queue"`
+	State State  `json:"state"`
+	// Retried counts attempts that ended in a system error.
+	Retried  int `json:"retried"`
+	MaxRetry int `json:"max_retry"`
+	// LastError is the last system error, if any.
+	LastError     string    `json:"last_error,omitempty"`
+	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
+	Result        *Result   `json:"result,omitempty"`
+}
+
+// Status finds a job in any queue.
+func (c *Client) Status(ctx context.Context, id string) (*JobStatus, error) {
+	if err := CheckJobID(id); err != nil {
+		return nil, err
+	}
+	queues, err := c.insp.Queues()
+	if err != nil {
+		return nil, fmt.Errorf("list queues: %w", err)
+	}
+	for _, q := range queues {
+		info, err := c.insp.GetTaskInfo(q, id)
+		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("job %s: %w", id, err)
+		}
+		return statusOf(info), nil
+	}
+	return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
+}
+
+func statusOf(info *asynq.TaskInfo) *JobStatus {
+	st := &JobStatus{ID: info.ID, Queue: info.Queue, Retried: info.Retried, MaxRetry: info.MaxRetry, LastError: info.LastErr}
+	switch info.State {
+	case asynq.TaskStatePending:
+		st.State = StatePending
+	case asynq.TaskStateScheduled:
+		st.State, st.NextAttemptAt = StateScheduled, info.NextProcessAt
+	case asynq.TaskStateRetry:
+		st.State, st.NextAttemptAt = StateRetry, info.NextProcessAt
+	case asynq.TaskStateActive:
+		st.State = StateActive
+	case asynq.TaskStateCompleted, asynq.TaskStateArchived:
+		st.State = StateDone
+		if len(info.Result) > 0 {
+			if r, err := ParseResult(info.Result); err == nil {
+				st.Result = r
+			}
+		}
+		if st.Result == nil {
+			// Archived without a result: asynq gave up on it (lease or
+			// deadline lost, retries exhausted) before a result was written.
+			reason := info.LastErr
+			if reason == "" {
+				reason = "the job ended without a result"
+			}
+			st.Result = &Result{ID: info.ID, Queue: info.Queue, Status: StatusError, Reason: reason, Outputs: []OutputDoc{}}
+		}
+	default:
+		st.State = State(info.State.String())
+	}
+	return st
+}
+
+// Wait polls a job until it is done, calling onState (if not nil) on every
+// poll. It returns when the job is done or ctx ends.
+func (c *Client) Wait(ctx context.Context, id string, onState func(*JobStatus)) (*JobStatus, error) {
+	t := time.NewTicker(c.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		st, err := c.Status(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if onState != nil {
+			onState(st)
+		}
+		if st.State == StateDone {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// CancelOutcome says what a cancel did.
+type CancelOutcome string
+
+// Cancel outcomes.
+const (
+	// CancelRemoved: the job had not started; it was removed from its queue.
+	CancelRemoved CancelOutcome = "removed"
+	// CancelSignalled: the job is running; its sandbox is being killed and it
+	// will end canceled.
+	CancelSignalled CancelOutcome = "signalled"
+)
+
+// Cancel removes a job that has not started, or kills a running job's
+// sandbox so that it ends canceled.
+func (c *Client) Cancel(ctx context.Context, id string) (CancelOutcome, error) {
+	st, err := c.Status(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	if st.State == StateDone {
+		return "", fmt.Errorf("%w: %s ended %s", ErrJobFinished, id, st.Result.Status)
+	}
+	// The marker is set first: a worker that picks the job up from now on
+	// ends it canceled without running it.
+	if err := c.rdb.Set(ctx, cancelKey(id), "1", cancelMarkerTTL).Err(); err != nil {
+		return "", fmt.Errorf("cancel %s: %w", id, err)
+	}
+	if st.State != StateActive {
+		err := c.insp.DeleteTask(st.Queue, id)
+		if err == nil {
+			c.rdb.Del(context.WithoutCancel(ctx), cancelKey(id))
+			if st.State == StatePending || st.State == StateScheduled || st.State == StateRetry {
+				c.removeJobObjects(ctx, id)
+			}
+			return CancelRemoved, nil
+		}
+		// It became active (or finished) meanwhile.
+		if now, serr := c.Status(ctx, id); serr == nil && now.State == StateDone {
+			return "", fmt.Errorf("%w: %s ended %s", ErrJobFinished, id, now.Result.Status)
+		}
+	}
+	if err := c.rdb.Publish(ctx, cancelChannel, id).Err(); err != nil {
+		return "", fmt.Errorf("cancel %s: %w", id, err)
+	}
+	return CancelSignalled, nil
+}
+
+func (c *Client) removeJobObjects(ctx context.Context, id string) {
+	if err := c.store.RemovePrefix(context.WithoutCancel(ctx), JobPrefix(id)); err != nil {
+		c.logger.Warn("removing a cancelled job's files", "job_id", id, "err", err)
+	}
+}

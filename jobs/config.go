@@ -1,0 +1,234 @@
+package jobs
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/sandq/sandq/storage"
+)
+
+// Config is one process's configuration, producer or worker. Zero fields
+// take the documented defaults in WithDefaults; Validate names what is wrong.
+type Config struct {
+	// Redis address host:port. Default 127.0.0.1:6379.
+	RedisAddr     string
+	RedisUsername string
+	RedisPassword string
+	// RedisDB is the database number. Default 0.
+	RedisDB int
+
+	Storage storage.Config
+
+	// Queue a job goes to when it names none. Default "default".
+	Queue string
+
+	// DefaultLimits apply when a job asks for nothing; MaxLimits are the most
+	// a job may ask for. Defaults: 5m/2GiB/2GiB/512MiB/1000 and
+	// 1h/8GiB/10GiB/2GiB/10000.
+	DefaultLimits Limits
+	MaxLimits     Limits
+
+	// Input caps. Defaults: 100 inputs, 1 GiB each, 4 GiB in all, a 1 MiB
+	// script, 256 arguments in 64 KiB, 128 variables in 64 KiB.
+	MaxInputs      int
+	MaxInputBytes  int64
+	MaxInputsTotal int64
+	MaxScriptBytes int64
+	MaxArgs        int
+	MaxArgBytes    int
+	MaxEnv         int
+	MaxEnvBytes    int
+
+	// MaxRetry is how often a job that could not run (status error) is
+	// retried. Default 3.
+	MaxRetry int
+	// ResultRetention keeps finished jobs and their results. Default 7 days.
+	ResultRetention time.Duration
+	// LinkExpiry is the life of presigned links. Default 24h, at most 7 days.
+	LinkExpiry time.Duration
+	// FinishAllowance is added to a job's timeout for download, upload and
+	// result writing before asynq gives up on it. Default 15m.
+	FinishAllowance time.Duration
+	// PollInterval is how often wait polls a job's state. Default 200ms.
+	PollInterval time.Duration
+
+	Worker WorkerConfig
+}
+
+// WorkerConfig is the part only workers use.
+type WorkerConfig struct {
+	// Concurrency is how many jobs run at once. Default: number of CPUs.
+	Concurrency int
+	// Queues with priorities. Default {"default": 1}.
+	Queues map[string]int
+	// StateDir holds sandbox scratch space and runsc state. Default /var/lib/sandq.
+	StateDir string
+	// Runsc binary. Default "runsc" on PATH.
+	Runsc string
+	// Platform for runsc. Default systrap.
+	Platform string
+	// ImageDir holds images, one directory each with a rootfs inside.
+	// Default /var/lib/sandq/images.
+	ImageDir string
+	// Image is the image jobs run on. Default "default".
+	Image string
+	// UID and GID of the job's process. Default 1000:1000.
+	UID, GID uint32
+	// Pids caps the tasks in one sandbox. Default 1024.
+	Pids int64
+	// LogBytes caps each stored log stream. Default 16 MiB.
+	LogBytes int64
+	// LogTail is how much of each stream's end the result carries. Default 8 KiB.
+	LogTail int
+	// ShutdownGrace is how long a stopping worker lets running jobs finish
+	// before killing them and handing them back to the queue. Default 30s.
+	ShutdownGrace time.Duration
+	// TaskCheckInterval is how often an idle worker polls for work. Default 100ms.
+	TaskCheckInterval time.Duration
+}
+
+// WithDefaults returns a copy with every unset field defaulted.
+func (c Config) WithDefaults() Config {
+	if c.RedisAddr == "" {
+		c.RedisAddr = "127.0.0.1:6379"
+	}
+	c.Storage = c.Storage.WithDefaults()
+	if c.Queue == "" {
+		c.Queue = "default"
+	}
+	d := &c.DefaultLimits
+	setDur(&d.Timeout, 5*time.Minute)
+	set64(&d.Memory, 2<<30)
+	set64(&d.Disk, 2<<30)
+	set64(&d.OutputBytes, 512<<20)
+	setInt(&d.OutputFiles, 1000)
+	m := &c.MaxLimits
+	setDur(&m.Timeout, time.Hour)
+	set64(&m.Memory, 8<<30)
+	set64(&m.Disk, 10<<30)
+	set64(&m.OutputBytes, 2<<30)
+	setInt(&m.OutputFiles, 10000)
+	setInt(&c.MaxInputs, 100)
+	set64(&c.MaxInputBytes, 1<<30)
+	set64(&c.MaxInputsTotal, 4<<30)
+	set64(&c.MaxScriptBytes, 1<<20)
+	setInt(&c.MaxArgs, 256)
+	setInt(&c.MaxArgBytes, 64<<10)
+	setInt(&c.MaxEnv, 128)
+	setInt(&c.MaxEnvBytes, 64<<10)
+	setInt(&c.MaxRetry, 3)
+	setDur(&c.ResultRetention, 7*24*time.Hour)
+	setDur(&c.LinkExpiry, 24*time.Hour)
+	setDur(&c.FinishAllowance, 15*time.Minute)
+	setDur(&c.PollInterval, 200*time.Millisecond)
+	w := &c.Worker
+	setInt(&w.Concurrency, runtime.NumCPU())
+	if len(w.Queues) == 0 {
+		w.Queues = map[string]int{"default": 1}
+	}
+	if w.StateDir == "" {
+		w.StateDir = "/var/lib/sandq"
+	}
+	if w.Runsc == "" {
+		w.Runsc = "runsc"
+	}
+	if w.Platform == "" {
+		w.Platform = "systrap"
+	}
+	if w.ImageDir == "" {
+		w.ImageDir = filepath.Join(w.StateDir, "images")
+	}
+	if w.Image == "" {
+		w.Image = "default"
+	}
+	if w.UID == 0 {
+		w.UID = 1000
+	}
+	if w.GID == 0 {
+		w.GID = 1000
+	}
+	set64(&w.Pids, 1024)
+	set64(&w.LogBytes, 16<<20)
+	setInt(&w.LogTail, 8<<10)
+	setDur(&w.ShutdownGrace, 30*time.Second)
+	setDur(&w.TaskCheckInterval, 100*time.Millisecond)
+	return c
+}
+
+// Validate reports the first inconsistent setting.
+func (c Config) Validate() error {
+	if err := c.Storage.Validate(); err != nil {
+		return err
+	}
+	if err := CheckQueue(c.Queue); err != nil {
+		return fmt.Errorf("default queue: %w", err)
+	}
+	d, m := c.DefaultLimits, c.MaxLimits
+	switch {
+	case d.Timeout > m.Timeout:
+		return fmt.Errorf("default timeout %s is over the maximum %s", d.Timeout, m.Timeout)
+	case d.Memory > m.Memory:
+		return fmt.Errorf("default memory %s is over the maximum %s", FormatSize(d.Memory), FormatSize(m.Memory))
+	case d.Disk > m.Disk:
+		return fmt.Errorf("default disk %s is over the maximum %s", FormatSize(d.Disk), FormatSize(m.Disk))
+	case d.OutputBytes > m.OutputBytes:
+		return fmt.Errorf("default output size %s is over the maximum %s", FormatSize(d.OutputBytes), FormatSize(m.OutputBytes))
+	case d.OutputFiles > m.OutputFiles:
+		return fmt.Errorf("default output files %d is over the maximum %d", d.OutputFiles, m.OutputFiles)
+	case d.Memory < MinMemory || d.Disk < MinDisk || d.Timeout < time.Second:
+		return errors.New("default limits are under the minimum (1s, 64MiB memory, 16MiB disk)")
+	case c.LinkExpiry <= 0 || c.LinkExpiry > storage.MaxLinkExpiry:
+		return fmt.Errorf("link expiry %s: must be between 1s and %s", c.LinkExpiry, storage.MaxLinkExpiry)
+	case c.MaxRetry < 0:
+		return errors.New("max retry must not be negative")
+	case c.Worker.Concurrency < 1:
+		return errors.New("worker concurrency must be at least 1")
+	case c.Worker.LogBytes < 1024 || c.Worker.LogTail < 0 || int64(c.Worker.LogTail) > c.Worker.LogBytes:
+		return errors.New("worker log limits: log bytes at least 1KiB, tail between 0 and log bytes")
+	}
+	for q, p := range c.Worker.Queues {
+		if err := CheckQueue(q); err != nil {
+			return fmt.Errorf("worker queues: %w", err)
+		}
+		if p < 1 {
+			return fmt.Errorf("worker queue %s: priority must be at least 1", q)
+		}
+	}
+	if err := CheckName("image", c.Worker.Image); err != nil || filepath.Base(c.Worker.Image) != c.Worker.Image {
+		return fmt.Errorf("image %q: must be a plain name", c.Worker.Image)
+	}
+	return nil
+}
+
+// ImagePath is the root filesystem of the configured image.
+func (c Config) ImagePath() string {
+	return filepath.Join(c.Worker.ImageDir, c.Worker.Image, "rootfs")
+}
+
+// RedisOpt is asynq's connection option for this config.
+func (c Config) RedisOpt() asynq.RedisClientOpt {
+	return asynq.RedisClientOpt{Addr: c.RedisAddr, Username: c.RedisUsername, Password: c.RedisPassword, DB: c.RedisDB}
+}
+
+func setDur(p *time.Duration, v time.Duration) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func set64(p *int64, v int64) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+func setInt(p *int, v int) {
+	if *p == 0 {
+		*p = v
+	}
+}

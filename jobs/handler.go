@@ -1,0 +1,312 @@
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/storage"
+)
+
+// Handler runs job:run tasks.
+type Handler struct {
+	cfg    Config
+	runner executor.Runner
+	store  *storage.Store
+	rdb    redis.UniversalClient
+	jobs   *running
+	logger *slog.Logger
+	name   string
+	now    func() time.Time
+}
+
+var _ asynq.Handler = (*Handler)(nil)
+
+// baseEnv is in every sandbox's environment unless the job overrides it.
+var baseEnv = map[string]string{
+	"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME": executor.WorkDir,
+	"LANG": "C.UTF-8",
+}
+
+// sandboxEnv is a job's whole environment: the base, what the job asked
+// for, and the directories. Nothing of the worker's own environment.
+func sandboxEnv(job map[string]string) []string {
+	env := map[string]string{}
+	for k, v := range baseEnv {
+		env[k] = v
+	}
+	for k, v := range job {
+		env[k] = v
+	}
+	env["INPUT_DIR"] = executor.InputsMount
+	env["OUTPUT_DIR"] = executor.OutputsMount
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ProcessTask runs one attempt of a job. A job that ran — whatever its exit
+// status, timeout, memory kill or cancellation — writes its result and
+// returns nil. Only failures of the system return an error, so that asynq
+// retries them; the last attempt also writes an error result.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	taskID, _ := asynq.GetTaskID(ctx)
+	queue, _ := asynq.GetQueueName(ctx)
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	attempt := retried + 1
+	logger := h.logger.With("job_id", taskID, "queue", queue, "attempt", attempt)
+
+	job, err := parseJob(t.Payload())
+	if err != nil {
+		h.writeResult(t, logger, &Result{ID: taskID, Queue: queue, Status: StatusError, Reason: err.Error(), Attempt: attempt, Outputs: []OutputDoc{}})
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	h.jobs.add(job.ID, cancel)
+	defer h.jobs.remove(job.ID)
+	if h.cancelRequested(ctx, job.ID) {
+		cancel(errCanceled)
+	}
+
+	res, err := h.run(runCtx, job, attempt, logger)
+	if err != nil {
+		if errors.Is(context.Cause(runCtx), errShutdown) {
+			logger.Info("job handed back to the queue: worker shutting down")
+			return fmt.Errorf("%w: %w", errShutdown, err)
+		}
+		final := retried >= maxRetry || errors.Is(err, asynq.SkipRetry)
+		logger.Error("job could not run", "err", err, "final", final)
+		if final {
+			now := h.now().UTC()
+			h.writeResult(t, logger, &Result{
+				ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime,
+				Image: h.cfg.Worker.Image, Attempt: attempt, SubmittedAt: job.SubmittedAt, StartedAt: now, FinishedAt: now,
+				Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name,
+			})
+		}
+		return err
+	}
+	if err := h.writeResult(t, logger, res); err != nil {
+		return err
+	}
+	if res.Status == StatusCanceled {
+		h.rdb.Del(context.WithoutCancel(ctx), cancelKey(job.ID))
+	}
+	logger.Info("job finished", "status", res.Status, "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
+	return nil
+}
+
+func (h *Handler) writeResult(t *asynq.Task, logger *slog.Logger, res *Result) error {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	if _, err := t.ResultWriter().Write(b); err != nil {
+		logger.Error("writing the result", "err", err)
+		return fmt.Errorf("write result: %w", err)
+	}
+	return nil
+}
+
+func (h *Handler) cancelRequested(ctx context.Context, id string) bool {
+	n, err := h.rdb.Exists(ctx, cancelKey(id)).Result()
+	return err == nil && n > 0
+}
+
+// run runs the job in a fresh sandbox and uploads what it left.
+func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.Logger) (*Result, error) {
+	began := h.now()
+	res := &Result{
+		ID: job.ID, Queue: job.Queue, Runtime: job.Runtime, Image: h.cfg.Worker.Image, Attempt: attempt,
+		SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name,
+		Timings: &Timings{QueueWaitMS: max(0, began.Sub(job.SubmittedAt).Milliseconds())},
+	}
+	if errors.Is(context.Cause(ctx), errCanceled) {
+		// Cancelled before it started: nothing runs.
+		res.Status, res.Reason = StatusCanceled, "canceled before it started"
+		res.StartedAt, res.FinishedAt = began.UTC(), began.UTC()
+		res.Stdout, res.Stderr = &LogDoc{}, &LogDoc{}
+		return res, nil
+	}
+	interp, ok := interpreter[job.Runtime]
+	if !ok {
+		return nil, fmt.Errorf("unknown runtime %q: %w", job.Runtime, asynq.SkipRetry)
+	}
+	args := append(append(append([]string{}, interp...), path.Join(executor.JobMount, job.Script.Name)), job.Args...)
+	w := h.cfg.Worker
+	sb, err := h.runner.Prepare(ctx, executor.Spec{
+		Name: job.ID, Image: h.cfg.ImagePath(), Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
+		Limits: executor.Limits{
+			Timeout: job.Limits.Timeout, Memory: job.Limits.Memory, Disk: job.Limits.Disk,
+			OutputBytes: job.Limits.OutputBytes, OutputFiles: job.Limits.OutputFiles,
+			Pids: w.Pids, LogBytes: w.LogBytes, LogTail: w.LogTail,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("prepare sandbox: %w", err)
+	}
+	defer func() {
+		if err := sb.Release(ctx); err != nil {
+			logger.Error("releasing the sandbox", "sandbox", sb.ID(), "err", err)
+		}
+	}()
+	logger = logger.With("sandbox", sb.ID())
+
+	if err := h.fetch(ctx, job.Script, sb.JobDir()); err != nil {
+		return nil, err
+	}
+	for _, in := range job.Inputs {
+		if err := h.fetch(ctx, in, sb.InputsDir()); err != nil {
+			return nil, err
+		}
+	}
+	fetched := h.now()
+	res.Timings.DownloadMS = fetched.Sub(began).Milliseconds()
+
+	out, err := sb.Run(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("run sandbox: %w", err)
+	}
+	res.StartedAt, res.FinishedAt = out.StartedAt.UTC(), out.FinishedAt.UTC()
+	res.DurationMS = out.FinishedAt.Sub(out.StartedAt).Milliseconds()
+	res.Timings.SandboxStartMS = out.StartedAt.Sub(out.CreatedAt).Milliseconds()
+	res.Timings.RunMS = res.DurationMS
+	res.ExitCode, res.Signal = out.ExitCode, out.Signal
+	switch {
+	case out.Interrupted != nil && errors.Is(out.Interrupted, errCanceled):
+		res.Status, res.Reason = StatusCanceled, "canceled on request; the sandbox was killed"
+	case out.Interrupted != nil:
+		return nil, fmt.Errorf("interrupted: %w", out.Interrupted)
+	case out.TimedOut:
+		res.Status, res.Reason = StatusTimedOut, fmt.Sprintf("killed after the %s timeout", job.Limits.Timeout)
+	case out.OOMKilled:
+		res.Status, res.Reason = StatusOutOfMemory, fmt.Sprintf("killed by the %s memory limit", FormatSize(job.Limits.Memory))
+	case out.ExitCode != nil && *out.ExitCode == 0:
+		res.Status = StatusSucceeded
+	default:
+		res.Status = StatusFailed
+	}
+
+	// Uploads go on after a cancellation: the job's outputs are its result.
+	upCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.FinishAllowance)
+	defer cancel()
+	runPrefix := fmt.Sprintf("%srun-%d-%s/", JobPrefix(job.ID), attempt, sb.ID())
+	if err := h.upload(upCtx, sb, out, runPrefix, res); err != nil {
+		if rerr := h.store.RemovePrefix(upCtx, runPrefix); rerr != nil {
+			logger.Warn("removing a failed attempt's partial uploads", "err", rerr)
+		}
+		return nil, err
+	}
+	res.Timings.UploadMS = h.now().Sub(out.FinishedAt).Milliseconds()
+	res.Timings.TotalInWorkerMS = h.now().Sub(began).Milliseconds()
+	return res, nil
+}
+
+// fetch downloads an uploaded file into dir under its name and checks it.
+func (h *Handler) fetch(ctx context.Context, ref FileRef, dir string) error {
+	if err := CheckName("input", ref.Name); err != nil {
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	dst := filepath.Join(dir, filepath.FromSlash(ref.Name))
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	sum, err := h.store.Download(ctx, ref.Key, dst, ref.Size)
+	if errors.Is(err, storage.ErrObjectNotExist) {
+		return fmt.Errorf("input %s is gone from the store: %w: %w", ref.Name, err, asynq.SkipRetry)
+	}
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", ref.Name, err)
+	}
+	if sum != ref.SHA256 {
+		return fmt.Errorf("input %s: sha256 %s does not match the uploaded %s", ref.Name, sum, ref.SHA256)
+	}
+	return os.Chmod(dst, 0o644)
+}
+
+// upload stores the outputs and logs under prefix and fills res with their
+// links. Outputs are read only now, after the container is gone.
+func (h *Handler) upload(ctx context.Context, sb executor.Sandbox, out *executor.Outcome, prefix string, res *Result) error {
+	coll, err := sb.Outputs()
+	if err != nil {
+		return fmt.Errorf("collect outputs: %w", err)
+	}
+	for _, s := range coll.Skipped {
+		res.SkippedOutputs = append(res.SkippedOutputs, SkippedDoc(s))
+	}
+	for _, f := range coll.Files {
+		doc, err := h.uploadOutput(ctx, coll, f, prefix+"outputs/")
+		if err != nil {
+			return err
+		}
+		res.Outputs = append(res.Outputs, doc)
+	}
+	for _, s := range []struct {
+		name string
+		sum  executor.LogSummary
+		dst  **LogDoc
+	}{{"stdout", out.Stdout, &res.Stdout}, {"stderr", out.Stderr, &res.Stderr}} {
+		doc := &LogDoc{Tail: strings.ToValidUTF8(string(s.sum.Tail), "\uFFFD"), Bytes: s.sum.Bytes, DroppedBytes: s.sum.DroppedBytes}
+		doc.Truncated = int64(len(s.sum.Tail)) < s.sum.Bytes
+		key := prefix + "logs/" + s.name + ".log"
+		if _, err := h.store.PutFile(ctx, key, s.sum.Path, "text/plain; charset=utf-8"); err != nil {
+			return err
+		}
+		link, err := h.store.Presign(ctx, key, h.cfg.LinkExpiry)
+		if err != nil {
+			return err
+		}
+		doc.URL, doc.ExpiresAt, doc.Key = link.URL, link.ExpiresAt, key
+		*s.dst = doc
+	}
+	return nil
+}
+
+func (h *Handler) uploadOutput(ctx context.Context, coll *executor.Collection, f executor.OutputFile, prefix string) (OutputDoc, error) {
+	file, err := coll.Open(f)
+	if err != nil {
+		return OutputDoc{}, err
+	}
+	defer file.Close()
+	ctype := mime.TypeByExtension(path.Ext(f.Path))
+	if ctype == "" {
+		head := make([]byte, 512)
+		n, _ := io.ReadFull(file, head)
+		ctype = http.DetectContentType(head[:n])
+		if _, err := file.Seek(0, io.SeekStart); err != nil {
+			return OutputDoc{}, err
+		}
+	}
+	key := prefix + f.Path
+	obj, err := h.store.Put(ctx, key, file, f.Size, ctype)
+	if err != nil {
+		return OutputDoc{}, err
+	}
+	link, err := h.store.Presign(ctx, key, h.cfg.LinkExpiry)
+	if err != nil {
+		return OutputDoc{}, err
+	}
+	return OutputDoc{Path: f.Path, Size: obj.Size, SHA256: obj.SHA256, ContentType: ctype, URL: link.URL, ExpiresAt: link.ExpiresAt, Key: key}, nil
+}

@@ -1,0 +1,92 @@
+package jobs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
+)
+
+// TypeRun is the asynq task type of a job.
+const TypeRun = "job:run"
+
+// Job is the payload of a job:run task: everything a worker needs to run it.
+type Job struct {
+	ID      string `json:"id"`
+	Queue   string `json:"queue"`
+	Runtime string `json:"runtime"`
+	// Script and Inputs are objects in the store under UploadPrefix.
+	Script         FileRef           `json:"script"`
+	Inputs         []FileRef         `json:"inputs"`
+	Args           []string          `json:"args,omitempty"`
+	Env            map[string]string `json:"env,omitempty"`
+	Limits         Limits            `json:"limits"`
+	TimeoutSeconds float64           `json:"timeout_seconds"`
+	IdempotencyKey string            `json:"idempotency_key,omitempty"`
+	SubmittedAt    time.Time         `json:"submitted_at"`
+	UploadPrefix   string            `json:"upload_prefix"`
+}
+
+// FileRef is an uploaded file.
+type FileRef struct {
+	Name   string `json:"name"`
+	Key    string `json:"key"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+func (j *Job) marshal() ([]byte, error) {
+	j.TimeoutSeconds = j.Limits.Timeout.Seconds()
+	return json.Marshal(j)
+}
+
+func parseJob(b []byte) (*Job, error) {
+	var j Job
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("job payload: %w", err)
+	}
+	j.Limits.Timeout = time.Duration(j.TimeoutSeconds * float64(time.Second))
+	if j.ID == "" || j.Script.Key == "" || j.Limits.Timeout <= 0 {
+		return nil, fmt.Errorf("job payload: missing id, script or timeout")
+	}
+	return &j, nil
+}
+
+// JobPrefix is where all of a job's objects live in the store.
+func JobPrefix(id string) string { return "jobs/" + id + "/" }
+
+// NewJobID returns a random job ID.
+func NewJobID() string { return uuid.NewString() }
+
+// IdempotentJobID maps an idempotency key in a queue to its job ID, the
+// same on every call, so a second enqueue with the key finds the first job.
+func IdempotentJobID(queue, key string) string {
+	h := sha256.Sum256([]byte("sandq-idempotency\x00" + queue + "\x00" + key))
+	return "k-" + hex.EncodeToString(h[:16])
+}
+
+var jobIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)
+
+// CheckJobID refuses IDs that are not ours.
+func CheckJobID(id string) error {
+	if !jobIDPattern.MatchString(id) {
+		return fmt.Errorf("job ID %q is not valid", id)
+	}
+	return nil
+}
+
+// jobTaskOptions are the asynq options of a job's task.
+func (c Config) jobTaskOptions(j *Job) []asynq.Option {
+	return []asynq.Option{
+		asynq.TaskID(j.ID),
+		asynq.Queue(j.Queue),
+		asynq.MaxRetry(c.MaxRetry),
+		asynq.Timeout(j.Limits.Timeout + c.FinishAllowance),
+		asynq.Retention(c.ResultRetention),
+	}
+}

@@ -1,0 +1,165 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/storage"
+)
+
+// Worker is an asynq server running jobs in sandboxes.
+type Worker struct {
+	cfg        Config
+	srv        *asynq.Server
+	handler    *Handler
+	rdb        redis.UniversalClient
+	logger     *slog.Logger
+	stopListen context.CancelFunc
+}
+
+// NewWorker builds a worker; Start runs it.
+func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger *slog.Logger) (*Worker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	rdb, ok := cfg.RedisOpt().MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, errors.New("redis client: unexpected type")
+	}
+	host, _ := os.Hostname()
+	name := fmt.Sprintf("%s:%d", host, os.Getpid())
+	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, logger: logger, name: name, now: time.Now}
+	w := &Worker{cfg: cfg, handler: h, rdb: rdb, logger: logger}
+	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:       cfg.Worker.Concurrency,
+		Queues:            cfg.Worker.Queues,
+		TaskCheckInterval: cfg.Worker.TaskCheckInterval,
+		// Shutdown kills running sandboxes after ShutdownGrace itself (see
+		// Shutdown); asynq only has to wait for the handlers to return.
+		ShutdownTimeout: cfg.Worker.ShutdownGrace + 30*time.Second,
+		RetryDelayFunc:  retryDelay,
+		IsFailure:       func(err error) bool { return !errors.Is(err, errShutdown) },
+		Logger:          slogAdapter{logger.With("component", "asynq")},
+		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
+			id, _ := asynq.GetTaskID(ctx)
+			logger.Warn("task attempt failed", "job_id", id, "type", t.Type(), "err", err)
+		}),
+		HealthCheckFunc: func(err error) {
+			if err != nil {
+				logger.Error("redis health check", "err", err)
+			}
+		},
+	})
+	return w, nil
+}
+
+// retryDelay backs off exponentially with jitter, from about 1s to 5m; a job
+// handed back by a stopping worker is retried at once.
+func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	if errors.Is(err, errShutdown) {
+		return 0
+	}
+	d := time.Second << min(n, 9)
+	d = min(d, 5*time.Minute)
+	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+}
+
+// Mux is the task router with its middleware: panic recovery and logging.
+func (w *Worker) Mux() *asynq.ServeMux {
+	mux := asynq.NewServeMux()
+	mux.Use(recoverMiddleware(w.logger), logMiddleware(w.logger))
+	mux.Handle(TypeRun, w.handler)
+	return mux
+}
+
+// Start begins processing jobs.
+func (w *Worker) Start(ctx context.Context) error {
+	if err := w.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
+	}
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.stopListen = cancel
+	go listenCancels(lctx, w.rdb, w.handler.jobs, w.logger)
+	if err := w.srv.Start(w.Mux()); err != nil {
+		cancel()
+		return fmt.Errorf("start worker: %w", err)
+	}
+	w.logger.Info("worker started", "concurrency", w.cfg.Worker.Concurrency, "queues", w.cfg.Worker.Queues, "image", w.cfg.ImagePath())
+	return nil
+}
+
+// Running is how many jobs this worker runs now.
+func (w *Worker) Running() int { return w.handler.jobs.count() }
+
+// Shutdown stops taking jobs, lets running ones finish for ShutdownGrace,
+// then kills their sandboxes and hands them back to the queue, and waits
+// until every handler has returned.
+func (w *Worker) Shutdown() {
+	w.srv.Stop()
+	deadline := time.Now().Add(w.cfg.Worker.ShutdownGrace)
+	for w.handler.jobs.count() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := w.handler.jobs.cancelAll(errShutdown); n > 0 {
+		w.logger.Warn("grace period over: killing running sandboxes", "jobs", n)
+	}
+	w.srv.Shutdown()
+	if w.stopListen != nil {
+		w.stopListen()
+	}
+	w.rdb.Close()
+	w.logger.Info("worker stopped")
+}
+
+func logMiddleware(logger *slog.Logger) asynq.MiddlewareFunc {
+	return func(next asynq.Handler) asynq.Handler {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+			id, _ := asynq.GetTaskID(ctx)
+			q, _ := asynq.GetQueueName(ctx)
+			n, _ := asynq.GetRetryCount(ctx)
+			start := time.Now()
+			logger.Info("task started", "job_id", id, "queue", q, "type", t.Type(), "attempt", n+1)
+			err := next.ProcessTask(ctx, t)
+			logger.Info("task done", "job_id", id, "queue", q, "type", t.Type(), "attempt", n+1, "ms", time.Since(start).Milliseconds(), "err", err)
+			return err
+		})
+	}
+}
+
+func recoverMiddleware(logger *slog.Logger) asynq.MiddlewareFunc {
+	return func(next asynq.Handler) asynq.Handler {
+		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) (err error) {
+			defer func() {
+				if r := recover(); r != nil {
+					id, _ := asynq.GetTaskID(ctx)
+					logger.Error("handler panic", "job_id", id, "panic", r, "stack", string(debug.Stack()))
+					err = fmt.Errorf("panic: %v", r)
+				}
+			}()
+			return next.ProcessTask(ctx, t)
+		})
+	}
+}
+
+// slogAdapter makes asynq log through slog.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...)) }
+func (a slogAdapter) Info(args ...any)  { a.l.Info(fmt.Sprint(args...)) }
+func (a slogAdapter) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...)) }
+func (a slogAdapter) Error(args ...any) { a.l.Error(fmt.Sprint(args...)) }
+func (a slogAdapter) Fatal(args ...any) { a.l.Error(fmt.Sprint(args...)); os.Exit(1) }

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what sandq needs on a Debian 12 host, reusing what is already
+# there at the pinned version. Idempotent; run as root.
+#   redis-server, debootstrap  Debian packages
+#   runsc                      gVisor, built statically from the Go module proxy
+#                              (Debian's 2022 runsc is too old for current kernels)
+#   minio                      MinIO server, from the Go module proxy
+set -euo pipefail
+
+RUNSC_VERSION=v0.0.0-20260905035102-160fafc42237
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+BIN_DIR=${SANDQ_BIN_DIR:-/usr/local/bin}
+
+export PATH=/usr/local/go/bin:$BIN_DIR:$PATH
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+	log "must run as root"
+	exit 1
+fi
+command -v go >/dev/null || { log "Go is required (expected at /usr/local/go)"; exit 1; }
+
+# Debian packages. A policy-rc.d keeps the redis-server package from starting
+# its own service on 6379 (sandq dev and the tests start Redis themselves).
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+	log "installing ${missing[*]} from Debian"
+	placed_policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		placed_policy=1
+	fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	[ -n "$placed_policy" ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+# module_version BIN MODULE prints the version BIN was built from, if any.
+module_version() {
+	[ -x "$1" ] || return 0
+	go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m { print $3 }'
+}
+
+if [ "$(module_version "$BIN_DIR/runsc" gvisor.dev/gvisor)" != "$RUNSC_VERSION" ]; then
+	log "building runsc $RUNSC_VERSION (static, about 2 minutes)"
+	CGO_ENABLED=0 GOBIN=$BIN_DIR go install "gvisor.dev/gvisor/runsc@$RUNSC_VERSION"
+fi
+if [ "$(module_version "$BIN_DIR/minio" github.com/minio/minio)" != "$MINIO_VERSION" ]; then
+	log "building minio $MINIO_VERSION (about 6 minutes on 2 cores)"
+	GOBIN=$BIN_DIR go install "github.com/minio/minio@$MINIO_VERSION"
+fi
+log "ready: $(redis-server --version | cut -d' ' -f3), runsc $RUNSC_VERSION, minio $MINIO_VERSION, $(debootstrap --version)"
