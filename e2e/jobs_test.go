@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"golang.org/x/sys/unix"
 
 	"github.com/sandq/sandq/jobs"
@@ -448,5 +450,84 @@ func assertNoSandboxes(t *testing.T) {
 	sbs, _ := filepath.Glob(filepath.Join(env.state, "workers", "*", "sandboxes", "*"))
 	if len(sbs) != 0 {
 		t.Errorf("sandbox dirs left: %v", sbs)
+	}
+}
+
+func TestLogCapKeepsHeadAndTail(t *testing.T) {
+	// 40 MB to stdout; the worker stores 16 MiB of it (head and tail) and
+	// counts the rest.
+	r := runJob(t, jobs.Submission{Script: file(t, "noisy.py", `
+import sys
+sys.stdout.write("FIRST-LINE\n")
+block = ("x" * 1023 + "\n") * 1024
+for _ in range(40):
+    sys.stdout.write(block)
+sys.stdout.write("LAST-LINE\n")
+`)})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	total := int64(len("FIRST-LINE\n") + 40*1024*1024 + len("LAST-LINE\n"))
+	if r.Stdout.Bytes != total || !r.Stdout.Truncated || r.Stdout.DroppedBytes <= 0 {
+		t.Fatalf("stdout bytes %d (want %d) truncated %v dropped %d", r.Stdout.Bytes, total, r.Stdout.Truncated, r.Stdout.DroppedBytes)
+	}
+	if !strings.HasSuffix(r.Stdout.Tail, "LAST-LINE\n") || len(r.Stdout.Tail) > env.cfg.Worker.LogTail {
+		t.Errorf("tail of %d bytes ends %q", len(r.Stdout.Tail), r.Stdout.Tail[max(0, len(r.Stdout.Tail)-20):])
+	}
+	stored := download(t, r.Stdout.URL)
+	if int64(len(stored)) > env.cfg.Worker.LogBytes+100 || !strings.HasPrefix(string(stored), "FIRST-LINE\n") || !strings.HasSuffix(string(stored), "LAST-LINE\n") || !strings.Contains(string(stored), "bytes dropped here]") {
+		t.Errorf("stored log of %d bytes (cap %d) lacks its head, tail or drop marker", len(stored), env.cfg.Worker.LogBytes)
+	}
+	if kept := int64(len(stored)) - int64(len(fmt.Sprintf("\n[sandq: %d bytes dropped here]\n", r.Stdout.DroppedBytes))); kept+r.Stdout.DroppedBytes != total {
+		t.Errorf("kept %d + dropped %d != %d", kept, r.Stdout.DroppedBytes, total)
+	}
+}
+
+func TestVanishedInputEndsErrorWithReason(t *testing.T) {
+	ctx := context.Background()
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: env.stack.RedisAddr})
+	defer insp.Close()
+	if err := insp.PauseQueue("other"); err != nil {
+		t.Fatal(err)
+	}
+	enq := submit(t, jobs.Submission{Script: file(t, "x.sh", "echo hi"), Queue: "other"})
+	st, err := env.client.Status(ctx, enq.ID)
+	if err != nil || st.State != jobs.StatePending {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	if err := env.store.RemovePrefix(ctx, jobs.JobPrefix(enq.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := insp.UnpauseQueue("other"); err != nil {
+		t.Fatal(err)
+	}
+	r := waitResult(t, enq.ID, time.Minute)
+	wantStatus(t, r, jobs.StatusError)
+	if !strings.Contains(r.Reason, "gone from the store") {
+		t.Errorf("reason %q", r.Reason)
+	}
+}
+
+func TestRefusedCapsAtEnqueue(t *testing.T) {
+	var many []jobs.File
+	for i := 0; i <= env.cfg.MaxInputs; i++ {
+		many = append(many, file(t, fmt.Sprintf("in%03d.txt", i), "x"))
+	}
+	big := file(t, "big.py", "# "+strings.Repeat("x", int(env.cfg.MaxScriptBytes))+"\n")
+	for _, c := range []struct {
+		name  string
+		sub   jobs.Submission
+		field string
+	}{
+		{"too many inputs", jobs.Submission{Script: file(t, "a.py", "1"), Inputs: many}, "inputs"},
+		{"script over cap", jobs.Submission{Script: big}, "script"},
+		{"output files over max", jobs.Submission{Script: file(t, "a.py", "1"), Limits: jobs.LimitRequest{OutputFiles: env.cfg.MaxLimits.OutputFiles + 1}}, "output_files"},
+		{"disk over max", jobs.Submission{Script: file(t, "a.py", "1"), Limits: jobs.LimitRequest{DiskBytes: env.cfg.MaxLimits.Disk + 1}}, "disk"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := env.client.Enqueue(context.Background(), c.sub)
+			var fe *jobs.FieldError
+			if !errors.As(err, &fe) || fe.Field != c.field {
+				t.Fatalf("error %v, want a refusal naming %q", err, c.field)
+			}
+		})
 	}
 }

@@ -45,7 +45,7 @@ type Config struct {
 	MaxEnvBytes    int
 
 	// MaxRetry is how often a job that could not run (status error) is
-	// retried. Default 3.
+	// retried. Default 3; NoRetry (-1) for none.
 	MaxRetry int
 	// ResultRetention keeps finished jobs and their results. Default 7 days.
 	ResultRetention time.Duration
@@ -184,8 +184,10 @@ func (c Config) Validate() error {
 		return errors.New("default limits are under the minimum (1s, 64MiB memory, 16MiB disk)")
 	case c.LinkExpiry <= 0 || c.LinkExpiry > storage.MaxLinkExpiry:
 		return fmt.Errorf("link expiry %s: must be between 1s and %s", c.LinkExpiry, storage.MaxLinkExpiry)
-	case c.MaxRetry < 0:
+	case c.MaxRetry < NoRetry:
 		return errors.New("max retry must not be negative")
+	case d.OutputBytes < 4096:
+		return errors.New("default output size is under the minimum of 4KiB")
 	case c.Worker.Concurrency < 1:
 		return errors.New("worker concurrency must be at least 1")
 	case c.Worker.LogBytes < 1024 || c.Worker.LogTail < 0 || int64(c.Worker.LogTail) > c.Worker.LogBytes:
@@ -204,6 +206,9 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// NoRetry as Config.MaxRetry means a job that could not run is not retried.
+const NoRetry = -1
 
 // ImagePath is the root filesystem of the configured image.
 func (c Config) ImagePath() string {

@@ -31,7 +31,9 @@ var runtimeByExt = map[string]string{
 
 // interpreter is the argv prefix of each runtime inside the image.
 var interpreter = map[string][]string{
-	RuntimePython: {"/usr/bin/python3", "-u"},
+	// Not -u: unbuffered text I/O in CPython drops the rest of a write that
+	// a pipe accepts only partly, and gVisor's host pipes do that.
+	RuntimePython: {"/usr/bin/python3"},
 	RuntimeNode:   {"/usr/bin/node"},
 	RuntimeShell:  {"/bin/bash"},
 }
@@ -83,8 +85,11 @@ type Limits struct {
 // the maxima, naming the field.
 func (r LimitRequest) Resolve(def, max Limits) (Limits, error) {
 	l := def
-	if r.TimeoutSeconds < 0 || r.MemoryBytes < 0 || r.DiskBytes < 0 || r.OutputBytes < 0 || r.OutputFiles < 0 {
+	if r.TimeoutSeconds < 0 || r.TimeoutSeconds != r.TimeoutSeconds || r.MemoryBytes < 0 || r.DiskBytes < 0 || r.OutputBytes < 0 || r.OutputFiles < 0 {
 		return Limits{}, &FieldError{Field: "limits", Msg: "limits must not be negative"}
+	}
+	if r.TimeoutSeconds > max.Timeout.Seconds() {
+		return Limits{}, &FieldError{Field: "timeout", Msg: fmt.Sprintf("%gs is over the maximum of %s", r.TimeoutSeconds, max.Timeout)}
 	}
 	if r.TimeoutSeconds > 0 {
 		l.Timeout = time.Duration(r.TimeoutSeconds * float64(time.Second))

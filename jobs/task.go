@@ -85,7 +85,7 @@ func (c Config) jobTaskOptions(j *Job) []asynq.Option {
 	return []asynq.Option{
 		asynq.TaskID(j.ID),
 		asynq.Queue(j.Queue),
-		asynq.MaxRetry(c.MaxRetry),
+		asynq.MaxRetry(max(0, c.MaxRetry)),
 		asynq.Timeout(j.Limits.Timeout + c.FinishAllowance),
 		asynq.Retention(c.ResultRetention),
 	}

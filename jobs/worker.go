@@ -25,6 +25,7 @@ type Worker struct {
 	rdb        redis.UniversalClient
 	logger     *slog.Logger
 	stopListen context.CancelFunc
+	listening  chan struct{}
 }
 
 // NewWorker builds a worker; Start runs it.
@@ -93,7 +94,11 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.stopListen = cancel
-	go listenCancels(lctx, w.rdb, w.handler.jobs, w.logger)
+	w.listening = make(chan struct{})
+	go func() {
+		defer close(w.listening)
+		listenCancels(lctx, w.rdb, w.handler.jobs, w.logger)
+	}()
 	if err := w.srv.Start(w.Mux()); err != nil {
 		cancel()
 		return fmt.Errorf("start worker: %w", err)
@@ -120,6 +125,7 @@ func (w *Worker) Shutdown() {
 	w.srv.Shutdown()
 	if w.stopListen != nil {
 		w.stopListen()
+		<-w.listening
 	}
 	w.rdb.Close()
 	w.logger.Info("worker stopped")

@@ -99,6 +99,9 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 		ResultRetention: c.Duration("result-retention"),
 		LinkExpiry:      c.Duration("link-expiry"),
 	}
+	if cfg.MaxRetry == 0 {
+		cfg.MaxRetry = jobs.NoRetry
+	}
 	cfg.DefaultLimits.Timeout = c.Duration("default-timeout")
 	cfg.MaxLimits.Timeout = c.Duration("max-timeout")
 	cfg.DefaultLimits.OutputFiles = c.Int("default-output-files")
