@@ -1,0 +1,128 @@
+package executor
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testImage is the image `make test` builds; its absence fails the test.
+func testImage(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("SANDQ_IMAGE_DIR")
+	if dir == "" {
+		dir = "/var/lib/sandq/images"
+	}
+	p := filepath.Join(dir, "default", "rootfs")
+	if _, err := os.Stat(filepath.Join(p, "bin")); err != nil {
+		t.Fatalf("image missing (run `make test`, which builds it): %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("sandbox tests must run as root")
+	}
+	return p
+}
+
+func sleeper(image string) Spec {
+	return Spec{
+		Name: "sweep-test", Image: image, Args: []string{"/bin/sleep", "600"}, Env: []string{"PATH=/bin:/usr/bin"},
+		UID: 1000, GID: 1000,
+		Limits: Limits{Timeout: 10 * time.Minute, Memory: 128 << 20, Disk: 32 << 20, OutputBytes: 1 << 20, OutputFiles: 10, Pids: 64, LogBytes: 1 << 20, LogTail: 1024},
+	}
+}
+
+// startSleeper runs a sandbox that sleeps, and returns once it is running.
+func startSleeper(t *testing.T, r *RunscRunner, image string) Sandbox {
+	t.Helper()
+	ctx := context.Background()
+	sb, err := r.Prepare(ctx, sleeper(image))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go sb.Run(ctx)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ids, _ := r.Containers(ctx)
+		if len(ids) == 1 && ids[0] == sb.ID() && processWith(sb.ID()) {
+			return sb
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox %s did not start (containers %v)", sb.ID(), ids)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// processWith reports whether a process has s in its command line.
+func processWith(s string) bool {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && strings.Contains(string(b), s) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
+	image := testImage(t)
+	ctx := context.Background()
+	state := t.TempDir()
+	dead, err := NewRunscRunner(ctx, RunscConfig{StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := startSleeper(t, dead, image)
+	deadDir := dead.dir
+	mounts, _ := mountsUnder(deadDir)
+	if len(mounts) == 0 {
+		t.Fatal("the sandbox has no outputs mount to leave behind")
+	}
+	cgroups, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", dead.cgroupDir(), sb.ID()))
+	if len(cgroups) == 0 {
+		t.Fatal("the sandbox has no cgroup to leave behind")
+	}
+	// Another live worker's sandbox must survive the sweep.
+	neighbour, err := NewRunscRunner(ctx, RunscConfig{StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer neighbour.Close(ctx)
+	other := startSleeper(t, neighbour, image)
+
+	// The worker dies: the kernel drops its lock; nothing else is cleaned.
+	dead.lock.Close()
+
+	next, err := NewRunscRunner(ctx, RunscConfig{StateDir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close(ctx)
+	if _, err := os.Stat(deadDir); !os.IsNotExist(err) {
+		t.Errorf("dead worker's directory still there: %v", err)
+	}
+	if processWith(sb.ID()) {
+		t.Errorf("dead worker's sandbox %s still running", sb.ID())
+	}
+	if m, _ := mountsUnder(deadDir); len(m) != 0 {
+		t.Errorf("dead worker's mounts left: %v", m)
+	}
+	for _, cg := range cgroups {
+		if _, err := os.Stat(cg); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s left", cg)
+		}
+	}
+	if ids, _ := neighbour.Containers(ctx); len(ids) != 1 || ids[0] != other.ID() || !processWith(other.ID()) {
+		t.Errorf("the live neighbour's sandbox was swept: %v", ids)
+	}
+	if err := neighbour.Close(ctx); err != nil {
+		t.Errorf("closing the neighbour: %v", err)
+	}
+	if processWith(other.ID()) {
+		t.Errorf("Close left sandbox %s running", other.ID())
+	}
+}
