@@ -26,7 +26,7 @@ vet:
 	go vet ./...
 
 test: deps image vet
-	SANDQ_IMAGE_DIR=$(IMAGE_DIR) go test $(GO_TEST_FLAGS) -v ./... 2>&1 | tee /tmp/sandq-test.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok |panic|\s+\S+_test\.go)' ; exit $${PIPESTATUS[0]}
+	SANDQ_IMAGE_DIR=$(IMAGE_DIR) go test $(GO_TEST_FLAGS) -v ./... 2>&1 | tee /tmp/sandq-test.log | grep -E '^(\s*--- |PASS|FAIL|ok |panic|.*\.go:[0-9]+)' ; exit $${PIPESTATUS[0]}
 
 demo: deps image
 	scripts/demo.sh

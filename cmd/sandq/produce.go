@@ -38,47 +38,39 @@ func enqueueCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return cli.Exit("enqueue takes exactly one SCRIPT", exitError)
-			}
-			cfg, err := loadConfig(c)
-			if err != nil {
-				return cli.Exit(err, exitError)
-			}
-			sub, err := submissionFromFlags(c, cfg)
-			if err != nil {
-				return cli.Exit(err, exitError)
-			}
-			client, closeFn, err := newClient(c, cfg)
-			if err != nil {
-				return cli.Exit(err, exitError)
-			}
-			defer closeFn()
-			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			enq, err := client.Enqueue(ctx, sub)
-			if err != nil {
-				return cli.Exit(fmt.Errorf("job refused: %w", err), exitError)
-			}
-			if enq.Existing {
-				fmt.Fprintf(os.Stderr, "job %s already exists for idempotency key %q; not enqueued again\n", enq.ID, sub.IdempotencyKey)
-			}
-			if !c.Bool("wait") {
-				if c.Bool("json") {
-					return printJSON(c.App.Writer, enq)
-				}
-				fmt.Fprintln(c.App.Writer, enq.ID)
-				return nil
-			}
-			if !c.Bool("json") {
-				fmt.Fprintf(os.Stderr, "job %s queued on %s\n", enq.ID, enq.Queue)
-			}
-			return follow(ctx, c, client, enq.ID)
+			return withClient(c, "SCRIPT", func(ctx context.Context, _ jobs.Config, client *jobs.Client) error {
+				return enqueue(ctx, c, client)
+			})
 		},
 	}
 }
 
-func submissionFromFlags(c *cli.Context, cfg jobs.Config) (jobs.Submission, error) {
+func enqueue(ctx context.Context, c *cli.Context, client *jobs.Client) error {
+	sub, err := submissionFromFlags(c)
+	if err != nil {
+		return cli.Exit(err, exitError)
+	}
+	enq, err := client.Enqueue(ctx, sub)
+	if err != nil {
+		return cli.Exit(fmt.Errorf("job refused: %w", err), exitError)
+	}
+	if enq.Existing {
+		fmt.Fprintf(os.Stderr, "job %s already exists for idempotency key %q; not enqueued again\n", enq.ID, sub.IdempotencyKey)
+	}
+	if !c.Bool("wait") {
+		if c.Bool("json") {
+			return printJSON(c.App.Writer, enq)
+		}
+		fmt.Fprintln(c.App.Writer, enq.ID)
+		return nil
+	}
+	if !c.Bool("json") {
+		fmt.Fprintf(os.Stderr, "job %s queued on %s\n", enq.ID, enq.Queue)
+	}
+	return follow(ctx, c, client, enq.ID)
+}
+
+func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 	script, err := jobs.LocalFile(c.Args().First(), "")
 	if err != nil {
 		return jobs.Submission{}, fmt.Errorf("script: %w", err)
@@ -198,8 +190,16 @@ func cancelCommand() *cli.Command {
 }
 
 func withJob(c *cli.Context, fn func(context.Context, *jobs.Client, string) error) error {
+	return withClient(c, "job ID", func(ctx context.Context, _ jobs.Config, client *jobs.Client) error {
+		return fn(ctx, client, c.Args().First())
+	})
+}
+
+// withClient checks for one argument, connects a producer and runs fn until
+// it returns or the process is interrupted.
+func withClient(c *cli.Context, what string, fn func(context.Context, jobs.Config, *jobs.Client) error) error {
 	if c.NArg() != 1 {
-		return cli.Exit(c.Command.Name+" takes exactly one job ID", exitError)
+		return cli.Exit(c.Command.Name+" takes exactly one "+what, exitError)
 	}
 	cfg, err := loadConfig(c)
 	if err != nil {
@@ -212,7 +212,7 @@ func withJob(c *cli.Context, fn func(context.Context, *jobs.Client, string) erro
 	defer closeFn()
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return fn(ctx, client, c.Args().First())
+	return fn(ctx, cfg, client)
 }
 
 // follow waits for a job, showing a live state line on a terminal, prints
