@@ -531,3 +531,14 @@ func TestRefusedCapsAtEnqueue(t *testing.T) {
 		})
 	}
 }
+
+func TestWorkerSetsJobFilesExpiry(t *testing.T) {
+	days, err := env.store.PrefixExpiry(context.Background(), "jobs/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Result retention (7 days) plus a day.
+	if days != 8 {
+		t.Errorf("jobs/ expire after %d days, want 8", days)
+	}
+}

@@ -92,6 +92,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
 	}
+	// Job files outlive neither the job's retention nor its links by more
+	// than a day.
+	keep := max(w.cfg.ResultRetention, w.cfg.LinkExpiry)
+	days := int((keep+24*time.Hour-1)/(24*time.Hour)) + 1
+	if err := w.handler.store.SetPrefixExpiry(ctx, "jobs/", days); err != nil {
+		return fmt.Errorf("object store at %s: %w", w.cfg.Storage.Endpoint, err)
+	}
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.stopListen = cancel
 	w.listening = make(chan struct{})

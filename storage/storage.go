@@ -20,6 +20,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/lifecycle"
 )
 
 // ErrObjectNotExist is returned when an object is not in the bucket.
@@ -318,4 +319,59 @@ func convert(err error) error {
 		return fmt.Errorf("%w: %s", ErrBucketNotExist, r.Message)
 	}
 	return err
+}
+
+// lifecycleRuleID names the expiry rule sandq keeps for a prefix.
+func lifecycleRuleID(prefix string) string { return "sandq-expire-" + strings.TrimSuffix(prefix, "/") }
+
+// SetPrefixExpiry has the store delete objects under prefix days after they
+// were written (and abandoned multipart uploads after a day), keeping the
+// bucket's other lifecycle rules.
+func (s *Store) SetPrefixExpiry(ctx context.Context, prefix string, days int) error {
+	if days < 1 {
+		return fmt.Errorf("expiry of %s: %d days, want at least 1", prefix, days)
+	}
+	cfg, err := s.client.GetBucketLifecycle(ctx, s.bucket)
+	if err != nil {
+		if minio.ToErrorResponse(err).Code != "NoSuchLifecycleConfiguration" {
+			return fmt.Errorf("read lifecycle of %s: %w", s.bucket, convert(err))
+		}
+		cfg = lifecycle.NewConfiguration()
+	}
+	id := lifecycleRuleID(prefix)
+	rules := cfg.Rules[:0]
+	for _, r := range cfg.Rules {
+		if r.ID != id {
+			rules = append(rules, r)
+		}
+	}
+	cfg.Rules = append(rules, lifecycle.Rule{
+		ID:                             id,
+		Status:                         "Enabled",
+		RuleFilter:                     lifecycle.Filter{Prefix: prefix},
+		Expiration:                     lifecycle.Expiration{Days: lifecycle.ExpirationDays(days)},
+		AbortIncompleteMultipartUpload: lifecycle.AbortIncompleteMultipartUpload{DaysAfterInitiation: 1},
+	})
+	if err := s.client.SetBucketLifecycle(ctx, s.bucket, cfg); err != nil {
+		return fmt.Errorf("set lifecycle of %s: %w", s.bucket, convert(err))
+	}
+	return nil
+}
+
+// PrefixExpiry reports the days after which objects under prefix expire, 0
+// when no sandq rule covers it.
+func (s *Store) PrefixExpiry(ctx context.Context, prefix string) (int, error) {
+	cfg, err := s.client.GetBucketLifecycle(ctx, s.bucket)
+	if err != nil {
+		if minio.ToErrorResponse(err).Code == "NoSuchLifecycleConfiguration" {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("read lifecycle of %s: %w", s.bucket, convert(err))
+	}
+	for _, r := range cfg.Rules {
+		if r.ID == lifecycleRuleID(prefix) && r.Status == "Enabled" {
+			return int(r.Expiration.Days), nil
+		}
+	}
+	return 0, nil
 }
