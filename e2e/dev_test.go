@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sandq/sandq/jobs"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestDevStackRunsAJobAndStopsCleanly runs `sandq dev` as a user would,
+// submits a job to it with the CLI, then stops it with SIGTERM: every
+// child (Redis, MinIO, the worker) must be gone.
+func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
+	sandq(t, "--help") // builds the binary
+	redisAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s3 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	global := []string{"--redis-addr", redisAddr, "--s3-endpoint", s3}
+	dir := t.TempDir()
+	dev := exec.Command(sandqBin, append(global, "dev", "--data-dir", dir, "--minio-console-port", fmt.Sprint(freePort(t)))...)
+	dev.Env = os.Environ()
+	out, err := dev.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.Stderr = os.Stderr
+	if err := dev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- dev.Wait() }()
+	defer func() {
+		dev.Process.Kill()
+	}()
+	ready := make(chan string, 1)
+	go func() {
+		var seen strings.Builder
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			seen.WriteString(sc.Text() + "\n")
+			if strings.HasPrefix(sc.Text(), "  data") {
+				ready <- seen.String()
+			}
+		}
+	}()
+	var banner string
+	select {
+	case banner = <-ready:
+	case err := <-exited:
+		t.Fatalf("sandq dev exited: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("sandq dev did not come up in 90s")
+	}
+	if !strings.Contains(banner, redisAddr) || !strings.Contains(banner, s3) {
+		t.Errorf("banner does not say where things listen:\n%s", banner)
+	}
+	children := childPIDs(dev.Process.Pid)
+	if len(children) < 3 {
+		t.Fatalf("want redis, minio and a worker as children, got %v", children)
+	}
+
+	script := filepath.Join(dir, "hello.py")
+	os.WriteFile(script, []byte("import os\nopen(os.environ['OUTPUT_DIR'] + '/hello.txt', 'w').write('hi')\n"), 0o644)
+	cmd := exec.Command(sandqBin, append(global, "enqueue", script, "--wait", "--json")...)
+	res, err := cmd.Output()
+	var r jobs.Result
+	if err != nil || json.Unmarshal(res, &r) != nil || r.Status != jobs.StatusSucceeded || len(r.Outputs) != 1 {
+		t.Fatalf("job against sandq dev: %v\n%s", err, res)
+	}
+	if string(download(t, r.Outputs[0].URL)) != "hi" {
+		t.Error("output content")
+	}
+
+	dev.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("sandq dev exit: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("sandq dev did not stop within 90s of SIGTERM")
+	}
+	for _, pid := range children {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("child %d still running after sandq dev stopped", pid)
+		}
+	}
+}
+
+// childPIDs lists the direct children of pid.
+func childPIDs(pid int) []int {
+	var out []int
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, s := range stats {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		rest := string(b[strings.LastIndexByte(string(b), ')')+2:])
+		var state string
+		var ppid, self int
+		fmt.Sscanf(rest, "%s %d", &state, &ppid)
+		fmt.Sscanf(string(b), "%d", &self)
+		if ppid == pid {
+			out = append(out, self)
+		}
+	}
+	return out
+}
