@@ -47,11 +47,14 @@ func main() {
 }
 
 // permuteArgs moves a command's flags in front of its positional arguments,
-// so that `sandq enqueue script.py --input data.csv` works: urfave/cli v2
-// stops parsing flags at the first positional argument. "--" ends flags.
+// so that `sandq enqueue script.py --input data.csv` works (urfave/cli v2
+// stops parsing flags at the first positional argument), and global flags
+// given after the command to before it. "--" ends flags.
 func permuteArgs(app *cli.App, args []string) []string {
 	out := append([]string{}, args[0])
 	i := 1
+	var global []string
+	firstCommand := 0
 	// Global flags come before the command.
 	cmds := app.Commands
 	var cmd *cli.Command
@@ -69,6 +72,9 @@ func permuteArgs(app *cli.App, args []string) []string {
 		next := findCommand(cmds, a)
 		if next == nil {
 			break
+		}
+		if cmd == nil {
+			firstCommand = len(out)
 		}
 		cmd = next
 		out = append(out, a)
@@ -89,6 +95,12 @@ func permuteArgs(app *cli.App, args []string) []string {
 			positional = append(positional, args[i:]...)
 			i = len(args)
 			continue
+		case strings.HasPrefix(a, "-") && a != "-" && !definesFlag(cmd.Flags, a) && definesFlag(app.Flags, a):
+			global = append(global, a)
+			if takesValue(app.Flags, a) && !strings.Contains(a, "=") && i+1 < len(args) {
+				global = append(global, args[i+1])
+				i++
+			}
 		case strings.HasPrefix(a, "-") && a != "-":
 			flags = append(flags, a)
 			if takesValue(cmd.Flags, a) && !strings.Contains(a, "=") && i+1 < len(args) {
@@ -100,7 +112,24 @@ func permuteArgs(app *cli.App, args []string) []string {
 		}
 		i++
 	}
-	return append(append(out, flags...), positional...)
+	// Global flags go before the first command word.
+	head := append([]string{}, out[:firstCommand]...)
+	head = append(head, global...)
+	head = append(head, out[firstCommand:]...)
+	return append(append(head, flags...), positional...)
+}
+
+// definesFlag reports whether arg (like --queue or --queue=x) names one of flags.
+func definesFlag(flags []cli.Flag, arg string) bool {
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func findCommand(cmds []*cli.Command, name string) *cli.Command {
@@ -115,7 +144,7 @@ func findCommand(cmds []*cli.Command, name string) *cli.Command {
 // takesValue reports whether the flag arg (like --input or -i) is a known
 // flag that takes a value.
 func takesValue(flags []cli.Flag, arg string) bool {
-	name := strings.TrimLeft(arg, "-")
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 	for _, f := range flags {
 		for _, n := range f.Names() {
 			if n == name {
