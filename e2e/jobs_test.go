@@ -18,6 +18,7 @@ import (
 	"github.com/hibiken/asynq"
 	"golang.org/x/sys/unix"
 
+	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -540,5 +541,62 @@ func TestWorkerSetsJobFilesExpiry(t *testing.T) {
 	// Result retention (7 days) plus a day.
 	if days != 8 {
 		t.Errorf("jobs/ expire after %d days, want 8", days)
+	}
+}
+
+// TestShutdownHandsRunningJobBack stops a second worker while its job runs:
+// the sandbox is killed first, then the job goes back to its queue as it
+// was — not counted as a failed attempt, not archived on its last one.
+func TestShutdownHandsRunningJobBack(t *testing.T) {
+	ctx := context.Background()
+	cfg := env.cfg
+	cfg.MaxRetry = jobs.NoRetry // its only attempt: must still not be archived
+	cfg.Worker.Queues = map[string]int{"handback": 1}
+	cfg.Worker.ShutdownGrace = time.Second
+	runner, err := executor.NewRunscRunner(ctx, executor.RunscConfig{StateDir: env.state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runner.Close(ctx)
+	w, err := jobs.NewWorker(cfg, runner, env.store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	client, err := jobs.NewClient(cfg, env.store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	enq, err := client.Enqueue(ctx, jobs.Submission{Script: file(t, "long.sh", "sleep 600"), Queue: "handback"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ids, _ := runner.Containers(ctx)
+		if len(ids) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the job's sandbox never started")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.Shutdown()
+	if ids, _ := runner.Containers(ctx); len(ids) != 0 {
+		t.Errorf("sandboxes left after shutdown: %v", ids)
+	}
+	st, err := client.Status(ctx, enq.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != jobs.StatePending || st.Retried != 0 || st.Result != nil {
+		t.Errorf("after shutdown the job is %+v, want pending with no attempt counted", st)
+	}
+	if _, err := client.Cancel(ctx, enq.ID); err != nil {
+		t.Error(err)
 	}
 }

@@ -28,8 +28,8 @@ type Limits struct {
 	Timeout time.Duration
 	// Memory is the sandbox's cgroup memory limit, in bytes.
 	Memory int64
-	// Disk is the size of the in-memory overlay holding every write to the
-	// root filesystem, in bytes.
+	// Disk caps the overlay file store that holds every write to the root
+	// filesystem (a file in the sandbox's scratch directory), in bytes.
 	Disk int64
 	// OutputBytes caps the outputs filesystem, in bytes.
 	OutputBytes int64

@@ -5,7 +5,7 @@ import (
 )
 
 // ociSpec is the OCI runtime spec of one sandbox: the image as root (runsc
-// layers a memory overlay over it, so the image is never written), the job's
+// layers a size-capped overlay over it, so the image is never written), the job's
 // directories as bind mounts, no capabilities, and cgroup limits.
 func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath string) *specs.Spec {
 	memory := spec.Limits.Memory

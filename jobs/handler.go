@@ -33,6 +33,9 @@ type Handler struct {
 	logger *slog.Logger
 	name   string
 	now    func() time.Time
+	// handBack is closed once asynq has requeued the jobs a stopping worker
+	// interrupted; their handlers wait for it (see Worker.Shutdown).
+	handBack chan struct{}
 }
 
 var _ asynq.Handler = (*Handler)(nil)
@@ -82,6 +85,19 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 
+	// A worker runs nothing over its own maxima, whatever the producer let
+	// through.
+	lim, err := LimitRequest{
+		TimeoutSeconds: job.Limits.Timeout.Seconds(), MemoryBytes: job.Limits.Memory, DiskBytes: job.Limits.Disk,
+		OutputBytes: job.Limits.OutputBytes, OutputFiles: job.Limits.OutputFiles,
+	}.Resolve(h.cfg.DefaultLimits, h.cfg.MaxLimits)
+	if err != nil {
+		err = fmt.Errorf("refused by this worker's limits: %w", err)
+		h.writeResult(t, logger, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	job.Limits = lim
+
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	h.jobs.add(job.ID, cancel)
@@ -93,7 +109,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	res, err := h.run(runCtx, job, attempt, logger)
 	if err != nil {
 		if errors.Is(context.Cause(runCtx), errShutdown) {
-			logger.Info("job handed back to the queue: worker shutting down")
+			// The sandbox is gone. Returning an error would count as a
+			// failed attempt (and archive a job on its last one); instead
+			// the handler waits, and asynq's shutdown requeues the task
+			// as it was.
+			logger.Info("sandbox killed; job goes back to the queue", "err", err)
+			h.jobs.remove(job.ID)
+			<-h.handBack
 			return fmt.Errorf("%w: %w", errShutdown, err)
 		}
 		final := retried >= maxRetry || errors.Is(err, asynq.SkipRetry)

@@ -43,17 +43,17 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	}
 	host, _ := os.Hostname()
 	name := fmt.Sprintf("%s:%d", host, os.Getpid())
-	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, logger: logger, name: name, now: time.Now}
+	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, logger: logger, name: name, now: time.Now, handBack: make(chan struct{})}
 	w := &Worker{cfg: cfg, handler: h, rdb: rdb, logger: logger}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:       cfg.Worker.Concurrency,
 		Queues:            cfg.Worker.Queues,
 		TaskCheckInterval: cfg.Worker.TaskCheckInterval,
-		// Shutdown kills running sandboxes after ShutdownGrace itself (see
-		// Shutdown); asynq only has to wait for the handlers to return.
-		ShutdownTimeout: cfg.Worker.ShutdownGrace + 30*time.Second,
+		// Shutdown kills running sandboxes after ShutdownGrace itself; by
+		// the time asynq's own shutdown starts, the interrupted handlers
+		// only wait to be requeued, which asynq does after this timeout.
+		ShutdownTimeout: time.Second,
 		RetryDelayFunc:  retryDelay,
-		IsFailure:       func(err error) bool { return !errors.Is(err, errShutdown) },
 		Logger:          slogAdapter{logger.With("component", "asynq")},
 		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
 			id, _ := asynq.GetTaskID(ctx)
@@ -68,12 +68,8 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	return w, nil
 }
 
-// retryDelay backs off exponentially with jitter, from about 1s to 5m; a job
-// handed back by a stopping worker is retried at once.
+// retryDelay backs off exponentially with jitter, from about 1s to 5m.
 func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	if errors.Is(err, errShutdown) {
-		return 0
-	}
 	d := time.Second << min(n, 9)
 	d = min(d, 5*time.Minute)
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
@@ -117,25 +113,39 @@ func (w *Worker) Start(ctx context.Context) error {
 // Running is how many jobs this worker runs now.
 func (w *Worker) Running() int { return w.handler.jobs.count() }
 
-// Shutdown stops taking jobs, lets running ones finish for ShutdownGrace,
-// then kills their sandboxes and hands them back to the queue, and waits
-// until every handler has returned.
+// Shutdown stops taking jobs and lets running ones finish for
+// ShutdownGrace. Then it kills the sandboxes of those still running, waits
+// until every one is gone, and only then lets asynq requeue their tasks,
+// unchanged (the attempt is not counted): a job never has two sandboxes.
 func (w *Worker) Shutdown() {
 	w.srv.Stop()
-	deadline := time.Now().Add(w.cfg.Worker.ShutdownGrace)
-	for w.handler.jobs.count() > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
+	w.waitIdle(w.cfg.Worker.ShutdownGrace)
 	if n := w.handler.jobs.cancelAll(errShutdown); n > 0 {
 		w.logger.Warn("grace period over: killing running sandboxes", "jobs", n)
+		if !w.waitIdle(2 * time.Minute) {
+			w.logger.Error("sandboxes still being killed after 2m; requeueing anyway", "jobs", w.handler.jobs.count())
+		}
 	}
 	w.srv.Shutdown()
+	close(w.handler.handBack)
 	if w.stopListen != nil {
 		w.stopListen()
 		<-w.listening
 	}
 	w.rdb.Close()
 	w.logger.Info("worker stopped")
+}
+
+// waitIdle waits up to d for no job to be running; it reports whether none is.
+func (w *Worker) waitIdle(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for w.handler.jobs.count() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
 }
 
 func logMiddleware(logger *slog.Logger) asynq.MiddlewareFunc {

@@ -147,13 +147,35 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 	return cfg, cfg.Validate()
 }
 
+// hasFlag reports whether the running command defines the flag (whether or
+// not it was set).
 func hasFlag(c *cli.Context, name string) bool {
-	for _, n := range c.FlagNames() {
-		if n == name {
-			return true
+	if c.Command == nil {
+		return false
+	}
+	for _, f := range c.Command.Flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// setGlobalsAsEnv returns SANDQ_* assignments for every global flag set on
+// this command line, so a child sandq process gets the same settings.
+func setGlobalsAsEnv(c *cli.Context) []string {
+	var out []string
+	for _, f := range globalFlags() {
+		name := f.Names()[0]
+		ev, ok := f.(interface{ GetEnvVars() []string })
+		if !ok || !c.IsSet(name) || len(ev.GetEnvVars()) == 0 {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s=%v", ev.GetEnvVars()[0], c.Value(name)))
+	}
+	return out
 }
 
 func parseQueues(s string) (map[string]int, error) {

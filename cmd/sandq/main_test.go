@@ -3,8 +3,11 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sandq/sandq/jobs"
 )
 
 func TestPermuteArgs(t *testing.T) {
@@ -24,5 +27,42 @@ func TestPermuteArgs(t *testing.T) {
 		if got != c.want {
 			t.Errorf("permuteArgs(%q) = %q, want %q", c.in, got, c.want)
 		}
+	}
+}
+
+// TestWorkerFlagsReachConfig runs the flag parsing of a worker-like command
+// and checks every worker flag lands in the config.
+func TestWorkerFlagsReachConfig(t *testing.T) {
+	var got jobs.Config
+	var gotErr error
+	app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{{
+		Name: "worker", Flags: workerFlags(),
+		Action: func(c *cli.Context) error { got, gotErr = loadConfig(c); return nil },
+	}}}
+	args := "sandq --max-retry 0 --link-expiry 2h worker --concurrency 4 --queues a=2,b --state-dir /x --runsc /r --platform ptrace --image-dir /imgs --image py --log-size 1MiB --shutdown-grace 7s"
+	if err := app.Run(strings.Fields(args)); err != nil || gotErr != nil {
+		t.Fatal(err, gotErr)
+	}
+	w := got.Worker
+	if w.Concurrency != 4 || w.Queues["a"] != 2 || w.Queues["b"] != 1 || w.StateDir != "/x" || w.Runsc != "/r" || w.Platform != "ptrace" ||
+		w.ImageDir != "/imgs" || w.Image != "py" || w.LogBytes != 1<<20 || w.ShutdownGrace != 7*time.Second {
+		t.Errorf("worker config %+v", w)
+	}
+	if got.MaxRetry != jobs.NoRetry || got.LinkExpiry != 2*time.Hour {
+		t.Errorf("max retry %d link expiry %s", got.MaxRetry, got.LinkExpiry)
+	}
+}
+
+func TestSetGlobalsAsEnv(t *testing.T) {
+	var env []string
+	app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{{
+		Name: "dev", Action: func(c *cli.Context) error { env = setGlobalsAsEnv(c); return nil },
+	}}}
+	if err := app.Run(strings.Fields("sandq --redis-addr r:1 --link-expiry 2h --s3-secure dev")); err != nil {
+		t.Fatal(err)
+	}
+	want := "SANDQ_REDIS_ADDR=r:1 SANDQ_S3_SECURE=true SANDQ_LINK_EXPIRY=2h0m0s"
+	if strings.Join(env, " ") != want {
+		t.Errorf("env %v, want %s", env, want)
 	}
 }

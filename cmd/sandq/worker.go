@@ -125,10 +125,7 @@ func devCommand() *cli.Command {
 			defer logf.Close()
 			// The worker gets this process's flags through the environment.
 			worker := exec.Command(self, "worker")
-			worker.Env = append(os.Environ(),
-				"SANDQ_REDIS_ADDR="+cfg.RedisAddr, "SANDQ_S3_ENDPOINT="+cfg.Storage.Endpoint,
-				"SANDQ_S3_ACCESS_KEY="+cfg.Storage.AccessKey, "SANDQ_S3_SECRET_KEY="+cfg.Storage.SecretKey,
-				"SANDQ_S3_BUCKET="+cfg.Storage.Bucket, "SANDQ_LOG_LEVEL="+c.String("log-level"))
+			worker.Env = append(os.Environ(), setGlobalsAsEnv(c)...)
 			worker.Stdout, worker.Stderr = logf, logf
 			worker.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 			if err := worker.Start(); err != nil {

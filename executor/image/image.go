@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // stampVersion changes when what Build puts in an image changes.
@@ -152,17 +153,32 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err := os.WriteFile(filepath.Join(tmp, "stamp"), []byte(stamp+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	// Swap the new build in; the old one (if any) is removed after.
+	// Swap the new build in. Sandboxes running on the old tree hold it open
+	// by its directory, not its name, so it is kept for a day (longer than
+	// any job may run) and removed by a later build.
 	old := filepath.Join(o.Dir, ".old-"+o.Name+"-"+randomHex())
-	if err := os.Rename(final, old); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Rename(final, old); err == nil {
+		now := time.Now()
+		os.Chtimes(old, now, now) // marks when it was replaced
+	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	if err := os.Rename(tmp, final); err != nil {
 		return nil, err
 	}
-	os.RemoveAll(old)
+	removeOldTrees(o.Dir, 24*time.Hour)
 	os.Remove(logPath)
 	return img, nil
+}
+
+// removeOldTrees deletes replaced images older than age.
+func removeOldTrees(dir string, age time.Duration) {
+	olds, _ := filepath.Glob(filepath.Join(dir, ".old-*"))
+	for _, o := range olds {
+		if st, err := os.Stat(o); err == nil && time.Since(st.ModTime()) > age {
+			os.RemoveAll(o)
+		}
+	}
 }
 
 // finish makes a debootstrapped tree a sandq image: the host's extra CAs
