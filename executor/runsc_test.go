@@ -56,16 +56,30 @@ func startSleeper(t *testing.T, r *RunscRunner, image string) Sandbox {
 	}
 }
 
-// processWith reports whether a process has s in its command line.
-func processWith(s string) bool {
+// processWith reports whether a sandbox or gofer process of container id
+// exists (runsc's own client commands naming the ID do not count).
+func processWith(id string) bool {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err == nil && strings.Contains(string(b), s) {
+		cmd := string(b)
+		if err == nil && strings.Contains(cmd, id) && (strings.HasPrefix(cmd, "runsc-sandbox") || strings.HasPrefix(cmd, "runsc-gofer")) {
 			return true
 		}
 	}
 	return false
+}
+
+// goneWithin waits up to d for container id's processes to exit.
+func goneWithin(id string, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for processWith(id) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
 }
 
 func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
@@ -105,7 +119,7 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 	if _, err := os.Stat(deadDir); !os.IsNotExist(err) {
 		t.Errorf("dead worker's directory still there: %v", err)
 	}
-	if processWith(sb.ID()) {
+	if !goneWithin(sb.ID(), 5*time.Second) {
 		t.Errorf("dead worker's sandbox %s still running", sb.ID())
 	}
 	if m, _ := mountsUnder(deadDir); len(m) != 0 {
@@ -122,7 +136,7 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 	if err := neighbour.Close(ctx); err != nil {
 		t.Errorf("closing the neighbour: %v", err)
 	}
-	if processWith(other.ID()) {
+	if !goneWithin(other.ID(), 5*time.Second) {
 		t.Errorf("Close left sandbox %s running", other.ID())
 	}
 }
