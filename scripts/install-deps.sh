@@ -28,15 +28,13 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]} from Debian"
-	placed_policy=
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
 		chmod +x /usr/sbin/policy-rc.d
-		placed_policy=1
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 	fi
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-	[ -n "$placed_policy" ] && rm -f /usr/sbin/policy-rc.d
 fi
 
 # module_version BIN MODULE prints the version BIN was built from, if any.
