@@ -1,0 +1,491 @@
+// Package jobnet gives a sandbox a network of its own whose only reachable
+// address is its egress proxy: a network namespace (handed to runsc with
+// --network=sandbox), a veth pair with a /30 from a host-wide pool, and
+// nftables rules owned by the worker that accept the job's traffic to its
+// proxy port on the host side of its pair and drop everything else coming
+// from, or forwarded to, any job's interface.
+//
+// Every resource is recorded in a lease file under the state directory, so
+// the resources of a worker that died are found and removed by the next one.
+package jobnet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// IfPrefix starts the name of every job interface on the host.
+const IfPrefix = "sq"
+
+const (
+	tableName = "sandq"
+	baseTag   = "sandq:base"
+)
+
+// Config sets up a Manager.
+type Config struct {
+	// Pool is split into /30s, one per networked sandbox. Default 10.200.0.0/16.
+	Pool netip.Prefix
+	// StateDir holds the lease files. Required.
+	StateDir string
+	// WorkerID owns the leases and rules this manager makes.
+	WorkerID string
+	// ProxyPort is the port the job may reach on its host-side address.
+	// Default 3128.
+	ProxyPort uint16
+}
+
+// Manager makes and removes job networks for one worker.
+type Manager struct {
+	cfg   Config
+	dir   string // StateDir/net
+	table *nftables.Table
+}
+
+// Net is one sandbox's network.
+type Net struct {
+	// Netns is the path of the network namespace, for the OCI spec.
+	Netns string
+	// Host is the host side's address, where the proxy listens.
+	Host netip.Addr
+	// Sandbox is the sandbox side's address, the source of its traffic.
+	Sandbox netip.Addr
+	// Proxy is Host:ProxyPort.
+	Proxy netip.AddrPort
+	lease lease
+	m     *Manager
+}
+
+type lease struct {
+	Index   int    `json:"index"`
+	Worker  string `json:"worker"`
+	Sandbox string `json:"sandbox"`
+	Netns   string `json:"netns"`
+	HostIf  string `json:"host_if"`
+	PeerIf  string `json:"peer_if"`
+}
+
+// New checks the pool and installs the base firewall rules (idempotent; the
+// same for every worker on the host).
+func New(cfg Config) (*Manager, error) {
+	if !cfg.Pool.IsValid() {
+		cfg.Pool = netip.MustParsePrefix("10.200.0.0/16")
+	}
+	if cfg.ProxyPort == 0 {
+		cfg.ProxyPort = 3128
+	}
+	if !cfg.Pool.Addr().Is4() || cfg.Pool.Bits() > 30 {
+		return nil, fmt.Errorf("network pool %s: want an IPv4 prefix of /30 or larger", cfg.Pool)
+	}
+	if cfg.StateDir == "" || cfg.WorkerID == "" {
+		return nil, errors.New("jobnet: state dir and worker ID are required")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, fmt.Errorf("the ip command (iproute2) is required for job networks: %w", err)
+	}
+	m := &Manager{cfg: cfg, dir: filepath.Join(cfg.StateDir, "net"), table: &nftables.Table{Family: nftables.TableFamilyINet, Name: tableName}}
+	if err := os.MkdirAll(m.dir, 0o700); err != nil {
+		return nil, err
+	}
+	unlock, err := m.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := m.installBase(); err != nil {
+		return nil, fmt.Errorf("firewall base rules: %w", err)
+	}
+	return m, nil
+}
+
+// lock takes the host-wide lock that serializes pool allocation and rule
+// changes among the workers of a host.
+func (m *Manager) lock() (func(), error) {
+	f, err := os.OpenFile(filepath.Join(m.dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+func (m *Manager) chains() (input, forward *nftables.Chain) {
+	accept := nftables.ChainPolicyAccept
+	input = &nftables.Chain{Name: "input", Table: m.table, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept}
+	forward = &nftables.Chain{Name: "forward", Table: m.table, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept}
+	return input, forward
+}
+
+// installBase makes table inet sandq with: in input, a final rule dropping
+// everything that arrives on a job interface (per-job accepts go before it);
+// in forward, rules dropping everything from or to a job interface, so that
+// nothing is routed for a job even where IP forwarding is on.
+func (m *Manager) installBase() error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	c.AddTable(m.table)
+	input, forward := m.chains()
+	c.AddChain(input)
+	c.AddChain(forward)
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	for _, base := range []struct {
+		chain *nftables.Chain
+		rules [][]expr.Any
+	}{
+		{input, [][]expr.Any{ifPrefixDrop(expr.MetaKeyIIFNAME)}},
+		{forward, [][]expr.Any{ifPrefixDrop(expr.MetaKeyIIFNAME), ifPrefixDrop(expr.MetaKeyOIFNAME)}},
+	} {
+		rules, err := c.GetRules(m.table, base.chain)
+		if err != nil {
+			return err
+		}
+		have := 0
+		for _, r := range rules {
+			if string(r.UserData) == baseTag {
+				have++
+			}
+		}
+		if have == len(base.rules) {
+			continue
+		}
+		for _, r := range rules {
+			if string(r.UserData) == baseTag {
+				c.DelRule(r)
+			}
+		}
+		for _, e := range base.rules {
+			c.AddRule(&nftables.Rule{Table: m.table, Chain: base.chain, Exprs: e, UserData: []byte(baseTag)})
+		}
+	}
+	return c.Flush()
+}
+
+func ifPrefixDrop(key expr.MetaKey) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		// Comparing only len(Data) bytes makes this a prefix match.
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(IfPrefix)},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
+func ifname(name string) []byte {
+	b := make([]byte, 16)
+	copy(b, name)
+	return b
+}
+
+// acceptRule accepts TCP from the sandbox address to the proxy port on the
+// host address, arriving on the pair's host interface, and nothing else.
+func (m *Manager) acceptRule(l lease, host, sandbox netip.Addr) []expr.Any {
+	h, s := host.As4(), sandbox.As4()
+	port := make([]byte, 2)
+	binary.BigEndian.PutUint16(port, m.cfg.ProxyPort)
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(l.HostIf)},
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: s[:]},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: h[:]},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
+}
+
+func ruleTag(worker, sandbox string) []byte { return []byte("sandq:" + worker + ":" + sandbox) }
+
+// addrs are the host and sandbox addresses of /30 number i in the pool.
+func (m *Manager) addrs(i int) (host, sandbox netip.Addr) {
+	base := m.cfg.Pool.Masked().Addr().As4()
+	n := binary.BigEndian.Uint32(base[:]) + uint32(i)*4
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], n+1)
+	host = netip.AddrFrom4(b)
+	binary.BigEndian.PutUint32(b[:], n+2)
+	return host, netip.AddrFrom4(b)
+}
+
+func (m *Manager) size() int { return 1 << (32 - m.cfg.Pool.Bits()) / 4 }
+
+// Setup makes the network of sandbox: a lease on a free /30, a namespace, a
+// veth pair, addresses, a default route via the host side, and the accept
+// rule. On error nothing of it is left.
+func (m *Manager) Setup(ctx context.Context, sandbox string) (_ *Net, err error) {
+	unlock, err := m.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	idx := -1
+	for i := 0; i < m.size(); i++ {
+		f, err := os.OpenFile(m.leasePath(i), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+		idx = i
+		break
+	}
+	if idx < 0 {
+		return nil, fmt.Errorf("network pool %s is exhausted (%d sandboxes)", m.cfg.Pool, m.size())
+	}
+	sum := sha256.Sum256([]byte(m.cfg.WorkerID + "/" + sandbox))
+	short := hex.EncodeToString(sum[:6])
+	l := lease{Index: idx, Worker: m.cfg.WorkerID, Sandbox: sandbox, Netns: "sandq-" + m.cfg.WorkerID + "-" + short, HostIf: IfPrefix + short + "h", PeerIf: IfPrefix + short + "n"}
+	b, _ := json.Marshal(l)
+	if err := os.WriteFile(m.leasePath(idx), b, 0o600); err != nil {
+		os.Remove(m.leasePath(idx))
+		return nil, err
+	}
+	n := &Net{Netns: filepath.Join("/var/run/netns", l.Netns), lease: l, m: m}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, m.remove(l))
+		}
+	}()
+	n.Host, n.Sandbox = m.addrs(idx)
+	n.Proxy = netip.AddrPortFrom(n.Host, m.cfg.ProxyPort)
+	prefix := strconv.Itoa(30)
+	if err := ip(ctx, "netns", "add", l.Netns); err != nil {
+		return nil, err
+	}
+	if err := ipBatch(ctx, "",
+		fmt.Sprintf("link add %s type veth peer name %s netns %s", l.HostIf, l.PeerIf, l.Netns),
+		fmt.Sprintf("addr add %s/%s dev %s", n.Host, prefix, l.HostIf),
+		fmt.Sprintf("link set %s up", l.HostIf),
+	); err != nil {
+		return nil, err
+	}
+	// No IPv6 on the host side: its link-local address would be one more
+	// address for the job to try (the firewall drops it anyway).
+	os.WriteFile("/proc/sys/net/ipv6/conf/"+l.HostIf+"/disable_ipv6", []byte("1"), 0o644)
+	if err := ipBatch(ctx, l.Netns,
+		"link set lo up",
+		fmt.Sprintf("addr add %s/%s dev %s", n.Sandbox, prefix, l.PeerIf),
+		fmt.Sprintf("link set %s up", l.PeerIf),
+		fmt.Sprintf("route add default via %s dev %s", n.Host, l.PeerIf),
+	); err != nil {
+		return nil, err
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return nil, err
+	}
+	input, _ := m.chains()
+	c.InsertRule(&nftables.Rule{Table: m.table, Chain: input, Exprs: m.acceptRule(l, n.Host, n.Sandbox), UserData: ruleTag(l.Worker, l.Sandbox)})
+	if err := c.Flush(); err != nil {
+		return nil, fmt.Errorf("firewall rule for %s: %w", sandbox, err)
+	}
+	return n, nil
+}
+
+func (m *Manager) leasePath(i int) string { return filepath.Join(m.dir, fmt.Sprintf("%05d.lease", i)) }
+
+// Release removes the network: rule, namespace, interfaces and lease.
+func (n *Net) Release() error {
+	unlock, err := n.m.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return n.m.remove(n.lease)
+}
+
+// remove deletes everything a lease names; missing pieces are not errors.
+func (m *Manager) remove(l lease) error {
+	var errs []error
+	if err := m.deleteRules(func(tag string) bool { return tag == string(ruleTag(l.Worker, l.Sandbox)) }); err != nil {
+		errs = append(errs, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := os.Stat(filepath.Join("/var/run/netns", l.Netns)); err == nil {
+		if err := ip(ctx, "netns", "delete", l.Netns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Deleting the namespace deletes the peer and with it the host side;
+	// delete the host side too in case the namespace was never made.
+	if _, err := os.Stat("/sys/class/net/" + l.HostIf); err == nil {
+		if err := ip(ctx, "link", "delete", l.HostIf); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		if err := os.Remove(m.leasePath(l.Index)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) deleteRules(match func(tag string) bool) error {
+	c, err := nftables.New()
+	if err != nil {
+		return err
+	}
+	input, _ := m.chains()
+	rules, err := c.GetRules(m.table, input)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("list firewall rules: %w", err)
+	}
+	n := 0
+	for _, r := range rules {
+		if match(string(r.UserData)) {
+			if err := c.DelRule(r); err != nil {
+				return err
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return c.Flush()
+}
+
+// SweepWorker removes every network a (dead) worker left: its leases'
+// namespaces, interfaces and rules.
+func (m *Manager) SweepWorker(worker string) error {
+	unlock, err := m.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	leases, err := m.leases()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, l := range leases {
+		if l.Worker == worker {
+			errs = append(errs, m.remove(l))
+		}
+	}
+	// Rules whose lease file was never written or already removed.
+	errs = append(errs, m.deleteRules(func(tag string) bool { return strings.HasPrefix(tag, "sandq:"+worker+":") }))
+	return errors.Join(errs...)
+}
+
+func (m *Manager) leases() ([]lease, error) {
+	files, err := filepath.Glob(filepath.Join(m.dir, "*.lease"))
+	if err != nil {
+		return nil, err
+	}
+	var out []lease
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var l lease
+		if json.Unmarshal(b, &l) == nil {
+			out = append(out, l)
+		} else {
+			// A lease taken by a worker that died before writing it.
+			i, _ := strconv.Atoi(strings.TrimSuffix(filepath.Base(f), ".lease"))
+			out = append(out, lease{Index: i})
+		}
+	}
+	return out, nil
+}
+
+// Resources lists what the manager's worker holds now: lease files,
+// namespaces, host interfaces and firewall rules (for tests and checks).
+func (m *Manager) Resources(worker string) (leases, netns, ifaces, rules []string, err error) {
+	ls, err := m.leases()
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	for _, l := range ls {
+		if l.Worker == worker {
+			leases = append(leases, m.leasePath(l.Index))
+		}
+	}
+	entries, _ := os.ReadDir("/var/run/netns")
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "sandq-"+worker+"-") {
+			netns = append(netns, e.Name())
+		}
+	}
+	for _, l := range ls {
+		if l.Worker == worker {
+			if _, err := os.Stat("/sys/class/net/" + l.HostIf); err == nil {
+				ifaces = append(ifaces, l.HostIf)
+			}
+		}
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	input, _ := m.chains()
+	rs, err := c.GetRules(m.table, input)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	for _, r := range rs {
+		if strings.HasPrefix(string(r.UserData), "sandq:"+worker+":") {
+			rules = append(rules, string(r.UserData))
+		}
+	}
+	return leases, netns, ifaces, rules, nil
+}
+
+func ip(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// ipBatch runs several ip commands in one process, inside netns if given.
+func ipBatch(ctx context.Context, netns string, cmds ...string) error {
+	args := []string{"-batch", "-"}
+	if netns != "" {
+		args = append([]string{"-n", netns}, args...)
+	}
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(cmds, "; "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

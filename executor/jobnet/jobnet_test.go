@@ -1,0 +1,180 @@
+package jobnet
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// reach reports whether a TCP connection from inside netns to addr succeeds
+// within a second.
+func reach(t *testing.T, netns string, addr string) bool {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("ip", "netns", "exec", netns, "timeout", "1", "bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/%s/%s", host, port))
+	return cmd.Run() == nil
+}
+
+func listen(t *testing.T, addr string) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+// hostAddr is one of the host's own non-loopback IPv4 addresses.
+func hostAddr(t *testing.T) string {
+	t.Helper()
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !ipn.IP.Equal(net.IPv4(10, 201, ipn.IP.To4()[2], ipn.IP.To4()[3])) {
+			return ipn.IP.String()
+		}
+	}
+	t.Fatal("no non-loopback IPv4 address on this host")
+	return ""
+}
+
+func TestJobNetworkReachesOnlyItsProxyPort(t *testing.T) {
+	ctx := context.Background()
+	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.0.0/24"), StateDir: t.TempDir(), WorkerID: "wtest1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := m.Setup(ctx, "sandbox-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Release()
+	b, err := m.Setup(ctx, "sandbox-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Host == b.Host || a.Sandbox == b.Sandbox {
+		t.Fatalf("two sandboxes share addresses: %v %v", a, b)
+	}
+	for _, n := range []*Net{a, b} {
+		listen(t, n.Proxy.String())
+		listen(t, netip.AddrPortFrom(n.Host, 6379).String()) // a host service on the pair's address
+	}
+	other := hostAddr(t)
+	listen(t, net.JoinHostPort(other, "9000"))
+	listen(t, net.JoinHostPort(other, "3128"))
+
+	aNS := "sandq-wtest1-" + a.lease.HostIf[2:14]
+	if !reach(t, aNS, a.Proxy.String()) {
+		t.Fatal("the job cannot reach its own proxy endpoint")
+	}
+	for _, dst := range []string{
+		netip.AddrPortFrom(a.Host, 6379).String(), // another port on its proxy address
+		b.Proxy.String(), // another job's proxy
+		netip.AddrPortFrom(b.Sandbox, 3128).String(),
+		net.JoinHostPort(other, "9000"), // the host's services on its other addresses
+		net.JoinHostPort(other, "3128"),
+		"169.254.169.254:80",
+	} {
+		if reach(t, aNS, dst) {
+			t.Errorf("the job reached %s", dst)
+		}
+	}
+	// Also with IP forwarding on.
+	fwd, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	defer os.WriteFile("/proc/sys/net/ipv4/ip_forward", fwd, 0o644)
+	if reach(t, aNS, netip.AddrPortFrom(b.Sandbox, 3128).String()) || reach(t, aNS, net.JoinHostPort(other, "9000")) {
+		t.Error("with forwarding on, the job reached past its proxy")
+	}
+
+	if err := b.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(); err != nil {
+		t.Fatal(err)
+	}
+	leases, netns, ifaces, rules, err := m.Resources("wtest1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases)+len(netns)+len(ifaces)+len(rules) != 0 {
+		t.Errorf("left after release: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
+	}
+}
+
+func TestSweepWorkerRemovesADeadWorkersNetworks(t *testing.T) {
+	ctx := context.Background()
+	state := t.TempDir()
+	dead, err := New(Config{Pool: netip.MustParsePrefix("10.201.1.0/24"), StateDir: state, WorkerID: "wdead1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"x", "y"} {
+		if _, err := dead.Setup(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live, err := New(Config{Pool: netip.MustParsePrefix("10.201.1.0/24"), StateDir: state, WorkerID: "wlive1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := live.Setup(ctx, "z")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Release()
+	if mine.Host == (netip.Addr{}) {
+		t.Fatal("no address")
+	}
+	if err := live.SweepWorker("wdead1"); err != nil {
+		t.Fatal(err)
+	}
+	leases, netns, ifaces, rules, _ := live.Resources("wdead1")
+	if len(leases)+len(netns)+len(ifaces)+len(rules) != 0 {
+		t.Errorf("dead worker's leftovers: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
+	}
+	leases, netns, ifaces, rules, _ = live.Resources("wlive1")
+	if len(leases) != 1 || len(netns) != 1 || len(ifaces) != 1 || len(rules) != 1 {
+		t.Errorf("the live worker's network was touched: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
+	}
+}
+
+func TestPoolExhaustionIsAClearError(t *testing.T) {
+	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.2.0/29"), StateDir: t.TempDir(), WorkerID: "wpool1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nets []*Net
+	defer func() {
+		for _, n := range nets {
+			n.Release()
+		}
+	}()
+	for i := 0; i < 2; i++ {
+		n, err := m.Setup(context.Background(), fmt.Sprint("s", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nets = append(nets, n)
+	}
+	if _, err := m.Setup(context.Background(), "s2"); err == nil || !strings.Contains(err.Error(), "exhausted") {
+		t.Fatalf("third sandbox in a /29: %v", err)
+	}
+	if _, netns, _, rules, _ := m.Resources("wpool1"); len(netns) != 2 || len(rules) != 2 {
+		t.Errorf("a refused setup left something: netns %v rules %v", netns, rules)
+	}
+}
