@@ -89,6 +89,21 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 		t.Error("output content")
 	}
 
+	// The dev stack's network policy lets default-queue jobs reach npm.
+	res, err = exec.Command(sandqBin, append(global, "enqueue", "../examples/npm_install.sh", "--network", "npm", "--wait", "--json")...).Output()
+	r = jobs.Result{}
+	if err != nil || json.Unmarshal(res, &r) != nil || r.Status != jobs.StatusSucceeded || r.Egress == nil {
+		t.Fatalf("npm example against sandq dev: %v\n%s", err, res)
+	}
+	refused, allowed := false, false
+	for _, e := range r.Egress.Requests {
+		refused = refused || (e.Host == "example.org" && e.Decision == "refused")
+		allowed = allowed || e.Decision == "allowed"
+	}
+	if !refused || !allowed || !strings.Contains(r.Stdout.Tail, "is-number(42): true") {
+		t.Errorf("npm example: egress %+v\nstdout %s", r.Egress, r.Stdout.Tail)
+	}
+
 	dev.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-exited:

@@ -80,7 +80,11 @@ func download(t *testing.T, url string) []byte {
 func wantStatus(t *testing.T, r *jobs.Result, want jobs.Status) {
 	t.Helper()
 	if r.Status != want {
-		t.Fatalf("status %s (reason %q, exit %v), want %s\nstdout: %s\nstderr: %s", r.Status, r.Reason, r.ExitCode, want, r.Stdout.Tail, r.Stderr.Tail)
+		code := "none"
+		if r.ExitCode != nil {
+			code = fmt.Sprint(*r.ExitCode)
+		}
+		t.Fatalf("status %s (reason %q, exit %s), want %s\nstdout: %s\nstderr: %s", r.Status, r.Reason, code, want, r.Stdout.Tail, r.Stderr.Tail)
 	}
 }
 

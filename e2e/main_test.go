@@ -98,6 +98,12 @@ func setup() error {
 		},
 		MaxRetry:     1,
 		PollInterval: 100 * time.Millisecond,
+		Egress: jobs.EgressConfig{
+			Groups: map[string][]string{"examples": {"*.example.com"}},
+			Queues: map[string]jobs.QueueEgress{
+				"default": {Max: []string{"npm", "examples"}, Default: []string{"npm"}},
+			},
+		},
 	}.WithDefaults()
 	if env.store, err = storage.New(env.cfg.Storage); err != nil {
 		return err
@@ -110,7 +116,7 @@ func setup() error {
 	}
 	// The worker's own environment carries a secret that jobs must not see.
 	os.Setenv(canary, "do-not-leak-4f1c")
-	env.runner, err = executor.NewRunscRunner(ctx, executor.RunscConfig{StateDir: env.state, Logger: logger})
+	env.runner, err = executor.NewRunscRunner(ctx, executor.RunscConfig{StateDir: env.state, Logger: logger, Network: &executor.NetworkConfig{}})
 	if err != nil {
 		return err
 	}

@@ -12,7 +12,13 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/sandq/sandq/executor/egress"
 )
+
+// ProxyEnv are the variables set in a networked sandbox to point HTTP
+// clients at its proxy; a job may not set them itself.
+var ProxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"}
 
 // Paths inside every sandbox.
 const (
@@ -59,6 +65,16 @@ type Spec struct {
 	// UID and GID the process runs as.
 	UID, GID uint32
 	Limits   Limits
+	// Egress, when set, gives the sandbox a network whose only reachable
+	// address is a proxy that lets through these hosts and ports. Without
+	// it the sandbox has no network at all.
+	Egress *Egress
+}
+
+// Egress is what a sandbox may reach through its proxy.
+type Egress struct {
+	Policy egress.Policy
+	Limits egress.Limits
 }
 
 // Outcome is how a sandbox ended.
@@ -77,6 +93,9 @@ type Outcome struct {
 	Interrupted error
 	Stdout      LogSummary
 	Stderr      LogSummary
+	// Egress is the proxy's record of every request, for networked
+	// sandboxes.
+	Egress []egress.Event
 	// CreatedAt is when set-up of the container began, StartedAt when the
 	// job's process was started, FinishedAt when the container was gone.
 	CreatedAt, StartedAt, FinishedAt time.Time

@@ -7,7 +7,7 @@ import (
 // ociSpec is the OCI runtime spec of one sandbox: the image as root (runsc
 // layers a size-capped overlay over it, so the image is never written), the job's
 // directories as bind mounts, no capabilities, and cgroup limits.
-func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath string) *specs.Spec {
+func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath, netns string) *specs.Spec {
 	memory := spec.Limits.Memory
 	pids := spec.Limits.Pids
 	ro := []string{"bind", "ro", "nosuid", "nodev"}
@@ -48,7 +48,7 @@ func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath string) *spec
 				{Type: specs.IPCNamespace},
 				{Type: specs.UTSNamespace},
 				{Type: specs.MountNamespace},
-				{Type: specs.NetworkNamespace},
+				{Type: specs.NetworkNamespace, Path: netns},
 			},
 		},
 	}

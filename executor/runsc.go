@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/executor/jobnet"
 )
 
 // RunscConfig configures the gVisor runner.
@@ -36,6 +40,17 @@ type RunscConfig struct {
 	// ExtraFlags are added to every runsc invocation (e.g. --debug).
 	ExtraFlags []string
 	Logger     *slog.Logger
+	// Network enables sandboxes with egress. Without it, a spec asking for
+	// egress is refused.
+	Network *NetworkConfig
+}
+
+// NetworkConfig configures job networks and the egress proxy.
+type NetworkConfig struct {
+	// Pool of addresses, split into /30s. Default 10.200.0.0/16.
+	Pool netip.Prefix
+	// Proxy configures the egress proxy.
+	Proxy egress.Config
 }
 
 // WithDefaults fills unset fields.
@@ -72,6 +87,9 @@ type RunscRunner struct {
 
 	mu   sync.Mutex
 	live map[string]*runscSandbox
+
+	net   *jobnet.Manager // nil when the host cannot make job networks
+	proxy *egress.Proxy   // nil without Network configured
 }
 
 var _ Runner = (*RunscRunner)(nil)
@@ -102,6 +120,31 @@ func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) 
 		return nil, err
 	}
 	r := &RunscRunner{cfg: cfg, runsc: bin, workerID: id, dir: dir, lock: lock, logger: cfg.Logger.With("worker_dir", id), live: map[string]*runscSandbox{}}
+	var pool netip.Prefix
+	if cfg.Network != nil {
+		pool = cfg.Network.Pool
+	}
+	r.net, err = jobnet.New(jobnet.Config{Pool: pool, StateDir: cfg.StateDir, WorkerID: id})
+	if err != nil {
+		if cfg.Network != nil {
+			lock.Close()
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("job networks: %w", err)
+		}
+		// Only sweeping dead workers' networks needs it then.
+		r.logger.Warn("job networks unavailable on this host", "err", err)
+	}
+	if cfg.Network != nil {
+		pc := cfg.Network.Proxy
+		if pc.Logger == nil {
+			pc.Logger = cfg.Logger
+		}
+		if r.proxy, err = egress.New(pc); err != nil {
+			lock.Close()
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("egress proxy: %w", err)
+		}
+	}
 	if err := r.Sweep(ctx); err != nil {
 		r.logger.Warn("sweeping dead workers' leftovers", "err", err)
 	}
@@ -133,6 +176,12 @@ func (r *RunscRunner) Close(ctx context.Context) error {
 		errs = append(errs, sb.Release(ctx))
 	}
 	errs = append(errs, cleanWorkerDir(ctx, r.runsc, r.dir, r.cgroupDir()))
+	if r.net != nil {
+		errs = append(errs, r.net.SweepWorker(r.workerID))
+	}
+	if r.proxy != nil {
+		errs = append(errs, r.proxy.Close())
+	}
 	errs = append(errs, r.lock.Close())
 	return errors.Join(errs...)
 }
@@ -173,6 +222,26 @@ func (r *RunscRunner) Prepare(ctx context.Context, spec Spec) (_ Sandbox, err er
 		return nil, fmt.Errorf("%w: mount outputs tmpfs: %w", ErrSandbox, err)
 	}
 	sb.cleanup.add("outputs mount", func(context.Context) error { return unmount(outputs) })
+	if spec.Egress != nil {
+		if r.proxy == nil || r.net == nil {
+			return nil, errors.New("this worker has no network configured; a job with egress cannot run here")
+		}
+		n, err := r.net.Setup(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("%w: network: %w", ErrSandbox, err)
+		}
+		sb.cleanup.add("network", func(context.Context) error { return n.Release() })
+		sess, err := r.proxy.Register(spec.Name, n.Proxy, n.Sandbox, spec.Egress.Policy, spec.Egress.Limits)
+		if err != nil {
+			return nil, fmt.Errorf("%w: egress proxy: %w", ErrSandbox, err)
+		}
+		sb.cleanup.add("proxy session", func(context.Context) error { sess.Close(); return nil })
+		sb.net, sb.session = n, sess
+		proxy := "http://" + n.Proxy.String()
+		sb.spec.Env = append(append([]string(nil), spec.Env...),
+			"HTTP_PROXY="+proxy, "HTTPS_PROXY="+proxy, "http_proxy="+proxy, "https_proxy="+proxy,
+			"NO_PROXY=localhost,127.0.0.1", "no_proxy=localhost,127.0.0.1")
+	}
 	r.mu.Lock()
 	r.live[id] = sb
 	r.mu.Unlock()
@@ -214,6 +283,8 @@ type runscSandbox struct {
 	logger  *slog.Logger
 	cleanup cleanupStack
 	ran     bool
+	net     *jobnet.Net
+	session *egress.Session
 }
 
 func (s *runscSandbox) ID() string         { return s.id }
@@ -225,10 +296,14 @@ func (s *runscSandbox) cgroupPath() string { return filepath.Join(s.r.cgroupDir(
 
 // flags are runsc's global flags for this sandbox, the same on every call.
 func (s *runscSandbox) flags() []string {
+	network := "--network=none"
+	if s.net != nil {
+		network = "--network=sandbox"
+	}
 	f := []string{
 		"--root=" + s.r.RunscRoot(),
 		"--platform=" + s.r.cfg.Platform,
-		"--network=none",
+		network,
 		fmt.Sprintf("--overlay2=root:dir=%s,size=%d", filepath.Join(s.dir, "overlay"), s.spec.Limits.Disk),
 	}
 	return append(f, s.r.cfg.ExtraFlags...)
@@ -257,7 +332,11 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	}
 	s.ran = true
 	out := &Outcome{CreatedAt: time.Now()}
-	spec := ociSpec(s.spec, s.InputsDir(), s.JobDir(), s.OutputsDir(), s.cgroupPath())
+	netns := ""
+	if s.net != nil {
+		netns = s.net.Netns
+	}
+	spec := ociSpec(s.spec, s.InputsDir(), s.JobDir(), s.OutputsDir(), s.cgroupPath(), netns)
 	b, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
@@ -377,6 +456,9 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	derr := s.delete(ctx)
 	out.FinishedAt = time.Now()
 	finishLogs()
+	if s.session != nil {
+		out.Egress = s.session.Close()
+	}
 	if derr != nil {
 		return out, fmt.Errorf("%w: %w", ErrSandbox, derr)
 	}

@@ -2,11 +2,14 @@ package executor
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sandq/sandq/executor/egress"
 )
 
 // testImage is the image `make test` builds; its absence fails the test.
@@ -35,10 +38,14 @@ func sleeper(image string) Spec {
 }
 
 // startSleeper runs a sandbox that sleeps, and returns once it is running.
-func startSleeper(t *testing.T, r *RunscRunner, image string) Sandbox {
+func startSleeper(t *testing.T, r *RunscRunner, image string, networked bool) Sandbox {
 	t.Helper()
 	ctx := context.Background()
-	sb, err := r.Prepare(ctx, sleeper(image))
+	spec := sleeper(image)
+	if networked {
+		spec.Egress = &Egress{Policy: egress.Policy{Hosts: []string{"example.com"}}}
+	}
+	sb, err := r.Prepare(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,11 +93,15 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 	image := testImage(t)
 	ctx := context.Background()
 	state := t.TempDir()
-	dead, err := NewRunscRunner(ctx, RunscConfig{StateDir: state})
+	netCfg := &NetworkConfig{Pool: netip.MustParsePrefix("10.202.0.0/24")}
+	dead, err := NewRunscRunner(ctx, RunscConfig{StateDir: state, Network: netCfg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb := startSleeper(t, dead, image)
+	sb := startSleeper(t, dead, image, true)
+	if _, netns, ifaces, rules, _ := dead.net.Resources(dead.workerID); len(netns) != 1 || len(ifaces) != 1 || len(rules) != 1 {
+		t.Fatalf("the networked sandbox has netns %v ifaces %v rules %v", netns, ifaces, rules)
+	}
 	deadDir := dead.dir
 	mounts, _ := mountsUnder(deadDir)
 	if len(mounts) == 0 {
@@ -101,17 +112,17 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 		t.Fatal("the sandbox has no cgroup to leave behind")
 	}
 	// Another live worker's sandbox must survive the sweep.
-	neighbour, err := NewRunscRunner(ctx, RunscConfig{StateDir: state})
+	neighbour, err := NewRunscRunner(ctx, RunscConfig{StateDir: state, Network: netCfg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer neighbour.Close(ctx)
-	other := startSleeper(t, neighbour, image)
+	other := startSleeper(t, neighbour, image, true)
 
 	// The worker dies: the kernel drops its lock; nothing else is cleaned.
 	dead.lock.Close()
 
-	next, err := NewRunscRunner(ctx, RunscConfig{StateDir: state})
+	next, err := NewRunscRunner(ctx, RunscConfig{StateDir: state, Network: netCfg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,11 +141,20 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 			t.Errorf("cgroup %s left", cg)
 		}
 	}
+	if leases, netns, ifaces, rules, _ := next.net.Resources(dead.workerID); len(leases)+len(netns)+len(ifaces)+len(rules) != 0 {
+		t.Errorf("dead worker's network left: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
+	}
+	if _, netns, _, rules, _ := next.net.Resources(neighbour.workerID); len(netns) != 1 || len(rules) != 1 {
+		t.Errorf("the live neighbour's network was swept: netns %v rules %v", netns, rules)
+	}
 	if ids, _ := neighbour.Containers(ctx); len(ids) != 1 || ids[0] != other.ID() || !processWith(other.ID()) {
 		t.Errorf("the live neighbour's sandbox was swept: %v", ids)
 	}
 	if err := neighbour.Close(ctx); err != nil {
 		t.Errorf("closing the neighbour: %v", err)
+	}
+	if leases, netns, ifaces, rules, _ := next.net.Resources(neighbour.workerID); len(leases)+len(netns)+len(ifaces)+len(rules) != 0 {
+		t.Errorf("Close left the neighbour's network: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
 	}
 	if !goneWithin(other.ID(), 5*time.Second) {
 		t.Errorf("Close left sandbox %s running", other.ID())

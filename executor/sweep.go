@@ -54,6 +54,9 @@ func (r *RunscRunner) Sweep(ctx context.Context) error {
 		}
 		r.logger.Info("sweeping a dead worker's leftovers", "dead_worker", e.Name())
 		err = cleanWorkerDir(ctx, r.runsc, dir, filepath.Join(r.cfg.CgroupParent, e.Name()))
+		if r.net != nil {
+			err = errors.Join(err, r.net.SweepWorker(e.Name()))
+		}
 		lock.Close()
 		if err != nil {
 			errs = append(errs, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -92,6 +93,9 @@ type Submission struct {
 	Limits         LimitRequest
 	Queue          string
 	IdempotencyKey string
+	// Network is what the job may reach: nothing (empty or "none"), the
+	// queue's default ("default"), or group names and host patterns.
+	Network []string
 }
 
 // Enqueued tells where a submission went.
@@ -164,6 +168,10 @@ func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
 	if err != nil {
 		return nil, err
 	}
+	netPolicy, err := c.resolveNetwork(ctx, s.Queue, s.Network)
+	if err != nil {
+		return nil, err
+	}
 	id := NewJobID()
 	if s.IdempotencyKey != "" {
 		id = IdempotentJobID(s.Queue, s.IdempotencyKey)
@@ -177,7 +185,7 @@ func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
 	rand.Read(nonce)
 	job := &Job{
 		ID: id, Queue: s.Queue, Runtime: rt, Args: s.Args, Env: s.Env, Limits: lim,
-		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(),
+		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(), Network: netPolicy,
 		UploadPrefix: JobPrefix(id) + "in-" + hex.EncodeToString(nonce) + "/",
 	}
 	// Each submission uploads under its own prefix, so two racing
@@ -216,6 +224,27 @@ func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
 	}
 	c.logger.Debug("job enqueued", "job_id", id, "queue", s.Queue)
 	return &Enqueued{ID: id, Queue: s.Queue}, nil
+}
+
+// resolveNetwork checks what a job asks to reach against the policy the
+// queue's workers publish, and resolves it to hosts and ports.
+func (c *Client) resolveNetwork(ctx context.Context, queue string, asked []string) (*NetworkPolicy, error) {
+	if len(asked) == 0 || (len(asked) == 1 && asked[0] == NetworkNone) {
+		return nil, nil
+	}
+	b, err := c.rdb.HGet(ctx, egressKey, queue).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, &FieldError{Field: "network", Msg: fmt.Sprintf("queue %q allows no network (no worker serving it has a network policy for it)", queue)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the network policy of queue %s: %w", queue, err)
+	}
+	var p publishedEgress
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("network policy of queue %s: %w", queue, err)
+	}
+	cfg := EgressConfig{Groups: p.Groups, Queues: map[string]QueueEgress{queue: p.Queue}, Ports: p.Ports}
+	return cfg.ResolveNetwork(queue, asked)
 }
 
 func (c *Client) upload(ctx context.Context, prefix string, f File) (FileRef, error) {

@@ -58,6 +58,10 @@ type Config struct {
 	PollInterval time.Duration
 
 	Worker WorkerConfig
+
+	// Egress is the network policy. Workers enforce it and publish it for
+	// their queues in Redis, where producers read it at enqueue.
+	Egress EgressConfig
 }
 
 // WorkerConfig is the part only workers use.
@@ -157,6 +161,7 @@ func (c Config) WithDefaults() Config {
 	setInt(&w.LogTail, 8<<10)
 	setDur(&w.ShutdownGrace, 30*time.Second)
 	setDur(&w.TaskCheckInterval, 100*time.Millisecond)
+	c.Egress = c.Egress.WithDefaults()
 	return c
 }
 
@@ -204,7 +209,7 @@ func (c Config) Validate() error {
 	if err := CheckName("image", c.Worker.Image); err != nil || filepath.Base(c.Worker.Image) != c.Worker.Image {
 		return fmt.Errorf("image %q: must be a plain name", c.Worker.Image)
 	}
-	return nil
+	return c.Egress.Validate()
 }
 
 // NoRetry as Config.MaxRetry means a job that could not run is not retried.

@@ -20,6 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/egress"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -97,6 +98,16 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	job.Limits = lim
+	// The worker's own network policy decides, whatever the producer saw.
+	if job.Network != nil {
+		pol, err := h.cfg.Egress.ResolveNetwork(job.Queue, job.Network.Asked)
+		if err != nil {
+			err = fmt.Errorf("refused by this worker's network policy: %w", err)
+			h.writeResult(t, logger, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+			return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+		}
+		job.Network = pol
+	}
 
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -178,8 +189,17 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	}
 	args := append(append(append([]string{}, interp...), path.Join(executor.JobMount, job.Script.Name)), job.Args...)
 	w := h.cfg.Worker
+	var eg *executor.Egress
+	if job.Network != nil {
+		e := h.cfg.Egress
+		eg = &executor.Egress{
+			Policy: egress.Policy{Hosts: job.Network.Hosts, Ports: job.Network.Ports},
+			Limits: egress.Limits{MaxConns: e.MaxConns, MaxBytes: e.MaxBytes, IdleTimeout: e.IdleTimeout, TotalTimeout: e.TotalTimeout},
+		}
+	}
 	sb, err := h.runner.Prepare(ctx, executor.Spec{
-		Name: job.ID, Image: h.cfg.ImagePath(), Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
+		Egress: eg,
+		Name:   job.ID, Image: h.cfg.ImagePath(), Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
 		Limits: executor.Limits{
 			Timeout: job.Limits.Timeout, Memory: job.Limits.Memory, Disk: job.Limits.Disk,
 			OutputBytes: job.Limits.OutputBytes, OutputFiles: job.Limits.OutputFiles,
@@ -216,6 +236,9 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	res.Timings.SandboxStartMS = out.StartedAt.Sub(out.CreatedAt).Milliseconds()
 	res.Timings.RunMS = res.DurationMS
 	res.ExitCode, res.Signal = out.ExitCode, out.Signal
+	if job.Network != nil {
+		res.Egress = egressDoc(job.Network, out.Egress)
+	}
 	switch {
 	case out.Interrupted != nil && errors.Is(out.Interrupted, errCanceled):
 		res.Status, res.Reason = StatusCanceled, "canceled on request; the sandbox was killed"
@@ -244,6 +267,21 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	res.Timings.UploadMS = h.now().Sub(out.FinishedAt).Milliseconds()
 	res.Timings.TotalInWorkerMS = h.now().Sub(began).Milliseconds()
 	return res, nil
+}
+
+func egressDoc(p *NetworkPolicy, events []egress.Event) *EgressDoc {
+	d := &EgressDoc{Asked: p.Asked, Hosts: p.Hosts, Ports: p.Ports, Requests: events}
+	if d.Requests == nil {
+		d.Requests = []egress.Event{}
+	}
+	for _, e := range events {
+		if e.Decision == "allowed" {
+			d.Allowed++
+		} else {
+			d.Refused++
+		}
+	}
+	return d
 }
 
 // fetch downloads an uploaded file into dir under its name and checks it.

@@ -3,6 +3,8 @@ package jobs
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/sandq/sandq/executor/egress"
 )
 
 // Status is how a job ended.
@@ -57,8 +59,12 @@ type Result struct {
 	// links, FIFOs, sockets, devices, names that are not UTF-8, or files over
 	// a cap.
 	SkippedOutputs []SkippedDoc `json:"skipped_outputs,omitempty"`
-	Timings        *Timings     `json:"timings,omitempty"`
-	Worker         string       `json:"worker,omitempty"`
+	// Egress is the job's network: what it asked for, what it was allowed,
+	// and every request its proxy allowed or refused. Absent for jobs
+	// without network.
+	Egress  *EgressDoc `json:"egress,omitempty"`
+	Timings *Timings   `json:"timings,omitempty"`
+	Worker  string     `json:"worker,omitempty"`
 }
 
 // LimitsDoc is the limits a job ran under.
@@ -105,6 +111,17 @@ type SkippedDoc struct {
 	Path   string `json:"path"`
 	Type   string `json:"type"`
 	Reason string `json:"reason"`
+}
+
+// EgressDoc is a networked job's policy and audit.
+type EgressDoc struct {
+	Asked []string `json:"asked"`
+	Hosts []string `json:"hosts"`
+	Ports []int    `json:"ports"`
+	// Allowed and Refused count the requests.
+	Allowed  int            `json:"allowed"`
+	Refused  int            `json:"refused"`
+	Requests []egress.Event `json:"requests"`
 }
 
 // Timings break a job's time down by stage, in milliseconds.

@@ -205,8 +205,9 @@ func CheckNames(field string, names []string) error {
 
 var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// ReservedEnv are set by sandq in every sandbox; a job may not set them.
-var ReservedEnv = []string{"INPUT_DIR", "OUTPUT_DIR"}
+// ReservedEnv are set by sandq in sandboxes; a job may not set them
+// (compared without case).
+var ReservedEnv = []string{"INPUT_DIR", "OUTPUT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"}
 
 // CheckEnv refuses invalid or reserved variable names and values with NUL.
 func CheckEnv(env map[string]string, maxVars, maxBytes int) error {

@@ -28,6 +28,7 @@ type Job struct {
 	Limits         Limits            `json:"limits"`
 	TimeoutSeconds float64           `json:"timeout_seconds"`
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
+	Network        *NetworkPolicy    `json:"network,omitempty"`
 	SubmittedAt    time.Time         `json:"submitted_at"`
 	UploadPrefix   string            `json:"upload_prefix"`
 }

@@ -72,6 +72,7 @@ func workerFlags() []cli.Flag {
 		&cli.StringFlag{Name: "image", Value: "default", EnvVars: env("IMAGE"), Usage: "image jobs run on"},
 		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
 		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
+		&cli.StringFlag{Name: "egress-config", EnvVars: env("EGRESS_CONFIG"), Usage: "network policy file (JSON); without it no job gets network"},
 	}
 }
 
@@ -142,6 +143,11 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 			return cfg, err
 		}
 		w.Queues = q
+		if path := c.String("egress-config"); path != "" {
+			if cfg.Egress, err = jobs.LoadEgressConfig(path); err != nil {
+				return cfg, err
+			}
+		}
 	}
 	cfg = cfg.WithDefaults()
 	return cfg, cfg.Validate()

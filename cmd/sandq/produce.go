@@ -34,6 +34,7 @@ func enqueueCommand() *cli.Command {
 			&cli.StringFlag{Name: "output-size", Usage: "total bytes the job may write to /mnt/outputs"},
 			&cli.IntFlag{Name: "output-files", Usage: "entries the job may create in /mnt/outputs"},
 			&cli.StringFlag{Name: "idempotency-key", Usage: "enqueueing twice with one key returns the first job"},
+			&cli.StringSliceFlag{Name: "network", Usage: "none (default), default (the queue's default), or groups and hosts, comma-separated or repeated"},
 			&cli.BoolFlag{Name: "wait", Usage: "follow the job and print its result"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
@@ -119,6 +120,13 @@ func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 		}
 	}
 	sub.Limits.OutputFiles = c.Int("output-files")
+	for _, n := range c.StringSlice("network") {
+		for _, part := range strings.Split(n, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				sub.Network = append(sub.Network, part)
+			}
+		}
+	}
 	return sub, nil
 }
 

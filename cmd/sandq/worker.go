@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -43,9 +44,15 @@ func workerCommand() *cli.Command {
 			if err := store.EnsureBucket(ctx); err != nil {
 				return cli.Exit(fmt.Errorf("object store at %s: %w", cfg.Storage.Endpoint, err), exitError)
 			}
-			runner, err := executor.NewRunscRunner(ctx, executor.RunscConfig{
-				Runsc: cfg.Worker.Runsc, Platform: cfg.Worker.Platform, StateDir: cfg.Worker.StateDir, Logger: logger,
-			})
+			rc := executor.RunscConfig{Runsc: cfg.Worker.Runsc, Platform: cfg.Worker.Platform, StateDir: cfg.Worker.StateDir, Logger: logger}
+			if c.String("egress-config") != "" {
+				pool, err := netip.ParsePrefix(cfg.Egress.Pool)
+				if err != nil {
+					return cli.Exit(fmt.Errorf("egress pool: %w", err), exitError)
+				}
+				rc.Network = &executor.NetworkConfig{Pool: pool}
+			}
+			runner, err := executor.NewRunscRunner(ctx, rc)
 			if err != nil {
 				return cli.Exit(err, exitError)
 			}
@@ -123,9 +130,19 @@ func devCommand() *cli.Command {
 				return cli.Exit(err, exitError)
 			}
 			defer logf.Close()
-			// The worker gets this process's flags through the environment.
+			// The worker gets this process's flags through the environment,
+			// and a network policy letting default-queue jobs reach the
+			// built-in groups unless one is configured.
 			worker := exec.Command(self, "worker")
 			worker.Env = append(os.Environ(), setGlobalsAsEnv(c)...)
+			policy := os.Getenv("SANDQ_EGRESS_CONFIG")
+			if policy == "" {
+				policy = filepath.Join(dir, "egress.json")
+				if err := os.WriteFile(policy, []byte(devEgressPolicy), 0o644); err != nil {
+					return cli.Exit(err, exitError)
+				}
+				worker.Env = append(worker.Env, "SANDQ_EGRESS_CONFIG="+policy)
+			}
 			worker.Stdout, worker.Stderr = logf, logf
 			worker.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 			if err := worker.Start(); err != nil {
@@ -138,8 +155,9 @@ func devCommand() *cli.Command {
   minio (S3)     %s  bucket %s
   minio console  http://%s  (user %s)
   worker         pid %d, log %s
+  network policy %s
   data           %s
-`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, dir)
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, policy, dir)
 			select {
 			case <-ctx.Done():
 				worker.Process.Signal(syscall.SIGTERM)
@@ -157,6 +175,15 @@ func devCommand() *cli.Command {
 		},
 	}
 }
+
+// devEgressPolicy lets jobs on the default queue ask for the built-in
+// groups; "default" means the Python and npm registries.
+const devEgressPolicy = `{
+  "queues": {
+    "default": {"max": ["pypi", "npm", "github"], "default": ["pypi", "npm"]}
+  }
+}
+`
 
 func portOf(addr string) (int, error) {
 	_, p, err := net.SplitHostPort(addr)

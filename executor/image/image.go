@@ -26,6 +26,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // stampVersion changes when what Build puts in an image changes.
@@ -43,8 +45,8 @@ type BuildOptions struct {
 	Suite string
 	// Mirror is the Debian mirror; default: the host's configured one.
 	Mirror string
-	// CacheDir keeps downloaded packages across builds. Default
-	// /var/cache/sandq/debootstrap.
+	// CacheDir keeps downloaded packages across builds (debootstrap's in
+	// debootstrap/, apt's in apt/). Default /var/cache/sandq.
 	CacheDir string
 	// CADir holds the host's extra CA certificates (*.crt), trusted inside
 	// the image. Default /usr/local/share/ca-certificates.
@@ -67,7 +69,7 @@ func (o *BuildOptions) defaults() {
 		o.Mirror = HostMirror()
 	}
 	if o.CacheDir == "" {
-		o.CacheDir = "/var/cache/sandq/debootstrap"
+		o.CacheDir = "/var/cache/sandq"
 	}
 	if o.CADir == "" {
 		o.CADir = "/usr/local/share/ca-certificates"
@@ -121,7 +123,7 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 			return img, nil
 		}
 	}
-	for _, d := range []string{o.Dir, o.CacheDir} {
+	for _, d := range []string{o.Dir, filepath.Join(o.CacheDir, "debootstrap")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
 		}
@@ -132,8 +134,10 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	}
 	defer os.RemoveAll(tmp)
 	rootfs := filepath.Join(tmp, "rootfs")
-	pkgs := append([]string{"ca-certificates"}, o.Packages...)
-	args := []string{"--variant=minbase", "--cache-dir=" + o.CacheDir, "--include=" + strings.Join(pkgs, ","), o.Suite, rootfs, o.Mirror}
+	// debootstrap makes the minimal base; apt inside it then installs the
+	// packages, with proper dependency ordering (debootstrap's --include
+	// fails to configure some, npm among them).
+	args := []string{"--variant=minbase", "--cache-dir=" + filepath.Join(o.CacheDir, "debootstrap"), "--include=ca-certificates", o.Suite, rootfs, o.Mirror}
 	o.Logger.Info("building image", "image", o.Name, "packages", strings.Join(o.Packages, " "), "mirror", o.Mirror)
 	logPath := filepath.Join(o.Dir, "."+o.Name+".build.log")
 	logFile, err := os.Create(logPath)
@@ -145,7 +149,15 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	err = cmd.Run()
 	logFile.Close()
 	if err != nil {
+		if b, rerr := os.ReadFile(filepath.Join(rootfs, "debootstrap", "debootstrap.log")); rerr == nil {
+			os.WriteFile(logPath, b, 0o644)
+		}
 		return nil, fmt.Errorf("debootstrap %s: %w\n%s(full log: %s)", o.Name, err, tailOf(logPath, 2000), logPath)
+	}
+	if len(o.Packages) > 0 {
+		if err := aptInstall(ctx, rootfs, filepath.Join(o.CacheDir, "apt"), o.Packages, logPath); err != nil {
+			return nil, fmt.Errorf("image %s: %w\n%s(full log: %s)", o.Name, err, tailOf(logPath, 2000), logPath)
+		}
 	}
 	if err := finish(rootfs, o, cas); err != nil {
 		return nil, fmt.Errorf("image %s: %w", o.Name, err)
@@ -179,6 +191,50 @@ func removeOldTrees(dir string, age time.Duration) {
 			os.RemoveAll(o)
 		}
 	}
+}
+
+// aptInstall installs packages inside rootfs with its own apt, the host's
+// package cache directory bind-mounted as apt's archive cache so that
+// rebuilds reuse downloads. Services are kept from starting.
+func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPath string) (err error) {
+	archives := filepath.Join(rootfs, "var/cache/apt/archives")
+	for _, d := range []string{filepath.Join(cache, "partial"), archives} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	policy := filepath.Join(rootfs, "usr/sbin/policy-rc.d")
+	if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err != nil {
+		return err
+	}
+	defer os.Remove(policy)
+	proc := filepath.Join(rootfs, "proc")
+	if err := unix.Mount("proc", proc, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount proc: %w", err)
+	}
+	defer unix.Unmount(proc, unix.MNT_DETACH)
+	if err := unix.Mount(cache, archives, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind the package cache: %w", err)
+	}
+	defer unix.Unmount(archives, unix.MNT_DETACH)
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	run := func(args ...string) error {
+		cmd := exec.CommandContext(ctx, "chroot", append([]string{rootfs}, args...)...)
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8"}
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%s: %w", strings.Join(args, " "), err)
+		}
+		return nil
+	}
+	if err := run("apt-get", "update", "-q"); err != nil {
+		return err
+	}
+	return run(append([]string{"apt-get", "install", "-y", "-q", "--no-install-recommends"}, pkgs...)...)
 }
 
 // finish makes a debootstrapped tree a sandq image: the host's extra CAs

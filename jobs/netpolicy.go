@@ -1,0 +1,324 @@
+package jobs
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/executor/egress"
+)
+
+// builtinGroups are the host groups every deployment starts with: the
+// Python package index and its file host, the npm registry, and GitHub with
+// its raw-content, codeload and objects hosts. The configuration may
+// override any of them.
+//
+//go:embed netgroups.json
+var builtinGroupsJSON []byte
+
+// NetworkNone and NetworkDefault are the two words a job may ask for
+// instead of a list of groups and hosts.
+const (
+	NetworkNone    = "none"
+	NetworkDefault = "default"
+)
+
+// EgressConfig is the operator's network policy: named host groups, and
+// per queue the most a job may have and what "default" means.
+type EgressConfig struct {
+	// Groups maps a group name to host patterns: exact hosts or "*."
+	// suffix globs. Built-in groups are present unless overridden.
+	Groups map[string][]string `json:"groups,omitempty"`
+	// Queues: a queue not listed allows no network at all.
+	Queues map[string]QueueEgress `json:"queues,omitempty"`
+	// Ports a job may reach through the proxy. Default 80 and 443.
+	Ports []int `json:"ports,omitempty"`
+	// Pool of addresses for job networks, split into /30s. Default
+	// 10.200.0.0/16.
+	Pool string `json:"pool,omitempty"`
+	// Per-job traffic limits. Defaults: 32 connections, 1 GiB, 60s idle,
+	// 10m per connection.
+	MaxConns     int           `json:"max_conns,omitempty"`
+	MaxBytes     int64         `json:"max_bytes,omitempty"`
+	IdleTimeout  time.Duration `json:"idle_timeout,omitempty"`
+	TotalTimeout time.Duration `json:"total_timeout,omitempty"`
+}
+
+// QueueEgress is one queue's policy: group names or host patterns.
+type QueueEgress struct {
+	// Max is the most a job on the queue may ask for.
+	Max []string `json:"max"`
+	// Default is what a job asking for "default" gets; within Max.
+	Default []string `json:"default,omitempty"`
+	// Ports overrides EgressConfig.Ports for this queue.
+	Ports []int `json:"ports,omitempty"`
+}
+
+// LoadEgressConfig reads a JSON policy file.
+func LoadEgressConfig(path string) (EgressConfig, error) {
+	var c EgressConfig
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("egress config: %w", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("egress config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// WithDefaults merges the built-in groups under the configured ones and
+// fills unset fields.
+func (c EgressConfig) WithDefaults() EgressConfig {
+	groups := map[string][]string{}
+	var builtin map[string][]string
+	if err := json.Unmarshal(builtinGroupsJSON, &builtin); err != nil {
+		panic(fmt.Sprintf("built-in network groups: %v", err))
+	}
+	for k, v := range builtin {
+		groups[k] = v
+	}
+	for k, v := range c.Groups {
+		groups[k] = v
+	}
+	c.Groups = groups
+	if len(c.Ports) == 0 {
+		c.Ports = []int{80, 443}
+	}
+	if c.Pool == "" {
+		c.Pool = "10.200.0.0/16"
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 32
+	}
+	if c.MaxBytes == 0 {
+		c.MaxBytes = 1 << 30
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = time.Minute
+	}
+	if c.TotalTimeout == 0 {
+		c.TotalTimeout = 10 * time.Minute
+	}
+	return c
+}
+
+// Validate checks group patterns, queue policies and ports.
+func (c EgressConfig) Validate() error {
+	for name, hosts := range c.Groups {
+		if name == NetworkNone || name == NetworkDefault || strings.ContainsAny(name, ".*,") || name == "" {
+			return fmt.Errorf("egress group %q: a group name is a plain word, not none or default", name)
+		}
+		for _, h := range hosts {
+			if _, err := normalizePattern(h); err != nil {
+				return fmt.Errorf("egress group %s: %w", name, err)
+			}
+		}
+	}
+	for q, p := range c.Queues {
+		max, err := c.expand(p.Max)
+		if err != nil {
+			return fmt.Errorf("egress queue %s max: %w", q, err)
+		}
+		def, err := c.expand(p.Default)
+		if err != nil {
+			return fmt.Errorf("egress queue %s default: %w", q, err)
+		}
+		if err := within(def, max); err != nil {
+			return fmt.Errorf("egress queue %s: its default is not within its max: %w", q, err)
+		}
+		for _, port := range p.Ports {
+			if port < 1 || port > 65535 {
+				return fmt.Errorf("egress queue %s: port %d", q, port)
+			}
+		}
+	}
+	for _, port := range c.Ports {
+		if port < 1 || port > 65535 {
+			return fmt.Errorf("egress port %d", port)
+		}
+	}
+	return nil
+}
+
+// egressKey is a Redis hash: per queue, the policy its workers enforce.
+const egressKey = "sandq:egress"
+
+// publishedEgress is one queue's entry in egressKey.
+type publishedEgress struct {
+	Groups map[string][]string `json:"groups"`
+	Queue  QueueEgress         `json:"queue"`
+	Ports  []int               `json:"ports"`
+}
+
+// publish writes the policy of each queue a worker serves for producers to
+// check jobs against; a served queue without a policy is removed (no
+// network).
+func (c EgressConfig) publish(ctx context.Context, rdb redis.UniversalClient, queues map[string]int) error {
+	for q := range queues {
+		p, ok := c.Queues[q]
+		if !ok {
+			if err := rdb.HDel(ctx, egressKey, q).Err(); err != nil {
+				return err
+			}
+			continue
+		}
+		b, err := json.Marshal(publishedEgress{Groups: c.Groups, Queue: p, Ports: c.Ports})
+		if err != nil {
+			return err
+		}
+		if err := rdb.HSet(ctx, egressKey, q, b).Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NetworkPolicy is what one job may reach, resolved at enqueue.
+type NetworkPolicy struct {
+	// Asked is what the job asked for (groups and hosts).
+	Asked []string `json:"asked"`
+	// Hosts are the host patterns it may reach.
+	Hosts []string `json:"hosts"`
+	Ports []int    `json:"ports"`
+}
+
+// ResolveNetwork turns what a job asks for into its policy on queue q: nil
+// for no network. Asking for more than the queue allows is refused, naming
+// the group or host.
+func (c EgressConfig) ResolveNetwork(q string, asked []string) (*NetworkPolicy, error) {
+	if len(asked) == 0 || (len(asked) == 1 && asked[0] == NetworkNone) {
+		return nil, nil
+	}
+	qp, ok := c.Queues[q]
+	if !ok || len(qp.Max) == 0 {
+		return nil, &FieldError{Field: "network", Msg: fmt.Sprintf("queue %q allows no network", q)}
+	}
+	req := asked
+	if len(asked) == 1 && asked[0] == NetworkDefault {
+		if len(qp.Default) == 0 {
+			return nil, &FieldError{Field: "network", Msg: fmt.Sprintf("queue %q has no default network", q)}
+		}
+		req = qp.Default
+	}
+	for _, a := range req {
+		if a == NetworkNone || a == NetworkDefault {
+			return nil, &FieldError{Field: "network", Msg: fmt.Sprintf("%q cannot be combined with other groups or hosts", a)}
+		}
+	}
+	max, err := c.expand(qp.Max)
+	if err != nil {
+		return nil, err
+	}
+	hosts, err := c.expand(req)
+	if err != nil {
+		return nil, &FieldError{Field: "network", Msg: err.Error()}
+	}
+	if err := within(hosts, max); err != nil {
+		return nil, &FieldError{Field: "network", Msg: fmt.Sprintf("%v on queue %q", err, q)}
+	}
+	ports := c.Ports
+	if len(qp.Ports) > 0 {
+		ports = qp.Ports
+	}
+	return &NetworkPolicy{Asked: asked, Hosts: sortedKeys(hosts), Ports: append([]int(nil), ports...)}, nil
+}
+
+// expand maps group names and host patterns to normalized host patterns,
+// remembering which entry each came from.
+func (c EgressConfig) expand(entries []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, e := range entries {
+		if hosts, ok := c.Groups[e]; ok {
+			for _, h := range hosts {
+				p, err := normalizePattern(h)
+				if err != nil {
+					return nil, fmt.Errorf("group %s: %w", e, err)
+				}
+				out[p] = "group " + e
+			}
+			continue
+		}
+		if !strings.Contains(e, ".") {
+			return nil, fmt.Errorf("unknown group %q", e)
+		}
+		p, err := normalizePattern(e)
+		if err != nil {
+			return nil, err
+		}
+		out[p] = "host " + p
+	}
+	return out, nil
+}
+
+// within refuses any pattern of asked not covered by one of max, naming the
+// group or host it came from.
+func within(asked, max map[string]string) error {
+	for _, p := range sortedKeys(asked) {
+		covered := false
+		for m := range max {
+			if covers(m, p) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			if from := asked[p]; strings.HasPrefix(from, "group ") {
+				return fmt.Errorf("%s (host %s) is not allowed", from, p)
+			}
+			return fmt.Errorf("host %s is not allowed", p)
+		}
+	}
+	return nil
+}
+
+// covers reports whether max pattern m allows everything pattern p does.
+func covers(m, p string) bool {
+	if m == p {
+		return true
+	}
+	if !strings.HasPrefix(m, "*.") {
+		return false
+	}
+	if strings.HasPrefix(p, "*.") {
+		return strings.HasSuffix(p[1:], m[1:])
+	}
+	return egress.Match(m, p)
+}
+
+// normalizePattern checks a host pattern: a host name, or "*." and one.
+func normalizePattern(p string) (string, error) {
+	glob := strings.HasPrefix(p, "*.")
+	h, err := egress.NormalizeHost(strings.TrimPrefix(p, "*."))
+	if err != nil {
+		return "", fmt.Errorf("host pattern %q: %w", p, err)
+	}
+	if strings.Contains(h, "*") {
+		return "", fmt.Errorf("host pattern %q: only a leading *. is allowed", p)
+	}
+	if glob {
+		if !strings.Contains(h, ".") {
+			return "", fmt.Errorf("host pattern %q: a glob must keep at least two labels", p)
+		}
+		return "*." + h, nil
+	}
+	return h, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
