@@ -47,8 +47,8 @@ type EgressConfig struct {
 	// 10m per connection.
 	MaxConns     int           `json:"max_conns,omitempty"`
 	MaxBytes     int64         `json:"max_bytes,omitempty"`
-	IdleTimeout  time.Duration `json:"idle_timeout,omitempty"`
-	TotalTimeout time.Duration `json:"total_timeout,omitempty"`
+	IdleTimeout  time.Duration `json:"-"`
+	TotalTimeout time.Duration `json:"-"`
 }
 
 // QueueEgress is one queue's policy: group names or host patterns.
@@ -63,15 +63,34 @@ type QueueEgress struct {
 
 // LoadEgressConfig reads a JSON policy file.
 func LoadEgressConfig(path string) (EgressConfig, error) {
-	var c EgressConfig
+	var f struct {
+		EgressConfig
+		IdleTimeout  string `json:"idle_timeout"`
+		TotalTimeout string `json:"total_timeout"`
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return c, fmt.Errorf("egress config: %w", err)
+		return EgressConfig{}, fmt.Errorf("egress config: %w", err)
 	}
 	dec := json.NewDecoder(strings.NewReader(string(b)))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return c, fmt.Errorf("egress config %s: %w", path, err)
+	if err := dec.Decode(&f); err != nil {
+		return EgressConfig{}, fmt.Errorf("egress config %s: %w", path, err)
+	}
+	c := f.EgressConfig
+	for _, d := range []struct {
+		name string
+		s    string
+		dst  *time.Duration
+	}{{"idle_timeout", f.IdleTimeout, &c.IdleTimeout}, {"total_timeout", f.TotalTimeout, &c.TotalTimeout}} {
+		if d.s == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.s)
+		if err != nil || v <= 0 {
+			return EgressConfig{}, fmt.Errorf("egress config %s: %s %q: want a positive duration like 60s", path, d.name, d.s)
+		}
+		*d.dst = v
 	}
 	return c, nil
 }

@@ -2,9 +2,11 @@ package jobs
 
 import (
 	"errors"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func testEgress() EgressConfig {
@@ -112,6 +114,30 @@ func TestBuiltinGroupsCanBeOverridden(t *testing.T) {
 	for _, g := range []string{"pypi", "github"} {
 		if len(c.Groups[g]) == 0 {
 			t.Errorf("built-in group %s is missing", g)
+		}
+	}
+}
+
+func TestLoadEgressConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/good.json"
+	os.WriteFile(good, []byte(`{"groups": {"g": ["a.example"]}, "queues": {"default": {"max": ["g"]}}, "idle_timeout": "30s", "total_timeout": "5m", "max_conns": 4}`), 0o644)
+	c, err := LoadEgressConfig(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IdleTimeout != 30*time.Second || c.TotalTimeout != 5*time.Minute || c.MaxConns != 4 || c.Queues["default"].Max[0] != "g" {
+		t.Errorf("loaded %+v", c)
+	}
+	for name, body := range map[string]string{
+		"unknown field": `{"queue": {}}`,
+		"bad duration":  `{"idle_timeout": "soon"}`,
+		"not json":      `{`,
+	} {
+		p := dir + "/bad.json"
+		os.WriteFile(p, []byte(body), 0o644)
+		if _, err := LoadEgressConfig(p); err == nil {
+			t.Errorf("%s: loaded", name)
 		}
 	}
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sandq needs on a Debian 12 host, reusing what is already
 # there at the pinned version. Idempotent; run as root.
-#   redis-server, debootstrap  Debian packages
+#   redis-server, debootstrap, iproute2  Debian packages
 #   runsc                      gVisor, built statically from the Go module proxy
 #                              (Debian's 2022 runsc is too old for current kernels)
 #   minio                      MinIO server, from the Go module proxy
@@ -26,6 +26,7 @@ command -v go >/dev/null || { log "Go is required (expected at /usr/local/go)"; 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]} from Debian"
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
