@@ -6,7 +6,9 @@ export PATH := /usr/local/go/bin:/usr/local/bin:$(PATH)
 
 SANDQ      := bin/sandq
 IMAGE_DIR  ?= /var/lib/sandq/images
-GO_TEST_FLAGS ?= -count=1 -timeout 40m
+# -p 1: packages run one after another; the firewall tests change host-wide
+# nftables state that the end-to-end jobs rely on.
+GO_TEST_FLAGS ?= -count=1 -p 1 -timeout 40m
 
 .PHONY: deps build image test demo vet clean
 

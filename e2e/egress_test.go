@@ -337,7 +337,7 @@ func assertNoNetworks(t *testing.T) {
 	for env.worker.Running() > 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	m, err := jobnet.New(jobnet.Config{StateDir: env.state, WorkerID: "e2e-check"})
+	m, err := jobnet.New(jobnet.Config{WorkerID: "e2e-check"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -124,7 +124,7 @@ func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) 
 	if cfg.Network != nil {
 		pool = cfg.Network.Pool
 	}
-	r.net, err = jobnet.New(jobnet.Config{Pool: pool, StateDir: cfg.StateDir, WorkerID: id})
+	r.net, err = jobnet.New(jobnet.Config{Pool: pool, WorkerID: id, LockPath: lock.Name()})
 	if err != nil {
 		if cfg.Network != nil {
 			lock.Close()
@@ -133,6 +133,11 @@ func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) 
 		}
 		// Only sweeping dead workers' networks needs it then.
 		r.logger.Warn("job networks unavailable on this host", "err", err)
+	}
+	if r.net != nil {
+		r.net.Watch(2*time.Second, func(err error) {
+			r.logger.Error("job network firewall", "err", err)
+		})
 	}
 	if cfg.Network != nil {
 		pc := cfg.Network.Proxy
@@ -175,10 +180,11 @@ func (r *RunscRunner) Close(ctx context.Context) error {
 	for _, sb := range live {
 		errs = append(errs, sb.Release(ctx))
 	}
-	errs = append(errs, cleanWorkerDir(ctx, r.runsc, r.dir, r.cgroupDir()))
 	if r.net != nil {
+		r.net.Close()
 		errs = append(errs, r.net.SweepWorker(r.workerID))
 	}
+	errs = append(errs, cleanWorkerDir(ctx, r.runsc, r.dir, r.cgroupDir()))
 	if r.proxy != nil {
 		errs = append(errs, r.proxy.Close())
 	}

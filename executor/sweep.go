@@ -43,6 +43,11 @@ func (r *RunscRunner) Sweep(ctx context.Context) error {
 		return fmt.Errorf("sweep: %w", err)
 	}
 	var errs []error
+	if r.net != nil {
+		// Networks of dead workers anywhere on the host, whatever their
+		// state directory.
+		errs = append(errs, r.net.SweepDead())
+	}
 	for _, e := range ents {
 		if !e.IsDir() || e.Name() == r.workerID {
 			continue
@@ -53,9 +58,13 @@ func (r *RunscRunner) Sweep(ctx context.Context) error {
 			continue // alive
 		}
 		r.logger.Info("sweeping a dead worker's leftovers", "dead_worker", e.Name())
-		err = cleanWorkerDir(ctx, r.runsc, dir, filepath.Join(r.cfg.CgroupParent, e.Name()))
 		if r.net != nil {
-			err = errors.Join(err, r.net.SweepWorker(e.Name()))
+			// Its networks first: the lease files name its lock, which
+			// goes with its directory.
+			err = r.net.SweepWorker(e.Name())
+		}
+		if err == nil {
+			err = cleanWorkerDir(ctx, r.runsc, dir, filepath.Join(r.cfg.CgroupParent, e.Name()))
 		}
 		lock.Close()
 		if err != nil {

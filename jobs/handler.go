@@ -98,13 +98,22 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	job.Limits = lim
-	// The worker's own network policy decides, whatever the producer saw.
+	if job.Queue != queue {
+		err := fmt.Errorf("payload names queue %q but the job came from queue %q", job.Queue, queue)
+		h.writeResult(t, logger, &Result{ID: job.ID, Queue: queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	// The worker's own network policy for the queue the job came from
+	// decides, whatever the producer saw. A worker whose policy is
+	// narrower hands the job back for another worker (or a later retry).
 	if job.Network != nil {
-		pol, err := h.cfg.Egress.ResolveNetwork(job.Queue, job.Network.Asked)
+		pol, err := h.cfg.Egress.ResolveNetwork(queue, job.Network.Asked)
 		if err != nil {
 			err = fmt.Errorf("refused by this worker's network policy: %w", err)
-			h.writeResult(t, logger, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
-			return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+			if retried >= maxRetry {
+				h.writeResult(t, logger, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+			}
+			return err
 		}
 		job.Network = pol
 	}
@@ -275,10 +284,13 @@ func egressDoc(p *NetworkPolicy, events []egress.Event) *EgressDoc {
 		d.Requests = []egress.Event{}
 	}
 	for _, e := range events {
-		if e.Decision == "allowed" {
+		switch e.Decision {
+		case egress.DecisionAllowed:
 			d.Allowed++
-		} else {
+		case egress.DecisionRefused:
 			d.Refused++
+		case egress.DecisionFailed:
+			d.Failed++
 		}
 	}
 	return d

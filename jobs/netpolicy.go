@@ -5,6 +5,8 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net/netip"
 	"os"
 	"sort"
 	"strings"
@@ -157,14 +159,25 @@ func (c EgressConfig) Validate() error {
 		}
 		for _, port := range p.Ports {
 			if port < 1 || port > 65535 {
-				return fmt.Errorf("egress queue %s: port %d", q, port)
+				return fmt.Errorf("egress queue %s: ports: %d is not between 1 and 65535", q, port)
 			}
 		}
 	}
 	for _, port := range c.Ports {
 		if port < 1 || port > 65535 {
-			return fmt.Errorf("egress port %d", port)
+			return fmt.Errorf("egress ports: %d is not between 1 and 65535", port)
 		}
+	}
+	switch {
+	case c.MaxConns < 0:
+		return fmt.Errorf("egress max_conns: %d must not be negative", c.MaxConns)
+	case c.MaxBytes < 0:
+		return fmt.Errorf("egress max_bytes: %d must not be negative", c.MaxBytes)
+	case c.IdleTimeout < 0 || c.TotalTimeout < 0:
+		return fmt.Errorf("egress idle_timeout and total_timeout must not be negative")
+	}
+	if _, err := netip.ParsePrefix(c.Pool); err != nil {
+		return fmt.Errorf("egress pool %q: %w", c.Pool, err)
 	}
 	return nil
 }
@@ -179,21 +192,22 @@ type publishedEgress struct {
 	Ports  []int               `json:"ports"`
 }
 
-// publish writes the policy of each queue a worker serves for producers to
-// check jobs against; a served queue without a policy is removed (no
-// network).
-func (c EgressConfig) publish(ctx context.Context, rdb redis.UniversalClient, queues map[string]int) error {
+// publish writes the policy of each served queue that has one, for
+// producers to check jobs against. It warns when it replaces a different
+// policy: the workers of a queue should share one.
+func (c EgressConfig) publish(ctx context.Context, rdb redis.UniversalClient, queues map[string]int, logger *slog.Logger) error {
 	for q := range queues {
 		p, ok := c.Queues[q]
 		if !ok {
-			if err := rdb.HDel(ctx, egressKey, q).Err(); err != nil {
-				return err
-			}
 			continue
 		}
 		b, err := json.Marshal(publishedEgress{Groups: c.Groups, Queue: p, Ports: c.Ports})
 		if err != nil {
 			return err
+		}
+		old, err := rdb.HGet(ctx, egressKey, q).Bytes()
+		if err == nil && string(old) != string(b) {
+			logger.Warn("replacing a different network policy published for this queue; give its workers one policy", "queue", q)
 		}
 		if err := rdb.HSet(ctx, egressKey, q, b).Err(); err != nil {
 			return err

@@ -118,9 +118,11 @@ type EgressDoc struct {
 	Asked []string `json:"asked"`
 	Hosts []string `json:"hosts"`
 	Ports []int    `json:"ports"`
-	// Allowed and Refused count the requests.
+	// Allowed, Refused and Failed (allowed, but the upstream could not be
+	// reached) count the recorded requests.
 	Allowed  int            `json:"allowed"`
 	Refused  int            `json:"refused"`
+	Failed   int            `json:"failed"`
 	Requests []egress.Event `json:"requests"`
 }
 

@@ -95,7 +95,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.handler.store.SetPrefixExpiry(ctx, "jobs/", days); err != nil {
 		return fmt.Errorf("object store at %s: %w", w.cfg.Storage.Endpoint, err)
 	}
-	if err := w.cfg.Egress.publish(ctx, w.rdb, w.cfg.Worker.Queues); err != nil {
+	if err := w.cfg.Egress.publish(ctx, w.rdb, w.cfg.Worker.Queues, w.logger); err != nil {
 		return fmt.Errorf("publish the network policy: %w", err)
 	}
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))

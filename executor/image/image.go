@@ -31,7 +31,7 @@ import (
 )
 
 // stampVersion changes when what Build puts in an image changes.
-const stampVersion = "sandq-image-v1"
+const stampVersion = "sandq-image-v2"
 
 // BuildOptions describe an image build.
 type BuildOptions struct {

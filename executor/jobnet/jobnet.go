@@ -5,8 +5,10 @@
 // proxy port on the host side of its pair and drop everything else coming
 // from, or forwarded to, any job's interface.
 //
-// Every resource is recorded in a lease file under the state directory, so
-// the resources of a worker that died are found and removed by the next one.
+// Every resource is recorded in a lease file in a host-wide directory
+// (/run/sandq/net), named by the pair's address and taken under a host-wide
+// lock, so no two sandboxes of any workers share an address, and the
+// resources of a worker that died are found and removed by the next one.
 package jobnet
 
 import (
@@ -17,12 +19,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -42,10 +46,14 @@ const (
 type Config struct {
 	// Pool is split into /30s, one per networked sandbox. Default 10.200.0.0/16.
 	Pool netip.Prefix
-	// StateDir holds the lease files. Required.
-	StateDir string
+	// Dir holds the lease files and the lock, host-wide. Default
+	// /run/sandq/net (cleared at boot, like the namespaces it describes).
+	Dir string
 	// WorkerID owns the leases and rules this manager makes.
 	WorkerID string
+	// LockPath is a file the worker holds an exclusive flock on while it
+	// lives; recorded in leases so any worker can tell a dead owner.
+	LockPath string
 	// ProxyPort is the port the job may reach on its host-side address.
 	// Default 3128.
 	ProxyPort uint16
@@ -54,8 +62,13 @@ type Config struct {
 // Manager makes and removes job networks for one worker.
 type Manager struct {
 	cfg   Config
-	dir   string // StateDir/net
+	dir   string
 	table *nftables.Table
+
+	mu   sync.Mutex
+	mine map[string]*Net // this manager's live networks, by sandbox
+	stop chan struct{}
+	done chan struct{}
 }
 
 // Net is one sandbox's network.
@@ -73,12 +86,13 @@ type Net struct {
 }
 
 type lease struct {
-	Index   int    `json:"index"`
+	Host    string `json:"host"`
 	Worker  string `json:"worker"`
 	Sandbox string `json:"sandbox"`
 	Netns   string `json:"netns"`
 	HostIf  string `json:"host_if"`
 	PeerIf  string `json:"peer_if"`
+	Lock    string `json:"lock"`
 }
 
 // New checks the pool and installs the base firewall rules (idempotent; the
@@ -93,13 +107,16 @@ func New(cfg Config) (*Manager, error) {
 	if !cfg.Pool.Addr().Is4() || cfg.Pool.Bits() > 30 {
 		return nil, fmt.Errorf("network pool %s: want an IPv4 prefix of /30 or larger", cfg.Pool)
 	}
-	if cfg.StateDir == "" || cfg.WorkerID == "" {
-		return nil, errors.New("jobnet: state dir and worker ID are required")
+	if cfg.Dir == "" {
+		cfg.Dir = "/run/sandq/net"
+	}
+	if cfg.WorkerID == "" {
+		return nil, errors.New("jobnet: worker ID is required")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("the ip command (iproute2) is required for job networks: %w", err)
 	}
-	m := &Manager{cfg: cfg, dir: filepath.Join(cfg.StateDir, "net"), table: &nftables.Table{Family: nftables.TableFamilyINet, Name: tableName}}
+	m := &Manager{cfg: cfg, dir: cfg.Dir, table: &nftables.Table{Family: nftables.TableFamilyINet, Name: tableName}, mine: map[string]*Net{}}
 	if err := os.MkdirAll(m.dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -111,7 +128,144 @@ func New(cfg Config) (*Manager, error) {
 	if err := m.installBase(); err != nil {
 		return nil, fmt.Errorf("firewall base rules: %w", err)
 	}
+	m.removeTornLeases()
 	return m, nil
+}
+
+// Watch re-checks the firewall every interval until Close: if the table,
+// its chains or rules were flushed (say by an nftables service restart),
+// it puts back the base rules and this manager's accept rules at once.
+// onRepair is told what was repaired.
+func (m *Manager) Watch(interval time.Duration, onRepair func(error)) {
+	m.mu.Lock()
+	if m.stop != nil {
+		m.mu.Unlock()
+		return
+	}
+	m.stop, m.done = make(chan struct{}), make(chan struct{})
+	m.mu.Unlock()
+	go func() {
+		defer close(m.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-t.C:
+				if repaired, err := m.Ensure(); repaired || err != nil {
+					onRepair(errors.Join(fmt.Errorf("firewall rules were missing and have been restored"), err))
+				}
+			}
+		}
+	}()
+}
+
+// Close stops Watch.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	stop, done := m.stop, m.done
+	m.stop = nil
+	m.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-done
+	}
+}
+
+// Ensure puts back whatever is missing of the base rules and of this
+// manager's accept rules; it reports whether anything was.
+func (m *Manager) Ensure() (bool, error) {
+	unlock, err := m.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	return m.ensure()
+}
+
+func (m *Manager) ensure() (bool, error) {
+	repaired, err := m.baseMissing()
+	if err != nil {
+		return false, err
+	}
+	if repaired {
+		if err := m.installBase(); err != nil {
+			return true, err
+		}
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return repaired, err
+	}
+	input, _ := m.chains()
+	rules, err := c.GetRules(m.table, input)
+	if err != nil {
+		return repaired, err
+	}
+	have := map[string]bool{}
+	for _, r := range rules {
+		have[string(r.UserData)] = true
+	}
+	m.mu.Lock()
+	missing := []*Net{}
+	for _, n := range m.mine {
+		if !have[string(ruleTag(n.lease.Worker, n.lease.Sandbox))] {
+			missing = append(missing, n)
+		}
+	}
+	m.mu.Unlock()
+	for _, n := range missing {
+		c.InsertRule(&nftables.Rule{Table: m.table, Chain: input, Exprs: m.acceptRule(n.lease, n.Host, n.Sandbox), UserData: ruleTag(n.lease.Worker, n.lease.Sandbox)})
+	}
+	if len(missing) > 0 {
+		repaired = true
+		if err := c.Flush(); err != nil {
+			return true, err
+		}
+	}
+	return repaired, nil
+}
+
+// baseMissing reports whether the table, a chain or a base rule is gone,
+// or the drop rule is no longer the input chain's last.
+func (m *Manager) baseMissing() (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, err
+	}
+	input, forward := m.chains()
+	in, err := c.GetRules(m.table, input)
+	if err != nil {
+		return true, nil
+	}
+	fw, err := c.GetRules(m.table, forward)
+	if err != nil {
+		return true, nil
+	}
+	if len(in) == 0 || string(in[len(in)-1].UserData) != baseTag {
+		return true, nil
+	}
+	n := 0
+	for _, r := range fw {
+		if string(r.UserData) == baseTag {
+			n++
+		}
+	}
+	return n != 2, nil
+}
+
+// removeTornLeases deletes lease files that do not parse: a worker died
+// between taking the file and writing it. Call with the lock held.
+func (m *Manager) removeTornLeases() {
+	files, _ := filepath.Glob(filepath.Join(m.dir, "*.lease"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		var l lease
+		if err == nil && json.Unmarshal(b, &l) != nil {
+			os.Remove(f)
+		}
+	}
 }
 
 // lock takes the host-wide lock that serializes pool allocation and rule
@@ -168,7 +322,7 @@ func (m *Manager) installBase() error {
 				have++
 			}
 		}
-		if have == len(base.rules) {
+		if have == len(base.rules) && string(rules[len(rules)-1].UserData) == baseTag {
 			continue
 		}
 		for _, r := range rules {
@@ -245,9 +399,18 @@ func (m *Manager) Setup(ctx context.Context, sandbox string) (_ *Net, err error)
 		return nil, err
 	}
 	defer unlock()
-	idx := -1
+	// The base rules must be in place before any job interface exists.
+	if _, err := m.ensure(); err != nil {
+		return nil, fmt.Errorf("firewall base rules: %w", err)
+	}
+	inUse := hostAddresses()
+	var host, sbx netip.Addr
 	for i := 0; i < m.size(); i++ {
-		f, err := os.OpenFile(m.leasePath(i), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		h, s := m.addrs(i)
+		if inUse[h] || inUse[s] {
+			continue // on the host already, whoever made it
+		}
+		f, err := os.OpenFile(m.leasePath(h), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, os.ErrExist) {
 			continue
 		}
@@ -255,27 +418,26 @@ func (m *Manager) Setup(ctx context.Context, sandbox string) (_ *Net, err error)
 			return nil, err
 		}
 		f.Close()
-		idx = i
+		host, sbx = h, s
 		break
 	}
-	if idx < 0 {
+	if !host.IsValid() {
 		return nil, fmt.Errorf("network pool %s is exhausted (%d sandboxes)", m.cfg.Pool, m.size())
 	}
 	sum := sha256.Sum256([]byte(m.cfg.WorkerID + "/" + sandbox))
 	short := hex.EncodeToString(sum[:6])
-	l := lease{Index: idx, Worker: m.cfg.WorkerID, Sandbox: sandbox, Netns: "sandq-" + m.cfg.WorkerID + "-" + short, HostIf: IfPrefix + short + "h", PeerIf: IfPrefix + short + "n"}
+	l := lease{Host: host.String(), Worker: m.cfg.WorkerID, Lock: m.cfg.LockPath, Sandbox: sandbox, Netns: "sandq-" + m.cfg.WorkerID + "-" + short, HostIf: IfPrefix + short + "h", PeerIf: IfPrefix + short + "n"}
 	b, _ := json.Marshal(l)
-	if err := os.WriteFile(m.leasePath(idx), b, 0o600); err != nil {
-		os.Remove(m.leasePath(idx))
+	if err := os.WriteFile(m.leasePath(host), b, 0o600); err != nil {
+		os.Remove(m.leasePath(host))
 		return nil, err
 	}
-	n := &Net{Netns: filepath.Join("/var/run/netns", l.Netns), lease: l, m: m}
+	n := &Net{Netns: filepath.Join("/var/run/netns", l.Netns), lease: l, m: m, Host: host, Sandbox: sbx}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, m.remove(l))
 		}
 	}()
-	n.Host, n.Sandbox = m.addrs(idx)
 	n.Proxy = netip.AddrPortFrom(n.Host, m.cfg.ProxyPort)
 	prefix := strconv.Itoa(30)
 	if err := ip(ctx, "netns", "add", l.Netns); err != nil {
@@ -308,10 +470,27 @@ func (m *Manager) Setup(ctx context.Context, sandbox string) (_ *Net, err error)
 	if err := c.Flush(); err != nil {
 		return nil, fmt.Errorf("firewall rule for %s: %w", sandbox, err)
 	}
+	m.mu.Lock()
+	m.mine[sandbox] = n
+	m.mu.Unlock()
 	return n, nil
 }
 
-func (m *Manager) leasePath(i int) string { return filepath.Join(m.dir, fmt.Sprintf("%05d.lease", i)) }
+// hostAddresses are the IPv4 addresses configured on this host now.
+func hostAddresses() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out[p.Addr().Unmap()] = true
+		}
+	}
+	return out
+}
+
+func (m *Manager) leasePath(host netip.Addr) string {
+	return filepath.Join(m.dir, host.String()+".lease")
+}
 
 // Release removes the network: rule, namespace, interfaces and lease.
 func (n *Net) Release() error {
@@ -320,6 +499,9 @@ func (n *Net) Release() error {
 		return err
 	}
 	defer unlock()
+	n.m.mu.Lock()
+	delete(n.m.mine, n.lease.Sandbox)
+	n.m.mu.Unlock()
 	return n.m.remove(n.lease)
 }
 
@@ -343,8 +525,8 @@ func (m *Manager) remove(l lease) error {
 			errs = append(errs, err)
 		}
 	}
-	if len(errs) == 0 {
-		if err := os.Remove(m.leasePath(l.Index)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if host, perr := netip.ParseAddr(l.Host); len(errs) == 0 && perr == nil {
+		if err := os.Remove(m.leasePath(host)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
 	}
@@ -387,6 +569,7 @@ func (m *Manager) SweepWorker(worker string) error {
 		return err
 	}
 	defer unlock()
+	m.removeTornLeases()
 	leases, err := m.leases()
 	if err != nil {
 		return err
@@ -416,10 +599,57 @@ func (m *Manager) leases() ([]lease, error) {
 		var l lease
 		if json.Unmarshal(b, &l) == nil {
 			out = append(out, l)
-		} else {
-			// A lease taken by a worker that died before writing it.
-			i, _ := strconv.Atoi(strings.TrimSuffix(filepath.Base(f), ".lease"))
-			out = append(out, lease{Index: i})
+		}
+	}
+	return out, nil
+}
+
+// SweepDead removes the networks of every worker on this host whose lock
+// is no longer held (it died), whatever its state directory.
+func (m *Manager) SweepDead() error {
+	ls, err := m.leases()
+	if err != nil {
+		return err
+	}
+	dead := map[string]bool{}
+	for _, l := range ls {
+		if l.Worker != m.cfg.WorkerID && !dead[l.Worker] && l.Lock != "" && !lockHeld(l.Lock) {
+			dead[l.Worker] = true
+		}
+	}
+	var errs []error
+	for w := range dead {
+		errs = append(errs, m.SweepWorker(w))
+	}
+	return errors.Join(errs...)
+}
+
+// lockHeld reports whether some process holds an flock on path.
+func lockHeld(path string) bool {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return false // gone with its worker
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return true
+	}
+	unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
+}
+
+// Workers lists the workers that hold leases now.
+func (m *Manager) Workers() ([]string, error) {
+	ls, err := m.leases()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range ls {
+		if !seen[l.Worker] {
+			seen[l.Worker] = true
+			out = append(out, l.Worker)
 		}
 	}
 	return out, nil
@@ -433,8 +663,8 @@ func (m *Manager) Resources(worker string) (leases, netns, ifaces, rules []strin
 		return nil, nil, nil, nil, err
 	}
 	for _, l := range ls {
-		if l.Worker == worker {
-			leases = append(leases, m.leasePath(l.Index))
+		if host, err := netip.ParseAddr(l.Host); err == nil && l.Worker == worker {
+			leases = append(leases, m.leasePath(host))
 		}
 	}
 	entries, _ := os.ReadDir("/var/run/netns")

@@ -7,8 +7,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // reach reports whether a TCP connection from inside netns to addr succeeds
@@ -53,7 +57,7 @@ func hostAddr(t *testing.T) string {
 
 func TestJobNetworkReachesOnlyItsProxyPort(t *testing.T) {
 	ctx := context.Background()
-	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.0.0/24"), StateDir: t.TempDir(), WorkerID: "wtest1"})
+	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.0.0/24"), Dir: t.TempDir(), WorkerID: "wtest1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +123,7 @@ func TestJobNetworkReachesOnlyItsProxyPort(t *testing.T) {
 func TestSweepWorkerRemovesADeadWorkersNetworks(t *testing.T) {
 	ctx := context.Background()
 	state := t.TempDir()
-	dead, err := New(Config{Pool: netip.MustParsePrefix("10.201.1.0/24"), StateDir: state, WorkerID: "wdead1"})
+	dead, err := New(Config{Pool: netip.MustParsePrefix("10.201.1.0/24"), Dir: state, WorkerID: "wdead1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +132,7 @@ func TestSweepWorkerRemovesADeadWorkersNetworks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	live, err := New(Config{Pool: netip.MustParsePrefix("10.201.1.0/24"), StateDir: state, WorkerID: "wlive1"})
+	live, err := New(Config{Pool: netip.MustParsePrefix("10.201.1.0/24"), Dir: state, WorkerID: "wlive1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +158,7 @@ func TestSweepWorkerRemovesADeadWorkersNetworks(t *testing.T) {
 }
 
 func TestPoolExhaustionIsAClearError(t *testing.T) {
-	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.2.0/29"), StateDir: t.TempDir(), WorkerID: "wpool1"})
+	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.2.0/29"), Dir: t.TempDir(), WorkerID: "wpool1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,5 +180,129 @@ func TestPoolExhaustionIsAClearError(t *testing.T) {
 	}
 	if _, netns, _, rules, _ := m.Resources("wpool1"); len(netns) != 2 || len(rules) != 2 {
 		t.Errorf("a refused setup left something: netns %v rules %v", netns, rules)
+	}
+}
+
+// heldLock makes a lock file and holds an flock on it until the test ends
+// (or release is called): a live worker's.
+func heldLock(t *testing.T) (path string, release func()) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "lock")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return path, func() { f.Close() }
+}
+
+func TestSweepDeadFindsDeadOwnersByTheirLock(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	pool := netip.MustParsePrefix("10.201.3.0/24")
+	deadLock, die := heldLock(t)
+	liveLock, _ := heldLock(t)
+	dead, err := New(Config{Pool: pool, Dir: dir, WorkerID: "wdead2", LockPath: deadLock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dead.Setup(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	live, err := New(Config{Pool: pool, Dir: dir, WorkerID: "wlive2", LockPath: liveLock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := live.Setup(ctx, "y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Release()
+	// While its lock is held, the first worker is alive: nothing is swept.
+	if err := live.SweepDead(); err != nil {
+		t.Fatal(err)
+	}
+	if _, netns, _, _, _ := live.Resources("wdead2"); len(netns) != 1 {
+		t.Fatalf("a live worker's network was swept: %v", netns)
+	}
+	die()
+	if err := live.SweepDead(); err != nil {
+		t.Fatal(err)
+	}
+	if leases, netns, ifaces, rules, _ := live.Resources("wdead2"); len(leases)+len(netns)+len(ifaces)+len(rules) != 0 {
+		t.Errorf("dead worker's network left: %v %v %v %v", leases, netns, ifaces, rules)
+	}
+	if _, netns, _, _, _ := live.Resources("wlive2"); len(netns) != 1 {
+		t.Errorf("the live worker's network was swept: %v", netns)
+	}
+}
+
+func TestEnsureRestoresAFlushedFirewall(t *testing.T) {
+	ctx := context.Background()
+	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.4.0/24"), Dir: t.TempDir(), WorkerID: "wflush"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.Setup(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Release()
+	listen(t, n.Proxy.String())
+	listen(t, netip.AddrPortFrom(n.Host, 6379).String())
+	ns := "sandq-wflush-" + n.lease.HostIf[2:14]
+	// An nftables service restart: the whole table goes.
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.DelTable(m.table)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !reach(t, ns, netip.AddrPortFrom(n.Host, 6379).String()) {
+		t.Fatal("with the table gone the host service should be reachable (the test's premise)")
+	}
+	repaired, err := m.Ensure()
+	if err != nil || !repaired {
+		t.Fatalf("Ensure: repaired %v, %v", repaired, err)
+	}
+	if reach(t, ns, netip.AddrPortFrom(n.Host, 6379).String()) {
+		t.Error("after Ensure the host service is still reachable")
+	}
+	if !reach(t, ns, n.Proxy.String()) {
+		t.Error("after Ensure the job lost its proxy")
+	}
+	if repaired, err := m.Ensure(); err != nil || repaired {
+		t.Errorf("a second Ensure repaired %v, %v", repaired, err)
+	}
+}
+
+func TestAddressesInUseAreSkippedAcrossLeaseDirs(t *testing.T) {
+	ctx := context.Background()
+	pool := netip.MustParsePrefix("10.201.5.0/24")
+	a, err := New(Config{Pool: pool, Dir: t.TempDir(), WorkerID: "wdir1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{Pool: pool, Dir: t.TempDir(), WorkerID: "wdir2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	na, err := a.Setup(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer na.Release()
+	nb, err := b.Setup(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nb.Release()
+	if na.Host == nb.Host {
+		t.Errorf("two lease directories handed out %s twice", na.Host)
 	}
 }
