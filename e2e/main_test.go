@@ -18,6 +18,7 @@ import (
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -80,6 +81,10 @@ func setup() error {
 		return err
 	}
 	env.state = filepath.Join(dir, "state")
+	webhookSecret, err := webhook.NewSecret()
+	if err != nil {
+		return err
+	}
 	logLevel := slog.LevelWarn
 	if os.Getenv("SANDQ_TEST_LOG") != "" {
 		logLevel = slog.LevelDebug
@@ -98,6 +103,13 @@ func setup() error {
 		},
 		MaxRetry:     1,
 		PollInterval: 100 * time.Millisecond,
+		Webhook: jobs.WebhookConfig{
+			Secrets:      map[string][]string{"*": {webhookSecret}},
+			AllowPrivate: true, // receivers run on loopback
+			Schedule:     []time.Duration{time.Second, time.Second, time.Second, time.Second},
+			Timeout:      2 * time.Second,
+			MaxAttempts:  5,
+		},
 		Egress: jobs.EgressConfig{
 			Groups: map[string][]string{"examples": {"*.example.com"}},
 			Queues: map[string]jobs.QueueEgress{

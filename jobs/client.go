@@ -96,6 +96,8 @@ type Submission struct {
 	// Network is what the job may reach: nothing (empty or "none"), the
 	// queue's default ("default"), or group names and host patterns.
 	Network []string
+	// Webhook is the URL the result is POSTed to when the job ends.
+	Webhook string
 }
 
 // Enqueued tells where a submission went.
@@ -172,6 +174,9 @@ func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := c.checkWebhook(ctx, s.Queue, s.Webhook); err != nil {
+		return nil, err
+	}
 	id := NewJobID()
 	if s.IdempotencyKey != "" {
 		id = IdempotentJobID(s.Queue, s.IdempotencyKey)
@@ -185,7 +190,7 @@ func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
 	rand.Read(nonce)
 	job := &Job{
 		ID: id, Queue: s.Queue, Runtime: rt, Args: s.Args, Env: s.Env, Limits: lim,
-		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(), Network: netPolicy,
+		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(), Network: netPolicy, Webhook: s.Webhook,
 		UploadPrefix: JobPrefix(id) + "in-" + hex.EncodeToString(nonce) + "/",
 	}
 	// Each submission uploads under its own prefix, so two racing
@@ -284,6 +289,15 @@ type JobStatus struct {
 	LastError     string    `json:"last_error,omitempty"`
 	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
 	Result        *Result   `json:"result,omitempty"`
+	// Webhook is the job's webhook delivery, once the job is done.
+	Webhook *WebhookStatus `json:"webhook_delivery,omitempty"`
+}
+
+// StatusDoc is what `sandq status --json` prints for a finished job: the
+// result document (what the webhook carries) and the delivery log.
+type StatusDoc struct {
+	*Result
+	WebhookDelivery *WebhookStatus `json:"webhook_delivery,omitempty"`
 }
 
 // Status finds a job in any queue.
@@ -303,7 +317,11 @@ func (c *Client) Status(ctx context.Context, id string) (*JobStatus, error) {
 		if err != nil {
 			return nil, fmt.Errorf("job %s: %w", id, err)
 		}
-		return statusOf(info), nil
+		st := statusOf(info)
+		if st.State == StateDone {
+			st.Webhook = c.webhookStatus(ctx, st.Result)
+		}
+		return st, nil
 	}
 	return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
 }

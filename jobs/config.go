@@ -62,6 +62,9 @@ type Config struct {
 	// Egress is the network policy. Workers enforce it and publish it for
 	// their queues in Redis, where producers read it at enqueue.
 	Egress EgressConfig
+
+	// Webhook configures completion webhooks (workers).
+	Webhook WebhookConfig
 }
 
 // WorkerConfig is the part only workers use.
@@ -162,6 +165,7 @@ func (c Config) WithDefaults() Config {
 	setDur(&w.ShutdownGrace, 30*time.Second)
 	setDur(&w.TaskCheckInterval, 100*time.Millisecond)
 	c.Egress = c.Egress.WithDefaults()
+	c.Webhook = c.Webhook.WithDefaults()
 	return c
 }
 
@@ -208,6 +212,9 @@ func (c Config) Validate() error {
 	}
 	if err := CheckName("image", c.Worker.Image); err != nil || filepath.Base(c.Worker.Image) != c.Worker.Image {
 		return fmt.Errorf("image %q: must be a plain name", c.Worker.Image)
+	}
+	if err := c.Webhook.Validate(); err != nil {
+		return err
 	}
 	return c.Egress.Validate()
 }

@@ -37,6 +37,8 @@ type Handler struct {
 	// handBack is closed once asynq has requeued the jobs a stopping worker
 	// interrupted; their handlers wait for it (see Worker.Shutdown).
 	handBack chan struct{}
+	client   *asynq.Client
+	insp     *asynq.Inspector
 }
 
 var _ asynq.Handler = (*Handler)(nil)
@@ -85,6 +87,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.writeResult(t, logger, &Result{ID: taskID, Queue: queue, Status: StatusError, Reason: err.Error(), Attempt: attempt, Outputs: []OutputDoc{}})
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
+	// An earlier attempt that wrote the result but could not queue the
+	// webhook: the job has run; only the event is left to send.
+	if prev := h.previousResult(queue, job.ID); prev != nil {
+		logger.Info("job already has a result; queueing its webhook only")
+		return h.enqueueWebhook(ctx, prev)
+	}
 
 	// A worker runs nothing over its own maxima, whatever the producer let
 	// through.
@@ -94,13 +102,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}.Resolve(h.cfg.DefaultLimits, h.cfg.MaxLimits)
 	if err != nil {
 		err = fmt.Errorf("refused by this worker's limits: %w", err)
-		h.writeResult(t, logger, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+		h.finish(ctx, t, logger, job, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	job.Limits = lim
 	if job.Queue != queue {
 		err := fmt.Errorf("payload names queue %q but the job came from queue %q", job.Queue, queue)
-		h.writeResult(t, logger, &Result{ID: job.ID, Queue: queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+		h.finish(ctx, t, logger, job, &Result{ID: job.ID, Queue: queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	// The worker's own network policy for the queue the job came from
@@ -111,7 +119,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if err != nil {
 			err = fmt.Errorf("refused by this worker's network policy: %w", err)
 			if retried >= maxRetry {
-				h.writeResult(t, logger, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+				h.finish(ctx, t, logger, job, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
 			}
 			return err
 		}
@@ -142,7 +150,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		logger.Error("job could not run", "err", err, "final", final)
 		if final {
 			now := h.now().UTC()
-			h.writeResult(t, logger, &Result{
+			h.finish(ctx, t, logger, job, &Result{
 				ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime,
 				Image: h.cfg.Worker.Image, Attempt: attempt, SubmittedAt: job.SubmittedAt, StartedAt: now, FinishedAt: now,
 				Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name,
@@ -150,7 +158,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		return err
 	}
-	if err := h.writeResult(t, logger, res); err != nil {
+	if err := h.finish(ctx, t, logger, job, res); err != nil {
 		return err
 	}
 	if res.Status == StatusCanceled {
@@ -158,6 +166,32 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	logger.Info("job finished", "status", res.Status, "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
 	return nil
+}
+
+// finish writes a final result and queues its webhook.
+func (h *Handler) finish(ctx context.Context, t *asynq.Task, logger *slog.Logger, job *Job, res *Result) error {
+	res.Webhook = h.webhookRef(job)
+	if err := h.writeResult(t, logger, res); err != nil {
+		return err
+	}
+	if err := h.enqueueWebhook(context.WithoutCancel(ctx), res); err != nil {
+		logger.Error("queueing the webhook; the job will be retried to queue it", "err", err)
+		return err
+	}
+	return nil
+}
+
+// previousResult is the result an earlier attempt of the job wrote, if any.
+func (h *Handler) previousResult(queue, id string) *Result {
+	info, err := h.insp.GetTaskInfo(queue, id)
+	if err != nil || len(info.Result) == 0 {
+		return nil
+	}
+	r, err := ParseResult(info.Result)
+	if err != nil {
+		return nil
+	}
+	return r
 }
 
 func (h *Handler) writeResult(t *asynq.Task, logger *slog.Logger, res *Result) error {

@@ -64,7 +64,10 @@ type Result struct {
 	// without network.
 	Egress  *EgressDoc `json:"egress,omitempty"`
 	Timings *Timings   `json:"timings,omitempty"`
-	Worker  string     `json:"worker,omitempty"`
+	// Webhook is where this document is POSTed, with the webhook-id every
+	// attempt carries.
+	Webhook *WebhookRef `json:"webhook,omitempty"`
+	Worker  string      `json:"worker,omitempty"`
 }
 
 // LimitsDoc is the limits a job ran under.

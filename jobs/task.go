@@ -29,6 +29,7 @@ type Job struct {
 	TimeoutSeconds float64           `json:"timeout_seconds"`
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
 	Network        *NetworkPolicy    `json:"network,omitempty"`
+	Webhook        string            `json:"webhook,omitempty"`
 	SubmittedAt    time.Time         `json:"submitted_at"`
 	UploadPrefix   string            `json:"upload_prefix"`
 }

@@ -14,18 +14,22 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
 )
 
 // Worker is an asynq server running jobs in sandboxes.
 type Worker struct {
-	cfg        Config
-	srv        *asynq.Server
-	handler    *Handler
-	rdb        redis.UniversalClient
-	logger     *slog.Logger
-	stopListen context.CancelFunc
-	listening  chan struct{}
+	cfg      Config
+	srv      *asynq.Server
+	webhooks *asynq.Server
+	handler  *Handler
+	// webhookHandler delivers webhook:deliver tasks.
+	webhookHandler *WebhookHandler
+	rdb            redis.UniversalClient
+	logger         *slog.Logger
+	stopListen     context.CancelFunc
+	listening      chan struct{}
 }
 
 // NewWorker builds a worker; Start runs it.
@@ -43,12 +47,14 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	}
 	host, _ := os.Hostname()
 	name := fmt.Sprintf("%s:%d", host, os.Getpid())
-	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, logger: logger, name: name, now: time.Now, handBack: make(chan struct{})}
+	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, logger: logger, name: name, now: time.Now, handBack: make(chan struct{}),
+		client: asynq.NewClientFromRedisClient(rdb), insp: asynq.NewInspectorFromRedisClient(rdb)}
 	w := &Worker{cfg: cfg, handler: h, rdb: rdb, logger: logger}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:       cfg.Worker.Concurrency,
-		Queues:            cfg.Worker.Queues,
-		TaskCheckInterval: cfg.Worker.TaskCheckInterval,
+		Concurrency:              cfg.Worker.Concurrency,
+		Queues:                   cfg.Worker.Queues,
+		TaskCheckInterval:        cfg.Worker.TaskCheckInterval,
+		DelayedTaskCheckInterval: time.Second,
 		// Shutdown kills running sandboxes after ShutdownGrace itself; by
 		// the time asynq's own shutdown starts, the interrupted handlers
 		// only wait to be requeued, which asynq does after this timeout.
@@ -65,6 +71,22 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 			}
 		},
 	})
+	// Deliveries have their own server and queue, so that jobs and events
+	// fail independently and long jobs never hold up an event.
+	wc := cfg.Webhook
+	w.webhooks = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:       wc.Concurrency,
+		Queues:            map[string]int{wc.Queue: 1},
+		TaskCheckInterval: cfg.Worker.TaskCheckInterval,
+		// Retries wait in asynq's retry set; check it every second, not
+		// every 5s, so short retry delays are kept.
+		DelayedTaskCheckInterval: time.Second,
+		ShutdownTimeout:          wc.Timeout + 5*time.Second,
+		RetryDelayFunc:           webhookRetryDelay(wc.schedule()),
+		Logger:                   slogAdapter{logger.With("component", "asynq-webhooks")},
+	})
+	w.webhookHandler = &WebhookHandler{cfg: cfg, insp: h.insp, rdb: rdb, logger: logger,
+		deliverer: &webhook.Deliverer{Guard: webhook.Guard{AllowPrivate: wc.AllowPrivate}, Timeout: wc.Timeout}}
 	return w, nil
 }
 
@@ -105,9 +127,21 @@ func (w *Worker) Start(ctx context.Context) error {
 		defer close(w.listening)
 		listenCancels(lctx, w.rdb, w.handler.jobs, w.logger)
 	}()
+	if err := w.cfg.Webhook.publish(ctx, w.rdb, w.cfg.Worker.Queues); err != nil {
+		cancel()
+		return fmt.Errorf("publish the webhook policy: %w", err)
+	}
 	if err := w.srv.Start(w.Mux()); err != nil {
 		cancel()
 		return fmt.Errorf("start worker: %w", err)
+	}
+	wmux := asynq.NewServeMux()
+	wmux.Use(recoverMiddleware(w.logger))
+	wmux.Handle(TypeWebhook, w.webhookHandler)
+	if err := w.webhooks.Start(wmux); err != nil {
+		w.srv.Shutdown()
+		cancel()
+		return fmt.Errorf("start webhook deliveries: %w", err)
 	}
 	w.logger.Info("worker started", "concurrency", w.cfg.Worker.Concurrency, "queues", w.cfg.Worker.Queues, "image", w.cfg.ImagePath())
 	return nil
@@ -131,6 +165,7 @@ func (w *Worker) Shutdown() {
 	}
 	w.srv.Shutdown()
 	close(w.handler.handBack)
+	w.webhooks.Shutdown()
 	if w.stopListen != nil {
 		w.stopListen()
 		<-w.listening

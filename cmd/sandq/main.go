@@ -30,6 +30,7 @@ func main() {
 			workerCommand(),
 			devCommand(),
 			imageCommand(),
+			webhookCommand(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}

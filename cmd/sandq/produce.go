@@ -35,6 +35,7 @@ func enqueueCommand() *cli.Command {
 			&cli.IntFlag{Name: "output-files", Usage: "entries the job may create in /mnt/outputs"},
 			&cli.StringFlag{Name: "idempotency-key", Usage: "enqueueing twice with one key returns the first job"},
 			&cli.StringSliceFlag{Name: "network", Usage: "none (default), default (the queue's default), or groups and hosts, comma-separated or repeated"},
+			&cli.StringFlag{Name: "webhook", Usage: "URL the result is POSTed to (signed, Standard Webhooks) when the job ends"},
 			&cli.BoolFlag{Name: "wait", Usage: "follow the job and print its result"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
@@ -78,7 +79,7 @@ func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 	}
 	sub := jobs.Submission{
 		Script: script, Runtime: c.String("runtime"), Args: c.StringSlice("arg"),
-		Queue: c.String("queue"), IdempotencyKey: c.String("idempotency-key"),
+		Queue: c.String("queue"), IdempotencyKey: c.String("idempotency-key"), Webhook: c.String("webhook"),
 	}
 	for _, in := range c.StringSlice("input") {
 		path, name := in, ""
@@ -254,7 +255,7 @@ func printStatus(c *cli.Context, st *jobs.JobStatus) error {
 	if c.Bool("json") {
 		var err error
 		if st.Result != nil {
-			err = printJSON(w, st.Result)
+			err = printJSON(w, jobs.StatusDoc{Result: st.Result, WebhookDelivery: st.Webhook})
 		} else {
 			err = printJSON(w, st)
 		}
@@ -324,5 +325,23 @@ func printHuman(w io.Writer, st *jobs.JobStatus) {
 	}
 	for _, s := range r.SkippedOutputs {
 		fmt.Fprintf(w, "skipped %s (%s): %s\n", s.Path, s.Type, s.Reason)
+	}
+	if e := r.Egress; e != nil {
+		fmt.Fprintf(w, "--- egress (%s): %d allowed, %d refused, %d failed\n", strings.Join(e.Hosts, " "), e.Allowed, e.Refused, e.Failed)
+		for _, q := range e.Requests {
+			if q.Decision != "allowed" {
+				fmt.Fprintf(w, "%s %s:%d %s\n", q.Decision, q.Host, q.Port, q.Reason)
+			}
+		}
+	}
+	if wh := st.Webhook; wh != nil {
+		fmt.Fprintf(w, "--- webhook %s (id %s): %s\n", wh.URL, wh.ID, wh.State)
+		for _, a := range wh.Attempts {
+			what := a.Error
+			if a.StatusCode != 0 {
+				what = fmt.Sprintf("HTTP %d %s", a.StatusCode, a.Error)
+			}
+			fmt.Fprintf(w, "%s  %-9s %s (%dms)\n", a.Time.Format(time.RFC3339), a.Outcome, strings.TrimSpace(what), a.DurationMS)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/jobs/webhook"
 )
 
 func workerCommand() *cli.Command {
@@ -143,6 +145,15 @@ func devCommand() *cli.Command {
 				}
 				worker.Env = append(worker.Env, "SANDQ_EGRESS_CONFIG="+policy)
 			}
+			hooks := os.Getenv("SANDQ_WEBHOOK_CONFIG")
+			secret := "(from " + hooks + ")"
+			if hooks == "" {
+				hooks = filepath.Join(dir, "webhook.json")
+				if secret, err = devWebhookConfig(hooks); err != nil {
+					return cli.Exit(err, exitError)
+				}
+				worker.Env = append(worker.Env, "SANDQ_WEBHOOK_CONFIG="+hooks)
+			}
 			worker.Stdout, worker.Stderr = logf, logf
 			worker.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 			if err := worker.Start(); err != nil {
@@ -156,8 +167,10 @@ func devCommand() *cli.Command {
   minio console  http://%s  (user %s)
   worker         pid %d, log %s
   network policy %s
+  webhooks       secret %s (private URLs allowed)
+                 receiver: go run ./examples/webhook_receiver --secret %s
   data           %s
-`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, policy, dir)
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, policy, secret, secret, dir)
 			select {
 			case <-ctx.Done():
 				worker.Process.Signal(syscall.SIGTERM)
@@ -184,6 +197,26 @@ const devEgressPolicy = `{
   }
 }
 `
+
+// devWebhookConfig writes (once) the dev stack's webhook settings: one
+// signing secret for every queue, kept across runs, and private URLs allowed
+// so a receiver on this machine works. It returns the secret.
+func devWebhookConfig(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		var c struct {
+			Secrets map[string][]string `json:"secrets"`
+		}
+		if json.Unmarshal(b, &c) == nil && len(c.Secrets["*"]) > 0 {
+			return c.Secrets["*"][0], nil
+		}
+	}
+	secret, err := webhook.NewSecret()
+	if err != nil {
+		return "", err
+	}
+	b, _ := json.MarshalIndent(map[string]any{"secrets": map[string][]string{"*": {secret}}, "allow_private": true}, "", "  ")
+	return secret, os.WriteFile(path, append(b, '\n'), 0o600)
+}
 
 func portOf(addr string) (int, error) {
 	_, p, err := net.SplitHostPort(addr)

@@ -1,0 +1,308 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/jobs/webhook"
+)
+
+// receiver is a webhook receiver on loopback whose answers the test
+// scripts: respond(n) gives the status (and headers) of request n (from 1).
+type receiver struct {
+	t       *testing.T
+	srv     *http.Server
+	addr    string
+	mu      sync.Mutex
+	got     []delivery
+	respond func(n int, w http.ResponseWriter)
+}
+
+type delivery struct {
+	at     time.Time
+	header http.Header
+	body   []byte
+	path   string
+}
+
+func newReceiver(t *testing.T, addr string, respond func(n int, w http.ResponseWriter)) *receiver {
+	t.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &receiver{t: t, addr: l.Addr().String(), respond: respond}
+	r.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.got = append(r.got, delivery{at: time.Now(), header: req.Header.Clone(), body: body, path: req.URL.Path})
+		n := len(r.got)
+		r.mu.Unlock()
+		if r.respond != nil {
+			r.respond(n, w)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})}
+	go r.srv.Serve(l)
+	t.Cleanup(func() { r.srv.Close() })
+	return r
+}
+
+func (r *receiver) url() string { return "http://" + r.addr + "/hook" }
+
+func (r *receiver) deliveries() []delivery {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]delivery(nil), r.got...)
+}
+
+// waitFor waits until the receiver has n requests.
+func (r *receiver) waitFor(n int, limit time.Duration) []delivery {
+	r.t.Helper()
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if d := r.deliveries(); len(d) >= n {
+			return d
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.t.Fatalf("receiver got %d requests in %s, want %d", len(r.deliveries()), limit, n)
+	return nil
+}
+
+func webhookSecrets() []string { return env.cfg.Webhook.Secrets["*"] }
+
+// webhookState waits for the job's webhook to reach state and returns it.
+func webhookState(t *testing.T, id, state string, limit time.Duration) *jobs.WebhookStatus {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	var last *jobs.WebhookStatus
+	for time.Now().Before(deadline) {
+		st, err := env.client.Status(context.Background(), id)
+		if err == nil && st.Webhook != nil {
+			last = st.Webhook
+			if st.Webhook.State == state {
+				return st.Webhook
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("webhook of %s never reached %s: %+v", id, state, last)
+	return nil
+}
+
+func TestWebhookDeliveredOnceVerifiedBodyIsTheStatus(t *testing.T) {
+	rcv := newReceiver(t, "", nil)
+	r := runJob(t, jobs.Submission{Script: file(t, "hi.sh", "echo hi > $OUTPUT_DIR/hi.txt"), Webhook: rcv.url()})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	ws := webhookState(t, r.ID, "delivered", 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // a second delivery would show up now
+	got := rcv.deliveries()
+	if len(got) != 1 || len(ws.Attempts) != 1 || ws.Attempts[0].Outcome != "delivered" {
+		t.Fatalf("%d deliveries, log %+v", len(got), ws.Attempts)
+	}
+	d := got[0]
+	if err := webhook.Verify(webhookSecrets(), d.header, d.body, time.Now()); err != nil {
+		t.Errorf("delivery does not verify: %v", err)
+	}
+	if d.header.Get("webhook-id") != r.Webhook.ID || d.header.Get("Content-Type") != "application/json" {
+		t.Errorf("headers %v, result webhook %+v", d.header, r.Webhook)
+	}
+	// The body is `sandq status --json` without its delivery log.
+	out, _, code := sandq(t, "status", r.ID, "--json")
+	var status, body map[string]any
+	if err := json.Unmarshal([]byte(out), &status); err != nil || code != 0 {
+		t.Fatalf("status --json: %v (exit %d)", err, code)
+	}
+	if _, ok := status["webhook_delivery"]; !ok {
+		t.Error("status --json has no webhook_delivery")
+	}
+	delete(status, "webhook_delivery")
+	if err := json.Unmarshal(d.body, &body); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(status, body) {
+		t.Errorf("webhook body differs from status --json:\n%s\nvs\n%s", d.body, out)
+	}
+}
+
+func TestWebhookReceiverDownThenUp(t *testing.T) {
+	// A port nothing listens on yet.
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	r := runJob(t, jobs.Submission{Script: file(t, "x.sh", "true"), Webhook: "http://" + addr + "/hook"})
+	ws := webhookState(t, r.ID, "retry", 30*time.Second)
+	if len(ws.Attempts) == 0 || ws.Attempts[0].Error == "" {
+		t.Fatalf("first attempt %+v", ws.Attempts)
+	}
+	fail := true
+	rcv := newReceiver(t, addr, func(n int, w http.ResponseWriter) {
+		if n == 1 && fail {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
+	got := rcv.waitFor(2, 60*time.Second)
+	ws = webhookState(t, r.ID, "delivered", 30*time.Second)
+	if len(ws.Attempts) < 3 {
+		t.Errorf("attempts %+v, want a connection failure, a 503 and a success", ws.Attempts)
+	}
+	if got[0].header.Get("webhook-id") != got[1].header.Get("webhook-id") || got[0].header.Get("webhook-id") != r.Webhook.ID {
+		t.Errorf("webhook-id changed across attempts: %q %q", got[0].header.Get("webhook-id"), got[1].header.Get("webhook-id"))
+	}
+	if got[0].header.Get("webhook-timestamp") == got[1].header.Get("webhook-timestamp") {
+		t.Errorf("the timestamp did not change between attempts %v apart", got[1].at.Sub(got[0].at))
+	}
+	for _, d := range got {
+		if err := webhook.Verify(webhookSecrets(), d.header, d.body, d.at); err != nil {
+			t.Errorf("attempt does not verify: %v", err)
+		}
+	}
+}
+
+func TestWebhookRetrySemantics(t *testing.T) {
+	cases := []struct {
+		name     string
+		respond  func(n int, w http.ResponseWriter)
+		state    string
+		requests int
+		check    func(t *testing.T, got []delivery, ws *jobs.WebhookStatus)
+	}{
+		{"500 then 200", func(n int, w http.ResponseWriter) {
+			if n == 1 {
+				w.WriteHeader(500)
+				return
+			}
+			w.WriteHeader(200)
+		}, "delivered", 2, nil},
+		{"429 with Retry-After 2", func(n int, w http.ResponseWriter) {
+			if n == 1 {
+				w.Header().Set("Retry-After", "2")
+				w.WriteHeader(429)
+				return
+			}
+			w.WriteHeader(200)
+		}, "delivered", 2, func(t *testing.T, got []delivery, ws *jobs.WebhookStatus) {
+			if gap := got[1].at.Sub(got[0].at); gap < 2*time.Second {
+				t.Errorf("retried %s after a 429 with Retry-After: 2", gap)
+			}
+		}},
+		{"410 stops", func(n int, w http.ResponseWriter) { w.WriteHeader(410) }, "failed", 1, nil},
+		{"302 is not followed", func(n int, w http.ResponseWriter) {
+			w.Header().Set("Location", "/elsewhere")
+			w.WriteHeader(302)
+		}, "failed", 1, func(t *testing.T, got []delivery, ws *jobs.WebhookStatus) {
+			for _, d := range got {
+				if d.path == "/elsewhere" {
+					t.Error("the redirect was followed")
+				}
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rcv := newReceiver(t, "", c.respond)
+			r := runJob(t, jobs.Submission{Script: file(t, "x.sh", "true"), Webhook: rcv.url()})
+			ws := webhookState(t, r.ID, c.state, 60*time.Second)
+			time.Sleep(1500 * time.Millisecond) // no further attempts come
+			got := rcv.deliveries()
+			if len(got) != c.requests || len(ws.Attempts) != c.requests {
+				t.Errorf("%d requests, %d logged (%+v), want %d", len(got), len(ws.Attempts), ws.Attempts, c.requests)
+			}
+			if c.check != nil && len(got) >= c.requests {
+				c.check(t, got, ws)
+			}
+		})
+	}
+}
+
+func TestWebhookTimeoutIsRetried(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	rcv := newReceiver(t, "", func(n int, w http.ResponseWriter) {
+		if n == 1 {
+			select {
+			case <-release:
+			case <-time.After(30 * time.Second):
+			}
+			return
+		}
+		w.WriteHeader(200)
+	})
+	r := runJob(t, jobs.Submission{Script: file(t, "x.sh", "true"), Webhook: rcv.url()})
+	ws := webhookState(t, r.ID, "delivered", 60*time.Second)
+	if len(ws.Attempts) != 2 || !strings.Contains(strings.ToLower(ws.Attempts[0].Error), "timeout") && !strings.Contains(ws.Attempts[0].Error, "deadline") {
+		t.Fatalf("attempts %+v, want a timeout then a delivery", ws.Attempts)
+	}
+	if limit := env.cfg.Webhook.Timeout; time.Duration(ws.Attempts[0].DurationMS)*time.Millisecond < limit-100*time.Millisecond {
+		t.Errorf("the timed-out attempt took %dms, under the %s limit", ws.Attempts[0].DurationMS, limit)
+	}
+}
+
+func TestWebhookURLGuard(t *testing.T) {
+	for _, u := range []string{"http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://[::1]/x", "http://localhost/x", "ftp://example.com/x", "not a url"} {
+		// No worker serves "guarded", so no policy allows private addresses.
+		_, err := env.client.Enqueue(context.Background(), jobs.Submission{Script: file(t, "x.sh", "true"), Queue: "guarded", Webhook: u})
+		var fe *jobs.FieldError
+		if !errors.As(err, &fe) || fe.Field != "webhook" {
+			t.Errorf("%s: %v, want a refusal naming webhook", u, err)
+		}
+	}
+}
+
+func TestWebhookVerifyCommand(t *testing.T) {
+	dir := t.TempDir()
+	secret := webhookSecrets()[0]
+	body := []byte(`{"id":"x","status":"succeeded"}`)
+	write := func(name string, h http.Header, b []byte) string {
+		var sb strings.Builder
+		sb.WriteString("POST /hook HTTP/1.1\r\nHost: example\r\n")
+		for k, v := range h {
+			sb.WriteString(k + ": " + v[0] + "\r\n")
+		}
+		sb.WriteString(fmt.Sprintf("Content-Length: %d\r\n\r\n", len(b)))
+		sb.Write(b)
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(sb.String()), 0o644)
+		return p
+	}
+	now := time.Now()
+	h, err := webhook.Headers([]string{secret}, "msg_1", now, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := write("good.http", h, body)
+	tampered := write("tampered.http", h, []byte(`{"id":"x","status":"failed"}`))
+	old, _ := webhook.Headers([]string{secret}, "msg_1", now.Add(-10*time.Minute), body)
+	stale := write("stale.http", old, body)
+	if out, errOut, code := sandq(t, "webhook", "verify", "--secret", secret, good); code != 0 || !strings.Contains(out, "verified") {
+		t.Errorf("good request: exit %d %s %s", code, out, errOut)
+	}
+	for _, p := range []string{tampered, stale} {
+		if _, errOut, code := sandq(t, "webhook", "verify", "--secret", secret, p); code != 1 || !strings.Contains(errOut, "not verified") {
+			t.Errorf("%s: exit %d %s", filepath.Base(p), code, errOut)
+		}
+	}
+	if _, _, code := sandq(t, "webhook", "verify", "--secret", secret, "--ignore-age", stale); code != 0 {
+		t.Errorf("stale request with --ignore-age: exit %d", code)
+	}
+}
