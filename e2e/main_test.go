@@ -106,9 +106,11 @@ func setup() error {
 		Webhook: jobs.WebhookConfig{
 			Secrets:      map[string][]string{"*": {webhookSecret}},
 			AllowPrivate: true, // receivers run on loopback
-			Schedule:     []time.Duration{time.Second, time.Second, time.Second, time.Second},
-			Timeout:      2 * time.Second,
-			MaxAttempts:  5,
+			// 2s: asynq schedules retries in whole seconds, so a shorter delay
+			// could retry within the same second (same webhook-timestamp).
+			Schedule:    []time.Duration{2 * time.Second, 2 * time.Second, 2 * time.Second, 2 * time.Second},
+			Timeout:     2 * time.Second,
+			MaxAttempts: 5,
 		},
 		Egress: jobs.EgressConfig{
 			Groups: map[string][]string{"examples": {"*.example.com"}},

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 )
@@ -267,6 +269,15 @@ func TestWebhookURLGuard(t *testing.T) {
 			t.Errorf("%s: %v, want a refusal naming webhook", u, err)
 		}
 	}
+	// A fine URL on a queue whose workers cannot sign.
+	_, err := env.client.Enqueue(context.Background(), jobs.Submission{Script: file(t, "x.sh", "true"), Queue: "guarded", Webhook: "https://hooks.example/sandq"})
+	if err == nil || !strings.Contains(err.Error(), "no webhook signing secret") {
+		t.Errorf("webhook on a queue without a secret: %v", err)
+	}
+	// The delivery queue is not a job queue.
+	if _, err := env.client.Enqueue(context.Background(), jobs.Submission{Script: file(t, "x.sh", "true"), Queue: "webhooks"}); err == nil {
+		t.Error("a job was queued on the webhook delivery queue")
+	}
 }
 
 func TestWebhookVerifyCommand(t *testing.T) {
@@ -304,5 +315,33 @@ func TestWebhookVerifyCommand(t *testing.T) {
 	}
 	if _, _, code := sandq(t, "webhook", "verify", "--secret", secret, "--ignore-age", stale); code != 0 {
 		t.Errorf("stale request with --ignore-age: exit %d", code)
+	}
+}
+
+func TestCancelledBeforeStartStillSendsItsWebhook(t *testing.T) {
+	ctx := context.Background()
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: env.stack.RedisAddr})
+	defer insp.Close()
+	if err := insp.PauseQueue("other"); err != nil {
+		t.Fatal(err)
+	}
+	rcv := newReceiver(t, "", nil)
+	enq := submit(t, jobs.Submission{Script: file(t, "x.sh", "echo should-not-run > $OUTPUT_DIR/x"), Queue: "other", Webhook: rcv.url()})
+	out, err := env.client.Cancel(ctx, enq.ID)
+	if err != nil || out != jobs.CancelQueued {
+		t.Fatalf("cancel: %v %v", out, err)
+	}
+	if err := insp.UnpauseQueue("other"); err != nil {
+		t.Fatal(err)
+	}
+	r := waitResult(t, enq.ID, time.Minute)
+	wantStatus(t, r, jobs.StatusCanceled)
+	if len(r.Outputs) != 0 {
+		t.Errorf("a job cancelled before it started ran: %+v", r.Outputs)
+	}
+	got := rcv.waitFor(1, 30*time.Second)
+	var body jobs.Result
+	if err := json.Unmarshal(got[0].body, &body); err != nil || body.Status != jobs.StatusCanceled || body.ID != enq.ID {
+		t.Errorf("webhook body %s", got[0].body)
 	}
 }

@@ -118,6 +118,9 @@ func (c *Client) Validate(s *Submission) (string, Limits, error) {
 	if err := CheckQueue(s.Queue); err != nil {
 		return "", Limits{}, err
 	}
+	if s.Queue == c.cfg.Webhook.Queue {
+		return "", Limits{}, &FieldError{Field: "queue", Msg: fmt.Sprintf("%q is the webhook delivery queue", s.Queue)}
+	}
 	if err := CheckIdempotencyKey(s.IdempotencyKey); err != nil {
 		return "", Limits{}, err
 	}
@@ -393,6 +396,10 @@ const (
 	// CancelSignalled: the job is running; its sandbox is being killed and it
 	// will end canceled.
 	CancelSignalled CancelOutcome = "signalled"
+	// CancelQueued: the job had not started but has a webhook; it ends
+	// canceled (without running) as soon as a worker takes it, and its
+	// webhook is sent.
+	CancelQueued CancelOutcome = "queued"
 )
 
 // Cancel removes a job that has not started, or kills a running job's
@@ -409,6 +416,18 @@ func (c *Client) Cancel(ctx context.Context, id string) (CancelOutcome, error) {
 	// ends it canceled without running it.
 	if err := c.rdb.Set(ctx, cancelKey(id), "1", cancelMarkerTTL).Err(); err != nil {
 		return "", fmt.Errorf("cancel %s: %w", id, err)
+	}
+	if st.State != StateActive && c.hasWebhook(ctx, st.Queue, id) {
+		// Its producer waits for an event: the job stays queued with the
+		// marker (now, if it was waiting for a retry), and the first worker
+		// to take it ends it canceled, without a sandbox, and sends the
+		// webhook.
+		if st.State == StateScheduled || st.State == StateRetry {
+			if err := c.insp.RunTask(st.Queue, id); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+				return "", fmt.Errorf("cancel %s: %w", id, err)
+			}
+		}
+		return CancelQueued, nil
 	}
 	if st.State != StateActive {
 		err := c.insp.DeleteTask(st.Queue, id)
@@ -428,6 +447,19 @@ func (c *Client) Cancel(ctx context.Context, id string) (CancelOutcome, error) {
 		return "", fmt.Errorf("cancel %s: %w", id, err)
 	}
 	return CancelSignalled, nil
+}
+
+// hasWebhook reports whether a queued job will send a webhook: its own URL
+// or its queue's default.
+func (c *Client) hasWebhook(ctx context.Context, queue, id string) bool {
+	info, err := c.insp.GetTaskInfo(queue, id)
+	if err != nil {
+		return false
+	}
+	if job, err := parseJob(info.Payload); err == nil && job.Webhook != "" {
+		return true
+	}
+	return c.webhookPolicy(ctx, queue).HasDefault
 }
 
 func (c *Client) removeJobObjects(ctx context.Context, id string) {

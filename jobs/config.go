@@ -206,6 +206,9 @@ func (c Config) Validate() error {
 		if err := CheckQueue(q); err != nil {
 			return fmt.Errorf("worker queues: %w", err)
 		}
+		if q == c.Webhook.Queue {
+			return fmt.Errorf("worker queues: %s is the webhook delivery queue, served by its own server", q)
+		}
 		if p < 1 {
 			return fmt.Errorf("worker queue %s: priority must be at least 1", q)
 		}

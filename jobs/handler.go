@@ -89,7 +89,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	// An earlier attempt that wrote the result but could not queue the
 	// webhook: the job has run; only the event is left to send.
-	if prev := h.previousResult(queue, job.ID); prev != nil {
+	if prev := h.previousResult(queue, job.ID); prev != nil && prev.Attempt < attempt {
 		logger.Info("job already has a result; queueing its webhook only")
 		return h.enqueueWebhook(ctx, prev)
 	}
@@ -174,11 +174,16 @@ func (h *Handler) finish(ctx context.Context, t *asynq.Task, logger *slog.Logger
 	if err := h.writeResult(t, logger, res); err != nil {
 		return err
 	}
-	if err := h.enqueueWebhook(context.WithoutCancel(ctx), res); err != nil {
-		logger.Error("queueing the webhook; the job will be retried to queue it", "err", err)
-		return err
+	var err error
+	for i, wait := range []time.Duration{0, 200 * time.Millisecond, time.Second, 3 * time.Second} {
+		time.Sleep(wait)
+		if err = h.enqueueWebhook(context.WithoutCancel(ctx), res); err == nil {
+			return nil
+		}
+		logger.Warn("queueing the webhook", "try", i+1, "err", err)
 	}
-	return nil
+	logger.Error("could not queue the webhook; a later attempt of the job will, if it has one", "err", err)
+	return err
 }
 
 // previousResult is the result an earlier attempt of the job wrote, if any.

@@ -22,8 +22,9 @@ const TypeWebhook = "webhook:deliver"
 
 // WebhookConfig is the operator's webhook settings.
 type WebhookConfig struct {
-	// Queue is the asynq queue deliveries wait in. Default "webhooks".
-	Queue string `json:"queue,omitempty"`
+	// Queue is the asynq queue deliveries wait in: "webhooks". Producers
+	// look deliveries up there, so it is not configurable in the file.
+	Queue string `json:"-"`
 	// Secrets sign deliveries: by job queue, "*" for every queue. Several
 	// secrets (rotation) give several signatures.
 	Secrets map[string][]string `json:"secrets,omitempty"`
@@ -71,6 +72,9 @@ func (c WebhookConfig) Validate() error {
 		return fmt.Errorf("webhook queue: %w", err)
 	}
 	for q, secrets := range c.Secrets {
+		if len(secrets) == 0 {
+			return fmt.Errorf("webhook secrets of %s: an empty list (leave the queue out to use \"*\")", q)
+		}
 		for _, s := range secrets {
 			if err := webhook.ParseSecret(s); err != nil {
 				return fmt.Errorf("webhook secrets of %s: %w", q, err)
@@ -81,6 +85,9 @@ func (c WebhookConfig) Validate() error {
 	for q, u := range c.Defaults {
 		if err := guard.CheckURL(context.Background(), nil, u); err != nil {
 			return fmt.Errorf("webhook default of %s: %w", q, err)
+		}
+		if len(c.secretsFor(q)) == 0 {
+			return fmt.Errorf("webhook default of %s: no secret to sign it with (add secrets for %s or \"*\")", q, q)
 		}
 	}
 	switch {
@@ -146,16 +153,31 @@ const webhookPolicyKey = "sandq:webhooks"
 
 type publishedWebhook struct {
 	AllowPrivate bool `json:"allow_private"`
+	// HasSecret: the queue's workers can sign; without a secret a webhook
+	// is refused at enqueue.
+	HasSecret bool `json:"has_secret"`
+	// HasDefault: jobs of the queue get a webhook even without a URL.
+	HasDefault bool `json:"has_default"`
 }
 
 func (c WebhookConfig) publish(ctx context.Context, rdb redis.UniversalClient, queues map[string]int) error {
-	b, _ := json.Marshal(publishedWebhook{AllowPrivate: c.AllowPrivate})
 	for q := range queues {
+		b, _ := json.Marshal(publishedWebhook{AllowPrivate: c.AllowPrivate, HasSecret: len(c.secretsFor(q)) > 0, HasDefault: c.Defaults[q] != ""})
 		if err := rdb.HSet(ctx, webhookPolicyKey, q, b).Err(); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// webhookPolicy is what a queue's workers published about webhooks; the
+// zero value (no worker published) allows no private URLs and no secrets.
+func (c *Client) webhookPolicy(ctx context.Context, queue string) publishedWebhook {
+	var p publishedWebhook
+	if b, err := c.rdb.HGet(ctx, webhookPolicyKey, queue).Bytes(); err == nil {
+		json.Unmarshal(b, &p)
+	}
+	return p
 }
 
 // checkWebhook refuses a malformed webhook URL, or one whose host resolves
@@ -164,17 +186,18 @@ func (c *Client) checkWebhook(ctx context.Context, queue, raw string) error {
 	if raw == "" {
 		return nil
 	}
-	var p publishedWebhook
-	if b, err := c.rdb.HGet(ctx, webhookPolicyKey, queue).Bytes(); err == nil {
-		json.Unmarshal(b, &p)
-	} else if !errors.Is(err, redis.Nil) {
+	if _, err := c.rdb.HGet(ctx, webhookPolicyKey, queue).Bytes(); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("read the webhook policy of queue %s: %w", queue, err)
 	}
+	p := c.webhookPolicy(ctx, queue)
 	if len(raw) > 2048 {
 		return &FieldError{Field: "webhook", Msg: "URL longer than 2048 bytes"}
 	}
 	if err := (webhook.Guard{AllowPrivate: p.AllowPrivate}).CheckURL(ctx, net.DefaultResolver, raw); err != nil {
 		return &FieldError{Field: "webhook", Msg: err.Error()}
+	}
+	if !p.HasSecret {
+		return &FieldError{Field: "webhook", Msg: fmt.Sprintf("queue %q has no webhook signing secret configured on its workers", queue)}
 	}
 	return nil
 }
@@ -261,6 +284,10 @@ func (w *WebhookHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	logger := w.logger.With("job_id", p.JobID, "queue", p.Queue, "webhook_id", p.EventID)
 	info, err := w.insp.GetTaskInfo(p.Queue, p.JobID)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		w.log(ctx, p.JobID, webhook.Attempt{Time: time.Now().UTC(), Outcome: webhook.OutcomeFailed, Error: "the job's result is gone (past its retention); nothing to deliver"})
+		return fmt.Errorf("job %s has no result any more: %w", p.JobID, asynq.SkipRetry)
+	}
 	if err != nil {
 		return fmt.Errorf("read the result of %s: %w", p.JobID, err)
 	}
@@ -274,11 +301,7 @@ func (w *WebhookHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	} else {
 		a = w.deliverer.Deliver(ctx, p.URL, secrets, p.EventID, info.Result)
 	}
-	if b, err := json.Marshal(a); err == nil {
-		key := webhookLogKey(p.JobID)
-		w.rdb.RPush(context.WithoutCancel(ctx), key, b)
-		w.rdb.Expire(context.WithoutCancel(ctx), key, w.cfg.ResultRetention)
-	}
+	w.log(ctx, p.JobID, a)
 	logger.Info("webhook attempt", "outcome", a.Outcome, "status_code", a.StatusCode, "err", a.Error, "duration_ms", a.DurationMS)
 	msg := a.Error
 	if msg == "" {
@@ -294,12 +317,22 @@ func (w *WebhookHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 }
 
+// log appends an attempt to the job's delivery log.
+func (w *WebhookHandler) log(ctx context.Context, jobID string, a webhook.Attempt) {
+	if b, err := json.Marshal(a); err == nil {
+		key := webhookLogKey(jobID)
+		w.rdb.RPush(context.WithoutCancel(ctx), key, b)
+		w.rdb.Expire(context.WithoutCancel(ctx), key, w.cfg.ResultRetention)
+	}
+}
+
 // WebhookStatus is a job's webhook and its deliveries so far.
 type WebhookStatus struct {
 	URL string `json:"url"`
 	ID  string `json:"id"`
 	// State: pending, retry, delivered, failed (archived: given up, or
-	// stopped by a 3xx, 4xx or 410; asynqmon can retry it).
+	// stopped by a 3xx, 4xx or 410; asynqmon can retry it), or unknown
+	// (the delivery task could not be read).
 	State    string            `json:"state"`
 	Attempts []webhook.Attempt `json:"attempts"`
 }
@@ -341,6 +374,13 @@ func webhookRetryDelay(s webhook.Schedule) asynq.RetryDelayFunc {
 		if errors.As(err, &ra) {
 			after = ra.after
 		}
-		return s.Delay(n+1, after)
+		d := s.Delay(n+1, after)
+		if after > 0 && d <= after+time.Second {
+			// asynq schedules retries in whole Unix seconds, so a task may
+			// run up to a second before the time asked for; a second more
+			// keeps a receiver's Retry-After.
+			d = after + time.Second
+		}
+		return d
 	}
 }

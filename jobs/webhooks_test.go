@@ -38,6 +38,11 @@ func TestWebhookConfig(t *testing.T) {
 		"default url": func(c *WebhookConfig) { c.Defaults = map[string]string{"q": "http://127.0.0.1/x"} },
 		"timeout":     func(c *WebhookConfig) { c.Timeout = time.Minute },
 		"attempts":    func(c *WebhookConfig) { c.MaxAttempts = -1 },
+		"empty list":  func(c *WebhookConfig) { c.Secrets = map[string][]string{"*": {secret}, "q": {}} },
+		"default without secret": func(c *WebhookConfig) {
+			c.Secrets = map[string][]string{"reports": {secret}}
+			c.Defaults = map[string]string{"other": "https://hooks.example/x"}
+		},
 	}
 	for name, mod := range bad {
 		b := c

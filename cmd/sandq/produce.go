@@ -191,6 +191,8 @@ func cancelCommand() *cli.Command {
 					fmt.Fprintf(c.App.Writer, "job %s removed from its queue before it started\n", id)
 				case jobs.CancelSignalled:
 					fmt.Fprintf(c.App.Writer, "job %s is being killed; it will end canceled\n", id)
+				case jobs.CancelQueued:
+					fmt.Fprintf(c.App.Writer, "job %s had not started; it will end canceled without running, and its webhook will be sent\n", id)
 				}
 				return nil
 			})

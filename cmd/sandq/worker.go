@@ -146,8 +146,9 @@ func devCommand() *cli.Command {
 				worker.Env = append(worker.Env, "SANDQ_EGRESS_CONFIG="+policy)
 			}
 			hooks := os.Getenv("SANDQ_WEBHOOK_CONFIG")
-			secret := "(from " + hooks + ")"
+			secret, hookNote := "(see "+hooks+")", "(from "+hooks+")"
 			if hooks == "" {
+				hookNote = "(private URLs allowed)"
 				hooks = filepath.Join(dir, "webhook.json")
 				if secret, err = devWebhookConfig(hooks); err != nil {
 					return cli.Exit(err, exitError)
@@ -167,10 +168,10 @@ func devCommand() *cli.Command {
   minio console  http://%s  (user %s)
   worker         pid %d, log %s
   network policy %s
-  webhooks       secret %s (private URLs allowed)
+  webhooks       secret %s %s
                  receiver: go run ./examples/webhook_receiver --secret %s
   data           %s
-`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, policy, secret, secret, dir)
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, policy, secret, hookNote, secret, dir)
 			select {
 			case <-ctx.Done():
 				worker.Process.Signal(syscall.SIGTERM)

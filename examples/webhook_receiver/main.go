@@ -42,16 +42,23 @@ func main() {
 			return
 		}
 		id := r.Header.Get("webhook-id")
-		if *save != "" {
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			if raw, err := httputil.DumpRequest(r, true); err == nil {
-				os.WriteFile(filepath.Join(*save, fmt.Sprintf("%s-%d.http", id, time.Now().UnixNano())), raw, 0o644)
-			}
-		}
 		if err := webhook.Verify(keys, r.Header, body, time.Now()); err != nil {
-			fmt.Printf("delivery %s NOT verified: %v\n", id, err)
+			fmt.Printf("delivery %q NOT verified: %v\n", id, err)
 			http.Error(w, "signature does not verify", http.StatusUnauthorized)
 			return
+		}
+		if *save != "" {
+			// The id is verified, but keep only safe characters in a name.
+			name := strings.Map(func(r rune) rune {
+				if r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
+					return r
+				}
+				return '_'
+			}, id)
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			if raw, err := httputil.DumpRequest(r, true); err == nil {
+				os.WriteFile(filepath.Join(*save, fmt.Sprintf("%s-%d.http", name, time.Now().UnixNano())), raw, 0o644)
+			}
 		}
 		var res struct {
 			ID       string `json:"id"`
