@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +38,8 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 	global := []string{"--redis-addr", redisAddr, "--s3-endpoint", s3}
 	dir := t.TempDir()
 	dev := exec.Command(sandqBin, append(global, "dev", "--data-dir", dir, "--minio-console-port", fmt.Sprint(freePort(t)))...)
-	dev.Env = os.Environ()
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dev.Env = append(os.Environ(), "SANDQ_METRICS_ADDR="+metricsAddr)
 	out, err := dev.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +90,17 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 	}
 	if string(download(t, r.Outputs[0].URL)) != "hi" {
 		t.Error("output content")
+	}
+
+	// The worker serves its metrics, which count the job.
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	metricsText, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metricsText), `sandq_jobs_finished_total{queue="default",status="succeeded"} 1`) {
+		t.Errorf("the dev worker's metrics do not count the job:\n%.2000s", metricsText)
 	}
 
 	// The dev stack's network policy lets default-queue jobs reach npm.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -602,5 +603,37 @@ func TestShutdownHandsRunningJobBack(t *testing.T) {
 	}
 	if _, err := client.Cancel(ctx, enq.ID); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestWorkerMetrics scrapes the worker's /metrics after a job: sandq's own
+// series and asynq's queue metrics, named by Prometheus conventions.
+func TestWorkerMetrics(t *testing.T) {
+	wantStatus(t, runJob(t, jobs.Submission{Script: file(t, "m.sh", "echo metrics > $OUTPUT_DIR/m.txt")}), jobs.StatusSucceeded)
+	srv := httptest.NewServer(env.worker.Metrics().Handler())
+	defer srv.Close()
+	text := string(download(t, srv.URL))
+	for _, want := range []string{
+		`sandq_jobs_finished_total{queue="default",status="succeeded"}`,
+		`sandq_job_duration_seconds_count{queue="default"}`,
+		`sandq_job_queue_wait_seconds_bucket{queue="default",le="+Inf"}`,
+		`sandq_sandbox_start_seconds_count`,
+		`sandq_uploaded_bytes_total`,
+		`sandq_worker_jobs_running`,
+		`sandq_worker_concurrency 2`,
+		`asynq_tasks_processed_total{queue="default"}`,
+		`asynq_queue_size{queue="default"}`,
+		`asynq_tasks_enqueued_total{queue="default",state="completed"}`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, `sandq_jobs_finished_total{queue="default",status="succeeded"} `) {
+			if v := strings.Fields(line)[1]; v == "0" {
+				t.Errorf("finished jobs counted 0: %s", line)
+			}
+		}
 	}
 }

@@ -39,6 +39,7 @@ type Handler struct {
 	handBack chan struct{}
 	client   *asynq.Client
 	insp     *asynq.Inspector
+	metrics  *Metrics
 }
 
 var _ asynq.Handler = (*Handler)(nil)
@@ -174,6 +175,7 @@ func (h *Handler) finish(ctx context.Context, t *asynq.Task, logger *slog.Logger
 	if err := h.writeResult(t, logger, res); err != nil {
 		return err
 	}
+	h.metrics.observe(res)
 	var err error
 	for i, wait := range []time.Duration{0, 200 * time.Millisecond, time.Second, 3 * time.Second} {
 		time.Sleep(wait)

@@ -264,6 +264,7 @@ type WebhookHandler struct {
 	rdb       redis.UniversalClient
 	deliverer *webhook.Deliverer
 	logger    *slog.Logger
+	metrics   *Metrics
 }
 
 // retryAfterError carries a receiver's Retry-After to the retry schedule.
@@ -302,6 +303,7 @@ func (w *WebhookHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		a = w.deliverer.Deliver(ctx, p.URL, secrets, p.EventID, info.Result)
 	}
 	w.log(ctx, p.JobID, a)
+	w.metrics.delivery(a.Outcome)
 	logger.Info("webhook attempt", "outcome", a.Outcome, "status_code", a.StatusCode, "err", a.Error, "duration_ms", a.DurationMS)
 	msg := a.Error
 	if msg == "" {

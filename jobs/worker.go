@@ -85,7 +85,9 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 		RetryDelayFunc:           webhookRetryDelay(wc.schedule()),
 		Logger:                   slogAdapter{logger.With("component", "asynq-webhooks")},
 	})
-	w.webhookHandler = &WebhookHandler{cfg: cfg, insp: h.insp, rdb: rdb, logger: logger,
+	h.metrics = NewMetrics(h.insp)
+	h.metrics.workerGauges(h.jobs.count, cfg.Worker.Concurrency)
+	w.webhookHandler = &WebhookHandler{cfg: cfg, insp: h.insp, rdb: rdb, logger: logger, metrics: h.metrics,
 		deliverer: &webhook.Deliverer{Guard: webhook.Guard{AllowPrivate: wc.AllowPrivate}, Timeout: wc.Timeout}}
 	return w, nil
 }
@@ -146,6 +148,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	w.logger.Info("worker started", "concurrency", w.cfg.Worker.Concurrency, "queues", w.cfg.Worker.Queues, "image", w.cfg.ImagePath())
 	return nil
 }
+
+// Metrics are this worker's Prometheus metrics.
+func (w *Worker) Metrics() *Metrics { return w.handler.metrics }
 
 // Running is how many jobs this worker runs now.
 func (w *Worker) Running() int { return w.handler.jobs.count() }

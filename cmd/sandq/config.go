@@ -73,6 +73,7 @@ func workerFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
 		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
 		&cli.StringFlag{Name: "egress-config", EnvVars: env("EGRESS_CONFIG"), Usage: "network policy file (JSON); without it no job gets network"},
+		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9464", EnvVars: env("METRICS_ADDR"), Usage: "where the worker serves Prometheus metrics at /metrics (empty: off)"},
 		&cli.StringFlag{Name: "webhook-config", EnvVars: env("WEBHOOK_CONFIG"), Usage: "webhook settings file (JSON): secrets, default URLs, retries"},
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -65,6 +66,19 @@ func workerCommand() *cli.Command {
 			}
 			if err := w.Start(ctx); err != nil {
 				return cli.Exit(err, exitError)
+			}
+			if addr := c.String("metrics-addr"); addr != "" {
+				mux := http.NewServeMux()
+				mux.Handle("/metrics", w.Metrics().Handler())
+				ln, err := net.Listen("tcp", addr)
+				if err != nil {
+					w.Shutdown()
+					return cli.Exit(fmt.Errorf("--metrics-addr: %w", err), exitError)
+				}
+				srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+				go srv.Serve(ln)
+				defer srv.Close()
+				logger.Info("metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 			}
 			<-ctx.Done()
 			logger.Info("stopping: running jobs get the grace period", "grace", cfg.Worker.ShutdownGrace)
@@ -160,18 +174,22 @@ func devCommand() *cli.Command {
 			if err := worker.Start(); err != nil {
 				return cli.Exit(fmt.Errorf("start worker: %w", err), exitError)
 			}
+			metricsAddr := os.Getenv("SANDQ_METRICS_ADDR")
+			if metricsAddr == "" {
+				metricsAddr = "127.0.0.1:9464"
+			}
 			exited := make(chan error, 1)
 			go func() { exited <- worker.Wait() }()
 			fmt.Fprintf(c.App.Writer, `sandq dev is running (Ctrl-C stops it)
   redis          %s
   minio (S3)     %s  bucket %s
   minio console  http://%s  (user %s)
-  worker         pid %d, log %s
+  worker         pid %d, log %s, metrics http://%s/metrics
   network policy %s
   webhooks       secret %s %s
                  receiver: go run ./examples/webhook_receiver --secret %s
   data           %s
-`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, policy, secret, hookNote, secret, dir)
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, metricsAddr, policy, secret, hookNote, secret, dir)
 			select {
 			case <-ctx.Done():
 				worker.Process.Signal(syscall.SIGTERM)

@@ -1,0 +1,119 @@
+package jobs
+
+import (
+	"net/http"
+
+	"github.com/hibiken/asynq"
+	asynqmetrics "github.com/hibiken/asynq/x/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sandq/sandq/executor/egress"
+)
+
+// Metrics are a worker's Prometheus metrics: sandq's own, asynq's queue
+// metrics, and the Go runtime's.
+type Metrics struct {
+	reg               *prometheus.Registry
+	jobsFinished      *prometheus.CounterVec
+	jobDuration       *prometheus.HistogramVec
+	queueWait         *prometheus.HistogramVec
+	sandboxStart      prometheus.Histogram
+	uploadedBytes     prometheus.Counter
+	egressRequests    *prometheus.CounterVec
+	webhookDeliveries *prometheus.CounterVec
+}
+
+// NewMetrics makes a registry with sandq's metrics and asynq's queue
+// metrics read through insp.
+func NewMetrics(insp *asynq.Inspector) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	m.jobsFinished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sandq_jobs_finished_total", Help: "Jobs that reached a final status, by queue and status.",
+	}, []string{"queue", "status"})
+	m.jobDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sandq_job_duration_seconds", Help: "Run time of jobs' scripts, start to exit.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+	}, []string{"queue"})
+	m.queueWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "sandq_job_queue_wait_seconds", Help: "Time from enqueue to the start of the attempt that finished the job.",
+		Buckets: prometheus.ExponentialBuckets(0.005, 2, 20),
+	}, []string{"queue"})
+	m.sandboxStart = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "sandq_sandbox_start_seconds", Help: "Time to create and start a sandbox.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2, 12),
+	})
+	m.uploadedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sandq_uploaded_bytes_total", Help: "Bytes of outputs and logs uploaded to the object store.",
+	})
+	m.egressRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sandq_egress_requests_total", Help: "Requests through the egress proxy, by decision (allowed, refused, failed).",
+	}, []string{"decision"})
+	m.webhookDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sandq_webhook_deliveries_total", Help: "Webhook delivery attempts, by outcome (delivered, retry, failed, gone).",
+	}, []string{"outcome"})
+	m.reg.MustRegister(m.jobsFinished, m.jobDuration, m.queueWait, m.sandboxStart, m.uploadedBytes, m.egressRequests, m.webhookDeliveries,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if insp != nil {
+		m.reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(insp))
+	}
+	return m
+}
+
+// Handler serves the metrics in Prometheus's text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry is where the metrics are registered (to add more, or to gather).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// workerGauges registers the busy and capacity gauges of a worker.
+func (m *Metrics) workerGauges(running func() int, concurrency int) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_worker_jobs_running", Help: "Jobs this worker runs now (busy slots)."},
+			func() float64 { return float64(running()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_worker_concurrency", Help: "Jobs this worker may run at once; idle slots are this minus sandq_worker_jobs_running."},
+			func() float64 { return float64(concurrency) }),
+	)
+}
+
+// observe records a finished job.
+func (m *Metrics) observe(res *Result) {
+	if m == nil || res == nil {
+		return
+	}
+	m.jobsFinished.WithLabelValues(res.Queue, string(res.Status)).Inc()
+	if res.Timings == nil {
+		return
+	}
+	m.jobDuration.WithLabelValues(res.Queue).Observe(float64(res.DurationMS) / 1000)
+	m.queueWait.WithLabelValues(res.Queue).Observe(float64(res.Timings.QueueWaitMS) / 1000)
+	if res.Timings.SandboxStartMS > 0 {
+		m.sandboxStart.Observe(float64(res.Timings.SandboxStartMS) / 1000)
+	}
+	var up int64
+	for _, o := range res.Outputs {
+		up += o.Size
+	}
+	for _, l := range []*LogDoc{res.Stdout, res.Stderr} {
+		if l != nil {
+			up += l.Bytes - l.DroppedBytes
+		}
+	}
+	m.uploadedBytes.Add(float64(up))
+	if res.Egress != nil {
+		for _, e := range res.Egress.Requests {
+			if e.Decision != egress.DecisionTruncated {
+				m.egressRequests.WithLabelValues(e.Decision).Inc()
+			}
+		}
+	}
+}
+
+func (m *Metrics) delivery(outcome string) {
+	if m != nil {
+		m.webhookDeliveries.WithLabelValues(outcome).Inc()
+	}
+}
