@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what sandq needs on a Debian 12 host, reusing what is already
 # there at the pinned version. Idempotent; run as root.
-#   redis-server, debootstrap, iproute2  Debian packages
+#   redis-server, debootstrap, iproute2, docker-compose  Debian packages
+#                              (docker-compose only validates compose.yaml)
 #   runsc                      gVisor, built statically from the Go module proxy
 #                              (Debian's 2022 runsc is too old for current kernels)
 #   minio                      MinIO server, from the Go module proxy
@@ -27,6 +28,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v docker-compose >/dev/null || missing+=(docker-compose) # only to validate compose.yaml
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]} from Debian"
 	if [ ! -e /usr/sbin/policy-rc.d ]; then

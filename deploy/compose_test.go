@@ -1,0 +1,52 @@
+package deploy
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// composeConfig validates a compose file with docker-compose's own parser
+// (Debian's docker-compose package; no Docker engine needed).
+func composeConfig(t *testing.T, file string) (string, error) {
+	t.Helper()
+	if _, err := exec.LookPath("docker-compose"); err != nil {
+		t.Fatalf("docker-compose is not installed (scripts/install-deps.sh installs it): %v", err)
+	}
+	out, err := exec.Command("docker-compose", "-f", file, "config").CombinedOutput()
+	return string(out), err
+}
+
+func TestComposeFileValidates(t *testing.T) {
+	out, err := composeConfig(t, "../compose.yaml")
+	if err != nil {
+		t.Fatalf("compose.yaml does not validate: %v\n%s", err, out)
+	}
+	for _, svc := range []string{"redis:", "minio:", "create-bucket:", "worker:", "prometheus:", "grafana:"} {
+		if !strings.Contains(out, "\n  "+svc) {
+			t.Errorf("service %s missing from the resolved config", svc)
+		}
+	}
+	for _, want := range []string{"--appendonly", "noeviction", "privileged: true", "mc mb --ignore-existing local/sandq"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("resolved config lacks %q", want)
+		}
+	}
+}
+
+// TestComposeCheckBites shows the validation refuses a broken file.
+func TestComposeCheckBites(t *testing.T) {
+	b, err := os.ReadFile("../compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.Replace(string(b), "    privileged: true", "    privileged: true\n    no_such_key: 1", 1)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "compose.yaml")
+	os.WriteFile(p, []byte(bad), 0o644)
+	if out, err := composeConfig(t, p); err == nil {
+		t.Fatalf("a compose file with an unknown key validated:\n%s", out)
+	}
+}
