@@ -39,7 +39,8 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 	dir := t.TempDir()
 	dev := exec.Command(sandqBin, append(global, "dev", "--data-dir", dir, "--minio-console-port", fmt.Sprint(freePort(t)))...)
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	dev.Env = append(os.Environ(), "SANDQ_METRICS_ADDR="+metricsAddr)
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dev.Env = append(os.Environ(), "SANDQ_METRICS_ADDR="+metricsAddr, "SANDQ_LISTEN="+listen)
 	out, err := dev.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -76,8 +77,8 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 		t.Errorf("banner does not say where things listen:\n%s", banner)
 	}
 	children := childPIDs(dev.Process.Pid)
-	if len(children) < 3 {
-		t.Fatalf("want redis, minio and a worker as children, got %v", children)
+	if len(children) < 4 {
+		t.Fatalf("want redis, minio, a worker and the server as children, got %v", children)
 	}
 
 	script := filepath.Join(dir, "hello.py")
@@ -101,6 +102,17 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(metricsText), `sandq_jobs_finished_total{queue="default",status="succeeded"} 1`) {
 		t.Errorf("the dev worker's metrics do not count the job:\n%.2000s", metricsText)
+	}
+
+	// asynqmon shows the queue and the finished job.
+	resp, err = http.Get("http://" + listen + "/monitoring/api/queues/default/completed_tasks")
+	if err != nil {
+		t.Fatalf("asynqmon: %v", err)
+	}
+	mon, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(mon), r.ID) {
+		t.Errorf("asynqmon does not list the finished job %s: %d %.500s", r.ID, resp.StatusCode, mon)
 	}
 
 	// The dev stack's network policy lets default-queue jobs reach npm.

@@ -31,6 +31,7 @@ func main() {
 			devCommand(),
 			imageCommand(),
 			webhookCommand(),
+			serveCommand(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}

@@ -180,16 +180,35 @@ func devCommand() *cli.Command {
 			}
 			exited := make(chan error, 1)
 			go func() { exited <- worker.Wait() }()
+			// The server (asynqmon, metrics), on loopback.
+			listen := os.Getenv("SANDQ_LISTEN")
+			if listen == "" {
+				listen = "127.0.0.1:8080"
+			}
+			server := exec.Command(self, "serve")
+			server.Env = append(os.Environ(), setGlobalsAsEnv(c)...)
+			server.Stdout, server.Stderr = logf, logf
+			server.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+			if err := server.Start(); err != nil {
+				worker.Process.Signal(syscall.SIGTERM)
+				<-exited
+				return cli.Exit(fmt.Errorf("start server: %w", err), exitError)
+			}
+			defer func() {
+				server.Process.Signal(syscall.SIGTERM)
+				server.Wait()
+			}()
 			fmt.Fprintf(c.App.Writer, `sandq dev is running (Ctrl-C stops it)
   redis          %s
   minio (S3)     %s  bucket %s
   minio console  http://%s  (user %s)
   worker         pid %d, log %s, metrics http://%s/metrics
+  asynqmon       http://%s/monitoring/
   network policy %s
   webhooks       secret %s %s
                  receiver: go run ./examples/webhook_receiver --secret %s
   data           %s
-`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, metricsAddr, policy, secret, hookNote, secret, dir)
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, metricsAddr, listen, policy, secret, hookNote, secret, dir)
 			select {
 			case <-ctx.Done():
 				worker.Process.Signal(syscall.SIGTERM)
