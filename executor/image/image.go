@@ -106,6 +106,9 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 			return nil, fmt.Errorf("package %q: not a package name", p)
 		}
 	}
+	if o.Mirror == "" {
+		return nil, errors.New("no Debian mirror is configured in this host's apt sources; pass --mirror (SANDQ_DEBIAN_MIRROR)")
+	}
 	debootstrap, err := exec.LookPath("debootstrap")
 	if err != nil {
 		return nil, fmt.Errorf("debootstrap not found: %w; install it with scripts/install-deps.sh", err)
@@ -361,8 +364,8 @@ func ReadPackagesFile(path string) ([]string, error) {
 	return pkgs, sc.Err()
 }
 
-// HostMirror is the Debian mirror apt on this host uses, or the default
-// deb.debian.org mirror when none is configured.
+// HostMirror is the Debian mirror apt on this host uses, or "" when none
+// is configured.
 func HostMirror() string {
 	if m := mirrorFromDeb822("/etc/apt/sources.list.d/debian.sources"); m != "" {
 		return m
@@ -381,7 +384,7 @@ func HostMirror() string {
 			}
 		}
 	}
-	return "http://deb.debian.org/debian"
+	return ""
 }
 
 // mirrorFromDeb822 finds the URI of a stanza serving the main suite (not
