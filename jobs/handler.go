@@ -103,13 +103,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}.Resolve(h.cfg.DefaultLimits, h.cfg.MaxLimits)
 	if err != nil {
 		err = fmt.Errorf("refused by this worker's limits: %w", err)
-		h.finish(ctx, t, logger, job, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+		h.finish(ctx, t, logger, job, h.errorResult(job, job.Queue, attempt, err))
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	job.Limits = lim
 	if job.Queue != queue {
 		err := fmt.Errorf("payload names queue %q but the job came from queue %q", job.Queue, queue)
-		h.finish(ctx, t, logger, job, &Result{ID: job.ID, Queue: queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+		h.finish(ctx, t, logger, job, h.errorResult(job, queue, attempt, err))
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	// The worker's own network policy for the queue the job came from
@@ -120,7 +120,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if err != nil {
 			err = fmt.Errorf("refused by this worker's network policy: %w", err)
 			if retried >= maxRetry {
-				h.finish(ctx, t, logger, job, &Result{ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime, Attempt: attempt, SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name})
+				h.finish(ctx, t, logger, job, h.errorResult(job, job.Queue, attempt, err))
 			}
 			return err
 		}
@@ -150,12 +150,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		final := retried >= maxRetry || errors.Is(err, asynq.SkipRetry)
 		logger.Error("job could not run", "err", err, "final", final)
 		if final {
-			now := h.now().UTC()
-			h.finish(ctx, t, logger, job, &Result{
-				ID: job.ID, Queue: job.Queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime,
-				Image: h.cfg.Worker.Image, Attempt: attempt, SubmittedAt: job.SubmittedAt, StartedAt: now, FinishedAt: now,
-				Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name,
-			})
+			res := h.errorResult(job, job.Queue, attempt, err)
+			res.Image = h.cfg.Worker.Image
+			h.finish(ctx, t, logger, job, res)
 		}
 		return err
 	}
@@ -167,6 +164,16 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	logger.Info("job finished", "status", res.Status, "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
 	return nil
+}
+
+// errorResult is the result of a job the system could not run.
+func (h *Handler) errorResult(job *Job, queue string, attempt int, err error) *Result {
+	now := h.now().UTC()
+	return &Result{
+		ID: job.ID, Queue: queue, Status: StatusError, Reason: err.Error(), Runtime: job.Runtime,
+		Attempt: attempt, SubmittedAt: job.SubmittedAt, StartedAt: now, FinishedAt: now,
+		Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name,
+	}
 }
 
 // finish writes a final result and queues its webhook.
