@@ -4,8 +4,6 @@ import (
 	"testing"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/sandq/sandq/executor"
 )
 
 func redisClient(t *testing.T) *redis.Client {
@@ -14,5 +12,3 @@ func redisClient(t *testing.T) *redis.Client {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
-
-func mountsUnder(dir string) ([]string, error) { return executor.MountsUnder(dir) }

@@ -444,7 +444,7 @@ func assertNoSandboxes(t *testing.T) {
 	}
 	// runsc keeps one shared mount in its root (null-netns); per-sandbox
 	// mounts live under the sandboxes directory.
-	mounts, err := mountsUnder(env.state)
+	mounts, err := executor.MountsUnder(env.state)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -274,6 +274,11 @@ func TestWebhookURLGuard(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no webhook signing secret") {
 		t.Errorf("webhook on a queue without a secret: %v", err)
 	}
+	// Over-long URLs are refused even where private URLs are allowed.
+	_, err = env.client.Enqueue(context.Background(), jobs.Submission{Script: file(t, "x.sh", "true"), Webhook: "http://127.0.0.1/" + strings.Repeat("a", 2100)})
+	if err == nil || !strings.Contains(err.Error(), "longer than 2048") {
+		t.Errorf("a 2100-byte webhook URL: %v", err)
+	}
 	// The delivery queue is not a job queue.
 	if _, err := env.client.Enqueue(context.Background(), jobs.Submission{Script: file(t, "x.sh", "true"), Queue: "webhooks"}); err == nil {
 		t.Error("a job was queued on the webhook delivery queue")

@@ -16,10 +16,6 @@ import (
 	"github.com/sandq/sandq/executor/egress"
 )
 
-// ProxyEnv are the variables set in a networked sandbox to point HTTP
-// clients at its proxy; a job may not set them itself.
-var ProxyEnv = []string{"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"}
-
 // Paths inside every sandbox.
 const (
 	InputsMount  = "/mnt/inputs"

@@ -469,9 +469,7 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		return out, fmt.Errorf("%w: %w", ErrSandbox, derr)
 	}
 	switch {
-	case out.TimedOut || out.Interrupted != nil:
-		out.Signal = "SIGKILL"
-	case out.OOMKilled:
+	case out.TimedOut || out.Interrupted != nil || out.OOMKilled:
 		out.Signal = "SIGKILL"
 	case res.err != nil:
 		// The sandbox died without an exit status and not from the memory

@@ -66,9 +66,6 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// Registry is where the metrics are registered (to add more, or to gather).
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
 // workerGauges registers the busy and capacity gauges of a worker.
 func (m *Metrics) workerGauges(running func() int, concurrency int) {
 	m.reg.MustRegister(

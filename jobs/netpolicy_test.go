@@ -95,6 +95,9 @@ func TestEgressConfigValidate(t *testing.T) {
 		{"single-label glob", func(c *EgressConfig) { c.Groups["bad"] = []string{"*.com"} }, "two labels"},
 		{"reserved group name", func(c *EgressConfig) { c.Groups["default"] = []string{"a.example"} }, "plain word"},
 		{"bad port", func(c *EgressConfig) { c.Ports = []int{70000} }, "port"},
+		{"negative max_conns", func(c *EgressConfig) { c.MaxConns = -1 }, "max_conns"},
+		{"negative max_bytes", func(c *EgressConfig) { c.MaxBytes = -1 }, "max_bytes"},
+		{"bad pool", func(c *EgressConfig) { c.Pool = "10.200.0.0" }, "pool"},
 		{"unknown group in max", func(c *EgressConfig) { c.Queues["x"] = QueueEgress{Max: []string{"nope"}} }, "unknown group"},
 	}
 	for _, b := range bad {

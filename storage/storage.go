@@ -90,7 +90,6 @@ type Store struct {
 	client  *minio.Client
 	presign *minio.Client
 	bucket  string
-	now     func() time.Time
 }
 
 // New connects lazily (no request is made until the first call).
@@ -118,14 +117,8 @@ func New(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("s3 client for public endpoint %s: %w", cfg.PublicEndpoint, err)
 		}
 	}
-	return &Store{client: client, presign: presign, bucket: cfg.Bucket, now: time.Now}, nil
+	return &Store{client: client, presign: presign, bucket: cfg.Bucket}, nil
 }
-
-// SetClock replaces the clock used for link expiry times (tests).
-func (s *Store) SetClock(now func() time.Time) { s.now = now }
-
-// Bucket is the bucket's name.
-func (s *Store) Bucket() string { return s.bucket }
 
 // EnsureBucket creates the bucket if it is missing.
 func (s *Store) EnsureBucket(ctx context.Context) error {
@@ -141,19 +134,6 @@ func (s *Store) EnsureBucket(ctx context.Context) error {
 			return nil
 		}
 		return fmt.Errorf("create bucket %s: %w", s.bucket, convert(err))
-	}
-	return nil
-}
-
-// CheckBucket reports ErrBucketNotExist when the bucket is missing, or an
-// error when the store cannot be reached.
-func (s *Store) CheckBucket(ctx context.Context) error {
-	ok, err := s.client.BucketExists(ctx, s.bucket)
-	if err != nil {
-		return fmt.Errorf("check bucket %s: %w", s.bucket, convert(err))
-	}
-	if !ok {
-		return fmt.Errorf("bucket %s: %w", s.bucket, ErrBucketNotExist)
 	}
 	return nil
 }
@@ -299,7 +279,7 @@ func (s *Store) Presign(ctx context.Context, key string, expiry time.Duration) (
 	if expiry <= 0 || expiry > MaxLinkExpiry {
 		return Link{}, fmt.Errorf("link expiry %s: must be between 1s and %s", expiry, MaxLinkExpiry)
 	}
-	now := s.now()
+	now := time.Now()
 	u, err := s.presign.PresignedGetObject(ctx, s.bucket, key, expiry, url.Values{})
 	if err != nil {
 		return Link{}, fmt.Errorf("presign %s: %w", key, convert(err))

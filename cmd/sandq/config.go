@@ -163,17 +163,7 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 // hasFlag reports whether the running command defines the flag (whether or
 // not it was set).
 func hasFlag(c *cli.Context, name string) bool {
-	if c.Command == nil {
-		return false
-	}
-	for _, f := range c.Command.Flags {
-		for _, n := range f.Names() {
-			if n == name {
-				return true
-			}
-		}
-	}
-	return false
+	return c.Command != nil && findFlag(c.Command.Flags, name) != nil
 }
 
 // setGlobalsAsEnv returns SANDQ_* assignments for every global flag set on

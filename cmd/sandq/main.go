@@ -121,18 +121,22 @@ func permuteArgs(app *cli.App, args []string) []string {
 	return append(append(head, flags...), positional...)
 }
 
-// definesFlag reports whether arg (like --queue or --queue=x) names one of flags.
-func definesFlag(flags []cli.Flag, arg string) bool {
+// findFlag returns the flag of flags that arg (like --queue, -i or
+// --queue=x) names, or nil.
+func findFlag(flags []cli.Flag, arg string) cli.Flag {
 	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 	for _, f := range flags {
 		for _, n := range f.Names() {
 			if n == name {
-				return true
+				return f
 			}
 		}
 	}
-	return false
+	return nil
 }
+
+// definesFlag reports whether arg names one of flags.
+func definesFlag(flags []cli.Flag, arg string) bool { return findFlag(flags, arg) != nil }
 
 func findCommand(cmds []*cli.Command, name string) *cli.Command {
 	for _, c := range cmds {
@@ -146,14 +150,7 @@ func findCommand(cmds []*cli.Command, name string) *cli.Command {
 // takesValue reports whether the flag arg (like --input or -i) is a known
 // flag that takes a value.
 func takesValue(flags []cli.Flag, arg string) bool {
-	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
-	for _, f := range flags {
-		for _, n := range f.Names() {
-			if n == name {
-				_, isBool := f.(*cli.BoolFlag)
-				return !isBool
-			}
-		}
-	}
-	return false
+	f := findFlag(flags, arg)
+	_, isBool := f.(*cli.BoolFlag)
+	return f != nil && !isBool
 }

@@ -66,3 +66,13 @@ func TestSetGlobalsAsEnv(t *testing.T) {
 		t.Errorf("env %v, want %s", env, want)
 	}
 }
+
+// TestServeRefusesPublicAddressWithoutAuth: the server has no
+// authentication yet, so a non-loopback address is refused.
+func TestServeRefusesPublicAddressWithoutAuth(t *testing.T) {
+	app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{serveCommand()}, ExitErrHandler: func(*cli.Context, error) {}}
+	err := app.Run([]string{"sandq", "serve", "--listen", "0.0.0.0:0"})
+	if err == nil || !strings.Contains(err.Error(), "loopback only") {
+		t.Fatalf("serve on 0.0.0.0: %v", err)
+	}
+}

@@ -638,23 +638,6 @@ func lockHeld(path string) bool {
 	return false
 }
 
-// Workers lists the workers that hold leases now.
-func (m *Manager) Workers() ([]string, error) {
-	ls, err := m.leases()
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	var out []string
-	for _, l := range ls {
-		if !seen[l.Worker] {
-			seen[l.Worker] = true
-			out = append(out, l.Worker)
-		}
-	}
-	return out, nil
-}
-
 // Resources lists what the manager's worker holds now: lease files,
 // namespaces, host interfaces and firewall rules (for tests and checks).
 func (m *Manager) Resources(worker string) (leases, netns, ifaces, rules []string, err error) {
