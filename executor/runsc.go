@@ -94,17 +94,22 @@ type RunscRunner struct {
 
 var _ Runner = (*RunscRunner)(nil)
 
-// NewRunscRunner checks runsc, claims a worker directory and sweeps what dead
-// workers on this host left behind.
+// NewRunscRunner checks the host (CheckPrivileges) and runsc (CheckRunsc),
+// claims a worker directory and sweeps what dead workers on this host left
+// behind.
 func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) {
 	cfg = cfg.WithDefaults()
-	bin, err := exec.LookPath(cfg.Runsc)
+	// No sandbox is weaker than the one asked for: without the privileges,
+	// or with a runsc that is missing or too old, the worker does not start.
+	if err := CheckPrivileges(cfg.CgroupParent); err != nil {
+		return nil, err
+	}
+	ver, err := CheckRunsc(ctx, cfg.Runsc, cfg.Platform)
 	if err != nil {
-		return nil, fmt.Errorf("runsc not found (%s): %w; install it with scripts/install-deps.sh", cfg.Runsc, err)
+		return nil, err
 	}
-	if os.Geteuid() != 0 {
-		return nil, errors.New("the worker must run as root: runsc needs it to create sandboxes, mounts and cgroups")
-	}
+	bin := ver.Path
+	cfg.Logger.Info("runsc", "path", bin, "version", ver.Version, "date", ver.Date.Format(time.DateOnly))
 	workers := filepath.Join(cfg.StateDir, "workers")
 	if err := os.MkdirAll(workers, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
@@ -268,15 +273,24 @@ func checkSpec(spec Spec) error {
 	case l.Timeout <= 0 || l.Memory <= 0 || l.Disk <= 0 || l.OutputBytes <= 0 || l.OutputFiles <= 0 || l.Pids <= 0 || l.LogBytes <= 0:
 		return fmt.Errorf("sandbox limits must all be positive: %+v", l)
 	}
-	st, err := os.Stat(filepath.Join(spec.Image, "bin"))
+	if err := CheckImage(spec.Image); err != nil {
+		return fmt.Errorf("%w: %w", ErrSandbox, err)
+	}
+	return nil
+}
+
+// CheckImage refuses a directory that is not a usable image root
+// filesystem: one without /bin, or without a file in /tmp.
+func CheckImage(rootfs string) error {
+	st, err := os.Stat(filepath.Join(rootfs, "bin"))
 	if err != nil || !st.IsDir() {
-		return fmt.Errorf("%w: image %s is not a root filesystem (no /bin)", ErrSandbox, spec.Image)
+		return fmt.Errorf("image %s is not a root filesystem (no /bin)", rootfs)
 	}
 	// runsc mounts an unlimited tmpfs over an empty /tmp, which would escape
 	// the disk limit; images keep a file there so /tmp stays on the overlay.
-	ents, err := os.ReadDir(filepath.Join(spec.Image, "tmp"))
+	ents, err := os.ReadDir(filepath.Join(rootfs, "tmp"))
 	if err != nil || len(ents) == 0 {
-		return fmt.Errorf("%w: image %s: /tmp must exist and not be empty, or runsc would mount an unbounded tmpfs there", ErrSandbox, spec.Image)
+		return fmt.Errorf("image %s: /tmp must exist and not be empty, or runsc would mount an unbounded tmpfs there", rootfs)
 	}
 	return nil
 }

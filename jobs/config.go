@@ -97,6 +97,11 @@ type WorkerConfig struct {
 	ShutdownGrace time.Duration
 	// TaskCheckInterval is how often an idle worker polls for work. Default 100ms.
 	TaskCheckInterval time.Duration
+	// MemoryBudget caps the sum of the memory limits of the jobs running at
+	// once; jobs over it wait. Default DefaultMemoryBudget (75% of the
+	// host's memory). A worker whose MaxLimits.Memory is over it refuses to
+	// start.
+	MemoryBudget MemoryBudget
 }
 
 // WithDefaults returns a copy with every unset field defaulted.
@@ -164,6 +169,9 @@ func (c Config) WithDefaults() Config {
 	setInt(&w.LogTail, 8<<10)
 	setDur(&w.ShutdownGrace, 30*time.Second)
 	setDur(&w.TaskCheckInterval, 100*time.Millisecond)
+	if w.MemoryBudget == (MemoryBudget{}) {
+		w.MemoryBudget = DefaultMemoryBudget
+	}
 	c.Egress = c.Egress.WithDefaults()
 	c.Webhook = c.Webhook.WithDefaults()
 	return c
@@ -212,6 +220,9 @@ func (c Config) Validate() error {
 		if p < 1 {
 			return fmt.Errorf("worker queue %s: priority must be at least 1", q)
 		}
+	}
+	if err := c.Worker.MemoryBudget.validate(); err != nil {
+		return err
 	}
 	if err := CheckName("image", c.Worker.Image); err != nil || filepath.Base(c.Worker.Image) != c.Worker.Image {
 		return fmt.Errorf("image %q: must be a plain name", c.Worker.Image)

@@ -31,6 +31,7 @@ type Handler struct {
 	store  *storage.Store
 	rdb    redis.UniversalClient
 	jobs   *running
+	budget *memoryBudget
 	logger *slog.Logger
 	name   string
 	now    func() time.Time
@@ -147,6 +148,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			<-h.handBack
 			return fmt.Errorf("%w: %w", errShutdown, err)
 		}
+		if errors.Is(err, errMemoryBusy) && retried < maxRetry {
+			// Not counted (see the worker's IsFailure). asynq archives a
+			// task on its last attempt whatever the error, so a job without
+			// retries left ends error below instead.
+			logger.Info("no room in the memory budget in time; job goes back to the queue, attempt not counted", "err", err)
+			return err
+		}
 		final := retried >= maxRetry || errors.Is(err, asynq.SkipRetry)
 		logger.Error("job could not run", "err", err, "final", final)
 		if final {
@@ -254,6 +262,24 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 			Limits: egress.Limits{MaxConns: e.MaxConns, MaxBytes: e.MaxBytes, IdleTimeout: e.IdleTimeout, TotalTimeout: e.TotalTimeout},
 		}
 	}
+	// The job's memory limit is reserved from the worker's budget before its
+	// sandbox is made, and given back after the sandbox is gone (deferred
+	// first, so it runs after Release).
+	release, err := h.reserveMemory(ctx, job)
+	if err != nil {
+		if errors.Is(context.Cause(ctx), errCanceled) {
+			now := h.now()
+			res.Status, res.Reason = StatusCanceled, "canceled while waiting for room in the worker's memory budget"
+			res.StartedAt, res.FinishedAt = now.UTC(), now.UTC()
+			res.Stdout, res.Stderr = &LogDoc{}, &LogDoc{}
+			res.Timings.MemoryWaitMS = now.Sub(began).Milliseconds()
+			return res, nil
+		}
+		return nil, err
+	}
+	defer release()
+	reserved := h.now()
+	res.Timings.MemoryWaitMS = reserved.Sub(began).Milliseconds()
 	sb, err := h.runner.Prepare(ctx, executor.Spec{
 		Egress: eg,
 		Name:   job.ID, Image: h.cfg.ImagePath(), Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
@@ -282,7 +308,7 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 		}
 	}
 	fetched := h.now()
-	res.Timings.DownloadMS = fetched.Sub(began).Milliseconds()
+	res.Timings.DownloadMS = fetched.Sub(reserved).Milliseconds()
 
 	out, err := sb.Run(ctx)
 	if err != nil {

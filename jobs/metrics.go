@@ -76,6 +76,18 @@ func (m *Metrics) workerGauges(running func() int, concurrency int) {
 	)
 }
 
+// memoryGauges registers the memory budget gauges of a worker.
+func (m *Metrics) memoryGauges(b *memoryBudget) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_worker_memory_budget_bytes", Help: "Sum of job memory limits this worker may run at once."},
+			func() float64 { return float64(b.total) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_worker_memory_reserved_bytes", Help: "Sum of the memory limits of the jobs whose sandboxes exist now."},
+			func() float64 { return float64(b.reserved.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_worker_jobs_waiting_for_memory", Help: "Jobs taken from the queue that wait for room in the memory budget (counted in sandq_worker_jobs_running too)."},
+			func() float64 { return float64(b.waiting.Load()) }),
+	)
+}
+
 // observe records a finished job.
 func (m *Metrics) observe(res *Result) {
 	if m == nil || res == nil {

@@ -129,9 +129,12 @@ type EgressDoc struct {
 	Requests []egress.Event `json:"requests"`
 }
 
-// Timings break a job's time down by stage, in milliseconds.
+// Timings break a job's time down by stage, in milliseconds. MemoryWaitMS
+// is the time the job waited in the worker for room in its memory budget,
+// before its sandbox was made.
 type Timings struct {
 	QueueWaitMS     int64 `json:"queue_wait_ms"`
+	MemoryWaitMS    int64 `json:"memory_wait_ms"`
 	DownloadMS      int64 `json:"download_ms"`
 	SandboxStartMS  int64 `json:"sandbox_start_ms"`
 	RunMS           int64 `json:"run_ms"`

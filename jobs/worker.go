@@ -32,7 +32,9 @@ type Worker struct {
 	listening      chan struct{}
 }
 
-// NewWorker builds a worker; Start runs it.
+// NewWorker builds a worker; Start runs it. It refuses a config whose image
+// is missing, or whose largest job memory limit does not fit the memory
+// budget (such a job could never start).
 func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger *slog.Logger) (*Worker, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -41,13 +43,24 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if err := executor.CheckImage(cfg.ImagePath()); err != nil {
+		return nil, fmt.Errorf("worker image %q: %w; build it with `sandq image build %s --packages-file FILE`", cfg.Worker.Image, err, cfg.Worker.Image)
+	}
+	hostMem, err := HostMemory()
+	if err != nil {
+		return nil, err
+	}
+	budget, err := cfg.Worker.MemoryBudget.resolve(hostMem, cfg.MaxLimits.Memory)
+	if err != nil {
+		return nil, err
+	}
 	rdb, ok := cfg.RedisOpt().MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("redis client: unexpected type")
 	}
 	host, _ := os.Hostname()
 	name := fmt.Sprintf("%s:%d", host, os.Getpid())
-	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, logger: logger, name: name, now: time.Now, handBack: make(chan struct{}),
+	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, budget: newMemoryBudget(budget), logger: logger, name: name, now: time.Now, handBack: make(chan struct{}),
 		client: asynq.NewClientFromRedisClient(rdb), insp: asynq.NewInspectorFromRedisClient(rdb)}
 	w := &Worker{cfg: cfg, handler: h, rdb: rdb, logger: logger}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
@@ -60,7 +73,9 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 		// only wait to be requeued, which asynq does after this timeout.
 		ShutdownTimeout: time.Second,
 		RetryDelayFunc:  retryDelay,
-		Logger:          slogAdapter{logger.With("component", "asynq")},
+		// A job handed back for want of memory has not had an attempt.
+		IsFailure: func(err error) bool { return !errors.Is(err, errMemoryBusy) },
+		Logger:    slogAdapter{logger.With("component", "asynq")},
 		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
 			id, _ := asynq.GetTaskID(ctx)
 			logger.Warn("task attempt failed", "job_id", id, "type", t.Type(), "err", err)
@@ -87,13 +102,19 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	})
 	h.metrics = NewMetrics(h.insp)
 	h.metrics.workerGauges(h.jobs.count, cfg.Worker.Concurrency)
+	h.metrics.memoryGauges(h.budget)
 	w.webhookHandler = &WebhookHandler{cfg: cfg, insp: h.insp, rdb: rdb, logger: logger, metrics: h.metrics,
 		deliverer: &webhook.Deliverer{Guard: webhook.Guard{AllowPrivate: wc.AllowPrivate}, Timeout: wc.Timeout}}
 	return w, nil
 }
 
-// retryDelay backs off exponentially with jitter, from about 1s to 5m.
+// retryDelay backs off exponentially with jitter, from about 1s to 5m; a job
+// handed back for want of memory comes back after 1-2s.
 func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	if errors.Is(err, errMemoryBusy) {
+		// Soon, and spread: room may free up any moment.
+		return time.Second + time.Duration(rand.Int64N(int64(time.Second)))
+	}
 	d := time.Second << min(n, 9)
 	d = min(d, 5*time.Minute)
 	return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
@@ -107,9 +128,13 @@ func (w *Worker) Mux() *asynq.ServeMux {
 	return mux
 }
 
-// Start begins processing jobs.
+// Start begins processing jobs. It refuses a Redis that may evict keys
+// (CheckRedisEviction).
 func (w *Worker) Start(ctx context.Context) error {
 	if err := w.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
+	}
+	if err := CheckRedisEviction(ctx, w.rdb); err != nil {
 		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
 	}
 	// Job files outlive neither the job's retention nor its links by more
@@ -145,7 +170,8 @@ func (w *Worker) Start(ctx context.Context) error {
 		cancel()
 		return fmt.Errorf("start webhook deliveries: %w", err)
 	}
-	w.logger.Info("worker started", "concurrency", w.cfg.Worker.Concurrency, "queues", w.cfg.Worker.Queues, "image", w.cfg.ImagePath())
+	w.logger.Info("worker started", "concurrency", w.cfg.Worker.Concurrency, "queues", w.cfg.Worker.Queues, "image", w.cfg.ImagePath(),
+		"memory_budget", FormatSize(w.handler.budget.total))
 	return nil
 }
 

@@ -72,6 +72,8 @@ func workerFlags() []cli.Flag {
 		&cli.StringFlag{Name: "image", Value: "default", EnvVars: env("IMAGE"), Usage: "image jobs run on"},
 		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
 		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
+		&cli.StringFlag{Name: "memory-budget", Value: jobs.DefaultMemoryBudget.String(), EnvVars: env("MEMORY_BUDGET"),
+			Usage: "most memory the running jobs' limits may add up to: a fraction of the host's memory (0.75), a percentage (75%) or a size (8GiB); over it, jobs wait"},
 		&cli.StringFlag{Name: "egress-config", EnvVars: env("EGRESS_CONFIG"), Usage: "network policy file (JSON); without it no job gets network"},
 		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9464", EnvVars: env("METRICS_ADDR"), Usage: "where the worker serves Prometheus metrics at /metrics (empty: off)"},
 		&cli.StringFlag{Name: "webhook-config", EnvVars: env("WEBHOOK_CONFIG"), Usage: "webhook settings file (JSON): secrets, default URLs, retries"},
@@ -145,6 +147,9 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 			return cfg, err
 		}
 		w.Queues = q
+		if w.MemoryBudget, err = jobs.ParseMemoryBudget(c.String("memory-budget")); err != nil {
+			return cfg, fmt.Errorf("--memory-budget: %w", err)
+		}
 		if path := c.String("egress-config"); path != "" {
 			if cfg.Egress, err = jobs.LoadEgressConfig(path); err != nil {
 				return cfg, err
