@@ -1,14 +1,15 @@
-// Package api is sandq's HTTP server for operators and remote producers.
-// Today it serves the asynqmon dashboard at /monitoring, Prometheus metrics
-// of the queues at /metrics and a health check at /healthz; the job API
-// (/v1/jobs) comes next.
+// Package api is sandq's HTTP server for remote producers and operators:
+// the job API under /v1 (bearer tokens, one tenant each), the asynqmon
+// dashboard at /monitoring, Prometheus metrics at /metrics and /healthz.
 package api
 
 import (
 	"context"
-	"encoding/json"
+	_ "embed"
+	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -18,12 +19,29 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/storage"
 )
+
+// OpenAPI is the API's OpenAPI document, served at /v1/openapi.json.
+//
+//go:embed openapi.json
+var OpenAPI []byte
 
 // Config configures the server.
 type Config struct {
-	// Redis is where the queues are.
-	Redis asynq.RedisClientOpt
+	// Jobs is the producer configuration: Redis, caps, limits, queue.
+	Jobs jobs.Config
+	// Store holds jobs' files.
+	Store *storage.Store
+	// Auth lists tenants and tokens. Without it every /v1/jobs request is
+	// refused with 401.
+	Auth *AuthConfig
+	// OpenMonitoring serves /monitoring without a token: for a server
+	// bound to loopback only. Otherwise the dashboard takes an operator
+	// token, as a bearer token or as the password of basic auth.
+	OpenMonitoring bool
 	// PrometheusURL, if set, is where asynqmon's charts query metrics.
 	PrometheusURL string
 	Logger        *slog.Logger
@@ -31,32 +49,84 @@ type Config struct {
 
 // Server is the HTTP handler tree.
 type Server struct {
-	mux  *http.ServeMux
-	mon  *asynqmon.HTTPHandler
-	rdb  redis.UniversalClient
-	insp *asynq.Inspector
+	mux     *http.ServeMux
+	mon     *asynqmon.HTTPHandler
+	rdb     redis.UniversalClient
+	insp    *asynq.Inspector
+	client  *jobs.Client
+	jobs    jobs.Config
+	auth    *AuthConfig
+	logger  *slog.Logger
+	open    bool
+	reqs    *prometheus.CounterVec
+	latency *prometheus.HistogramVec
 }
 
 // New builds the server; Close releases its Redis connections.
-func New(cfg Config) *Server {
+func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	rdb := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
-	s := &Server{mux: http.NewServeMux(), rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb)}
+	cfg.Jobs = cfg.Jobs.WithDefaults()
+	if cfg.Store == nil {
+		return nil, errors.New("api: no object store configured")
+	}
+	client, err := jobs.NewClient(cfg.Jobs, cfg.Store, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	opt := cfg.Jobs.RedisOpt()
+	rdb := opt.MakeRedisClient().(redis.UniversalClient)
+	s := &Server{
+		mux: http.NewServeMux(), rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), client: client,
+		jobs: cfg.Jobs, auth: cfg.Auth, logger: cfg.Logger, open: cfg.OpenMonitoring,
+		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sandq_api_requests_total", Help: "API requests by route, method and status code.",
+		}, []string{"route", "method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sandq_api_request_duration_seconds", Help: "Time to answer API requests (event streams: until they end).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"route"}),
+	}
 	s.mon = asynqmon.New(asynqmon.Options{
 		RootPath:          "/monitoring",
-		RedisConnOpt:      cfg.Redis,
+		RedisConnOpt:      opt,
 		PrometheusAddress: cfg.PrometheusURL,
 		// Job results are JSON documents; show them as such.
 		ResultFormatter: asynqmon.ResultFormatterFunc(func(_ string, b []byte) string { return string(b) }),
 	})
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(s.insp), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.mux.Handle("/monitoring/", s.mon)
-	s.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	s.mux.HandleFunc("/healthz", s.healthz)
-	return s
+	reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(s.insp), collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), s.reqs, s.latency)
+	s.mux.Handle("/monitoring/", s.monitoring(s.mon))
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(OpenAPI)
+	})
+	for _, rt := range Routes {
+		s.mux.Handle(rt.Method+" "+rt.Path, s.v1(rt.Path, rt.handler(s)))
+	}
+	s.mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, apiError(http.StatusNotFound, "not_found", "", "no such endpoint: "+r.Method+" "+r.URL.Path))
+	})
+	return s, nil
+}
+
+// Route is one authenticated endpoint of the job API.
+type Route struct {
+	Method, Path string
+	handler      func(*Server) func(http.ResponseWriter, *http.Request, *principal)
+}
+
+// Routes are the job API's endpoints; the OpenAPI document describes each.
+var Routes = []Route{
+	{"POST", "/v1/jobs", func(s *Server) func(http.ResponseWriter, *http.Request, *principal) { return s.submit }},
+	{"GET", "/v1/jobs", func(s *Server) func(http.ResponseWriter, *http.Request, *principal) { return s.listJobs }},
+	{"GET", "/v1/jobs/{id}", func(s *Server) func(http.ResponseWriter, *http.Request, *principal) { return s.getJob }},
+	{"POST", "/v1/jobs/{id}/cancel", func(s *Server) func(http.ResponseWriter, *http.Request, *principal) { return s.cancelJob }},
+	{"GET", "/v1/jobs/{id}/events", func(s *Server) func(http.ResponseWriter, *http.Request, *principal) { return s.events }},
 }
 
 // ServeHTTP serves the tree.
@@ -65,18 +135,90 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // Close releases Redis connections.
 func (s *Server) Close() error {
 	s.mon.Close()
+	s.client.Close()
 	return s.rdb.Close()
+}
+
+// statusWriter records the status code for metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// v1 authenticates a request, applies its tenant's rate limit, and counts
+// it in the metrics under its route.
+func (s *Server) v1(route string, h func(http.ResponseWriter, *http.Request, *principal)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			s.reqs.WithLabelValues(route, r.Method, strconv.Itoa(sw.code)).Inc()
+			s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+		p, err := s.auth.authenticate(r, false)
+		if err != nil {
+			sw.Header().Set("WWW-Authenticate", `Bearer realm="sandq"`)
+			writeError(sw, apiError(http.StatusUnauthorized, "unauthenticated", "", err.Error()))
+			return
+		}
+		wait, err := allow(r.Context(), s.rdb, p.tenant, p.t)
+		if err != nil {
+			writeError(sw, classify(err))
+			return
+		}
+		if wait > 0 {
+			e := apiError(http.StatusTooManyRequests, "rate_limited", "", "tenant "+p.tenant+" is over its request rate; retry after "+wait.Round(time.Millisecond).String())
+			e.retryAfter = wait
+			writeError(sw, e)
+			return
+		}
+		h(sw, r, p)
+	})
+}
+
+// monitoring guards the dashboard: open on a loopback-only server, else
+// for operator tokens.
+func (s *Server) monitoring(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.open {
+			p, err := s.auth.authenticate(r, true)
+			if err != nil {
+				w.Header().Set("WWW-Authenticate", `Basic realm="sandq monitoring", charset="UTF-8"`)
+				writeError(w, apiError(http.StatusUnauthorized, "unauthenticated", "", err.Error()+"; the dashboard takes an operator token, as a bearer token or as the basic-auth password"))
+				return
+			}
+			if !p.t.Operator {
+				writeError(w, apiError(http.StatusForbidden, "forbidden", "", "tenant "+p.tenant+" is not an operator; the dashboard takes an operator token"))
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // healthz answers 200 when Redis answers, 503 otherwise, as JSON.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	w.Header().Set("Content-Type", "application/json")
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		json.NewEncoder(w).Encode(map[string]any{"ok": false, "redis": err.Error()})
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ok": false, "redis": err.Error()})
 		return
 	}
-	json.NewEncoder(w).Encode(map[string]any{"ok": true})
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
 }

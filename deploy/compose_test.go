@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sandq/sandq/api"
 )
 
 // composeConfig validates a compose file with docker-compose's own parser
@@ -24,12 +26,12 @@ func TestComposeFileValidates(t *testing.T) {
 	if err != nil {
 		t.Fatalf("compose.yaml does not validate: %v\n%s", err, out)
 	}
-	for _, svc := range []string{"redis:", "minio:", "create-bucket:", "worker:", "prometheus:", "grafana:"} {
+	for _, svc := range []string{"redis:", "minio:", "create-bucket:", "worker:", "api:", "prometheus:", "grafana:"} {
 		if !strings.Contains(out, "\n  "+svc) {
 			t.Errorf("service %s missing from the resolved config", svc)
 		}
 	}
-	for _, want := range []string{"--appendonly", "noeviction", "privileged: true", "mc mb --ignore-existing local/sandq"} {
+	for _, want := range []string{"--appendonly", "noeviction", "privileged: true", "mc mb --ignore-existing local/sandq", "SANDQ_AUTH_CONFIG: /etc/sandq/auth.json", "SANDQ_PROMETHEUS_URL: http://prometheus:9090"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("resolved config lacks %q", want)
 		}
@@ -48,5 +50,17 @@ func TestComposeCheckBites(t *testing.T) {
 	os.WriteFile(p, []byte(bad), 0o644)
 	if out, err := composeConfig(t, p); err == nil {
 		t.Fatalf("a compose file with an unknown key validated:\n%s", out)
+	}
+}
+
+// TestAuthConfigLoads: the API server in compose.yaml starts with
+// deploy/auth.json, so it must be a valid auth configuration.
+func TestAuthConfigLoads(t *testing.T) {
+	cfg, err := api.LoadAuthConfig("auth.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Tenants["ops"].Operator {
+		t.Error("deploy/auth.json has no operator tenant for the dashboard")
 	}
 }

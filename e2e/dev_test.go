@@ -115,6 +115,61 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 		t.Errorf("asynqmon does not list the finished job %s: %d %.500s", r.ID, resp.StatusCode, mon)
 	}
 
+	// The API: a job submitted with curl -F, with the token the banner
+	// points at, finishes; /monitoring shows it; the server's /metrics
+	// counts the request.
+	if !strings.Contains(banner, "http://"+listen+"/v1/jobs") {
+		t.Errorf("banner does not give the API's URL:\n%s", banner)
+	}
+	tokenB, err := os.ReadFile(filepath.Join(dir, "dev-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(tokenB))
+	if !strings.Contains(banner, token) {
+		t.Errorf("banner does not give the dev token:\n%s", banner)
+	}
+	curl, err := exec.Command("curl", "-sS", "-H", "Authorization: Bearer "+token,
+		"-F", `spec={"args":["curl"]};type=application/json`, "-F", "script=@"+script, "http://"+listen+"/v1/jobs").Output()
+	var created struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}
+	if err != nil || json.Unmarshal(curl, &created) != nil || created.ID == "" {
+		t.Fatalf("curl -F to /v1/jobs: %v\n%s", err, curl)
+	}
+	var done struct {
+		State  string       `json:"state"`
+		Result *jobs.Result `json:"result"`
+	}
+	for deadline := time.Now().Add(2 * time.Minute); done.State != "done" && time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		b, err := exec.Command("curl", "-sS", "-H", "Authorization: Bearer "+token, "http://"+listen+"/v1/jobs/"+created.ID).Output()
+		if err != nil || json.Unmarshal(b, &done) != nil {
+			t.Fatalf("GET the job: %v %s", err, b)
+		}
+	}
+	if done.Result == nil || done.Result.Status != jobs.StatusSucceeded {
+		t.Fatalf("curl-submitted job: %+v", done)
+	}
+	resp, err = http.Get("http://" + listen + "/monitoring/api/queues/default/completed_tasks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mon, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(mon), created.ID) {
+		t.Errorf("asynqmon does not list the curl-submitted job %s", created.ID)
+	}
+	resp, err = http.Get("http://" + listen + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsText, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metricsText), `sandq_api_requests_total{code="201",method="POST",route="/v1/jobs"} 1`) {
+		t.Errorf("the server's metrics do not count the submission:\n%.3000s", metricsText)
+	}
+
 	// The dev stack's network policy lets default-queue jobs reach npm.
 	res, err = exec.Command(sandqBin, append(global, "enqueue", "../examples/npm_install.sh", "--network", "npm", "--wait", "--json")...).Output()
 	r = jobs.Result{}

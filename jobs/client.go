@@ -2,8 +2,6 @@ package jobs
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -98,6 +96,10 @@ type Submission struct {
 	Network []string
 	// Webhook is the URL the result is POSTed to when the job ends.
 	Webhook string
+	// Tenant owns the job (API submissions); empty for direct producers.
+	Tenant string
+	// MaxOpen caps the tenant's unfinished jobs; 0 is no cap.
+	MaxOpen int
 }
 
 // Enqueued tells where a submission went.
@@ -107,131 +109,6 @@ type Enqueued struct {
 	// Existing is set when an idempotency key matched an earlier job, which
 	// is returned instead of a new one.
 	Existing bool `json:"existing"`
-}
-
-// Validate checks a submission against the configuration without touching
-// any service, and returns the resolved runtime and limits.
-func (c *Client) Validate(s *Submission) (string, Limits, error) {
-	if s.Queue == "" {
-		s.Queue = c.cfg.Queue
-	}
-	if err := CheckQueue(s.Queue); err != nil {
-		return "", Limits{}, err
-	}
-	if s.Queue == c.cfg.Webhook.Queue {
-		return "", Limits{}, &FieldError{Field: "queue", Msg: fmt.Sprintf("%q is the webhook delivery queue", s.Queue)}
-	}
-	if err := CheckIdempotencyKey(s.IdempotencyKey); err != nil {
-		return "", Limits{}, err
-	}
-	if err := CheckName("script", s.Script.Name); err != nil {
-		return "", Limits{}, err
-	}
-	rt, err := ResolveRuntime(s.Runtime, s.Script.Name)
-	if err != nil {
-		return "", Limits{}, err
-	}
-	if s.Script.Size > c.cfg.MaxScriptBytes {
-		return "", Limits{}, &FieldError{Field: "script", Msg: fmt.Sprintf("%s is %d bytes, over the maximum of %d", s.Script.Name, s.Script.Size, c.cfg.MaxScriptBytes)}
-	}
-	if len(s.Inputs) > c.cfg.MaxInputs {
-		return "", Limits{}, &FieldError{Field: "inputs", Msg: fmt.Sprintf("%d inputs is over the maximum of %d", len(s.Inputs), c.cfg.MaxInputs)}
-	}
-	names := make([]string, len(s.Inputs))
-	var total int64
-	for i, in := range s.Inputs {
-		names[i] = in.Name
-		if in.Size > c.cfg.MaxInputBytes {
-			return "", Limits{}, &FieldError{Field: "inputs", Msg: fmt.Sprintf("%s is %d bytes, over the maximum of %d", in.Name, in.Size, c.cfg.MaxInputBytes)}
-		}
-		total += in.Size
-	}
-	if total > c.cfg.MaxInputsTotal {
-		return "", Limits{}, &FieldError{Field: "inputs", Msg: fmt.Sprintf("%d bytes in all is over the maximum of %d", total, c.cfg.MaxInputsTotal)}
-	}
-	if err := CheckNames("inputs", names); err != nil {
-		return "", Limits{}, err
-	}
-	if err := CheckArgs(s.Args, c.cfg.MaxArgs, c.cfg.MaxArgBytes); err != nil {
-		return "", Limits{}, err
-	}
-	if err := CheckEnv(s.Env, c.cfg.MaxEnv, c.cfg.MaxEnvBytes); err != nil {
-		return "", Limits{}, err
-	}
-	lim, err := s.Limits.Resolve(c.cfg.DefaultLimits, c.cfg.MaxLimits)
-	if err != nil {
-		return "", Limits{}, err
-	}
-	return rt, lim, nil
-}
-
-// Enqueue validates a submission, uploads its files under the job's prefix
-// and enqueues it. Nothing is left behind when it fails: a refused
-// submission uploads nothing, and uploads are removed if enqueueing fails.
-func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
-	rt, lim, err := c.Validate(&s)
-	if err != nil {
-		return nil, err
-	}
-	netPolicy, err := c.resolveNetwork(ctx, s.Queue, s.Network)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.checkWebhook(ctx, s.Queue, s.Webhook); err != nil {
-		return nil, err
-	}
-	id := NewJobID()
-	if s.IdempotencyKey != "" {
-		id = IdempotentJobID(s.Queue, s.IdempotencyKey)
-		if _, err := c.insp.GetTaskInfo(s.Queue, id); err == nil {
-			return &Enqueued{ID: id, Queue: s.Queue, Existing: true}, nil
-		} else if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-			return nil, fmt.Errorf("look up idempotency key: %w", err)
-		}
-	}
-	nonce := make([]byte, 6)
-	rand.Read(nonce)
-	job := &Job{
-		ID: id, Queue: s.Queue, Runtime: rt, Args: s.Args, Env: s.Env, Limits: lim,
-		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(), Network: netPolicy, Webhook: s.Webhook,
-		UploadPrefix: JobPrefix(id) + "in-" + hex.EncodeToString(nonce) + "/",
-	}
-	// Each submission uploads under its own prefix, so two racing
-	// submissions with one idempotency key never overwrite each other's files.
-	removeUploads := func() {
-		if err := c.store.RemovePrefix(context.WithoutCancel(ctx), job.UploadPrefix); err != nil {
-			c.logger.Error("removing uploads of a job that was not enqueued", "job_id", id, "err", err)
-		}
-	}
-	job.Script, err = c.upload(ctx, job.UploadPrefix+"script/", s.Script)
-	if err != nil {
-		removeUploads()
-		return nil, err
-	}
-	for _, in := range s.Inputs {
-		ref, err := c.upload(ctx, job.UploadPrefix+"inputs/", in)
-		if err != nil {
-			removeUploads()
-			return nil, err
-		}
-		job.Inputs = append(job.Inputs, ref)
-	}
-	payload, err := job.marshal()
-	if err != nil {
-		removeUploads()
-		return nil, err
-	}
-	_, err = c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), c.cfg.jobTaskOptions(job)...)
-	switch {
-	case errors.Is(err, asynq.ErrTaskIDConflict):
-		removeUploads()
-		return &Enqueued{ID: id, Queue: s.Queue, Existing: true}, nil
-	case err != nil:
-		removeUploads()
-		return nil, fmt.Errorf("enqueue: %w", err)
-	}
-	c.logger.Debug("job enqueued", "job_id", id, "queue", s.Queue)
-	return &Enqueued{ID: id, Queue: s.Queue}, nil
 }
 
 // resolveNetwork checks what a job asks to reach against the policy the
@@ -255,19 +132,6 @@ func (c *Client) resolveNetwork(ctx context.Context, queue string, asked []strin
 	return cfg.ResolveNetwork(queue, asked)
 }
 
-func (c *Client) upload(ctx context.Context, prefix string, f File) (FileRef, error) {
-	r, err := f.Open()
-	if err != nil {
-		return FileRef{}, fmt.Errorf("open %s: %w", f.Name, err)
-	}
-	defer r.Close()
-	obj, err := c.store.Put(ctx, prefix+f.Name, r, f.Size, "application/octet-stream")
-	if err != nil {
-		return FileRef{}, err
-	}
-	return FileRef{Name: f.Name, Key: obj.Key, Size: obj.Size, SHA256: obj.SHA256}, nil
-}
-
 // State is where a job is in its life.
 type State string
 
@@ -284,7 +148,9 @@ const (
 type JobStatus struct {
 	ID    string `json:"id"`
 	Queue string `json:"queue"`
-	State State  `json:"state"`
+	// Tenant owns the job when it came through the API.
+	Tenant string `json:"tenant,omitempty"`
+	State  State  `json:"state"`
 	// Retried counts attempts that ended in a system error.
 	Retried  int `json:"retried"`
 	MaxRetry int `json:"max_retry"`
@@ -313,24 +179,36 @@ func (c *Client) Status(ctx context.Context, id string) (*JobStatus, error) {
 		return nil, fmt.Errorf("list queues: %w", err)
 	}
 	for _, q := range queues {
-		info, err := c.insp.GetTaskInfo(q, id)
-		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		st, err := c.StatusIn(ctx, q, id)
+		if errors.Is(err, ErrJobNotFound) {
 			continue
 		}
-		if err != nil {
-			return nil, fmt.Errorf("job %s: %w", id, err)
-		}
-		st := statusOf(info)
-		if st.State == StateDone {
-			st.Webhook = c.webhookStatus(ctx, st.Result)
-		}
-		return st, nil
+		return st, err
 	}
 	return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
 }
 
+// StatusIn is Status for a job whose queue is known.
+func (c *Client) StatusIn(ctx context.Context, queue, id string) (*JobStatus, error) {
+	info, err := c.insp.GetTaskInfo(queue, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("job %s: %w", id, err)
+	}
+	st := statusOf(info)
+	if st.State == StateDone {
+		st.Webhook = c.webhookStatus(ctx, st.Result)
+	}
+	return st, nil
+}
+
 func statusOf(info *asynq.TaskInfo) *JobStatus {
 	st := &JobStatus{ID: info.ID, Queue: info.Queue, Retried: info.Retried, MaxRetry: info.MaxRetry, LastError: info.LastErr}
+	if job, err := parseJob(info.Payload); err == nil {
+		st.Tenant = job.Tenant
+	}
 	switch info.State {
 	case asynq.TaskStatePending:
 		st.State = StatePending
@@ -433,6 +311,9 @@ func (c *Client) Cancel(ctx context.Context, id string) (CancelOutcome, error) {
 		err := c.insp.DeleteTask(st.Queue, id)
 		if err == nil {
 			c.rdb.Del(context.WithoutCancel(ctx), cancelKey(id))
+			if st.Tenant != "" {
+				releaseOpen(context.WithoutCancel(ctx), c.rdb, &Job{ID: id, Queue: st.Queue, Tenant: st.Tenant})
+			}
 			if st.State == StatePending || st.State == StateScheduled || st.State == StateRetry {
 				c.removeJobObjects(ctx, id)
 			}

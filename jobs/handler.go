@@ -191,6 +191,9 @@ func (h *Handler) finish(ctx context.Context, t *asynq.Task, logger *slog.Logger
 		return err
 	}
 	h.metrics.observe(res)
+	if err := releaseOpen(context.WithoutCancel(ctx), h.rdb, job); err != nil {
+		logger.Warn("taking the job out of its tenant's unfinished jobs", "err", err)
+	}
 	var err error
 	for i, wait := range []time.Duration{0, 200 * time.Millisecond, time.Second, 3 * time.Second} {
 		time.Sleep(wait)

@@ -30,8 +30,10 @@ type Job struct {
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
 	Network        *NetworkPolicy    `json:"network,omitempty"`
 	Webhook        string            `json:"webhook,omitempty"`
-	SubmittedAt    time.Time         `json:"submitted_at"`
-	UploadPrefix   string            `json:"upload_prefix"`
+	// Tenant owns the job when it came through the API.
+	Tenant       string    `json:"tenant,omitempty"`
+	SubmittedAt  time.Time `json:"submitted_at"`
+	UploadPrefix string    `json:"upload_prefix"`
 }
 
 // FileRef is an uploaded file.

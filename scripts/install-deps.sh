@@ -3,6 +3,7 @@
 # there at the pinned version. Idempotent; run as root.
 #   redis-server, debootstrap, iproute2, docker-compose  Debian packages
 #                              (docker-compose only validates compose.yaml)
+#   chromium                   Debian package; headless, for the dashboard test
 #   runsc                      gVisor, built statically from the Go module proxy
 #                              (Debian's 2022 runsc is too old for current kernels)
 #   minio                      MinIO server, from the Go module proxy
@@ -29,6 +30,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v docker-compose >/dev/null || missing+=(docker-compose) # only to validate compose.yaml
+command -v chromium >/dev/null || missing+=(chromium)             # headless, for the dashboard test (e2e)
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]} from Debian"
 	if [ ! -e /usr/sbin/policy-rc.d ]; then

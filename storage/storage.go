@@ -146,13 +146,23 @@ type Object struct {
 	ContentType string
 }
 
-// Put stores size bytes from r under key and returns their sha256.
+// streamPartSize is the part size of uploads of unknown length: minio-go
+// holds one part in memory per upload, so this bounds an upload's memory.
+// 5 MiB is S3's minimum part size; 10000 parts make 50 GB at most.
+const streamPartSize = 5 << 20
+
+// Put stores size bytes from r under key and returns their sha256. A size
+// of -1 streams r to its end in parts of streamPartSize.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) (Object, error) {
 	if contentType == "" {
 		contentType = "application/octet-stream"
 	}
 	h := sha256.New()
-	info, err := s.client.PutObject(ctx, s.bucket, key, io.TeeReader(r, h), size, minio.PutObjectOptions{ContentType: contentType})
+	opts := minio.PutObjectOptions{ContentType: contentType}
+	if size < 0 {
+		opts.PartSize = streamPartSize
+	}
+	info, err := s.client.PutObject(ctx, s.bucket, key, io.TeeReader(r, h), size, opts)
 	if err != nil {
 		return Object{}, fmt.Errorf("upload %s: %w", key, convert(err))
 	}
@@ -235,6 +245,19 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 			return nil, fmt.Errorf("list %s: %w", prefix, convert(o.Err))
 		}
 		keys = append(keys, o.Key)
+	}
+	return keys, nil
+}
+
+// ListIncomplete returns the keys of multipart uploads under prefix that
+// were started and neither completed nor aborted.
+func (s *Store) ListIncomplete(ctx context.Context, prefix string) ([]string, error) {
+	var keys []string
+	for u := range s.client.ListIncompleteUploads(ctx, s.bucket, prefix, true) {
+		if u.Err != nil {
+			return nil, fmt.Errorf("list incomplete uploads %s: %w", prefix, convert(u.Err))
+		}
+		keys = append(keys, u.Key)
 	}
 	return keys, nil
 }

@@ -57,6 +57,8 @@ func globalFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-retry", Value: 3, EnvVars: env("MAX_RETRY"), Usage: "retries of a job the system could not run"},
 		&cli.DurationFlag{Name: "result-retention", Value: 7 * 24 * time.Hour, EnvVars: env("RESULT_RETENTION")},
 		&cli.DurationFlag{Name: "link-expiry", Value: 24 * time.Hour, EnvVars: env("LINK_EXPIRY"), Usage: "life of presigned links (at most 168h)"},
+		&cli.StringFlag{Name: "server", EnvVars: env("SERVER"), Usage: "API server URL: enqueue, status, wait and cancel go through it instead of Redis and S3"},
+		&cli.StringFlag{Name: "token", EnvVars: env("TOKEN"), Usage: "API token, with --server"},
 		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
 	}
 }

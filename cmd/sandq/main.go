@@ -32,6 +32,7 @@ func main() {
 			imageCommand(),
 			webhookCommand(),
 			serveCommand(),
+			tokenCommand(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}

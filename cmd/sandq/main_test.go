@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -72,7 +75,38 @@ func TestSetGlobalsAsEnv(t *testing.T) {
 func TestServeRefusesPublicAddressWithoutAuth(t *testing.T) {
 	app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{serveCommand()}, ExitErrHandler: func(*cli.Context, error) {}}
 	err := app.Run([]string{"sandq", "serve", "--listen", "0.0.0.0:0"})
-	if err == nil || !strings.Contains(err.Error(), "loopback only") {
+	if err == nil || !strings.Contains(err.Error(), "needs --auth-config") {
 		t.Fatalf("serve on 0.0.0.0: %v", err)
+	}
+}
+
+// TestTokenCreate: the printed entry, put in an auth config, accepts the
+// printed token and no other.
+func TestTokenCreate(t *testing.T) {
+	var out bytes.Buffer
+	app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{tokenCommand()}, Writer: &out, ExitErrHandler: func(*cli.Context, error) {}}
+	if err := app.Run([]string{"sandq", "token", "create", "--tenant", "acme", "--name", "ci", "--json"}); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Token string         `json:"token"`
+		Entry api.TokenEntry `json:"entry"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil || !strings.HasPrefix(got.Token, api.TokenPrefix) || len(got.Token) != len(api.TokenPrefix)+43 {
+		t.Fatalf("token create --json: %s (%v)", out.String(), err)
+	}
+	if got.Entry.Tenant != "acme" || got.Entry.Name != "ci" || got.Entry.SHA256 != api.HashToken(got.Token) || strings.Contains(out.String(), "\"sha256\": \""+got.Token) {
+		t.Errorf("entry %+v", got.Entry)
+	}
+	cfg := api.AuthConfig{Tenants: map[string]api.Tenant{"acme": {Queues: []string{"default"}}}, Tokens: []api.TokenEntry{got.Entry}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := app.Run([]string{"sandq", "token", "create", "--tenant", "acme"}); err != nil || !strings.Contains(out.String(), `"tenant":"acme"`) {
+		t.Errorf("token create: %v\n%s", err, out.String())
+	}
+	if err := app.Run([]string{"sandq", "token", "create", "--tenant", "no/slash"}); err == nil {
+		t.Error("a bad tenant name was accepted")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -40,14 +41,14 @@ func enqueueCommand() *cli.Command {
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: func(c *cli.Context) error {
-			return withClient(c, "SCRIPT", func(ctx context.Context, _ jobs.Config, client *jobs.Client) error {
+			return withClient(c, "SCRIPT", func(ctx context.Context, client producer) error {
 				return enqueue(ctx, c, client)
 			})
 		},
 	}
 }
 
-func enqueue(ctx context.Context, c *cli.Context, client *jobs.Client) error {
+func enqueue(ctx context.Context, c *cli.Context, client producer) error {
 	sub, err := submissionFromFlags(c)
 	if err != nil {
 		return cli.Exit(err, exitError)
@@ -131,16 +132,29 @@ func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 	return sub, nil
 }
 
-func newClient(c *cli.Context, cfg jobs.Config) (*jobs.Client, func(), error) {
+// producer submits and follows jobs: directly through Redis and the store
+// (jobs.Client), or through the API server (api.Client, with --server).
+type producer interface {
+	Enqueue(context.Context, jobs.Submission) (*jobs.Enqueued, error)
+	Status(context.Context, string) (*jobs.JobStatus, error)
+	Wait(context.Context, string, func(*jobs.JobStatus)) (*jobs.JobStatus, error)
+	Cancel(context.Context, string) (jobs.CancelOutcome, error)
+	Close() error
+}
+
+func newProducer(c *cli.Context) (producer, error) {
+	if server := c.String("server"); server != "" {
+		return api.NewClient(server, c.String("token"))
+	}
+	cfg, err := loadConfig(c)
+	if err != nil {
+		return nil, err
+	}
 	store, err := newStore(cfg)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	client, err := jobs.NewClient(cfg, store, newLogger(c))
-	if err != nil {
-		return nil, nil, err
-	}
-	return client, func() { client.Close() }, nil
+	return jobs.NewClient(cfg, store, newLogger(c))
 }
 
 func statusCommand() *cli.Command {
@@ -150,7 +164,7 @@ func statusCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON: the result document when done, the state otherwise"}},
 		Action: func(c *cli.Context) error {
-			return withJob(c, func(ctx context.Context, client *jobs.Client, id string) error {
+			return withJob(c, func(ctx context.Context, client producer, id string) error {
 				st, err := client.Status(ctx, id)
 				if err != nil {
 					return cli.Exit(err, exitError)
@@ -168,7 +182,7 @@ func waitCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print the result document as JSON"}},
 		Action: func(c *cli.Context) error {
-			return withJob(c, func(ctx context.Context, client *jobs.Client, id string) error {
+			return withJob(c, func(ctx context.Context, client producer, id string) error {
 				return follow(ctx, c, client, id)
 			})
 		},
@@ -181,7 +195,7 @@ func cancelCommand() *cli.Command {
 		Usage:     "remove a pending job, or kill a running job's sandbox (it ends canceled)",
 		ArgsUsage: "ID",
 		Action: func(c *cli.Context) error {
-			return withJob(c, func(ctx context.Context, client *jobs.Client, id string) error {
+			return withJob(c, func(ctx context.Context, client producer, id string) error {
 				out, err := client.Cancel(ctx, id)
 				if err != nil {
 					return cli.Exit(err, exitError)
@@ -200,35 +214,31 @@ func cancelCommand() *cli.Command {
 	}
 }
 
-func withJob(c *cli.Context, fn func(context.Context, *jobs.Client, string) error) error {
-	return withClient(c, "job ID", func(ctx context.Context, _ jobs.Config, client *jobs.Client) error {
+func withJob(c *cli.Context, fn func(context.Context, producer, string) error) error {
+	return withClient(c, "job ID", func(ctx context.Context, client producer) error {
 		return fn(ctx, client, c.Args().First())
 	})
 }
 
 // withClient checks for one argument, connects a producer and runs fn until
 // it returns or the process is interrupted.
-func withClient(c *cli.Context, what string, fn func(context.Context, jobs.Config, *jobs.Client) error) error {
+func withClient(c *cli.Context, what string, fn func(context.Context, producer) error) error {
 	if c.NArg() != 1 {
 		return cli.Exit(c.Command.Name+" takes exactly one "+what, exitError)
 	}
-	cfg, err := loadConfig(c)
+	client, err := newProducer(c)
 	if err != nil {
 		return cli.Exit(err, exitError)
 	}
-	client, closeFn, err := newClient(c, cfg)
-	if err != nil {
-		return cli.Exit(err, exitError)
-	}
-	defer closeFn()
+	defer client.Close()
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return fn(ctx, cfg, client)
+	return fn(ctx, client)
 }
 
 // follow waits for a job, showing a live state line on a terminal, prints
 // its result and exits non-zero unless it succeeded.
-func follow(ctx context.Context, c *cli.Context, client *jobs.Client, id string) error {
+func follow(ctx context.Context, c *cli.Context, client producer, id string) error {
 	start := time.Now()
 	live := term.IsTerminal(int(os.Stderr.Fd()))
 	var last jobs.State

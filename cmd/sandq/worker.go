@@ -12,11 +12,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/devstack"
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
@@ -187,6 +189,18 @@ func devCommand() *cli.Command {
 			}
 			server := exec.Command(self, "serve")
 			server.Env = append(os.Environ(), setGlobalsAsEnv(c)...)
+			authConfig := os.Getenv("SANDQ_AUTH_CONFIG")
+			token, tokenNote := "(see "+authConfig+")", ""
+			if authConfig == "" {
+				authConfig = filepath.Join(dir, "auth.json")
+				tokenNote = "(in " + filepath.Join(dir, "dev-token") + ")"
+				if token, err = devAuthConfig(authConfig, filepath.Join(dir, "dev-token")); err != nil {
+					worker.Process.Signal(syscall.SIGTERM)
+					<-exited
+					return cli.Exit(err, exitError)
+				}
+				server.Env = append(server.Env, "SANDQ_AUTH_CONFIG="+authConfig)
+			}
 			server.Stdout, server.Stderr = logf, logf
 			server.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 			if err := server.Start(); err != nil {
@@ -203,12 +217,14 @@ func devCommand() *cli.Command {
   minio (S3)     %s  bucket %s
   minio console  http://%s  (user %s)
   worker         pid %d, log %s, metrics http://%s/metrics
+  api            http://%s/v1/jobs  token %s %s
+                 SANDQ_SERVER=http://%s SANDQ_TOKEN=<token> sandq enqueue ... --wait
   asynqmon       http://%s/monitoring/
   network policy %s
   webhooks       secret %s %s
                  receiver: go run ./examples/webhook_receiver --secret %s
   data           %s
-`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, metricsAddr, listen, policy, secret, hookNote, secret, dir)
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, metricsAddr, listen, token, tokenNote, listen, listen, policy, secret, hookNote, secret, dir)
 			select {
 			case <-ctx.Done():
 				worker.Process.Signal(syscall.SIGTERM)
@@ -254,6 +270,35 @@ func devWebhookConfig(path string) (string, error) {
 	}
 	b, _ := json.MarshalIndent(map[string]any{"secrets": map[string][]string{"*": {secret}}, "allow_private": true}, "", "  ")
 	return secret, os.WriteFile(path, append(b, '\n'), 0o600)
+}
+
+// devAuthConfig writes (once) the dev stack's API auth: one tenant "dev"
+// that may use every queue and open the dashboard, and its token, kept in
+// tokenPath across runs. It returns the token.
+func devAuthConfig(path, tokenPath string) (string, error) {
+	if b, err := os.ReadFile(tokenPath); err == nil {
+		tok := strings.TrimSpace(string(b))
+		if cfg, err := api.LoadAuthConfig(path); err == nil {
+			for _, e := range cfg.Tokens {
+				if e.SHA256 == api.HashToken(tok) {
+					return tok, nil
+				}
+			}
+		}
+	}
+	tok, entry, err := api.NewToken("dev", "sandq dev")
+	if err != nil {
+		return "", err
+	}
+	cfg := api.AuthConfig{
+		Tenants: map[string]api.Tenant{"dev": {Queues: []string{"*"}, Operator: true}},
+		Tokens:  []api.TokenEntry{entry},
+	}
+	b, _ := json.MarshalIndent(cfg, "", "  ")
+	if err := os.WriteFile(path, append(b, '\n'), 0o600); err != nil {
+		return "", err
+	}
+	return tok, os.WriteFile(tokenPath, []byte(tok+"\n"), 0o600)
 }
 
 func portOf(addr string) (int, error) {

@@ -1,0 +1,99 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/jobs"
+)
+
+// Error is the body of every refusal: {"error": {...}}.
+type Error struct {
+	// Code is a stable, machine-readable name of the problem.
+	Code string `json:"code"`
+	// Message says what is wrong for a person.
+	Message string `json:"message"`
+	// Field names the part of the request at fault, when there is one.
+	Field string `json:"field,omitempty"`
+
+	status     int
+	retryAfter time.Duration
+}
+
+func (e *Error) Error() string { return e.Message }
+
+type errorBody struct {
+	Error *Error `json:"error"`
+}
+
+func apiError(status int, code, field, msg string) *Error {
+	return &Error{Code: code, Message: msg, Field: field, status: status}
+}
+
+// classify turns an error from the jobs package into an API error.
+func classify(err error) *Error {
+	var ae *Error
+	var tl *jobs.TooLargeError
+	var fe *jobs.FieldError
+	var tm *jobs.TooManyOpenError
+	var mb *http.MaxBytesError
+	switch {
+	case errors.As(err, &ae):
+		return ae
+	case errors.As(err, &mb):
+		return apiError(http.StatusRequestEntityTooLarge, "too_large", "", "the request is over "+strconv.FormatInt(mb.Limit, 10)+" bytes, the most a job's files may add up to")
+	case errors.As(err, &tl):
+		return apiError(http.StatusRequestEntityTooLarge, "too_large", tl.Field, tl.Error())
+	case errors.As(err, &fe):
+		return apiError(http.StatusBadRequest, "invalid_spec", fe.Field, fe.Error())
+	case errors.As(err, &tm):
+		return apiError(http.StatusTooManyRequests, "too_many_pending", "", tm.Error())
+	case errors.Is(err, jobs.ErrJobNotFound):
+		return apiError(http.StatusNotFound, "not_found", "", "no such job")
+	case errors.Is(err, jobs.ErrJobFinished):
+		return apiError(http.StatusConflict, "job_finished", "", err.Error())
+	case errors.Is(err, jobs.ErrBadCursor):
+		return apiError(http.StatusBadRequest, "invalid_request", "cursor", err.Error())
+	case unavailable(err):
+		return apiError(http.StatusServiceUnavailable, "unavailable", "", "a service sandq depends on is unavailable, try again: "+err.Error())
+	}
+	return apiError(http.StatusInternalServerError, "internal", "", err.Error())
+}
+
+// unavailable reports whether err comes from Redis or the object store
+// being unreachable or overloaded: worth a retry.
+func unavailable(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed)
+}
+
+func writeError(w http.ResponseWriter, e *Error) {
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int((e.retryAfter+time.Second-1)/time.Second)))
+	}
+	if e.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	writeJSON(w, e.status, errorBody{e})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,371 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sandq/sandq/jobs"
+)
+
+// Spec is the "spec" part of a submission: everything but the files.
+type Spec struct {
+	Runtime        string            `json:"runtime,omitempty"`
+	Args           []string          `json:"args,omitempty"`
+	Env            map[string]string `json:"env,omitempty"`
+	Limits         jobs.LimitRequest `json:"limits,omitzero"`
+	Network        []string          `json:"network,omitempty"`
+	Webhook        string            `json:"webhook,omitempty"`
+	Queue          string            `json:"queue,omitempty"`
+	IdempotencyKey string            `json:"idempotency_key,omitempty"`
+}
+
+// Part names of a submission.
+const (
+	partSpec   = "spec"
+	partScript = "script"
+	partInput  = "input"
+)
+
+// maxSpecBytes caps the spec part.
+const maxSpecBytes = 1 << 20
+
+// Job is a job as the API shows it: jobs.JobStatus plus whether a
+// submission found it by its idempotency key.
+type Job struct {
+	*jobs.JobStatus
+	Existing bool `json:"existing,omitempty"`
+}
+
+// submit handles POST /v1/jobs: a multipart/form-data body whose parts are
+// the spec (JSON, first, optional), the script (one file) and inputs (file
+// parts named "input"). Files stream to the store as they arrive; a cap
+// passed, a bad part or a lost connection removes what was uploaded.
+func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
+	// The body may hold the job's files and a little more: the spec and
+	// each part's headers.
+	limit := s.jobs.MaxScriptBytes + s.jobs.MaxInputsTotal + maxSpecBytes + int64(s.jobs.MaxInputs+1)*8<<10
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	mr, err := r.MultipartReader()
+	if err != nil {
+		writeError(w, apiError(http.StatusBadRequest, "invalid_request", "", "the body must be multipart/form-data: a \"spec\" JSON part, a \"script\" file part and \"input\" file parts"))
+		return
+	}
+	ctx := r.Context()
+	var (
+		spec  Spec
+		draft *jobs.Draft
+	)
+	begin := func() *Error {
+		sub := jobs.Submission{
+			Runtime: spec.Runtime, Args: spec.Args, Env: spec.Env, Limits: spec.Limits, Network: spec.Network,
+			Webhook: spec.Webhook, Queue: spec.Queue, IdempotencyKey: spec.IdempotencyKey,
+			Tenant: p.tenant, MaxOpen: max(p.t.MaxPending, 0),
+		}
+		if sub.Queue == "" {
+			sub.Queue = s.jobs.Queue
+		}
+		if !p.mayUse(sub.Queue) {
+			return apiError(http.StatusForbidden, "forbidden", "queue", fmt.Sprintf("tenant %s may not use queue %q", p.tenant, sub.Queue))
+		}
+		d, existing, err := s.client.Begin(ctx, sub)
+		if err != nil {
+			return classify(err)
+		}
+		if existing != nil {
+			st, err := s.client.StatusIn(ctx, existing.Queue, existing.ID)
+			if err != nil {
+				return classify(err)
+			}
+			if st.Tenant != p.tenant {
+				// Another tenant's key in a shared queue maps to the same
+				// ID; tell nothing about that job.
+				return apiError(http.StatusConflict, "idempotency_conflict", "idempotency_key", "the idempotency key is in use in this queue; choose another")
+			}
+			w.Header().Set("Location", "/v1/jobs/"+st.ID)
+			writeJSON(w, http.StatusOK, Job{JobStatus: st, Existing: true})
+			return &Error{}
+		}
+		draft = d
+		return nil
+	}
+	fail := func(e *Error) {
+		if draft != nil {
+			draft.Abort(ctx)
+		}
+		if e.status != 0 {
+			writeError(w, e)
+		}
+	}
+	seenSpec := false
+	for {
+		part, err := mr.NextPart()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			fail(classifyBody(err))
+			return
+		}
+		name, filename := partNames(part)
+		switch {
+		case name == partSpec:
+			if seenSpec || draft != nil {
+				fail(apiError(http.StatusBadRequest, "invalid_request", partSpec, "the spec part must come once, before any file"))
+				return
+			}
+			seenSpec = true
+			if e := readSpec(part, &spec); e != nil {
+				fail(e)
+				return
+			}
+		case name == partScript || name == partInput:
+			if filename == "" {
+				fail(apiError(http.StatusBadRequest, "invalid_request", name, fmt.Sprintf("the %q part has no filename", name)))
+				return
+			}
+			if draft == nil {
+				if e := begin(); e != nil {
+					fail(e)
+					return
+				}
+				if draft == nil {
+					return // an existing job was returned
+				}
+			}
+			add := draft.AddInput
+			if name == partScript {
+				add = draft.AddScript
+			}
+			if err := add(ctx, filename, part, -1); err != nil {
+				fail(classifyBody(err))
+				return
+			}
+		default:
+			fail(apiError(http.StatusBadRequest, "invalid_request", name, fmt.Sprintf("unknown part %q (want spec, script, input)", name)))
+			return
+		}
+	}
+	if draft == nil {
+		if e := begin(); e != nil {
+			fail(e)
+			return
+		}
+		if draft == nil {
+			return
+		}
+	}
+	enq, err := draft.Commit(ctx)
+	if err != nil {
+		writeError(w, classify(err))
+		return
+	}
+	st, err := s.client.StatusIn(ctx, enq.Queue, enq.ID)
+	if err != nil {
+		writeError(w, classify(err))
+		return
+	}
+	status := http.StatusCreated
+	if enq.Existing {
+		status = http.StatusOK
+	}
+	w.Header().Set("Location", "/v1/jobs/"+enq.ID)
+	writeJSON(w, status, Job{JobStatus: st, Existing: enq.Existing})
+}
+
+// classifyBody is classify for errors reading the request body: a body
+// over its cap is 413, a broken one 400.
+func classifyBody(err error) *Error {
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		return classify(err)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "multipart") {
+		return apiError(http.StatusBadRequest, "invalid_request", "", "the multipart body is broken: "+err.Error())
+	}
+	return classify(err)
+}
+
+// partNames returns a part's form name and its file name exactly as sent:
+// multipart.Part.FileName keeps only the base name, which would turn
+// "../x" into "x" rather than refuse it.
+func partNames(p *multipart.Part) (string, string) {
+	_, params, err := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
+	if err != nil {
+		return p.FormName(), ""
+	}
+	return params["name"], params["filename"]
+}
+
+func readSpec(r io.Reader, spec *Spec) *Error {
+	b, err := io.ReadAll(io.LimitReader(r, maxSpecBytes+1))
+	if err != nil {
+		return classifyBody(err)
+	}
+	if len(b) > maxSpecBytes {
+		return apiError(http.StatusRequestEntityTooLarge, "too_large", partSpec, fmt.Sprintf("the spec is over %d bytes", maxSpecBytes))
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(spec); err != nil {
+		field := partSpec
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			field = te.Field
+		} else if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			field = strings.Trim(f, `"`)
+		}
+		return apiError(http.StatusBadRequest, "invalid_spec", field, "the spec is not valid: "+err.Error())
+	}
+	if dec.More() {
+		return apiError(http.StatusBadRequest, "invalid_spec", partSpec, "the spec holds more than one JSON value")
+	}
+	return nil
+}
+
+// jobOf finds a job of the principal's tenant; other tenants' jobs are not
+// found, so that an ID tells nothing about who owns it.
+func (s *Server) jobOf(ctx context.Context, p *principal, id string) (*jobs.JobStatus, *Error) {
+	if jobs.CheckJobID(id) != nil {
+		return nil, classify(jobs.ErrJobNotFound)
+	}
+	st, err := s.client.Status(ctx, id)
+	if err != nil {
+		return nil, classify(err)
+	}
+	if st.Tenant != p.tenant {
+		return nil, classify(jobs.ErrJobNotFound)
+	}
+	return st, nil
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request, p *principal) {
+	st, e := s.jobOf(r.Context(), p, r.PathValue("id"))
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	writeJSON(w, http.StatusOK, Job{JobStatus: st})
+}
+
+// JobList is a page of jobs.
+type JobList struct {
+	Jobs []*jobs.JobStatus `json:"jobs"`
+	// NextCursor continues the listing; empty at the end.
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, p *principal) {
+	q := r.URL.Query()
+	f := jobs.ListFilter{Queue: q.Get("queue"), State: jobs.State(q.Get("state")), Cursor: q.Get("cursor"), Limit: 50}
+	if f.Queue != "" {
+		if err := jobs.CheckQueue(f.Queue); err != nil {
+			writeError(w, apiError(http.StatusBadRequest, "invalid_request", "queue", err.Error()))
+			return
+		}
+	}
+	switch f.State {
+	case "", jobs.StatePending, jobs.StateScheduled, jobs.StateActive, jobs.StateRetry, jobs.StateDone:
+	default:
+		writeError(w, apiError(http.StatusBadRequest, "invalid_request", "state", fmt.Sprintf("unknown state %q (want pending, scheduled, active, retry or done)", f.State)))
+		return
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 500 {
+			writeError(w, apiError(http.StatusBadRequest, "invalid_request", "limit", "limit must be a number from 1 to 500"))
+			return
+		}
+		f.Limit = n
+	}
+	list, next, err := s.client.List(r.Context(), p.tenant, f)
+	if err != nil {
+		writeError(w, classify(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, JobList{Jobs: list, NextCursor: next})
+}
+
+// CancelResponse says what a cancel did (see jobs.CancelOutcome).
+type CancelResponse struct {
+	ID      string             `json:"id"`
+	Outcome jobs.CancelOutcome `json:"outcome"`
+}
+
+func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request, p *principal) {
+	st, e := s.jobOf(r.Context(), p, r.PathValue("id"))
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	out, err := s.client.Cancel(r.Context(), st.ID)
+	if err != nil {
+		writeError(w, classify(err))
+		return
+	}
+	writeJSON(w, http.StatusAccepted, CancelResponse{ID: st.ID, Outcome: out})
+}
+
+// events streams a job's state as Server-Sent Events: a "state" event with
+// the job (as GET shows it) on every change, and a final "done" event with
+// its result, after which the stream ends. A comment line every 15s keeps
+// proxies from closing an idle stream.
+func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
+	ctx := r.Context()
+	st, e := s.jobOf(ctx, p, r.PathValue("id"))
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	poll := time.NewTicker(s.jobs.PollInterval)
+	defer poll.Stop()
+	lastBeat := time.Now()
+	var last []byte
+	n := 0
+	for {
+		b, _ := json.Marshal(Job{JobStatus: st})
+		event := "state"
+		if st.State == jobs.StateDone {
+			event = "done"
+		}
+		if !bytes.Equal(b, last) {
+			n++
+			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", n, event, b)
+			last, lastBeat = b, time.Now()
+		} else if time.Since(lastBeat) > 15*time.Second {
+			fmt.Fprint(w, ": keep-alive\n\n")
+			lastBeat = time.Now()
+		}
+		if err := rc.Flush(); err != nil || event == "done" {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-poll.C:
+		}
+		next, err := s.client.StatusIn(ctx, st.Queue, st.ID)
+		if err != nil {
+			ae := classify(err)
+			b, _ := json.Marshal(errorBody{ae})
+			fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+			rc.Flush()
+			return
+		}
+		st = next
+	}
+}

@@ -1,0 +1,180 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/jobs"
+)
+
+// apiServer serves the job API over the e2e stack, with one tenant "e2e"
+// that may use the worker's queues; it returns the URL and the token.
+func apiServer(t *testing.T) (string, string) {
+	t.Helper()
+	tok, entry, err := api.NewToken("e2e", "e2e test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &api.AuthConfig{Tenants: map[string]api.Tenant{"e2e": {Queues: []string{"default", "other"}}}, Tokens: []api.TokenEntry{entry}}
+	if err := auth.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := api.New(api.Config{Jobs: env.cfg, Store: env.store, Auth: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(func() {
+		srv.Close()
+		s.Close()
+	})
+	return srv.URL, tok
+}
+
+// TestAPIMultipartEventsResult submits a job as `curl -F` would, follows its
+// Server-Sent Events to the end, and downloads its output by the result's
+// link; a repeated idempotency key returns the same job; the server's
+// /metrics counts the requests.
+func TestAPIMultipartEventsResult(t *testing.T) {
+	url, tok := apiServer(t)
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	mw.WriteField("spec", `{"args":["7"],"idempotency_key":"api-e2e-`+jobs.NewJobID()+`","limits":{"timeout_seconds":60}}`)
+	w, _ := mw.CreateFormFile("script", "triple.py")
+	io.WriteString(w, "import sys\nn = int(open('/mnt/inputs/n.txt').read()) * int(sys.argv[1])\nopen('/mnt/outputs/out.txt', 'w').write(str(n))\nprint('wrote', n)\n")
+	w, _ = mw.CreateFormFile("input", "n.txt")
+	io.WriteString(w, "6")
+	mw.Close()
+	submit := func() (int, api.Job) {
+		req, _ := http.NewRequest("POST", url+"/v1/jobs", bytes.NewReader(body.Bytes()))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", mw.FormDataContentType())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var j api.Job
+		b, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(b, &j); err != nil || j.JobStatus == nil {
+			t.Fatalf("submit: %d %s", resp.StatusCode, b)
+		}
+		return resp.StatusCode, j
+	}
+	code, job := submit()
+	if code != 201 {
+		t.Fatalf("submit: %d", code)
+	}
+
+	req, _ := http.NewRequest("GET", url+"/v1/jobs/"+job.ID+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "text/event-stream" {
+		t.Fatalf("events: %d %s", resp.StatusCode, ct)
+	}
+	var events []string
+	var final api.Job
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 4<<20)
+	event := ""
+	for sc.Scan() {
+		line := sc.Text()
+		if e, ok := strings.CutPrefix(line, "event: "); ok {
+			event = e
+			events = append(events, e)
+		}
+		if d, ok := strings.CutPrefix(line, "data: "); ok {
+			var j api.Job
+			if err := json.Unmarshal([]byte(d), &j); err != nil {
+				t.Fatalf("event data %q: %v", d, err)
+			}
+			if event == "done" {
+				final = j
+			}
+		}
+	}
+	if len(events) < 2 || events[0] != "state" || events[len(events)-1] != "done" || final.JobStatus == nil {
+		t.Fatalf("events %v", events)
+	}
+	r := final.Result
+	if r == nil || r.Status != jobs.StatusSucceeded || len(r.Outputs) != 1 || !strings.Contains(r.Stdout.Tail, "wrote 42") {
+		t.Fatalf("result %+v", r)
+	}
+	got, err := http.Get(r.Outputs[0].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(got.Body)
+	got.Body.Close()
+	if got.StatusCode != 200 || string(b) != "42" {
+		t.Errorf("output by its link: %d %q", got.StatusCode, b)
+	}
+	if code, again := submit(); code != 200 || again.ID != job.ID || !again.Existing || again.Result == nil {
+		t.Errorf("repeated key: %d %+v", code, again)
+	}
+	m, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(m.Body)
+	m.Body.Close()
+	for _, want := range []string{`sandq_api_requests_total{code="201",method="POST",route="/v1/jobs"} 1`, `sandq_api_requests_total{code="200",method="GET",route="/v1/jobs/{id}/events"} 1`, `asynq_tasks_processed_total{queue="default"}`} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
+}
+
+// TestCLIThroughServer: the CLI with --server and --token enqueues through
+// the API and waits on the events stream; status and cancel go there too.
+func TestCLIThroughServer(t *testing.T) {
+	url, tok := apiServer(t)
+	dir := t.TempDir()
+	sh := filepath.Join(dir, "hello.sh")
+	os.WriteFile(sh, []byte("echo hello from $1 > /mnt/outputs/hello.txt; cat /mnt/inputs/who.txt\n"), 0o644)
+	who := filepath.Join(dir, "who.txt")
+	os.WriteFile(who, []byte("the API\n"), 0o644)
+	out, errOut, code := sandq(t, "enqueue", sh, "--input", who, "--arg", "cli", "--wait", "--json", "--server", url, "--token", tok, "--redis-addr", "127.0.0.1:1")
+	if code != 0 {
+		t.Fatalf("enqueue --wait through the server: exit %d\n%s\n%s", code, out, errOut)
+	}
+	var r jobs.Result
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.Status != jobs.StatusSucceeded || r.Stdout.Tail != "the API\n" || len(r.Outputs) != 1 {
+		t.Fatalf("result %s (%v)", out, err)
+	}
+	// Status prints the same document.
+	st, _, code := sandq(t, "status", r.ID, "--json", "--server", url, "--token", tok)
+	if code != 0 || st != out {
+		t.Errorf("status --json through the server: exit %d\n%s\nwant\n%s", code, st, out)
+	}
+	_, errOut, code = sandq(t, "status", r.ID, "--server", url, "--token", "sandq_wrong")
+	if code != 2 || !strings.Contains(errOut, "401") {
+		t.Errorf("wrong token: exit %d: %s", code, errOut)
+	}
+	_, errOut, code = sandq(t, "cancel", r.ID, "--server", url, "--token", tok)
+	if code != 2 || !strings.Contains(errOut, "already finished") {
+		t.Errorf("cancel of a finished job: exit %d: %s", code, errOut)
+	}
+	_, errOut, code = sandq(t, "enqueue", sh, "--queue", "webhooks", "--server", url, "--token", tok)
+	if code != 2 || !strings.Contains(errOut, "queue") {
+		t.Errorf("enqueue on a queue the tenant may not use: exit %d: %s", code, errOut)
+	}
+}

@@ -1,0 +1,368 @@
+package jobs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/hibiken/asynq"
+)
+
+// TooLargeError refuses a submission over a size or count cap. It is also
+// a FieldError (errors.As finds either).
+type TooLargeError struct{ FieldError }
+
+func tooLarge(field, msg string) *TooLargeError {
+	return &TooLargeError{FieldError{Field: field, Msg: msg}}
+}
+
+// Unwrap returns the FieldError.
+func (e *TooLargeError) Unwrap() error { return &e.FieldError }
+
+// TooManyOpenError refuses a submission of a tenant that has MaxOpen
+// unfinished jobs already.
+type TooManyOpenError struct {
+	Tenant string
+	Max    int
+}
+
+func (e *TooManyOpenError) Error() string {
+	return fmt.Sprintf("tenant %s has %d unfinished jobs, the most it may have; wait for some to end", e.Tenant, e.Max)
+}
+
+// Validate checks a submission against the configuration without touching
+// any service, and returns the resolved runtime and limits. Files are
+// checked by their declared sizes; uploads check them again as they stream.
+func (c *Client) Validate(s *Submission) (string, Limits, error) {
+	lim, err := c.checkSpec(s)
+	if err != nil {
+		return "", Limits{}, err
+	}
+	if err := CheckName("script", s.Script.Name); err != nil {
+		return "", Limits{}, err
+	}
+	rt, err := ResolveRuntime(s.Runtime, s.Script.Name)
+	if err != nil {
+		return "", Limits{}, err
+	}
+	if err := c.checkScriptSize(s.Script.Name, s.Script.Size); err != nil {
+		return "", Limits{}, err
+	}
+	if len(s.Inputs) > c.cfg.MaxInputs {
+		return "", Limits{}, c.tooManyInputs(len(s.Inputs))
+	}
+	names := make([]string, len(s.Inputs))
+	var total int64
+	for i, in := range s.Inputs {
+		names[i] = in.Name
+		if err := c.checkInputSize(in.Name, in.Size, total); err != nil {
+			return "", Limits{}, err
+		}
+		total += in.Size
+	}
+	if err := CheckNames("inputs", names); err != nil {
+		return "", Limits{}, err
+	}
+	return rt, lim, nil
+}
+
+// checkSpec checks everything but the files and resolves the limits.
+func (c *Client) checkSpec(s *Submission) (Limits, error) {
+	if s.Queue == "" {
+		s.Queue = c.cfg.Queue
+	}
+	if err := CheckQueue(s.Queue); err != nil {
+		return Limits{}, err
+	}
+	if s.Queue == c.cfg.Webhook.Queue {
+		return Limits{}, &FieldError{Field: "queue", Msg: fmt.Sprintf("%q is the webhook delivery queue", s.Queue)}
+	}
+	if err := CheckIdempotencyKey(s.IdempotencyKey); err != nil {
+		return Limits{}, err
+	}
+	if s.Runtime != "" {
+		if _, err := ResolveRuntime(s.Runtime, ""); err != nil {
+			return Limits{}, err
+		}
+	}
+	if err := CheckArgs(s.Args, c.cfg.MaxArgs, c.cfg.MaxArgBytes); err != nil {
+		return Limits{}, err
+	}
+	if err := CheckEnv(s.Env, c.cfg.MaxEnv, c.cfg.MaxEnvBytes); err != nil {
+		return Limits{}, err
+	}
+	return s.Limits.Resolve(c.cfg.DefaultLimits, c.cfg.MaxLimits)
+}
+
+func (c *Client) checkScriptSize(name string, size int64) error {
+	if size > c.cfg.MaxScriptBytes {
+		return tooLarge("script", fmt.Sprintf("%s is %d bytes, over the maximum of %d", name, size, c.cfg.MaxScriptBytes))
+	}
+	return nil
+}
+
+// checkInputSize checks an input of size bytes after total bytes of others.
+func (c *Client) checkInputSize(name string, size, total int64) error {
+	if size > c.cfg.MaxInputBytes {
+		return tooLarge("inputs", fmt.Sprintf("%s is %d bytes, over the maximum of %d", name, size, c.cfg.MaxInputBytes))
+	}
+	if total+size > c.cfg.MaxInputsTotal {
+		return tooLarge("inputs", fmt.Sprintf("%d bytes in all is over the maximum of %d", total+size, c.cfg.MaxInputsTotal))
+	}
+	return nil
+}
+
+func (c *Client) tooManyInputs(n int) error {
+	return tooLarge("inputs", fmt.Sprintf("%d inputs is over the maximum of %d", n, c.cfg.MaxInputs))
+}
+
+// Enqueue validates a submission, uploads its files under the job's prefix
+// and enqueues it. Nothing is left behind when it fails: a refused
+// submission uploads nothing, and uploads are removed if enqueueing fails.
+func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
+	if _, _, err := c.Validate(&s); err != nil {
+		return nil, err
+	}
+	d, existing, err := c.Begin(ctx, s)
+	if err != nil || existing != nil {
+		return existing, err
+	}
+	add := func(f File, addFn func(context.Context, string, io.Reader, int64) error) error {
+		r, err := f.Open()
+		if err != nil {
+			return fmt.Errorf("open %s: %w", f.Name, err)
+		}
+		defer r.Close()
+		return addFn(ctx, f.Name, r, f.Size)
+	}
+	if err := add(s.Script, d.AddScript); err != nil {
+		d.Abort(ctx)
+		return nil, err
+	}
+	for _, in := range s.Inputs {
+		if err := add(in, d.AddInput); err != nil {
+			d.Abort(ctx)
+			return nil, err
+		}
+	}
+	return d.Commit(ctx)
+}
+
+// Draft is a submission being received: its spec is checked and its files
+// stream to the store one by one (AddScript, AddInput), each checked
+// against the caps as it streams; Commit enqueues it, Abort removes what
+// was uploaded. A Draft is used by one goroutine.
+type Draft struct {
+	c       *Client
+	job     *Job
+	names   []string
+	total   int64
+	uploads bool
+	// member is the job's entry in its tenant's set of unfinished jobs,
+	// held (reserved) from Begin until Commit or Abort.
+	member   string
+	reserved bool
+	ended    bool
+}
+
+// Begin checks everything in a submission but its files, asks Redis what
+// the network and webhook policies allow, and reserves a place among the
+// tenant's unfinished jobs. A repeated idempotency key returns the existing
+// job instead (and no Draft).
+func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, error) {
+	lim, err := c.checkSpec(&s)
+	if err != nil {
+		return nil, nil, err
+	}
+	netPolicy, err := c.resolveNetwork(ctx, s.Queue, s.Network)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := c.checkWebhook(ctx, s.Queue, s.Webhook); err != nil {
+		return nil, nil, err
+	}
+	id := NewJobID()
+	if s.IdempotencyKey != "" {
+		id = IdempotentJobID(s.Queue, s.IdempotencyKey)
+		if _, err := c.insp.GetTaskInfo(s.Queue, id); err == nil {
+			return nil, &Enqueued{ID: id, Queue: s.Queue, Existing: true}, nil
+		} else if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+			return nil, nil, fmt.Errorf("look up idempotency key: %w", err)
+		}
+	}
+	nonce := make([]byte, 6)
+	rand.Read(nonce)
+	d := &Draft{c: c, job: &Job{
+		ID: id, Queue: s.Queue, Args: s.Args, Env: s.Env, Limits: lim, Tenant: s.Tenant,
+		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(), Network: netPolicy, Webhook: s.Webhook,
+		// Each submission uploads under its own prefix, so two racing
+		// submissions with one idempotency key never overwrite each
+		// other's files.
+		UploadPrefix: JobPrefix(id) + "in-" + hex.EncodeToString(nonce) + "/",
+	}}
+	if s.Runtime != "" {
+		d.job.Runtime, _ = ResolveRuntime(s.Runtime, "")
+	}
+	if s.Tenant != "" {
+		if err := d.reserve(ctx, s.Tenant, s.MaxOpen); err != nil {
+			return nil, nil, err
+		}
+	}
+	return d, nil, nil
+}
+
+// ID is the job's ID.
+func (d *Draft) ID() string { return d.job.ID }
+
+// AddScript streams the script to the store. size is its length, or -1
+// when unknown (it is counted as it streams).
+func (d *Draft) AddScript(ctx context.Context, name string, r io.Reader, size int64) error {
+	if d.job.Script.Key != "" {
+		return &FieldError{Field: "script", Msg: "more than one script"}
+	}
+	if err := CheckName("script", name); err != nil {
+		return err
+	}
+	rt, err := ResolveRuntime(d.job.Runtime, name)
+	if err != nil {
+		return err
+	}
+	if err := d.c.checkScriptSize(name, size); err != nil {
+		return err
+	}
+	over := func(n int64) error { return d.c.checkScriptSize(name, n) }
+	ref, err := d.put(ctx, "script/", name, r, size, d.c.cfg.MaxScriptBytes, over)
+	if err != nil {
+		return err
+	}
+	d.job.Runtime, d.job.Script = rt, ref
+	return nil
+}
+
+// AddInput streams an input file to the store (size -1 when unknown).
+func (d *Draft) AddInput(ctx context.Context, name string, r io.Reader, size int64) error {
+	if len(d.names)+1 > d.c.cfg.MaxInputs {
+		return d.c.tooManyInputs(len(d.names) + 1)
+	}
+	if err := CheckName("inputs", name); err != nil {
+		return err
+	}
+	if err := CheckNames("inputs", append(d.names[:len(d.names):len(d.names)], name)); err != nil {
+		return err
+	}
+	if err := d.c.checkInputSize(name, size, d.total); err != nil {
+		return err
+	}
+	capBytes := min(d.c.cfg.MaxInputBytes, d.c.cfg.MaxInputsTotal-d.total)
+	over := func(n int64) error { return d.c.checkInputSize(name, n, d.total) }
+	ref, err := d.put(ctx, "inputs/", name, r, size, capBytes, over)
+	if err != nil {
+		return err
+	}
+	d.names = append(d.names, name)
+	d.total += ref.Size
+	d.job.Inputs = append(d.job.Inputs, ref)
+	return nil
+}
+
+// put uploads r, failing with over(n) as soon as more than capBytes arrive.
+func (d *Draft) put(ctx context.Context, dir, name string, r io.Reader, size, capBytes int64, over func(int64) error) (FileRef, error) {
+	d.uploads = true
+	cr := &cappedReader{r: r, max: capBytes, over: over}
+	obj, err := d.c.store.Put(ctx, d.job.UploadPrefix+dir+name, cr, size, "application/octet-stream")
+	if cr.err != nil {
+		return FileRef{}, cr.err
+	}
+	if err != nil {
+		return FileRef{}, err
+	}
+	return FileRef{Name: name, Key: obj.Key, Size: obj.Size, SHA256: obj.SHA256}, nil
+}
+
+// cappedReader fails once more than max bytes have been read.
+type cappedReader struct {
+	r    io.Reader
+	n    int64
+	max  int64
+	over func(int64) error
+	err  error
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	k, err := c.r.Read(p)
+	c.n += int64(k)
+	if c.n > c.max {
+		c.err = c.over(c.n)
+		return 0, c.err
+	}
+	return k, err
+}
+
+// Commit enqueues the job. A job whose idempotency key was taken by a
+// racing submission meanwhile returns that job, and this one's files are
+// removed.
+func (d *Draft) Commit(ctx context.Context) (*Enqueued, error) {
+	if d.ended {
+		return nil, errors.New("draft already ended")
+	}
+	if d.job.Script.Key == "" {
+		d.Abort(ctx)
+		return nil, &FieldError{Field: "script", Msg: "no script was given"}
+	}
+	payload, err := d.job.marshal()
+	if err != nil {
+		d.Abort(ctx)
+		return nil, err
+	}
+	job := d.job
+	_, err = d.c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), d.c.cfg.jobTaskOptions(job)...)
+	switch {
+	case errors.Is(err, asynq.ErrTaskIDConflict):
+		d.Abort(ctx)
+		return &Enqueued{ID: job.ID, Queue: job.Queue, Existing: true}, nil
+	case err != nil:
+		d.Abort(ctx)
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
+	d.ended = true
+	if job.Tenant != "" {
+		d.c.indexTenantJob(context.WithoutCancel(ctx), job)
+	}
+	d.c.logger.Debug("job enqueued", "job_id", job.ID, "queue", job.Queue, "tenant", job.Tenant)
+	return &Enqueued{ID: job.ID, Queue: job.Queue}, nil
+}
+
+// Abort removes the draft's uploads and releases its reservation.
+func (d *Draft) Abort(ctx context.Context) {
+	if d.ended {
+		return
+	}
+	d.ended = true
+	ctx = context.WithoutCancel(ctx)
+	if d.uploads {
+		if err := d.c.store.RemovePrefix(ctx, d.job.UploadPrefix); err != nil {
+			d.c.logger.Error("removing uploads of a job that was not enqueued", "job_id", d.job.ID, "err", err)
+		}
+	}
+	if d.job.Tenant != "" {
+		d.c.rdb.Del(ctx, reservationKey(d.job.Queue, d.job.ID))
+	}
+	if d.reserved {
+		if err := d.c.rdb.SRem(ctx, tenantOpenKey(d.job.Tenant), d.member).Err(); err != nil {
+			d.c.logger.Error("releasing a tenant's reservation", "job_id", d.job.ID, "err", err)
+		}
+	}
+}
+
+// openMember is a job's entry in its tenant's sets: "queue id" (queue
+// names hold no spaces).
+func openMember(queue, id string) string { return queue + " " + id }
+
+func splitMember(m string) (queue, id string, ok bool) { return strings.Cut(m, " ") }
