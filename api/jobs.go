@@ -93,7 +93,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 			}
 			w.Header().Set("Location", "/v1/jobs/"+st.ID)
 			writeJSON(w, http.StatusOK, Job{JobStatus: st, Existing: true})
-			return &Error{}
+			return &Error{} // answered: fail writes nothing more
 		}
 		draft = d
 		return nil
@@ -105,6 +105,19 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 		if e.status != 0 {
 			writeError(w, e)
 		}
+	}
+	// started begins the draft at the first file (or at the end, for a
+	// body without files); false means the request is answered: refused,
+	// or with the existing job of its idempotency key.
+	started := func() bool {
+		if draft != nil {
+			return true
+		}
+		if e := begin(); e != nil {
+			fail(e)
+			return false
+		}
+		return true
 	}
 	seenSpec := false
 	for {
@@ -133,14 +146,8 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 				fail(apiError(http.StatusBadRequest, "invalid_request", name, fmt.Sprintf("the %q part has no filename", name)))
 				return
 			}
-			if draft == nil {
-				if e := begin(); e != nil {
-					fail(e)
-					return
-				}
-				if draft == nil {
-					return // an existing job was returned
-				}
+			if !started() {
+				return
 			}
 			add := draft.AddInput
 			if name == partScript {
@@ -155,14 +162,8 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 			return
 		}
 	}
-	if draft == nil {
-		if e := begin(); e != nil {
-			fail(e)
-			return
-		}
-		if draft == nil {
-			return
-		}
+	if !started() {
+		return
 	}
 	enq, err := draft.Commit(ctx)
 	if err != nil {
