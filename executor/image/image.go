@@ -1,17 +1,20 @@
-// Package image builds sandbox root filesystems from Debian packages with
-// debootstrap, and finds them for workers.
+// Package image makes and finds sandbox root filesystems: built from
+// Debian packages with debootstrap, or imported from an OCI image layout or
+// a `docker save` archive.
 //
 // An image is a directory NAME under the image directory holding rootfs/
-// (the root filesystem, shared read-only by every sandbox) and stamp (a hash
-// of everything that went into the build: suite, mirror, package list, the
-// host's extra CA certificates, the job user). A build whose stamp matches is
-// skipped, so building an image already built is instant; debootstrap's
-// download cache is kept across builds.
+// (the root filesystem, shared read-only by every sandbox), digest (the
+// content digest of rootfs, see Digest) and image.json (name, digest,
+// source, creation time, size, and what it was made from). Built images
+// also have stamp, a hash of everything that went into the build: suite,
+// mirror, package list, the host's extra CA certificates, the job user. A
+// build whose stamp matches is skipped, so building an image already built
+// is instant; debootstrap's and apt's download caches are kept across
+// builds, also when the package list changes.
 package image
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -31,7 +34,7 @@ import (
 )
 
 // stampVersion changes when what Build puts in an image changes.
-const stampVersion = "sandq-image-v2"
+const stampVersion = "sandq-image-v3"
 
 // BuildOptions describe an image build.
 type BuildOptions struct {
@@ -85,21 +88,12 @@ func (o *BuildOptions) defaults() {
 	}
 }
 
-// Image is a built image.
-type Image struct {
-	Name   string
-	Rootfs string
-	Stamp  string
-	// Cached is set when the build was skipped.
-	Cached bool
-}
-
 // Build builds an image, or returns the existing one when nothing that goes
 // into it has changed.
 func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	o.defaults()
-	if o.Name == "" || filepath.Base(o.Name) != o.Name || strings.HasPrefix(o.Name, ".") {
-		return nil, fmt.Errorf("image name %q: must be a plain name", o.Name)
+	if err := checkName(o.Name); err != nil {
+		return nil, err
 	}
 	for _, p := range o.Packages {
 		if p == "" || strings.ContainsAny(p, ", \t\n") || strings.HasPrefix(p, "-") {
@@ -119,11 +113,9 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	}
 	stamp := buildStamp(o, cas)
 	final := filepath.Join(o.Dir, o.Name)
-	img := &Image{Name: o.Name, Rootfs: filepath.Join(final, "rootfs"), Stamp: stamp}
 	if !o.Force {
-		if old, err := os.ReadFile(filepath.Join(final, "stamp")); err == nil && strings.TrimSpace(string(old)) == stamp {
-			img.Cached = true
-			return img, nil
+		if img, err := upToDate(o.Dir, o.Name, stamp); err != nil || img != nil {
+			return img, err
 		}
 	}
 	for _, d := range []string{o.Dir, filepath.Join(o.CacheDir, "debootstrap")} {
@@ -148,6 +140,7 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, debootstrap, args...)
+	cmd.Env = append(os.Environ(), reproducibleEnv...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	err = cmd.Run()
 	logFile.Close()
@@ -162,39 +155,74 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 			return nil, fmt.Errorf("image %s: %w\n%s(full log: %s)", o.Name, err, tailOf(logPath, 2000), logPath)
 		}
 	}
-	if err := finish(rootfs, o, cas); err != nil {
+	if err := finish(rootfs, finishOptions{UID: o.UID, GID: o.GID, CAs: cas, chrootUpdateCA: true}); err != nil {
 		return nil, fmt.Errorf("image %s: %w", o.Name, err)
 	}
-	if err := os.WriteFile(filepath.Join(tmp, "stamp"), []byte(stamp+"\n"), 0o644); err != nil {
+	if err := normalize(rootfs); err != nil {
+		return nil, fmt.Errorf("image %s: %w", o.Name, err)
+	}
+	content, err := Digest(rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", o.Name, err)
+	}
+	pkgs := append([]string{}, o.Packages...)
+	sort.Strings(pkgs)
+	img := &Image{
+		Name: o.Name, Rootfs: filepath.Join(final, "rootfs"), Digest: content.Digest, Source: SourceBuild,
+		Created: time.Now().UTC().Truncate(time.Second), Size: content.Size, Files: content.Files, Stamp: stamp, Packages: pkgs,
+	}
+	if err := os.WriteFile(filepath.Join(tmp, stampFile), []byte(stamp+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	// Swap the new build in. Sandboxes running on the old tree hold it open
-	// by its directory, not its name, so it is kept for a day (longer than
-	// any job may run) and removed by a later build.
-	old := filepath.Join(o.Dir, ".old-"+o.Name+"-"+randomHex())
-	if err := os.Rename(final, old); err == nil {
-		now := time.Now()
-		os.Chtimes(old, now, now) // marks when it was replaced
-	} else if !errors.Is(err, os.ErrNotExist) {
+	if err := writeMeta(tmp, img); err != nil {
 		return nil, err
 	}
-	if err := os.Rename(tmp, final); err != nil {
-		return nil, err
+	if err := swapIn(o.Dir, o.Name, tmp); err != nil {
+		return nil, fmt.Errorf("image %s: %w", o.Name, err)
 	}
-	removeOldTrees(o.Dir, 24*time.Hour)
 	os.Remove(logPath)
+	o.Logger.Info("built image", "image", o.Name, "digest", img.Digest, "size", img.Size)
 	return img, nil
 }
 
-// removeOldTrees deletes replaced images older than age.
-func removeOldTrees(dir string, age time.Duration) {
-	olds, _ := filepath.Glob(filepath.Join(dir, ".old-*"))
-	for _, o := range olds {
-		if st, err := os.Stat(o); err == nil && time.Since(st.ModTime()) > age {
-			os.RemoveAll(o)
-		}
+// upToDate returns the image if its stamp is stamp, or nil. An up-to-date
+// image without metadata (made before sandq recorded digests) gets its
+// digest computed and recorded now.
+func upToDate(dir, name, stamp string) (*Image, error) {
+	old, err := os.ReadFile(filepath.Join(dir, name, stampFile))
+	if err != nil || strings.TrimSpace(string(old)) != stamp {
+		return nil, nil
 	}
+	img, err := lookup(dir, name)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	img.Cached = true
+	if img.Digest != "" {
+		return img, nil
+	}
+	content, err := Digest(img.Rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	img.Digest, img.Source, img.Size, img.Files, img.Stamp = content.Digest, SourceBuild, content.Size, content.Files, stamp
+	if err := writeMeta(filepath.Join(dir, name), img); err != nil {
+		return nil, err
+	}
+	return img, nil
 }
+
+// sourceDateEpoch is the time the build's tools record where they would
+// record the current time (SOURCE_DATE_EPOCH: shadow's password-change
+// dates, Python's byte-code caches, which then are hash-checked); fixed so
+// that rebuilds of the same packages have the same digest.
+const sourceDateEpoch = "1704067200" // 2024-01-01T00:00:00Z
+
+// reproducibleEnv is added to the environment of debootstrap and apt.
+var reproducibleEnv = []string{"SOURCE_DATE_EPOCH=" + sourceDateEpoch, "PYTHONHASHSEED=0"}
 
 // aptInstall installs packages inside rootfs with its own apt, the host's
 // package cache directory bind-mounted as apt's archive cache so that
@@ -227,7 +255,7 @@ func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPat
 	defer logFile.Close()
 	run := func(args ...string) error {
 		cmd := exec.CommandContext(ctx, "chroot", append([]string{rootfs}, args...)...)
-		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8"}
+		cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8"}, reproducibleEnv...)
 		cmd.Stdout, cmd.Stderr = logFile, logFile
 		if err := cmd.Run(); err != nil {
 			return fmt.Errorf("%s: %w", strings.Join(args, " "), err)
@@ -238,71 +266,6 @@ func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPat
 		return err
 	}
 	return run(append([]string{"apt-get", "install", "-y", "-q", "--no-install-recommends"}, pkgs...)...)
-}
-
-// finish makes a debootstrapped tree a sandq image: the host's extra CAs
-// trusted, the job user, the mount points and a non-empty /tmp.
-func finish(rootfs string, o BuildOptions, cas map[string][]byte) error {
-	caDir := filepath.Join(rootfs, "usr/local/share/ca-certificates")
-	if err := os.MkdirAll(caDir, 0o755); err != nil {
-		return err
-	}
-	for name, b := range cas {
-		if err := os.WriteFile(filepath.Join(caDir, name), b, 0o644); err != nil {
-			return err
-		}
-	}
-	if out, err := exec.Command("chroot", rootfs, "update-ca-certificates", "--fresh").CombinedOutput(); err != nil {
-		return fmt.Errorf("update-ca-certificates: %w: %s", err, out)
-	}
-	if err := appendLine(filepath.Join(rootfs, "etc/group"), fmt.Sprintf("sandbox:x:%d:", o.GID)); err != nil {
-		return err
-	}
-	if err := appendLine(filepath.Join(rootfs, "etc/passwd"), fmt.Sprintf("sandbox:x:%d:%d:sandq job:/work:/bin/bash", o.UID, o.GID)); err != nil {
-		return err
-	}
-	for _, d := range []string{"mnt/inputs", "mnt/outputs", "mnt/job", "work"} {
-		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := os.Chown(filepath.Join(rootfs, "work"), o.UID, o.GID); err != nil {
-		return err
-	}
-	// runsc mounts an unbounded tmpfs over an empty /tmp; a file here keeps
-	// /tmp on the size-capped root overlay.
-	if err := os.Chmod(filepath.Join(rootfs, "tmp"), 0o777|os.ModeSticky); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(rootfs, "tmp/.sandq"), []byte("keeps /tmp on the sandbox's size-capped overlay\n"), 0o444); err != nil {
-		return err
-	}
-	for _, g := range []string{"var/cache/apt/archives", "var/lib/apt/lists"} {
-		matches, _ := filepath.Glob(filepath.Join(rootfs, g, "*"))
-		for _, m := range matches {
-			if st, err := os.Lstat(m); err == nil && st.Mode().IsRegular() {
-				os.Remove(m)
-			}
-		}
-	}
-	return nil
-}
-
-func appendLine(path, line string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	name := strings.SplitN(line, ":", 2)[0] + ":"
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, name) {
-			return nil
-		}
-	}
-	if len(b) > 0 && !bytes.HasSuffix(b, []byte("\n")) {
-		b = append(b, '\n')
-	}
-	return os.WriteFile(path, append(b, line+"\n"...), 0o644)
 }
 
 // hostCAs reads the host's extra CA certificates.
@@ -417,15 +380,6 @@ func mirrorFromDeb822(path string) string {
 		}
 	}
 	return ""
-}
-
-// Path is the root filesystem of image name under dir, checked to exist.
-func Path(dir, name string) (string, error) {
-	p := filepath.Join(dir, name, "rootfs")
-	if st, err := os.Stat(filepath.Join(p, "bin")); err != nil || !st.IsDir() {
-		return "", fmt.Errorf("image %q not found in %s; build it with `sandq image build %s --packages-file FILE`", name, dir, name)
-	}
-	return p, nil
 }
 
 func tailOf(path string, n int64) string {

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/jobs"
+)
+
+const defaultImageDir = "/var/lib/sandq/images"
+
+func imageDirFlag() cli.Flag {
+	return &cli.StringFlag{Name: "image-dir", Value: defaultImageDir, EnvVars: env("IMAGE_DIR"), Usage: "where images live"}
+}
+
+func imageCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "image",
+		Usage: "manage sandbox images",
+		Subcommands: []*cli.Command{
+			imageBuildCommand(),
+			imageImportCommand(),
+			imageListCommand(),
+			imageRmCommand(),
+		},
+	}
+}
+
+func imageBuildCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "build",
+		Usage:     "build an image from Debian packages with debootstrap (skipped when nothing changed; as root)",
+		ArgsUsage: "NAME",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "packages-file", Required: true, Usage: "package names, whitespace-separated, # comments"},
+			imageDirFlag(),
+			&cli.StringFlag{Name: "mirror", EnvVars: env("DEBIAN_MIRROR"), Usage: "Debian mirror (default: the host's configured one)"},
+			&cli.StringFlag{Name: "suite", Value: "bookworm"},
+			&cli.BoolFlag{Name: "force", Usage: "rebuild even if up to date"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return cli.Exit("image build takes exactly one NAME", exitError)
+			}
+			pkgs, err := image.ReadPackagesFile(c.String("packages-file"))
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			start := time.Now()
+			img, err := image.Build(c.Context, image.BuildOptions{
+				Name: c.Args().First(), Dir: c.String("image-dir"), Packages: pkgs, Suite: c.String("suite"),
+				Mirror: c.String("mirror"), Force: c.Bool("force"), Logger: newLogger(c),
+			})
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			state := "built"
+			if img.Cached {
+				state = "up to date"
+			}
+			fmt.Fprintf(c.App.Writer, "image %s %s in %.1fs: %s (digest %s)\n", img.Name, state, time.Since(start).Seconds(), img.Rootfs, img.Digest)
+			return nil
+		},
+	}
+}
+
+func imageImportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "import",
+		Usage:     "flatten an OCI image layout (directory or tar) or a `docker save` tarball into an image (as root)",
+		ArgsUsage: "ARCHIVE NAME",
+		Flags: []cli.Flag{
+			imageDirFlag(),
+			&cli.StringFlag{Name: "max-size", Value: "8GiB", Usage: "cap on the bytes of files written, over all layers"},
+			&cli.Int64Flag{Name: "max-entries", Value: image.DefaultMaxImportEntries, Usage: "cap on the archive entries, over all layers"},
+			&cli.BoolFlag{Name: "force", Usage: "replace an existing image of the same name"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 2 {
+				return cli.Exit("image import takes ARCHIVE and NAME", exitError)
+			}
+			maxSize, err := jobs.ParseSize(c.String("max-size"))
+			if err != nil || maxSize <= 0 {
+				return cli.Exit(fmt.Sprintf("--max-size %q: must be a positive size such as 8GiB", c.String("max-size")), exitError)
+			}
+			if c.Int64("max-entries") <= 0 {
+				return cli.Exit("--max-entries must be positive", exitError)
+			}
+			start := time.Now()
+			img, err := image.Import(c.Context, image.ImportOptions{
+				Archive: c.Args().Get(0), Name: c.Args().Get(1), Dir: c.String("image-dir"),
+				MaxBytes: maxSize, MaxEntries: c.Int64("max-entries"), Force: c.Bool("force"), Logger: newLogger(c),
+			})
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			fmt.Fprintf(c.App.Writer, "image %s imported in %.1fs: %s (digest %s, config %s)\n", img.Name, time.Since(start).Seconds(), img.Rootfs, img.Digest, img.ConfigDigest)
+			return nil
+		},
+	}
+}
+
+func imageListCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "list",
+		Usage: "list the images in the image directory",
+		Flags: []cli.Flag{
+			imageDirFlag(),
+			&cli.BoolFlag{Name: "json", Usage: "print a JSON array with every recorded field"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return cli.Exit("image list takes no arguments", exitError)
+			}
+			imgs, err := image.List(c.String("image-dir"))
+			if err != nil {
+				return cli.Exit(err, exitError)
+			}
+			if c.Bool("json") {
+				if imgs == nil {
+					imgs = []*image.Image{}
+				}
+				b, _ := json.MarshalIndent(imgs, "", "  ")
+				fmt.Fprintln(c.App.Writer, string(b))
+				return nil
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tDIGEST\tSOURCE\tSIZE\tCREATED")
+			for _, img := range imgs {
+				digest, size := "-", "-"
+				if img.Digest != "" {
+					digest = shortDigest(img.Digest)
+					size = humanSize(img.Size)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, digest, img.Source, size, img.Created.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func imageRmCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "rm",
+		Usage:     "remove images (jobs still running on one may fail)",
+		ArgsUsage: "NAME...",
+		Flags:     []cli.Flag{imageDirFlag()},
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return cli.Exit("image rm takes one or more NAMEs", exitError)
+			}
+			for _, name := range c.Args().Slice() {
+				if err := image.Remove(c.String("image-dir"), name); err != nil {
+					return cli.Exit(err, exitError)
+				}
+				fmt.Fprintf(c.App.Writer, "image %s removed\n", name)
+			}
+			return nil
+		},
+	}
+}
+
+// shortDigest is the first 12 hex digits of a "sha256:..." digest.
+func shortDigest(d string) string {
+	h := strings.TrimPrefix(d, "sha256:")
+	if len(h) > 12 {
+		h = h[:12]
+	}
+	return h
+}
+
+func humanSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/urfave/cli/v2"
+
+	"github.com/sandq/sandq/executor/image"
+)
+
+// runImage runs `sandq image ...` as main would, and returns its output.
+func runImage(t *testing.T, args string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{imageCommand()}, Writer: &out, ExitErrHandler: func(*cli.Context, error) {}}
+	err := app.Run(permuteArgs(app, strings.Fields("sandq image "+args)))
+	return out.String(), err
+}
+
+// TestImageImportListRm imports a one-file image with the command, lists
+// it, removes it, and checks a second removal is a clear error.
+func TestImageImportListRm(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("image import must run as root")
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}, {Name: "bin/true", Typeflag: tar.TypeReg, Mode: 0o755, Size: 4}} {
+		tw.WriteHeader(h)
+		if h.Size > 0 {
+			io.WriteString(tw, "true")
+		}
+	}
+	tw.Close()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "layout")
+	l, err := layout.Write(archive, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Setenv("SANDQ_IMAGE_DIR", dir)
+
+	out, err := runImage(t, "import "+archive+" tiny --max-size 1MiB")
+	if err != nil || !strings.Contains(out, "image tiny imported") {
+		t.Fatalf("import: %q %v", out, err)
+	}
+	if _, err := runImage(t, "import "+archive+" tiny --max-size lots"); err == nil || !strings.Contains(err.Error(), "--max-size") {
+		t.Fatalf("import with a bad --max-size: %v", err)
+	}
+	out, err = runImage(t, "list")
+	if err != nil || !strings.Contains(out, "NAME") || !strings.Contains(out, "tiny") || !strings.Contains(out, "import") {
+		t.Fatalf("list: %q %v", out, err)
+	}
+	out, err = runImage(t, "list --json")
+	var listed []image.Image
+	if err != nil || json.Unmarshal([]byte(out), &listed) != nil || len(listed) != 1 || listed[0].Name != "tiny" || !strings.HasPrefix(listed[0].Digest, "sha256:") {
+		t.Fatalf("list --json: %q %v", out, err)
+	}
+	if out, err := runImage(t, "rm tiny"); err != nil || !strings.Contains(out, "image tiny removed") {
+		t.Fatalf("rm: %q %v", out, err)
+	}
+	if _, err := runImage(t, "rm tiny"); err == nil || !strings.Contains(err.Error(), "image not found") {
+		t.Fatalf("rm of a missing image: %v", err)
+	}
+	if out, err := runImage(t, "list --json"); err != nil || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("list after rm: %q %v", out, err)
+	}
+}

@@ -1,0 +1,183 @@
+package e2e
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
+)
+
+// rootfsSubset is the part of the test image the imported copy gets: the
+// usrmerge links, /etc, the programs and the shared libraries beside them
+// (not their subdirectories, nor the few big ones), enough for a shell.
+func rootfsSubset(rel string, d fs.DirEntry, size int64) bool {
+	switch {
+	case rel == "bin" || rel == "lib" || rel == "lib64" || rel == "sbin" || rel == "usr" || rel == "usr/lib":
+		return true
+	case rel == "etc" || strings.HasPrefix(rel, "etc/"), rel == "usr/bin" || strings.HasPrefix(rel, "usr/bin/"),
+		rel == "usr/lib64" || strings.HasPrefix(rel, "usr/lib64/"):
+		return true
+	case rel == "usr/lib/x86_64-linux-gnu":
+		return true
+	case strings.HasPrefix(rel, "usr/lib/x86_64-linux-gnu/"):
+		return !strings.Contains(strings.TrimPrefix(rel, "usr/lib/x86_64-linux-gnu/"), "/") && !d.IsDir() && size <= 4<<20
+	}
+	return false
+}
+
+// tarOf writes the entries of root that keep selects as a tar stream.
+func tarOf(root string, keep func(string, fs.DirEntry, int64) bool, w io.Writer) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if !keep(rel, d, info.Size()) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		link := ""
+		if d.Type()&fs.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		} else if !d.IsDir() && !d.Type().IsRegular() {
+			return nil // device nodes
+		}
+		hdr, err := tar.FileInfoHeader(info, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name = rel
+		if d.IsDir() {
+			hdr.Name += "/"
+		}
+		st := info.Sys().(*syscall.Stat_t)
+		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = int(st.Uid), int(st.Gid), "", ""
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, f)
+			f.Close()
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+// TestJobOnImportedImage flattens part of the test image into a
+// single-layer OCI archive, imports it under a new name into a fresh image
+// directory, and runs a shell job on it that writes an output file.
+func TestJobOnImportedImage(t *testing.T) {
+	ctx := context.Background()
+	src, err := image.Path(env.cfg.Worker.ImageDir, env.cfg.Worker.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		r, w := io.Pipe()
+		go func() { w.CloseWithError(tarOf(src, rootfsSubset, w)) }()
+		return r, nil
+	}, tarball.WithCompressionLevel(gzip.BestSpeed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.ConfigFile(img, &v1.ConfigFile{OS: "linux", Architecture: "amd64", Config: v1.Config{Env: []string{"PATH=/usr/bin:/bin"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "layout")
+	l, err := layout.Write(archive, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote the OCI archive in %s", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	imageDir := t.TempDir()
+	imported, err := image.Import(ctx, image.ImportOptions{Name: "imported", Archive: archive, Dir: imageDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("imported in %s: %s, %d files, %d bytes", time.Since(start).Round(time.Millisecond), imported.Digest, imported.Files, imported.Size)
+	got, err := image.Resolve(imageDir, "imported")
+	if err != nil || got.Digest != imported.Digest {
+		t.Fatalf("Resolve: %+v %v", got, err)
+	}
+
+	start = time.Now()
+	sb, err := env.runner.Prepare(ctx, executor.Spec{
+		Name: "imported-image", Image: got.Rootfs,
+		Args: []string{"/bin/sh", "-c", `echo "hello from $(id -u) on an imported image" > /mnt/outputs/hello.txt; ls /tmp/.sandq`},
+		Env:  []string{"PATH=/usr/bin:/bin", "HOME=/work"}, UID: 1000, GID: 1000,
+		Limits: executor.Limits{Timeout: time.Minute, Memory: 256 << 20, Disk: 64 << 20, OutputBytes: 1 << 20, OutputFiles: 10, Pids: 64, LogBytes: 1 << 20, LogTail: 4096},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Release(ctx)
+	out, err := sb.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.ExitCode == nil || *out.ExitCode != 0 {
+		t.Fatalf("job on the imported image: exit %v signal %q\nstdout: %s\nstderr: %s", out.ExitCode, out.Signal, out.Stdout.Tail, out.Stderr.Tail)
+	}
+	coll, err := sb.Outputs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(coll.Files) != 1 || coll.Files[0].Path != "hello.txt" {
+		t.Fatalf("outputs %+v", coll.Files)
+	}
+	f, err := coll.Open(coll.Files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(f)
+	if string(b) != "hello from 1000 on an imported image\n" {
+		t.Fatalf("hello.txt = %q", b)
+	}
+	t.Logf("job ran in %s", time.Since(start).Round(time.Millisecond))
+}
