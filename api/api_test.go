@@ -392,6 +392,8 @@ func TestRefusalsLeaveNothing(t *testing.T) {
 		{"unknown spec field", tokens["acme"], []part{spec(`{"runtme":"python"}`), script("a.sh", "true")}, "", 400, "runtme", ""},
 		{"wrong type", tokens["acme"], []part{spec(`{"limits":{"memory_bytes":"lots"}}`), script("a.sh", "true")}, "", 400, "limits.memory_bytes", ""},
 		{"unknown runtime", tokens["acme"], []part{spec(`{"runtime":"cobol"}`), script("a.sh", "true")}, "", 400, "runtime", "cobol"},
+		{"image no worker offers", tokens["acme"], []part{spec(`{"image":"analysis"}`), script("a.sh", "true")}, "", 400, "image", "no published images"},
+		{"image not a name", tokens["acme"], []part{spec(`{"image":"../default"}`), script("a.sh", "true")}, "", 400, "image", "not an image name"},
 		{"memory over max", tokens["acme"], []part{spec(`{"limits":{"memory_bytes":68719476736}}`), script("a.sh", "true")}, "", 400, "memory", "maximum"},
 		{"timeout over max", tokens["acme"], []part{spec(`{"limits":{"timeout_seconds":86400}}`), script("a.sh", "true")}, "", 400, "timeout", "maximum"},
 		{"dotdot input", tokens["acme"], []part{script("a.sh", "true"), input("../../etc/passwd", "x")}, "", 400, "inputs", ""},

@@ -115,7 +115,7 @@ func (c *Client) getJSON(ctx context.Context, method, path string, v any) error 
 func (c *Client) Enqueue(ctx context.Context, s jobs.Submission) (*jobs.Enqueued, error) {
 	spec, err := json.Marshal(Spec{
 		Runtime: s.Runtime, Args: s.Args, Env: s.Env, Limits: s.Limits, Network: s.Network,
-		Webhook: s.Webhook, Queue: s.Queue, IdempotencyKey: s.IdempotencyKey,
+		Webhook: s.Webhook, Queue: s.Queue, IdempotencyKey: s.IdempotencyKey, Image: s.Image,
 	})
 	if err != nil {
 		return nil, err

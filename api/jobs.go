@@ -27,6 +27,7 @@ type Spec struct {
 	Webhook        string            `json:"webhook,omitempty"`
 	Queue          string            `json:"queue,omitempty"`
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
+	Image          string            `json:"image,omitempty"`
 }
 
 // Part names of a submission.
@@ -68,7 +69,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 	begin := func() *Error {
 		sub := jobs.Submission{
 			Runtime: spec.Runtime, Args: spec.Args, Env: spec.Env, Limits: spec.Limits, Network: spec.Network,
-			Webhook: spec.Webhook, Queue: spec.Queue, IdempotencyKey: spec.IdempotencyKey,
+			Webhook: spec.Webhook, Queue: spec.Queue, IdempotencyKey: spec.IdempotencyKey, Image: spec.Image,
 			Tenant: p.tenant, MaxOpen: max(p.t.MaxPending, 0),
 		}
 		if sub.Queue == "" {

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -19,8 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/jobs"
 )
 
 // rootfsSubset is the part of the test image the imported copy gets: the
@@ -99,7 +100,9 @@ func tarOf(root string, keep func(string, fs.DirEntry, int64) bool, w io.Writer)
 
 // TestJobOnImportedImage flattens part of the test image into a
 // single-layer OCI archive, imports it under a new name into a fresh image
-// directory, and runs a shell job on it that writes an output file.
+// directory, and runs a shell job that names it on a worker whose queue
+// allows it; the result records the image and its digest. Images a queue
+// does not allow are refused at enqueue.
 func TestJobOnImportedImage(t *testing.T) {
 	ctx := context.Background()
 	src, err := image.Path(env.cfg.Worker.ImageDir, env.cfg.Worker.Image)
@@ -145,39 +148,58 @@ func TestJobOnImportedImage(t *testing.T) {
 		t.Fatalf("Resolve: %+v %v", got, err)
 	}
 
-	start = time.Now()
-	sb, err := env.runner.Prepare(ctx, executor.Spec{
-		Name: "imported-image", Image: got.Rootfs,
-		Args: []string{"/bin/sh", "-c", `echo "hello from $(id -u) on an imported image" > /mnt/outputs/hello.txt; ls /tmp/.sandq`},
-		Env:  []string{"PATH=/usr/bin:/bin", "HOME=/work"}, UID: 1000, GID: 1000,
-		Limits: executor.Limits{Timeout: time.Minute, Memory: 256 << 20, Disk: 64 << 20, OutputBytes: 1 << 20, OutputFiles: 10, Pids: 64, LogBytes: 1 << 20, LogTail: 4096},
+	// A worker whose queue allows the imported image besides its default
+	// (the test image, linked into the same image directory).
+	if err := os.Symlink(filepath.Dir(src), filepath.Join(imageDir, env.cfg.Worker.Image)); err != nil {
+		t.Fatal(err)
+	}
+	w := startBudgetWorker(t, "images", 4*jobMemory, func(c *jobs.Config) {
+		c.Worker.ImageDir, c.Worker.Images = imageDir, []string{"imported"}
 	})
+	start = time.Now()
+	script := `echo "hello from $(id -u) on an imported image" > /mnt/outputs/hello.txt; ls /tmp/.sandq`
+	enq, err := w.client.Enqueue(ctx, jobs.Submission{Script: file(t, "hello.sh", script), Queue: w.queue, Image: "imported"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sb.Release(ctx)
-	out, err := sb.Run(ctx)
-	if err != nil {
-		t.Fatal(err)
+	r := w.result(t, enq.ID)
+	wantStatus(t, r, jobs.StatusSucceeded)
+	if r.Image != "imported" || r.ImageDigest != imported.Digest || len(r.Outputs) != 1 {
+		t.Fatalf("result on the imported image: image %q digest %q outputs %+v", r.Image, r.ImageDigest, r.Outputs)
 	}
-	if out.ExitCode == nil || *out.ExitCode != 0 {
-		t.Fatalf("job on the imported image: exit %v signal %q\nstdout: %s\nstderr: %s", out.ExitCode, out.Signal, out.Stdout.Tail, out.Stderr.Tail)
-	}
-	coll, err := sb.Outputs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(coll.Files) != 1 || coll.Files[0].Path != "hello.txt" {
-		t.Fatalf("outputs %+v", coll.Files)
-	}
-	f, err := coll.Open(coll.Files[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(f)
-	if string(b) != "hello from 1000 on an imported image\n" {
+	if b := download(t, r.Outputs[0].URL); string(b) != "hello from 1000 on an imported image\n" {
 		t.Fatalf("hello.txt = %q", b)
 	}
 	t.Logf("job ran in %s", time.Since(start).Round(time.Millisecond))
+
+	// Without a name, the queue's default; a name the queue does not allow,
+	// or that is not a name, is refused at enqueue and leaves nothing.
+	enq, err = w.client.Enqueue(ctx, jobs.Submission{Script: file(t, "plain.sh", "true"), Queue: w.queue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := w.result(t, enq.ID); r.Image != env.cfg.Worker.Image {
+		t.Errorf("a job naming no image ran on %q", r.Image)
+	}
+	objBefore, keysBefore := snapshot(t)
+	for _, name := range []string{"analysis-not-here", "../default", "."} {
+		_, err := w.client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "true"), Queue: w.queue, Image: name})
+		var fe *jobs.FieldError
+		if !errors.As(err, &fe) || fe.Field != "image" {
+			t.Errorf("image %q: %v, want a refusal naming the image", name, err)
+		}
+	}
+	// The test stack's own queue allows only its default image.
+	if _, err := env.client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "true"), Image: "imported"}); err == nil || !strings.Contains(err.Error(), "not allowed on queue") {
+		t.Errorf("an image the queue does not allow: %v", err)
+	}
+	objAfter, keysAfter := snapshot(t)
+	if strings.Join(objBefore, "\n") != strings.Join(objAfter, "\n") {
+		t.Errorf("refused images left objects: %v", objAfter)
+	}
+	for _, k := range keysAfter {
+		if strings.Contains(k, ":t:") && !contains(keysBefore, k) {
+			t.Errorf("new task key in Redis: %s", k)
+		}
+	}
 }

@@ -96,6 +96,8 @@ type Submission struct {
 	Network []string
 	// Webhook is the URL the result is POSTed to when the job ends.
 	Webhook string
+	// Image is the image to run on; empty is the queue's default.
+	Image string
 	// Tenant owns the job (API submissions); empty for direct producers.
 	Tenant string
 	// MaxOpen caps the tenant's unfinished jobs; 0 is no cap.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -82,8 +83,10 @@ type WorkerConfig struct {
 	// ImageDir holds images, one directory each with a rootfs inside.
 	// Default /var/lib/sandq/images.
 	ImageDir string
-	// Image is the image jobs run on. Default "default".
+	// Image is the image jobs run on unless they name one. Default "default".
 	Image string
+	// Images are the other images jobs on this worker's queues may name.
+	Images []string
 	// UID and GID of the job's process. Default 1000:1000.
 	UID, GID uint32
 	// Pids caps the tasks in one sandbox. Default 1024.
@@ -224,8 +227,10 @@ func (c Config) Validate() error {
 	if err := c.Worker.MemoryBudget.validate(); err != nil {
 		return err
 	}
-	if err := CheckName("image", c.Worker.Image); err != nil || filepath.Base(c.Worker.Image) != c.Worker.Image {
-		return fmt.Errorf("image %q: must be a plain name", c.Worker.Image)
+	for _, name := range append([]string{c.Worker.Image}, c.Worker.Images...) {
+		if err := CheckImageName(name); err != nil {
+			return err
+		}
 	}
 	if err := c.Webhook.Validate(); err != nil {
 		return err
@@ -235,6 +240,14 @@ func (c Config) Validate() error {
 
 // NoRetry as Config.MaxRetry means a job that could not run is not retried.
 const NoRetry = -1
+
+// CheckImageName refuses an image name that is not a plain name.
+func CheckImageName(name string) error {
+	if err := CheckName("image", name); err != nil || filepath.Base(name) != name || strings.HasPrefix(name, ".") {
+		return &FieldError{Field: "image", Msg: fmt.Sprintf("%q is not an image name (letters, digits, . _ -; no /)", name)}
+	}
+	return nil
+}
 
 // ImagePath is the root filesystem of the configured image.
 func (c Config) ImagePath() string {

@@ -209,13 +209,15 @@ func TestConfigValidate(t *testing.T) {
 		{"worker queue priority 0", func(c *Config) { c.Worker.Queues = map[string]int{"default": 0} }, "priority must be at least 1"},
 		{"worker queue negative priority", func(c *Config) { c.Worker.Queues = map[string]int{"default": -2} }, "priority must be at least 1"},
 
-		{"image with a slash", func(c *Config) { c.Worker.Image = "a/b" }, `image "a/b": must be a plain name`},
-		{"image with a trailing slash", func(c *Config) { c.Worker.Image = "img/" }, "must be a plain name"},
-		{"absolute image", func(c *Config) { c.Worker.Image = "/etc" }, "must be a plain name"},
-		{"image ..", func(c *Config) { c.Worker.Image = ".." }, "must be a plain name"},
-		{"image .", func(c *Config) { c.Worker.Image = "." }, "must be a plain name"},
-		{"image with a backslash", func(c *Config) { c.Worker.Image = `a\b` }, "must be a plain name"},
-		{"image with a NUL", func(c *Config) { c.Worker.Image = "a\x00b" }, "must be a plain name"},
+		{"image with a slash", func(c *Config) { c.Worker.Image = "a/b" }, `"a/b" is not an image name`},
+		{"other image with a slash", func(c *Config) { c.Worker.Images = []string{"ok", "x/y"} }, `"x/y" is not an image name`},
+		{"hidden image", func(c *Config) { c.Worker.Image = ".import-x" }, "is not an image name"},
+		{"image with a trailing slash", func(c *Config) { c.Worker.Image = "img/" }, "is not an image name"},
+		{"absolute image", func(c *Config) { c.Worker.Image = "/etc" }, "is not an image name"},
+		{"image ..", func(c *Config) { c.Worker.Image = ".." }, "is not an image name"},
+		{"image .", func(c *Config) { c.Worker.Image = "." }, "is not an image name"},
+		{"image with a backslash", func(c *Config) { c.Worker.Image = `a\b` }, "is not an image name"},
+		{"image with a NUL", func(c *Config) { c.Worker.Image = "a\x00b" }, "is not an image name"},
 	}
 	for _, tt := range refused {
 		t.Run("refused/"+tt.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -159,7 +160,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		logger.Error("job could not run", "err", err, "final", final)
 		if final {
 			res := h.errorResult(job, job.Queue, attempt, err)
-			res.Image = h.cfg.Worker.Image
+			res.Image = cmp.Or(job.Image, h.cfg.Worker.Image)
 			h.finish(ctx, t, logger, job, res)
 		}
 		return err
@@ -240,7 +241,7 @@ func (h *Handler) cancelRequested(ctx context.Context, id string) bool {
 func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.Logger) (*Result, error) {
 	began := h.now()
 	res := &Result{
-		ID: job.ID, Queue: job.Queue, Runtime: job.Runtime, Image: h.cfg.Worker.Image, Attempt: attempt,
+		ID: job.ID, Queue: job.Queue, Runtime: job.Runtime, Image: cmp.Or(job.Image, h.cfg.Worker.Image), Attempt: attempt,
 		SubmittedAt: job.SubmittedAt, Limits: limitsDoc(job.Limits), Outputs: []OutputDoc{}, Worker: h.name,
 		Timings: &Timings{QueueWaitMS: max(0, began.Sub(job.SubmittedAt).Milliseconds())},
 	}
@@ -265,6 +266,11 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 			Limits: egress.Limits{MaxConns: e.MaxConns, MaxBytes: e.MaxBytes, IdleTimeout: e.IdleTimeout, TotalTimeout: e.TotalTimeout},
 		}
 	}
+	img, err := h.jobImage(job)
+	if err != nil {
+		return nil, err
+	}
+	res.ImageDigest = img.Digest
 	// The job's memory limit is reserved from the worker's budget before its
 	// sandbox is made, and given back after the sandbox is gone (deferred
 	// first, so it runs after Release).
@@ -285,7 +291,7 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	res.Timings.MemoryWaitMS = reserved.Sub(began).Milliseconds()
 	sb, err := h.runner.Prepare(ctx, executor.Spec{
 		Egress: eg,
-		Name:   job.ID, Image: h.cfg.ImagePath(), Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
+		Name:   job.ID, Image: img.Rootfs, Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
 		Limits: executor.Limits{
 			Timeout: job.Limits.Timeout, Memory: job.Limits.Memory, Disk: job.Limits.Disk,
 			OutputBytes: job.Limits.OutputBytes, OutputFiles: job.Limits.OutputFiles,

@@ -43,7 +43,10 @@ type Result struct {
 	// Reason explains every status but succeeded and failed.
 	Reason  string `json:"reason,omitempty"`
 	Runtime string `json:"runtime"`
-	Image   string `json:"image,omitempty"`
+	// Image is the image the job ran on, and ImageDigest its content digest
+	// (empty for an image made before sandq recorded digests).
+	Image       string `json:"image,omitempty"`
+	ImageDigest string `json:"image_digest,omitempty"`
 	// Attempt is the 1-based attempt that produced this result.
 	Attempt     int       `json:"attempt"`
 	SubmittedAt time.Time `json:"submitted_at"`

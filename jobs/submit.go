@@ -84,6 +84,11 @@ func (c *Client) checkSpec(s *Submission) (Limits, error) {
 	if err := CheckIdempotencyKey(s.IdempotencyKey); err != nil {
 		return Limits{}, err
 	}
+	if s.Image != "" {
+		if err := CheckImageName(s.Image); err != nil {
+			return Limits{}, err
+		}
+	}
 	if s.Runtime != "" {
 		if _, err := ResolveRuntime(s.Runtime, ""); err != nil {
 			return Limits{}, err
@@ -185,6 +190,9 @@ func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, er
 	if err := c.checkWebhook(ctx, s.Queue, s.Webhook); err != nil {
 		return nil, nil, err
 	}
+	if err := c.checkImage(ctx, s.Queue, s.Image); err != nil {
+		return nil, nil, err
+	}
 	id := NewJobID()
 	if s.IdempotencyKey != "" {
 		id = IdempotentJobID(s.Queue, s.IdempotencyKey)
@@ -197,7 +205,7 @@ func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, er
 	nonce := make([]byte, 6)
 	rand.Read(nonce)
 	d := &Draft{c: c, job: &Job{
-		ID: id, Queue: s.Queue, Args: s.Args, Env: s.Env, Limits: lim, Tenant: s.Tenant,
+		ID: id, Queue: s.Queue, Args: s.Args, Env: s.Env, Limits: lim, Tenant: s.Tenant, Image: s.Image,
 		IdempotencyKey: s.IdempotencyKey, SubmittedAt: c.now().UTC(), Network: netPolicy, Webhook: s.Webhook,
 		// Each submission uploads under its own prefix, so two racing
 		// submissions with one idempotency key never overwrite each

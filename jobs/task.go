@@ -30,6 +30,8 @@ type Job struct {
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
 	Network        *NetworkPolicy    `json:"network,omitempty"`
 	Webhook        string            `json:"webhook,omitempty"`
+	// Image names the image the job runs on; empty is the queue's default.
+	Image string `json:"image,omitempty"`
 	// Tenant owns the job when it came through the API.
 	Tenant       string    `json:"tenant,omitempty"`
 	SubmittedAt  time.Time `json:"submitted_at"`

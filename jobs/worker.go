@@ -43,8 +43,8 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := executor.CheckImage(cfg.ImagePath()); err != nil {
-		return nil, fmt.Errorf("worker image %q: %w; build it with `sandq image build %s --packages-file FILE`", cfg.Worker.Image, err, cfg.Worker.Image)
+	if err := cfg.checkImages(); err != nil {
+		return nil, err
 	}
 	hostMem, err := HostMemory()
 	if err != nil {
@@ -146,6 +146,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	if err := w.cfg.Egress.publish(ctx, w.rdb, w.cfg.Worker.Queues, w.logger); err != nil {
 		return fmt.Errorf("publish the network policy: %w", err)
+	}
+	if err := w.cfg.publishImages(ctx, w.rdb); err != nil {
+		return err
 	}
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.stopListen = cancel

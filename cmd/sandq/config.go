@@ -71,7 +71,8 @@ func workerFlags() []cli.Flag {
 		&cli.StringFlag{Name: "runsc", Value: "runsc", EnvVars: env("RUNSC"), Usage: "runsc binary"},
 		&cli.StringFlag{Name: "platform", Value: "systrap", EnvVars: env("PLATFORM"), Usage: "runsc platform"},
 		&cli.StringFlag{Name: "image-dir", EnvVars: env("IMAGE_DIR"), Usage: "image directory (default: STATE_DIR/images)"},
-		&cli.StringFlag{Name: "image", Value: "default", EnvVars: env("IMAGE"), Usage: "image jobs run on"},
+		&cli.StringFlag{Name: "image", Value: "default", EnvVars: env("IMAGE"), Usage: "image jobs run on unless they name one"},
+		&cli.StringSliceFlag{Name: "images", EnvVars: env("IMAGES"), Usage: "other images jobs on this worker's queues may name (comma-separated or repeated)"},
 		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
 		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
 		&cli.StringFlag{Name: "memory-budget", Value: jobs.DefaultMemoryBudget.String(), EnvVars: env("MEMORY_BUDGET"),
@@ -143,6 +144,13 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 		w.Platform = c.String("platform")
 		w.ImageDir = c.String("image-dir")
 		w.Image = c.String("image")
+		for _, v := range c.StringSlice("images") {
+			for _, name := range strings.Split(v, ",") {
+				if name = strings.TrimSpace(name); name != "" {
+					w.Images = append(w.Images, name)
+				}
+			}
+		}
 		w.ShutdownGrace = c.Duration("shutdown-grace")
 		q, err := parseQueues(c.String("queues"))
 		if err != nil {

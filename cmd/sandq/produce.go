@@ -36,6 +36,7 @@ func enqueueCommand() *cli.Command {
 			&cli.IntFlag{Name: "output-files", Usage: "entries the job may create in /mnt/outputs"},
 			&cli.StringFlag{Name: "idempotency-key", Usage: "enqueueing twice with one key returns the first job"},
 			&cli.StringSliceFlag{Name: "network", Usage: "none (default), default (the queue's default), or groups and hosts, comma-separated or repeated"},
+			&cli.StringFlag{Name: "image", Usage: "image to run on (default: the queue's); the queue's workers must allow it"},
 			&cli.StringFlag{Name: "webhook", Usage: "URL the result is POSTed to (signed, Standard Webhooks) when the job ends"},
 			&cli.BoolFlag{Name: "wait", Usage: "follow the job and print its result"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
@@ -81,6 +82,7 @@ func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 	sub := jobs.Submission{
 		Script: script, Runtime: c.String("runtime"), Args: c.StringSlice("arg"),
 		Queue: c.String("queue"), IdempotencyKey: c.String("idempotency-key"), Webhook: c.String("webhook"),
+		Image: c.String("image"),
 	}
 	for _, in := range c.StringSlice("input") {
 		path, name := in, ""

@@ -193,7 +193,7 @@ func upToDate(dir, name, stamp string) (*Image, error) {
 	if err != nil || strings.TrimSpace(string(old)) != stamp {
 		return nil, nil
 	}
-	img, err := lookup(dir, name)
+	img, err := Lookup(dir, name)
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil
 	}

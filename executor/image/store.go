@@ -115,7 +115,7 @@ func Path(dir, name string) (string, error) {
 // digest. An image without a recorded digest is an error; rebuilding or
 // re-importing it records one.
 func Resolve(dir, name string) (*Image, error) {
-	img, err := lookup(dir, name)
+	img, err := Lookup(dir, name)
 	if err != nil {
 		return nil, err
 	}
@@ -125,9 +125,9 @@ func Resolve(dir, name string) (*Image, error) {
 	return img, nil
 }
 
-// lookup reads an image's metadata; an image without any has Source
-// SourceUnknown and no digest.
-func lookup(dir, name string) (*Image, error) {
+// Lookup reads an image's metadata; an image without any (made before
+// sandq recorded them) has Source SourceUnknown and no digest.
+func Lookup(dir, name string) (*Image, error) {
 	rootfs, err := Path(dir, name)
 	if err != nil {
 		return nil, err
@@ -165,7 +165,7 @@ func List(dir string) ([]*Image, error) {
 		if !e.IsDir() || checkName(e.Name()) != nil {
 			continue
 		}
-		img, err := lookup(dir, e.Name())
+		img, err := Lookup(dir, e.Name())
 		if errors.Is(err, ErrNotFound) {
 			continue // not an image (no rootfs/bin)
 		}
