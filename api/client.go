@@ -217,11 +217,13 @@ func (c *Client) Wait(ctx context.Context, id string, onState func(*jobs.JobStat
 		if err == nil && last != nil && last.State == jobs.StateDone {
 			return last, nil
 		}
+		if ctx.Err() != nil {
+			return last, ctx.Err()
+		}
+		// A refusal is final, but for a server that is overloaded or has
+		// lost Redis for a moment.
 		var se *StatusError
-		if errors.As(err, &se) || ctx.Err() != nil {
-			if ctx.Err() != nil {
-				return last, ctx.Err()
-			}
+		if errors.As(err, &se) && se.Status != http.StatusServiceUnavailable && se.Status != http.StatusTooManyRequests {
 			return last, err
 		}
 		select {
