@@ -10,8 +10,12 @@ import (
 	"testing"
 )
 
-// metricsSource is the Go file that defines sandq's Prometheus metrics.
-const metricsSource = "../jobs/metrics.go"
+// metricsSources are the Go files that define sandq's Prometheus metrics:
+// the workers' and the API server's.
+var metricsSources = []string{"../jobs/metrics.go", "../api/api.go"}
+
+// metricsSource names them in messages.
+var metricsSource = strings.Join(metricsSources, ", ")
 
 // asynqMetrics are the metrics of asynq's queue collector, which sandq
 // workers register. Source: the Desc definitions (namespace "asynq") in
@@ -42,9 +46,13 @@ var (
 // knownMetrics maps the name of every metric that exists to whether it is a histogram.
 func knownMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	src, err := os.ReadFile(metricsSource)
-	if err != nil {
-		t.Fatalf("read metrics source: %v", err)
+	var src []byte
+	for _, f := range metricsSources {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatalf("read metrics source: %v", err)
+		}
+		src = append(src, b...)
 	}
 	known := map[string]bool{}
 	for _, m := range nameRE.FindAllStringSubmatch(string(src), -1) {
@@ -54,7 +62,7 @@ func knownMetrics(t *testing.T) map[string]bool {
 		known[m[1]] = true
 	}
 	// Guard against the regexps silently missing the source's metrics.
-	for _, want := range []string{"sandq_jobs_finished_total", "sandq_worker_jobs_running"} {
+	for _, want := range []string{"sandq_jobs_finished_total", "sandq_worker_jobs_running", "sandq_api_requests_total"} {
 		if _, ok := known[want]; !ok {
 			t.Fatalf("%s: did not find metric %s; has the source changed shape?", metricsSource, want)
 		}
