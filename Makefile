@@ -1,6 +1,7 @@
 # sandq — the two commands a fresh Debian 12 machine needs:
-#   make demo   install what is missing, start the local stack, run the example job
-#   make test   install what is missing, build the test image, run every test
+#   make demo   install what is missing, build the analysis image, start the
+#               local stack on it, run the spreadsheet example
+#   make test   install what is missing, build both images, run every test
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:/usr/local/bin:$(PATH)
 
@@ -10,7 +11,7 @@ IMAGE_DIR  ?= /var/lib/sandq/images
 # nftables state that the end-to-end jobs rely on.
 GO_TEST_FLAGS ?= -count=1 -p 1 -timeout 40m
 
-.PHONY: deps build image test demo vet clean
+.PHONY: deps build image image-analysis images test demo vet clean
 
 deps:
 	scripts/install-deps.sh
@@ -18,19 +19,27 @@ deps:
 build:
 	go build -o $(SANDQ) ./cmd/sandq
 
-# The default image (Python 3 with matplotlib, Node.js); rebuilt only when its
-# package list or the host's extra CAs change.
+# The images, each rebuilt only when its package list, overlay or the host's
+# extra CAs change (otherwise `image build` returns at once).
+# default: Python 3 with matplotlib, Node.js.
 image: deps build
 	$(SANDQ) image build default --packages-file images/default.packages --image-dir $(IMAGE_DIR)
+
+# analysis: default's plus pandas, scipy, openpyxl, Pillow, graphviz, sqlite3,
+# fonts and command-line tools; what examples/ runs on.
+image-analysis: deps build
+	$(SANDQ) image build analysis --packages-file images/analysis.packages --overlay images/analysis.overlay --image-dir $(IMAGE_DIR)
+
+images: image image-analysis
 
 vet:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	go vet ./...
 
-test: deps image vet
+test: deps images vet
 	SANDQ_IMAGE_DIR=$(IMAGE_DIR) go test $(GO_TEST_FLAGS) -v ./... 2>&1 | tee /tmp/sandq-test.log | grep -E '^(\s*--- |PASS|FAIL|ok |panic|.*\.go:[0-9]+)' ; exit $${PIPESTATUS[0]}
 
-demo: deps image
+demo: deps image-analysis
 	scripts/demo.sh
 
 clean:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Starts `sandq dev` (Redis, MinIO and a worker), runs the example analysis
-# job end to end and prints its result with download links, then stops the
-# stack. Used by `make demo`.
+# Starts `sandq dev` (Redis, MinIO, a worker on the analysis image and the
+# API server), runs the spreadsheet example end to end (a workbook and a CSV
+# in; a chart and a summary workbook out) and prints its result with
+# download links, then stops the stack. Used by `make demo`, which builds
+# the analysis image first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SANDQ=bin/sandq
@@ -12,7 +14,9 @@ if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
 	echo "port 6379 is in use: is a sandq dev already running? (stop it, or run the enqueue line below against it)" >&2
 	exit 1
 fi
-$SANDQ dev --data-dir "$DATA" > "$DATA/dev.out" 2>&1 &
+# sandq dev hands its environment to its worker: SANDQ_IMAGE is the image
+# jobs run on unless they name one.
+SANDQ_IMAGE=analysis $SANDQ dev --data-dir "$DATA" > "$DATA/dev.out" 2>&1 &
 dev=$!
 trap 'kill -TERM $dev 2>/dev/null; wait $dev 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
@@ -22,5 +26,5 @@ for _ in $(seq 1 120); do
 done
 cat "$DATA/dev.out"
 echo
-echo "+ sandq enqueue examples/sales_summary.py --input examples/sales.csv --wait"
-$SANDQ enqueue examples/sales_summary.py --input examples/sales.csv --wait
+echo "+ sandq enqueue examples/budget_report.py --input examples/budget.xlsx --input examples/actuals.csv --wait"
+$SANDQ enqueue examples/budget_report.py --input examples/budget.xlsx --input examples/actuals.csv --wait

@@ -39,6 +39,7 @@ func imageBuildCommand() *cli.Command {
 		ArgsUsage: "NAME",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "packages-file", Required: true, Usage: "package names, whitespace-separated, # comments"},
+			&cli.StringFlag{Name: "overlay", Usage: "directory of files (config files) copied into the image after the packages, owned by root"},
 			imageDirFlag(),
 			&cli.StringFlag{Name: "mirror", EnvVars: env("DEBIAN_MIRROR"), Usage: "Debian mirror (default: the host's configured one)"},
 			&cli.StringFlag{Name: "suite", Value: "bookworm"},
@@ -55,7 +56,7 @@ func imageBuildCommand() *cli.Command {
 			start := time.Now()
 			img, err := image.Build(c.Context, image.BuildOptions{
 				Name: c.Args().First(), Dir: c.String("image-dir"), Packages: pkgs, Suite: c.String("suite"),
-				Mirror: c.String("mirror"), Force: c.Bool("force"), Logger: newLogger(c),
+				Mirror: c.String("mirror"), Overlay: c.String("overlay"), Force: c.Bool("force"), Logger: newLogger(c),
 			})
 			if err != nil {
 				return cli.Exit(err, exitError)

@@ -7,10 +7,10 @@
 // content digest of rootfs, see Digest) and image.json (name, digest,
 // source, creation time, size, and what it was made from). Built images
 // also have stamp, a hash of everything that went into the build: suite,
-// mirror, package list, the host's extra CA certificates, the job user. A
-// build whose stamp matches is skipped, so building an image already built
-// is instant; debootstrap's and apt's download caches are kept across
-// builds, also when the package list changes.
+// mirror, package list, overlay files, the host's extra CA certificates,
+// the job user. A build whose stamp matches is skipped, so building an
+// image already built is instant; debootstrap's and apt's download caches
+// are kept across builds, also when the package list changes.
 package image
 
 import (
@@ -56,6 +56,10 @@ type BuildOptions struct {
 	CADir string
 	// UID and GID of the job user "sandbox". Default 1000.
 	UID, GID int
+	// Overlay is a directory of files copied into the image after the
+	// packages are installed (config files such as /etc/pip.conf), owned
+	// by root. Optional. Its files are part of the stamp.
+	Overlay string
 	// Force rebuilds even when the stamp matches.
 	Force  bool
 	Logger *slog.Logger
@@ -111,7 +115,13 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	stamp := buildStamp(o, cas)
+	var overlay []overlayEntry
+	if o.Overlay != "" {
+		if overlay, err = readOverlay(o.Overlay); err != nil {
+			return nil, err
+		}
+	}
+	stamp := buildStamp(o, cas, overlay)
 	final := filepath.Join(o.Dir, o.Name)
 	if !o.Force {
 		if img, err := upToDate(o.Dir, o.Name, stamp); err != nil || img != nil {
@@ -155,6 +165,9 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 			return nil, fmt.Errorf("image %s: %w\n%s(full log: %s)", o.Name, err, tailOf(logPath, 2000), logPath)
 		}
 	}
+	if err := applyOverlay(rootfs, overlay); err != nil {
+		return nil, fmt.Errorf("image %s: %w", o.Name, err)
+	}
 	if err := finish(rootfs, finishOptions{UID: o.UID, GID: o.GID, CAs: cas, chrootUpdateCA: true}); err != nil {
 		return nil, fmt.Errorf("image %s: %w", o.Name, err)
 	}
@@ -170,6 +183,7 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	img := &Image{
 		Name: o.Name, Rootfs: filepath.Join(final, "rootfs"), Digest: content.Digest, Source: SourceBuild,
 		Created: time.Now().UTC().Truncate(time.Second), Size: content.Size, Files: content.Files, Stamp: stamp, Packages: pkgs,
+		Overlay: overlayPaths(overlay),
 	}
 	if err := os.WriteFile(filepath.Join(tmp, stampFile), []byte(stamp+"\n"), 0o644); err != nil {
 		return nil, err
@@ -294,7 +308,10 @@ func hostCAs(dir string) (map[string][]byte, error) {
 	return out, nil
 }
 
-func buildStamp(o BuildOptions, cas map[string][]byte) string {
+// buildStamp hashes everything that goes into a build. An overlay adds
+// lines only when it has entries, so the stamp of a build without one is
+// what it was before overlays existed.
+func buildStamp(o BuildOptions, cas map[string][]byte, overlay []overlayEntry) string {
 	h := sha256.New()
 	pkgs := append([]string(nil), o.Packages...)
 	sort.Strings(pkgs)
@@ -308,6 +325,7 @@ func buildStamp(o BuildOptions, cas map[string][]byte) string {
 		sum := sha256.Sum256(cas[n])
 		fmt.Fprintf(h, "ca %s %x\n", n, sum)
 	}
+	h.Write([]byte(overlayStamp(overlay)))
 	return hex.EncodeToString(h.Sum(nil))
 }
 

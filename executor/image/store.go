@@ -50,6 +50,9 @@ type Image struct {
 	Stamp string `json:"stamp,omitempty"`
 	// Packages are the packages asked for (builds only).
 	Packages []string `json:"packages,omitempty"`
+	// Overlay lists the files a build's overlay put in the image (builds
+	// only).
+	Overlay []string `json:"overlay,omitempty"`
 	// ConfigDigest and ManifestDigest identify the OCI image it was
 	// imported from (imports only).
 	ConfigDigest   string `json:"config_digest,omitempty"`
