@@ -31,7 +31,7 @@ func TestComposeFileValidates(t *testing.T) {
 			t.Errorf("service %s missing from the resolved config", svc)
 		}
 	}
-	for _, want := range []string{"--appendonly", "noeviction", "privileged: true", "mc mb --ignore-existing local/sandq", "SANDQ_AUTH_CONFIG: /etc/sandq/auth.json", "SANDQ_PROMETHEUS_URL: http://prometheus:9090"} {
+	for _, want := range []string{"--appendonly", "noeviction", "privileged: true", "mc mb --ignore-existing local/sandq", "SANDQ_AUTH_CONFIG: /etc/sandq/auth.json", "SANDQ_PROMETHEUS_URL: http://prometheus:9090", "exec sandq worker --images analysis"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("resolved config lacks %q", want)
 		}
