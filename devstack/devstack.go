@@ -47,6 +47,10 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 	done chan struct{}
+	// bin, env and args start it again (StartService).
+	bin  string
+	env  []string
+	args []string
 }
 
 // Start starts Redis and MinIO and waits until both answer.
@@ -125,10 +129,18 @@ func (s *Stack) spawn(name, bin string, env []string, args ...string) error {
 		logf.Close()
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), bin: bin, env: env, args: args}
 	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
 	s.mu.Lock()
-	s.procs = append(s.procs, p)
+	replaced := false
+	for i, q := range s.procs {
+		if q.name == name {
+			s.procs[i], replaced = p, true
+		}
+	}
+	if !replaced {
+		s.procs = append(s.procs, p)
+	}
 	s.mu.Unlock()
 	s.logger.Debug("started", "service", name, "pid", cmd.Process.Pid)
 	return nil
@@ -177,6 +189,65 @@ func (s *Stack) PID(name string) int {
 		}
 	}
 	return 0
+}
+
+// StopService stops one service ("redis" or "minio") by sending sig to its
+// process and waiting for it to exit (SIGKILL after 10s). Its data stays;
+// StartService starts it again. Fault-injection tests use it.
+func (s *Stack) StopService(name string, sig syscall.Signal) error {
+	p := s.proc(name)
+	if p == nil {
+		return fmt.Errorf("no service %q", name)
+	}
+	select {
+	case <-p.done:
+		return nil
+	default:
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signal %s: %w", name, err)
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("%s did not stop in 10s; killed", name)
+	}
+}
+
+// StartService starts a service stopped by StopService again, on the same
+// port with the same data directory, and waits until it answers.
+func (s *Stack) StartService(ctx context.Context, name string) error {
+	p := s.proc(name)
+	if p == nil {
+		return fmt.Errorf("no service %q", name)
+	}
+	select {
+	case <-p.done:
+	default:
+		return fmt.Errorf("%s is running (pid %d)", name, p.cmd.Process.Pid)
+	}
+	if err := s.spawn(name, p.bin, p.env, p.args...); err != nil {
+		return err
+	}
+	check := func() error { return pingRedis(s.RedisAddr) }
+	if name == "minio" {
+		check = func() error { return minioReady(s.MinioAddr) }
+	}
+	return s.waitReady(ctx, name, check)
+}
+
+func (s *Stack) proc(name string) *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		if p.name == name {
+			return p
+		}
+	}
+	return nil
 }
 
 // Stop stops the services, last started first: SIGTERM, then SIGKILL after 10s.

@@ -84,6 +84,10 @@ type Outcome struct {
 	TimedOut bool
 	// OOMKilled is set when the memory limit killed the sandbox.
 	OOMKilled bool
+	// TaskLimited is set when the sandbox died without an exit status after
+	// the job hit its tasks (pids) limit: gVisor cannot make the host
+	// threads it needs then, and a fork bomb takes the sandbox down.
+	TaskLimited bool
 	// Interrupted is the cause of the context cancellation that killed the
 	// sandbox, nil otherwise.
 	Interrupted error

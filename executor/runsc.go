@@ -312,6 +312,7 @@ func (s *runscSandbox) InputsDir() string  { return filepath.Join(s.dir, "inputs
 func (s *runscSandbox) JobDir() string     { return filepath.Join(s.dir, "job") }
 func (s *runscSandbox) OutputsDir() string { return filepath.Join(s.dir, "outputs") }
 func (s *runscSandbox) bundleDir() string  { return filepath.Join(s.dir, "bundle") }
+func (s *runscSandbox) bootLogDir() string { return filepath.Join(s.dir, "logs", "runsc") }
 func (s *runscSandbox) cgroupPath() string { return filepath.Join(s.r.cgroupDir(), s.id) }
 
 // flags are runsc's global flags for this sandbox, the same on every call.
@@ -416,7 +417,7 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 
 	// From here a container may exist: delete it whatever happens.
 	s.cleanup.add("container", func(ctx context.Context) error { return s.delete(ctx) })
-	create := exec.Command(s.r.runsc, append(s.flags(), "create", "--bundle", s.bundleDir(), s.id)...)
+	create := exec.Command(s.r.runsc, append(append(s.flags(), bootLogFlags(s.bootLogDir())...), "create", "--bundle", s.bundleDir(), s.id)...)
 	create.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	create.Stdin = nil
 	create.Stdout = outW
@@ -473,6 +474,7 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		res = <-waited
 	}
 	out.OOMKilled = oomKills(s.cgroupPath()) > 0
+	tasksHit := pidsLimitHits(s.cgroupPath()) > 0
 	derr := s.delete(ctx)
 	out.FinishedAt = time.Now()
 	finishLogs()
@@ -482,8 +484,18 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	if derr != nil {
 		return out, fmt.Errorf("%w: %w", ErrSandbox, derr)
 	}
+	if res.err != nil && !out.TimedOut && out.Interrupted == nil && !out.OOMKilled {
+		// The job ended before runsc wait reached the sandbox (see
+		// bootlog.go): the sandbox's own log says how.
+		if status, ok := bootExitStatus(s.bootLogDir()); ok {
+			s.logger.Debug("exit status read from the sandbox's log", "status", status, "wait_err", res.err)
+			res = waitResult{status, nil}
+		} else {
+			out.TaskLimited = tasksHit
+		}
+	}
 	switch {
-	case out.TimedOut || out.Interrupted != nil || out.OOMKilled:
+	case out.TimedOut || out.Interrupted != nil || out.OOMKilled || out.TaskLimited:
 		out.Signal = "SIGKILL"
 	case res.err != nil:
 		// The sandbox died without an exit status and not from the memory

@@ -171,7 +171,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if res.Status == StatusCanceled {
 		h.rdb.Del(context.WithoutCancel(ctx), cancelKey(job.ID))
 	}
-	logger.Info("job finished", "status", res.Status, "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
+	var exitCode any // the code, not the pointer's address
+	if res.ExitCode != nil {
+		exitCode = *res.ExitCode
+	}
+	logger.Info("job finished", "status", res.Status, "exit_code", exitCode, "duration_ms", res.DurationMS)
 	return nil
 }
 
@@ -340,6 +344,8 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 		res.Status, res.Reason = StatusTimedOut, fmt.Sprintf("killed after the %s timeout", job.Limits.Timeout)
 	case out.OOMKilled:
 		res.Status, res.Reason = StatusOutOfMemory, fmt.Sprintf("killed by the %s memory limit", FormatSize(job.Limits.Memory))
+	case out.TaskLimited:
+		res.Status, res.Reason = StatusFailed, fmt.Sprintf("killed: the sandbox hit its limit of %d tasks (processes and threads) and died", w.Pids)
 	case out.ExitCode != nil && *out.ExitCode == 0:
 		res.Status = StatusSucceeded
 	default:

@@ -14,7 +14,8 @@ type Status string
 const (
 	// StatusSucceeded: the script exited 0.
 	StatusSucceeded Status = "succeeded"
-	// StatusFailed: the script exited non-zero (a result, not retried).
+	// StatusFailed: the script exited non-zero, or its sandbox died at its
+	// task limit (a result, not retried).
 	StatusFailed Status = "failed"
 	// StatusTimedOut: the wall-clock limit killed the sandbox.
 	StatusTimedOut Status = "timed_out"
@@ -38,7 +39,7 @@ type Result struct {
 	// ExitCode is the script's exit status; null when it was killed.
 	ExitCode *int `json:"exit_code"`
 	// Signal that ended the script, if one did (SIGKILL for timeouts,
-	// memory kills and cancellations).
+	// memory kills, task-limit kills and cancellations).
 	Signal string `json:"signal,omitempty"`
 	// Reason explains every status but succeeded and failed.
 	Reason  string `json:"reason,omitempty"`

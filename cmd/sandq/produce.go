@@ -56,7 +56,7 @@ func enqueue(ctx context.Context, c *cli.Context, client producer) error {
 	}
 	enq, err := client.Enqueue(ctx, sub)
 	if err != nil {
-		return cli.Exit(fmt.Errorf("job refused: %w", err), exitError)
+		return cli.Exit(fmt.Errorf("job not queued: %w", err), exitError)
 	}
 	if enq.Existing {
 		fmt.Fprintf(os.Stderr, "job %s already exists for idempotency key %q; not enqueued again\n", enq.ID, sub.IdempotencyKey)

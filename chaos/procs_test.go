@@ -1,0 +1,280 @@
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// worker is a `sandq worker` child process. It is signalled by its own PID
+// only: other tests on this machine run sandq workers too.
+type worker struct {
+	label    string
+	cmd      *exec.Cmd
+	pid      int
+	stateDir string
+	logPath  string
+	// id is the worker's directory under stateDir/workers (its lock holds
+	// the pid); name is hostname:pid, as results record it.
+	id, name string
+	exited   chan struct{}
+	exitErr  error
+}
+
+type workerOpts struct {
+	queues      string // --queues
+	concurrency int
+	grace       time.Duration // --shutdown-grace
+	stateDir    string        // default: a new one under the suite's dir
+	extra       []string      // more flags
+}
+
+// startWorker starts a worker and waits until it takes jobs. It is stopped
+// (SIGTERM, then SIGKILL) when the test ends if it still runs.
+func startWorker(t *testing.T, label string, o workerOpts) *worker {
+	t.Helper()
+	if o.concurrency == 0 {
+		o.concurrency = 2
+	}
+	if o.grace == 0 {
+		o.grace = 10 * time.Second
+	}
+	if o.stateDir == "" {
+		o.stateDir = filepath.Join(env.dir, "state-"+label+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	}
+	w := &worker{label: label, stateDir: o.stateDir, exited: make(chan struct{})}
+	w.logPath = filepath.Join(env.dir, "logs", fmt.Sprintf("worker-%s-%d.log", label, time.Now().UnixNano()))
+	if err := os.MkdirAll(filepath.Dir(w.logPath), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(w.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"worker",
+		"--state-dir", o.stateDir, "--queues", o.queues, "--concurrency", strconv.Itoa(o.concurrency),
+		"--shutdown-grace", o.grace.String(), "--metrics-addr", "",
+		"--image-dir", env.imageDir, "--image", env.image,
+		"--egress-config", env.egress, "--webhook-config", env.hooks,
+	}, o.extra...)
+	w.cmd = exec.Command(env.bin, args...)
+	w.cmd.Env = workerEnv()
+	w.cmd.Stdout, w.cmd.Stderr = logf, logf
+	// Its own process group (a terminal's Ctrl-C reaches the test only);
+	// SIGTERM if the test process dies.
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := w.cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatal(err)
+	}
+	w.pid = w.cmd.Process.Pid
+	host, _ := os.Hostname()
+	w.name = fmt.Sprintf("%s:%d", host, w.pid)
+	go func() {
+		w.exitErr = w.cmd.Wait()
+		logf.Close()
+		close(w.exited)
+	}()
+	t.Cleanup(func() { w.stop(t, 2*time.Minute) })
+
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(w.log(), "worker started") {
+		select {
+		case <-w.exited:
+			t.Fatalf("worker %s exited at start (%v):\n%s", label, w.exitErr, w.log())
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %s did not start in 3m:\n%s", label, w.log())
+		}
+	}
+	if w.id = workerDirOf(o.stateDir, w.pid); w.id == "" {
+		t.Fatalf("worker %s (pid %d): no directory under %s holds its lock", label, w.pid, o.stateDir)
+	}
+	t.Logf("worker %s: pid %d, dir %s, log %s", label, w.pid, w.id, w.logPath)
+	return w
+}
+
+// workerEnv is the worker's environment: the suite's services, and two
+// secrets no job may see (the store's secret key and a canary).
+func workerEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SANDQ_") {
+			out = append(out, kv)
+		}
+	}
+	return append(out,
+		"SANDQ_REDIS_ADDR="+env.stack.RedisAddr, "SANDQ_S3_ENDPOINT="+env.stack.MinioAddr,
+		"SANDQ_S3_ACCESS_KEY="+accessKey, "SANDQ_S3_SECRET_KEY="+env.secretKey, "SANDQ_S3_BUCKET="+bucket,
+		"SANDQ_CHAOS_CANARY="+env.canary, "SANDQ_LOG_LEVEL=info")
+}
+
+// workerDirOf finds the worker directory whose lock file names pid.
+func workerDirOf(stateDir string, pid int) string {
+	locks, _ := filepath.Glob(filepath.Join(stateDir, "workers", "*", "lock"))
+	for _, l := range locks {
+		b, err := os.ReadFile(l)
+		if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(pid) {
+			return filepath.Base(filepath.Dir(l))
+		}
+	}
+	return ""
+}
+
+func (w *worker) log() string {
+	b, _ := os.ReadFile(w.logPath)
+	return string(b)
+}
+
+func (w *worker) alive() bool {
+	select {
+	case <-w.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// signal sends sig to this worker's process, by its PID, if it still runs.
+func (w *worker) signal(sig syscall.Signal) error {
+	if !w.alive() {
+		return errors.New("worker already exited")
+	}
+	return syscall.Kill(w.pid, sig)
+}
+
+// kill SIGKILLs the worker and waits for it to be gone.
+func (w *worker) kill(t *testing.T) {
+	t.Helper()
+	if err := w.signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-w.exited
+}
+
+// stop sends SIGTERM and waits up to d, then SIGKILLs it. It reports
+// whether it exited by itself.
+func (w *worker) stop(t *testing.T, d time.Duration) bool {
+	if !w.alive() {
+		return true
+	}
+	w.signal(syscall.SIGTERM)
+	select {
+	case <-w.exited:
+		return true
+	case <-time.After(d):
+		t.Errorf("worker %s (pid %d) still running %s after SIGTERM; killing it", w.label, w.pid, d)
+		w.signal(syscall.SIGKILL)
+		<-w.exited
+		return false
+	}
+}
+
+// rssBytes is the worker process's resident memory.
+func (w *worker) rssBytes() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", w.pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			return n << 10
+		}
+	}
+	return 0
+}
+
+// runscRoot is the --root of this worker's containers.
+func (w *worker) runscRoot() string { return filepath.Join(w.stateDir, "workers", w.id, "runsc") }
+
+// container is one runsc container as `runsc list` shows it, with the tag
+// of its job (the CHAOS_TAG variable in its bundle's environment).
+type container struct {
+	ID, Status, Bundle string
+	Created            time.Time
+	Tag                string
+}
+
+// containers lists the containers under a runsc root; a root that does not
+// exist has none. The text format is read: only it has creation times.
+func containers(root string) ([]container, error) {
+	if _, err := os.Stat(root); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "runsc", "--root="+root, "list").Output()
+	if err != nil {
+		if _, serr := os.Stat(root); errors.Is(serr, os.ErrNotExist) {
+			return nil, nil // removed meanwhile
+		}
+		return nil, fmt.Errorf("runsc list %s: %w", root, err)
+	}
+	var list []container
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, line := range lines[1:] { // ID PID STATUS BUNDLE CREATED OWNER
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		c := container{ID: f[0], Status: f[2], Bundle: f[3]}
+		if c.Created, err = time.Parse(time.RFC3339Nano, f[4]); err != nil {
+			return nil, fmt.Errorf("runsc list: %q: %w", line, err)
+		}
+		c.Tag = bundleTag(c.Bundle)
+		list = append(list, c)
+	}
+	return list, nil
+}
+
+func bundleTag(bundle string) string {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return ""
+	}
+	var spec struct {
+		Process struct {
+			Env []string `json:"env"`
+		} `json:"process"`
+	}
+	if json.Unmarshal(b, &spec) != nil {
+		return ""
+	}
+	for _, kv := range spec.Process.Env {
+		if v, ok := strings.CutPrefix(kv, "CHAOS_TAG="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// waitContainers waits until root holds n containers.
+func waitContainers(t *testing.T, root string, n int, within time.Duration) []container {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		list, err := containers(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) >= n {
+			return list
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d containers under %s after %s, want %d", len(list), root, within, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

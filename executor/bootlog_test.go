@@ -1,0 +1,35 @@
+package executor
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestBootExitStatus(t *testing.T) {
+	for _, c := range []struct {
+		log    string
+		status int
+		ok     bool
+	}{
+		{"I1126 01:15:51.429743       1 boot.go:779] application exiting with exit status 3\n", 3, true},
+		{"I1126 01:15:51.4       1 boot.go:779] application exiting with exit status 0\nI1126 done\n", 0, true},
+		{"I1126 01:15:53.683705       1 boot.go:779] application exiting with killed by signal 9\n", 137, true},
+		{"I1126 01:15:53.6 1 boot.go:779] application exiting with killed by signal 9 (core dumped)\n", 137, true},
+		{"I1126 01:15:53.6 1 loader.go:1] starting\n", 0, false},
+		{"I1126 boot.go:779] application exiting with unknown status 0x57f\n", 0, false},
+		{"", 0, false},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "runsc.log.20261126-011551.253247.boot.txt"), []byte(c.log), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		status, ok := bootExitStatus(dir)
+		if status != c.status || ok != c.ok {
+			t.Errorf("%q: %d %v, want %d %v", c.log, status, ok, c.status, c.ok)
+		}
+	}
+	if _, ok := bootExitStatus(filepath.Join(t.TempDir(), "missing")); ok {
+		t.Error("a missing log gave a status")
+	}
+}
