@@ -333,6 +333,9 @@ func (d *Draft) Commit(ctx context.Context) (*Enqueued, error) {
 	_, err = d.c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), d.c.cfg.jobTaskOptions(job)...)
 	switch {
 	case errors.Is(err, asynq.ErrTaskIDConflict):
+		// The racing submission's job is the same member of the tenant's
+		// set: it stays.
+		d.reserved = false
 		d.Abort(ctx)
 		return &Enqueued{ID: job.ID, Queue: job.Queue, Existing: true}, nil
 	case err != nil:
