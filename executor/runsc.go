@@ -317,17 +317,7 @@ func (s *runscSandbox) cgroupPath() string { return filepath.Join(s.r.cgroupDir(
 
 // flags are runsc's global flags for this sandbox, the same on every call.
 func (s *runscSandbox) flags() []string {
-	network := "--network=none"
-	if s.net != nil {
-		network = "--network=sandbox"
-	}
-	f := []string{
-		"--root=" + s.r.RunscRoot(),
-		"--platform=" + s.r.cfg.Platform,
-		network,
-		fmt.Sprintf("--overlay2=root:dir=%s,size=%d", filepath.Join(s.dir, "overlay"), s.spec.Limits.Disk),
-	}
-	return append(f, s.r.cfg.ExtraFlags...)
+	return sandboxFlags(s.r.RunscRoot(), s.r.cfg.Platform, filepath.Join(s.dir, "overlay"), s.spec.Limits.Disk, s.net != nil, s.r.cfg.ExtraFlags)
 }
 
 func (s *runscSandbox) runsc(ctx context.Context, timeout time.Duration, args ...string) ([]byte, error) {

@@ -33,6 +33,7 @@ func main() {
 			webhookCommand(),
 			serveCommand(),
 			tokenCommand(),
+			benchCommand(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}

@@ -1,0 +1,267 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/jobs/webhook"
+	"github.com/sandq/sandq/storage"
+)
+
+// Credentials of the bench's own MinIO, which lives only as long as the run.
+const (
+	accessKey = "sandq-bench"
+	secretKey = "sandq-bench-secret"
+	bucket    = "bench"
+)
+
+// env is one run's services and runners.
+type env struct {
+	o      Options
+	dir    string
+	stack  *devstack.Stack
+	cfg    jobs.Config
+	store  *storage.Store
+	client *jobs.Client
+	insp   *asynq.Inspector
+	runner *executor.RunscRunner
+	bare   *executor.BareRunner
+	hooks  *receiver
+	runsc  executor.RunscVersion
+	// seq numbers queues and bare containers; failed counts sandq jobs that
+	// did not succeed, failures keeps the first reasons.
+	mu       sync.Mutex
+	seq      int
+	failed   int
+	failures []string
+}
+
+// setup checks the host, starts Redis (with AOF, as production runs it)
+// and MinIO in a scratch directory, and makes the client, the runsc runner
+// the in-process workers share, the bare runner and the webhook receiver.
+func setup(ctx context.Context, o Options) (_ *env, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("sandq bench runs sandboxes and must run as root")
+	}
+	for _, bin := range []string{o.Runsc, "redis-server", "minio", o.SandqBinary} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("%s is not installed: %w (scripts/install-deps.sh installs what sandq needs)", bin, err)
+		}
+	}
+	rootfs := filepath.Join(o.ImageDir, o.Image, "rootfs")
+	if err := executor.CheckImage(rootfs); err != nil {
+		return nil, fmt.Errorf("image %q in %s: %w; build it with `sandq image build %s --packages-file images/default.packages`", o.Image, o.ImageDir, err, o.Image)
+	}
+	dir, err := os.MkdirTemp(o.TempDir, "sandq-bench-")
+	if err != nil {
+		return nil, err
+	}
+	e := &env{o: o, dir: dir}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, e.close())
+		}
+	}()
+	e.stack, err = devstack.Start(ctx, devstack.Options{
+		Dir: filepath.Join(dir, "stack"), AccessKey: accessKey, SecretKey: secretKey, AppendOnly: true, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	secret, err := webhook.NewSecret()
+	if err != nil {
+		return nil, err
+	}
+	e.cfg = jobs.Config{
+		RedisAddr: e.stack.RedisAddr,
+		Storage:   storage.Config{Endpoint: e.stack.MinioAddr, AccessKey: accessKey, SecretKey: secretKey, Bucket: bucket},
+		Worker: jobs.WorkerConfig{
+			StateDir: filepath.Join(dir, "state"), ImageDir: o.ImageDir, Image: o.Image,
+			Runsc: o.Runsc, Platform: o.Platform,
+		},
+		Webhook: jobs.WebhookConfig{Secrets: map[string][]string{"*": {secret}}, AllowPrivate: true},
+	}.WithDefaults()
+	if err := e.cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if e.store, err = storage.New(e.cfg.Storage); err != nil {
+		return nil, err
+	}
+	if err := e.store.EnsureBucket(ctx); err != nil {
+		return nil, fmt.Errorf("bucket: %w", err)
+	}
+	if e.client, err = jobs.NewClient(e.cfg, e.store, o.Logger); err != nil {
+		return nil, err
+	}
+	e.insp = asynq.NewInspector(e.cfg.RedisOpt())
+	if e.runsc, err = executor.CheckRunsc(ctx, o.Runsc, o.Platform); err != nil {
+		return nil, err
+	}
+	e.runner, err = executor.NewRunscRunner(ctx, executor.RunscConfig{
+		Runsc: o.Runsc, Platform: o.Platform, StateDir: e.cfg.Worker.StateDir, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.bare, err = executor.NewBareRunner(executor.BareConfig{Runsc: e.runsc.Path, Platform: o.Platform, Dir: filepath.Join(dir, "bare")})
+	if err != nil {
+		return nil, err
+	}
+	if !o.NoWebhook {
+		if e.hooks, err = newReceiver([]string{secret}); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// close stops everything setup started and removes the scratch directory.
+func (e *env) close() error {
+	var errs []error
+	ctx := context.Background()
+	if e.hooks != nil {
+		errs = append(errs, e.hooks.close())
+	}
+	if e.bare != nil {
+		errs = append(errs, e.bare.Close(ctx))
+	}
+	if e.runner != nil {
+		errs = append(errs, e.runner.Close(ctx))
+	}
+	if e.insp != nil {
+		e.insp.Close()
+	}
+	if e.client != nil {
+		e.client.Close()
+	}
+	if e.stack != nil {
+		errs = append(errs, e.stack.Stop())
+	}
+	if err := errors.Join(errs...); err != nil {
+		// Leave the directory for a look at the logs.
+		return fmt.Errorf("%w (scratch directory kept: %s)", err, e.dir)
+	}
+	return os.RemoveAll(e.dir)
+}
+
+// next returns a number unique in the run.
+func (e *env) next() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seq++
+	return e.seq
+}
+
+// startWorker starts an in-process worker serving queue at concurrency c:
+// the production configuration (jobs.Config defaults), sharing the run's
+// runsc runner.
+func (e *env) startWorker(ctx context.Context, queue string, c int) (*jobs.Worker, error) {
+	cfg := e.cfg
+	cfg.Worker.Concurrency = c
+	cfg.Worker.Queues = map[string]int{queue: 1}
+	w, err := jobs.NewWorker(cfg, e.runner, e.store, e.o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Start(ctx); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// receiver is a webhook receiver on loopback that verifies each delivery's
+// signature and records when each job's arrived.
+type receiver struct {
+	secrets []string
+	srv     *http.Server
+	url     string
+	mu      sync.Mutex
+	got     map[string]time.Time
+	waiting map[string]chan time.Time
+	bad     int
+}
+
+func newReceiver(secrets []string) (*receiver, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("webhook receiver: %w", err)
+	}
+	r := &receiver{secrets: secrets, url: "http://" + l.Addr().String() + "/hook", got: map[string]time.Time{}, waiting: map[string]chan time.Time{}}
+	r.srv = &http.Server{Handler: http.HandlerFunc(r.serve), ReadHeaderTimeout: 10 * time.Second}
+	go r.srv.Serve(l)
+	return r, nil
+}
+
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	at := time.Now()
+	body, err := io.ReadAll(io.LimitReader(req.Body, 8<<20))
+	var doc struct {
+		ID string `json:"id"`
+	}
+	if err == nil {
+		err = webhook.Verify(r.secrets, req.Header, body, at)
+	}
+	if err == nil {
+		err = json.Unmarshal(body, &doc)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil || doc.ID == "" {
+		r.bad++
+		http.Error(w, "bad delivery", http.StatusBadRequest)
+		return
+	}
+	if _, dup := r.got[doc.ID]; !dup {
+		r.got[doc.ID] = at
+		if ch, ok := r.waiting[doc.ID]; ok {
+			ch <- at
+			delete(r.waiting, doc.ID)
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// wait returns when the job's webhook arrived, waiting up to limit.
+func (r *receiver) wait(ctx context.Context, id string, limit time.Duration) (time.Time, error) {
+	r.mu.Lock()
+	if at, ok := r.got[id]; ok {
+		r.mu.Unlock()
+		return at, nil
+	}
+	ch := make(chan time.Time, 1)
+	r.waiting[id] = ch
+	r.mu.Unlock()
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case at := <-ch:
+		return at, nil
+	case <-t.C:
+		return time.Time{}, fmt.Errorf("webhook of job %s not received in %s", id, limit)
+	case <-ctx.Done():
+		return time.Time{}, ctx.Err()
+	}
+}
+
+func (r *receiver) badDeliveries() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bad
+}
+
+func (r *receiver) close() error { return r.srv.Close() }

@@ -1,0 +1,274 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// floors runs the job serially, one at a time, each way: as a bare
+// process, in a bare runsc container (create/start/wait/delete, and one
+// `runsc run`), and through sandq (to the result, and to the webhook). It
+// also returns the serial runs' stages.
+func (e *env) floors(ctx context.Context, v variant) ([]FloorRow, StageSet, error) {
+	n := e.o.FloorRuns
+	var rows []FloorRow
+	var stages StageSet
+
+	// The bare process.
+	if _, err := e.runProcess(ctx, v); err != nil {
+		return nil, stages, fmt.Errorf("%s: warm-up: %w", FloorProcess, err)
+	}
+	var vals []float64
+	for range n {
+		d, err := e.runProcess(ctx, v)
+		if err != nil {
+			return nil, stages, fmt.Errorf("%s: %w", FloorProcess, err)
+		}
+		vals = append(vals, ms(d))
+	}
+	rows = append(rows, FloorRow{Name: FloorProcess, What: "the interpreter on the host, script and input in a temporary directory", Dist: dist(vals)})
+
+	// Bare runsc containers.
+	for _, f := range []struct {
+		name, what string
+		oneShot    bool
+	}{
+		{FloorBare, "bare runsc container, sandq's OCI spec and flags: runsc create, start, wait, delete", false},
+		{FloorBareRun, "bare runsc container, sandq's OCI spec and flags: one runsc run", true},
+	} {
+		if _, err := e.runBare(ctx, v, f.oneShot); err != nil {
+			return nil, stages, fmt.Errorf("%s: warm-up: %w", f.name, err)
+		}
+		var runs []*bareRun
+		var counts Runs
+		vals = nil
+		for range n {
+			r, err := e.runBare(ctx, v, f.oneShot)
+			if err != nil {
+				return nil, stages, fmt.Errorf("%s: %w", f.name, err)
+			}
+			runs = append(runs, r)
+			vals = append(vals, ms(r.done.Sub(r.began)))
+			if r.waitLost {
+				counts.WaitLost++
+			}
+		}
+		rows = append(rows, FloorRow{Name: f.name, What: f.what, Runs: counts, Dist: dist(vals)})
+		if !f.oneShot {
+			stages.Bare = bareStageRows(runs, nil)
+		}
+	}
+
+	// sandq.
+	runs, err := e.serialSandq(ctx, v, n)
+	if err != nil {
+		return nil, stages, fmt.Errorf("%s: %w", FloorSandq, err)
+	}
+	var toResult, toHook []float64
+	var counts Runs
+	for _, r := range runs {
+		toResult = append(toResult, ms(r.result.Sub(r.sent)))
+		if !r.hook.IsZero() {
+			toHook = append(toHook, ms(r.hook.Sub(r.sent)))
+		}
+		counts.count(r)
+	}
+	rows = append(rows, FloorRow{Name: FloorSandq, What: "sandq, worker concurrency 1: Client.Enqueue until the completed result is seen", Runs: counts, Dist: dist(toResult)})
+	if len(toHook) > 0 {
+		rows = append(rows, FloorRow{Name: FloorSandqHook, What: "sandq: Client.Enqueue until the signed webhook arrives", Runs: counts, Dist: dist(toHook)})
+	}
+	stages.Sandq = sandqStageRows(runs)
+	return rows, stages, nil
+}
+
+// bareStageRows are the stages of bare runs: waiting for a slot (from
+// began until acquired; none when acquired is nil), set-up with create and
+// start, the run (runsc wait), and delete with clean-up.
+func bareStageRows(runs []*bareRun, acquired []time.Time) []StageRow {
+	vals := make([][]float64, len(bareStageNames))
+	for i, r := range runs {
+		got := r.began
+		if acquired != nil {
+			got = acquired[i]
+		}
+		for j, d := range []time.Duration{got.Sub(r.began), r.created.Sub(got), r.exited.Sub(r.created), r.done.Sub(r.exited)} {
+			vals[j] = append(vals[j], ms(d))
+		}
+	}
+	rows := make([]StageRow, len(bareStageNames))
+	for j, s := range bareStageNames {
+		rows[j] = StageRow{Stage: s.name, What: s.what, Dist: dist(vals[j])}
+	}
+	return rows
+}
+
+var bareStageNames = []struct{ name, what string }{
+	{"slot_wait", "waiting for one of the concurrency slots"},
+	{"create_start", "job directories, bundle, runsc create and start"},
+	{"wait", "runsc wait: the script's run"},
+	{"delete", "runsc delete, directories removed"},
+}
+
+// sandqStageRows are the stages of the sandq runs that succeeded.
+func sandqStageRows(runs []*sandqRun) []StageRow {
+	vals := make([][]float64, len(sandqStageNames))
+	for _, r := range runs {
+		if !r.ok() {
+			continue
+		}
+		for j, s := range r.stages() {
+			vals[j] = append(vals[j], s)
+		}
+	}
+	var rows []StageRow
+	for j, s := range sandqStageNames {
+		if len(vals[j]) > 0 {
+			rows = append(rows, StageRow{Stage: s.name, What: s.what, Dist: dist(vals[j])})
+		}
+	}
+	return rows
+}
+
+// count adds a sandq run to the counts.
+func (c *Runs) count(r *sandqRun) {
+	if !r.ok() {
+		c.Failed++
+	}
+	if r.res.Attempt > 1 {
+		c.Retried++
+	}
+}
+
+// schedule is the open-loop send schedule: n offsets from the start with
+// exponential gaps of mean 1/rate, the same for a seed.
+func schedule(n int, rate float64, seed int64) []time.Duration {
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x5a4d51))
+	out := make([]time.Duration, n)
+	var t float64
+	for i := range out {
+		t += rng.ExpFloat64() / rate
+		out[i] = time.Duration(t * float64(time.Second))
+	}
+	return out
+}
+
+// sleepUntil sleeps until t, or until ctx ends.
+func sleepUntil(ctx context.Context, t time.Time) error {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// latency sends the same open-loop schedule to bare runsc containers (at
+// most LatencyConcurrency at once; the rest wait for a slot) and through
+// sandq (a worker of that concurrency), measuring each job from its
+// scheduled send time.
+func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
+	o := e.o
+	sched := schedule(o.LatencyJobs, o.Rate, o.Seed)
+	rep := LatencyReport{Jobs: o.LatencyJobs, RatePerSecond: o.Rate, Concurrency: o.LatencyConcurrency, ScheduleSeconds: round1(sched[len(sched)-1].Seconds())}
+
+	// Bare runsc.
+	if _, err := e.runBare(ctx, v, false); err != nil {
+		return rep, fmt.Errorf("bare warm-up: %w", err)
+	}
+	bare := make([]*bareRun, len(sched))
+	acquired := make([]time.Time, len(sched))
+	errs := make([]error, len(sched))
+	slots := make(chan struct{}, o.LatencyConcurrency)
+	start := time.Now().Add(100 * time.Millisecond)
+	var wg sync.WaitGroup
+	for i, off := range sched {
+		wg.Go(func() {
+			at := start.Add(off)
+			if err := sleepUntil(ctx, at); err != nil {
+				errs[i] = err
+				return
+			}
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			acquired[i] = time.Now()
+			r, err := e.runBare(ctx, v, false)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			r.began = at // latency counts from the scheduled time
+			bare[i] = r
+		})
+	}
+	wg.Wait()
+	if err := errJobs(errs, len(sched)); err != nil {
+		return rep, fmt.Errorf("bare runsc: %w", err)
+	}
+	var bareLat []float64
+	var bareRuns, sandqRuns Runs
+	for _, r := range bare {
+		if r.waitLost {
+			bareRuns.WaitLost++
+		}
+		bareLat = append(bareLat, ms(r.done.Sub(r.began)))
+	}
+	rep.BareStages = bareStageRows(bare, acquired)
+
+	// sandq.
+	queue := fmt.Sprintf("bench-latency-%s-%d", v.name, e.next())
+	w, err := e.startWorker(ctx, queue, o.LatencyConcurrency)
+	if err != nil {
+		return rep, err
+	}
+	defer w.Shutdown()
+	if _, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil {
+		return rep, fmt.Errorf("sandq warm-up: %w", err)
+	}
+	runs := make([]*sandqRun, len(sched))
+	errs = make([]error, len(sched))
+	start = time.Now().Add(100 * time.Millisecond)
+	for i, off := range sched {
+		wg.Go(func() {
+			at := start.Add(off)
+			if errs[i] = sleepUntil(ctx, at); errs[i] == nil {
+				runs[i], errs[i] = e.sendJob(ctx, v, queue, at)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errJobs(errs, len(sched)); err != nil {
+		return rep, fmt.Errorf("sandq: %w", err)
+	}
+	var toResult, toHook []float64
+	for _, r := range runs {
+		sandqRuns.count(r)
+		toResult = append(toResult, ms(r.result.Sub(r.scheduled)))
+		if !r.hook.IsZero() {
+			toHook = append(toHook, ms(r.hook.Sub(r.scheduled)))
+		}
+	}
+	rep.SandqStages = sandqStageRows(runs)
+	bareDist, resultDist := dist(bareLat), dist(toResult)
+	rep.Rows = []LatencyRow{
+		{Name: LatencyBare, What: "bare runsc container (create, start, wait, delete), from the scheduled send", Succeeded: len(bareLat), Runs: bareRuns, Dist: bareDist},
+		{Name: LatencySandq, What: "sandq: scheduled send until the completed result is seen", Succeeded: len(toResult) - sandqRuns.Failed, Runs: sandqRuns, Dist: resultDist},
+	}
+	rep.OverheadMS = overhead(resultDist, bareDist)
+	if len(toHook) > 0 {
+		hookDist := dist(toHook)
+		rep.Rows = append(rep.Rows, LatencyRow{Name: LatencySandqHook, What: "sandq: scheduled send until the signed webhook arrives", Succeeded: len(toHook) - sandqRuns.Failed, Runs: sandqRuns, Dist: hookDist})
+		o := overhead(hookDist, bareDist)
+		rep.WebhookOverheadMS = &o
+	}
+	if e.hooks != nil {
+		if n := e.hooks.badDeliveries(); n > 0 {
+			return rep, fmt.Errorf("%d webhook deliveries failed verification", n)
+		}
+	}
+	return rep, nil
+}

@@ -1,0 +1,364 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is one run's measurements and the conditions they were taken in.
+// Times are in milliseconds unless a field says otherwise.
+type Report struct {
+	StartedAt       time.Time       `json:"started_at"`
+	FinishedAt      time.Time       `json:"finished_at"`
+	DurationSeconds float64         `json:"duration_seconds"`
+	Options         OptionsDoc      `json:"options"`
+	Conditions      Conditions      `json:"conditions"`
+	Variants        []VariantReport `json:"variants"`
+	Memory          *MemoryReport   `json:"memory"`
+	Targets         []Target        `json:"targets"`
+	// FailedJobs counts sandq jobs (warm-ups included) that did not
+	// succeed with the expected output; Failures are the first reasons.
+	FailedJobs int      `json:"failed_jobs"`
+	Failures   []string `json:"failures,omitempty"`
+}
+
+// OptionsDoc is what the run was asked to measure.
+type OptionsDoc struct {
+	Variants           []string `json:"variants"`
+	FloorRuns          int      `json:"floor_runs"`
+	LatencyJobs        int      `json:"latency_jobs"`
+	RatePerSecond      float64  `json:"rate_per_second"`
+	LatencyConcurrency int      `json:"latency_concurrency"`
+	ThroughputJobs     int      `json:"throughput_jobs"`
+	Concurrency        []int    `json:"concurrency"`
+	Webhook            bool     `json:"webhook"`
+	MemoryJobs         int      `json:"memory_jobs"`
+	Seed               int64    `json:"seed"`
+	Image              string   `json:"image"`
+}
+
+func optionsDoc(o Options) OptionsDoc {
+	return OptionsDoc{
+		Variants: o.Variants, FloorRuns: o.FloorRuns, LatencyJobs: o.LatencyJobs, RatePerSecond: o.Rate,
+		LatencyConcurrency: o.LatencyConcurrency, ThroughputJobs: o.ThroughputJobs, Concurrency: o.Concurrency,
+		Webhook: !o.NoWebhook, MemoryJobs: o.MemoryJobs, Seed: o.Seed, Image: o.Image,
+	}
+}
+
+// Dist summarises a set of times, in milliseconds. Percentiles are by
+// nearest rank, so P50 <= P90 <= P99 <= Max always holds.
+type Dist struct {
+	N    int     `json:"n"`
+	Min  float64 `json:"min_ms"`
+	P50  float64 `json:"p50_ms"`
+	P90  float64 `json:"p90_ms"`
+	P99  float64 `json:"p99_ms"`
+	Max  float64 `json:"max_ms"`
+	Mean float64 `json:"mean_ms"`
+}
+
+func dist(vals []float64) Dist {
+	if len(vals) == 0 {
+		return Dist{}
+	}
+	s := slices.Clone(vals)
+	slices.Sort(s)
+	rank := func(q float64) float64 {
+		i := int(math.Ceil(q*float64(len(s)))) - 1
+		return s[max(0, min(i, len(s)-1))]
+	}
+	sum := 0.0
+	for _, v := range s {
+		sum += v
+	}
+	return Dist{
+		N: len(s), Min: round1(s[0]), P50: round1(rank(0.5)), P90: round1(rank(0.9)), P99: round1(rank(0.99)),
+		Max: round1(s[len(s)-1]), Mean: round1(sum / float64(len(s))),
+	}
+}
+
+func round1(v float64) float64 { return math.Round(v*10) / 10 }
+
+// VariantReport is everything measured for one variant of the job.
+type VariantReport struct {
+	Variant string     `json:"variant"`
+	Floors  []FloorRow `json:"floors"`
+	// FloorStages break the serial sandq and bare runsc floors down.
+	FloorStages StageSet        `json:"floor_stages"`
+	Latency     LatencyReport   `json:"latency"`
+	Throughput  []ThroughputRow `json:"throughput"`
+}
+
+// FloorRow is one way of running the job, serially, one at a time.
+type FloorRow struct {
+	Name string `json:"name"`
+	What string `json:"what"`
+	Runs
+	Dist
+}
+
+// Runs count what went wrong: sandq jobs that did not succeed, sandq jobs
+// whose result came from a later attempt (an earlier one failed for a
+// system reason), and bare containers whose exit status runsc wait lost
+// because the job had ended before wait reached the sandbox (the status
+// then comes from the sandbox's boot log, as for sandq's sandboxes, which
+// do the same without a trace in the result).
+type Runs struct {
+	// Failed counts sandq jobs that did not succeed (their times are in
+	// the distribution, to their final result).
+	Failed   int `json:"failed"`
+	Retried  int `json:"retried"`
+	WaitLost int `json:"wait_lost"`
+}
+
+// Floor row names.
+const (
+	FloorProcess   = "bare_process"
+	FloorBare      = "bare_runsc"
+	FloorBareRun   = "bare_runsc_run"
+	FloorSandq     = "sandq_result"
+	FloorSandqHook = "sandq_webhook"
+)
+
+// LatencyReport is the open-loop run: each job's latency from its
+// scheduled send time.
+type LatencyReport struct {
+	Jobs          int     `json:"jobs"`
+	RatePerSecond float64 `json:"rate_per_second"`
+	Concurrency   int     `json:"concurrency"`
+	// ScheduleSeconds is the span of the send schedule (the same for every
+	// row).
+	ScheduleSeconds float64      `json:"schedule_seconds"`
+	Rows            []LatencyRow `json:"rows"`
+	// OverheadMS is sandq's latency to the result less the bare runsc
+	// containers', percentile by percentile.
+	OverheadMS Overhead `json:"overhead_ms"`
+	// WebhookOverheadMS is the same for the webhook's arrival.
+	WebhookOverheadMS *Overhead  `json:"webhook_overhead_ms,omitempty"`
+	SandqStages       []StageRow `json:"sandq_stages"`
+	BareStages        []StageRow `json:"bare_stages"`
+}
+
+// LatencyRow is one way of running the open-loop schedule.
+type LatencyRow struct {
+	Name      string `json:"name"`
+	What      string `json:"what"`
+	Succeeded int    `json:"succeeded"`
+	Runs
+	Dist
+}
+
+// Latency row names.
+const (
+	LatencyBare      = "bare_runsc"
+	LatencySandq     = "sandq_result"
+	LatencySandqHook = "sandq_webhook"
+)
+
+// Overhead is one distribution less another, percentile by percentile.
+type Overhead struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+func overhead(a, b Dist) Overhead {
+	return Overhead{P50: round1(a.P50 - b.P50), P90: round1(a.P90 - b.P90), P99: round1(a.P99 - b.P99), Max: round1(a.Max - b.Max)}
+}
+
+// StageSet is the stages of sandq's jobs and of the bare containers.
+type StageSet struct {
+	Sandq []StageRow `json:"sandq"`
+	Bare  []StageRow `json:"bare"`
+}
+
+// StageRow is one stage of the jobs' trips.
+type StageRow struct {
+	Stage string `json:"stage"`
+	What  string `json:"what"`
+	Dist
+}
+
+// ThroughputRow is one drain of pre-queued jobs at one concurrency.
+type ThroughputRow struct {
+	Concurrency    int `json:"concurrency"`
+	Jobs           int `json:"jobs"`
+	SandqSucceeded int `json:"sandq_succeeded"`
+	SandqFailed    int `json:"sandq_failed"`
+	BareSucceeded  int `json:"bare_succeeded"`
+	// SandqRetried counts jobs whose result came from a later attempt;
+	// BareWaitLost bare runs whose exit status runsc wait lost (see Runs).
+	SandqRetried       int     `json:"sandq_retried"`
+	BareWaitLost       int     `json:"bare_wait_lost"`
+	SandqSeconds       float64 `json:"sandq_seconds"`
+	BareSeconds        float64 `json:"bare_seconds"`
+	SandqJobsPerSecond float64 `json:"sandq_jobs_per_second"`
+	BareJobsPerSecond  float64 `json:"bare_jobs_per_second"`
+	// Ratio is sandq's jobs/s over the bare loop's.
+	Ratio float64 `json:"ratio"`
+}
+
+// MemoryReport is a child `sandq worker`'s memory, idle and with jobs
+// running, from /proc: the worker process's RSS, its runsc helper
+// processes (runsc create/start/wait/delete calls, children of the
+// worker) and, for scale, the sandboxes themselves (runsc sandbox and
+// gofer processes).
+type MemoryReport struct {
+	IdleWorkerRSSKiB int64 `json:"idle_worker_rss_kib"`
+	RunningJobs      int   `json:"running_jobs"`
+	BusyWorkerRSSKiB int64 `json:"busy_worker_rss_kib"`
+	// WorkerPerJobKiB is (busy − idle) / running jobs, of the worker
+	// process alone.
+	WorkerPerJobKiB int64 `json:"worker_per_job_kib"`
+	// HelpersPerJobKiB is the RSS of the worker's runsc helper processes
+	// per running job.
+	HelpersPerJobKiB int64 `json:"helpers_per_job_kib"`
+	// SandboxPerJobKiB is the RSS of each job's runsc sandbox and gofer.
+	SandboxPerJobKiB int64 `json:"sandbox_per_job_kib"`
+	Samples          int   `json:"samples"`
+}
+
+// Target is one of the issue's targets, and how far this run is from it.
+type Target struct {
+	Variant  string  `json:"variant"`
+	Name     string  `json:"name"`
+	Target   string  `json:"target"`
+	Measured float64 `json:"measured"`
+	Unit     string  `json:"unit"`
+	Met      bool    `json:"met"`
+	// Distance is how far the measurement is from the target (positive:
+	// short of it).
+	Distance float64 `json:"distance"`
+}
+
+func targets(r *Report) []Target {
+	var out []Target
+	for _, v := range r.Variants {
+		o := v.Latency.OverheadMS
+		out = append(out,
+			Target{Variant: v.Variant, Name: "p50 overhead", Target: "<= 30 ms", Measured: o.P50, Unit: "ms", Met: o.P50 <= 30, Distance: round1(o.P50 - 30)},
+			Target{Variant: v.Variant, Name: "p99 overhead", Target: "<= 150 ms", Measured: o.P99, Unit: "ms", Met: o.P99 <= 150, Distance: round1(o.P99 - 150)},
+		)
+		var bestSandq, bestBare float64
+		for _, t := range v.Throughput {
+			bestSandq = max(bestSandq, t.SandqJobsPerSecond)
+			bestBare = max(bestBare, t.BareJobsPerSecond)
+		}
+		if bestBare > 0 {
+			ratio := math.Round(bestSandq/bestBare*1000) / 1000
+			out = append(out, Target{Variant: v.Variant, Name: "best throughput vs bare runsc's best", Target: ">= 0.9", Measured: ratio, Unit: "ratio",
+				Met: ratio >= 0.9, Distance: math.Round((0.9-ratio)*1000) / 1000})
+		}
+	}
+	return out
+}
+
+// WriteJSON writes the report to path.
+func (r *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// PrintTable writes the report as text tables.
+func (r *Report) PrintTable(out io.Writer) error {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	c := r.Conditions
+	fmt.Fprintf(out, "sandq bench, %s, %.0fs\n", r.StartedAt.Format(time.RFC3339), r.DurationSeconds)
+	fmt.Fprintf(out, "host: %d CPUs (%s), %s memory, kernel %s, load %s at start, %s at end\n",
+		c.CPUs, c.CPUModel, formatKiB(c.MemoryKiB), c.Kernel, c.LoadAvgStart, c.LoadAvgEnd)
+	fmt.Fprintf(out, "runsc: %s (%s, built with %s); %q\n", c.Runsc.ModuleVersion, c.Runsc.Path, c.Runsc.GoVersion, c.Runsc.VersionOutput)
+	fmt.Fprintf(out, "runsc flags: %s; calls: %s\n", strings.Join(c.Runsc.Flags, " "), strings.Join(c.Runsc.Calls, ", "))
+	fmt.Fprintf(out, "redis %s: appendonly=%s appendfsync=%s save=%q; asynq: task check interval %s, webhook concurrency %d, max retry %d; result poll %s\n",
+		c.Redis.Version, c.Redis.AppendOnly, c.Redis.AppendFsync, c.Redis.Save, c.Asynq.TaskCheckInterval, c.Asynq.WebhookConcurrency, c.Asynq.MaxRetry, c.ResultPoll)
+	fmt.Fprintf(out, "job limits: %s; image %s\n", c.JobLimits, c.Image)
+	for _, v := range r.Variants {
+		fmt.Fprintf(out, "\n== %s ==\n", v.Variant)
+		fmt.Fprintf(w, "floors, ms (serial, after 1 warm-up)\tn\tfailed\tretried\twait lost\tmin\tp50\tmean\tmax\t\n")
+		for _, f := range v.Floors {
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", f.Name, f.N, f.Failed, f.Retried, f.WaitLost, f.Min, f.P50, f.Mean, f.Max)
+		}
+		w.Flush()
+		l := v.Latency
+		fmt.Fprintf(out, "\n")
+		fmt.Fprintf(w, "latency, ms (%d jobs, open loop %.3g/s, concurrency %d)\tok\tfailed\tretried\twait lost\tp50\tp90\tp99\tmax\tmean\t\n", l.Jobs, l.RatePerSecond, l.Concurrency)
+		for _, row := range l.Rows {
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", row.Name, row.Succeeded, row.Failed, row.Retried, row.WaitLost, row.P50, row.P90, row.P99, row.Max, row.Mean)
+		}
+		fmt.Fprintf(w, "overhead sandq_result - bare_runsc\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", l.OverheadMS.P50, l.OverheadMS.P90, l.OverheadMS.P99, l.OverheadMS.Max)
+		if o := l.WebhookOverheadMS; o != nil {
+			fmt.Fprintf(w, "overhead sandq_webhook - bare_runsc\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", o.P50, o.P90, o.P99, o.Max)
+		}
+		w.Flush()
+		for _, st := range []struct {
+			title         string
+			serial, loose []StageRow
+		}{{"sandq stages", v.FloorStages.Sandq, l.SandqStages}, {"bare runsc stages", v.FloorStages.Bare, l.BareStages}} {
+			fmt.Fprintf(out, "\n")
+			fmt.Fprintf(w, "%s, ms\tserial p50\tserial mean\topen-loop p50\tp90\tp99\tmax\tmean\t\n", st.title)
+			for _, s := range st.loose {
+				var ser Dist
+				for _, x := range st.serial {
+					if x.Stage == s.Stage {
+						ser = x.Dist
+					}
+				}
+				fmt.Fprintf(w, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", s.Stage, ser.P50, ser.Mean, s.P50, s.P90, s.P99, s.Max, s.Mean)
+			}
+			w.Flush()
+		}
+		fmt.Fprintf(out, "\n")
+		fmt.Fprintf(w, "throughput\tjobs\tsandq jobs/s\tbare jobs/s\tratio\tsandq s\tbare s\tsandq failed\tsandq retried\tbare wait lost\t\n")
+		for _, t := range v.Throughput {
+			fmt.Fprintf(w, "concurrency %d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%d\t\n", t.Concurrency, t.Jobs, t.SandqJobsPerSecond, t.BareJobsPerSecond, t.Ratio, t.SandqSeconds, t.BareSeconds, t.SandqFailed, t.SandqRetried, t.BareWaitLost)
+		}
+		w.Flush()
+	}
+	if m := r.Memory; m != nil {
+		fmt.Fprintf(out, "\nmemory (child `sandq worker`): idle %s RSS; with %d jobs running %s, i.e. %s per job in the worker process, %s per job in its runsc helper processes (the sandbox itself: %s per job)\n",
+			formatKiB(m.IdleWorkerRSSKiB), m.RunningJobs, formatKiB(m.BusyWorkerRSSKiB), formatKiB(m.WorkerPerJobKiB), formatKiB(m.HelpersPerJobKiB), formatKiB(m.SandboxPerJobKiB))
+	}
+	fmt.Fprintf(out, "\n")
+	fmt.Fprintf(w, "targets\tvariant\ttarget\tmeasured\tmet\t\n")
+	for _, t := range r.Targets {
+		met := "no"
+		if t.Met {
+			met = "yes"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%g %s\t%s\t\n", t.Name, t.Variant, t.Target, t.Measured, t.Unit, met)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if r.FailedJobs > 0 {
+		fmt.Fprintf(out, "\n%d sandq jobs did not succeed; first reasons:\n", r.FailedJobs)
+		for _, f := range r.Failures {
+			fmt.Fprintf(out, "  %s\n", f)
+		}
+	}
+	return nil
+}
+
+func formatKiB(k int64) string {
+	switch {
+	case k >= 1<<20:
+		return fmt.Sprintf("%.1fGiB", float64(k)/(1<<20))
+	case k >= 1<<10:
+		return fmt.Sprintf("%.1fMiB", float64(k)/(1<<10))
+	default:
+		return fmt.Sprintf("%dKiB", k)
+	}
+}

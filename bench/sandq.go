@@ -1,0 +1,189 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/sandq/sandq/jobs"
+)
+
+// resultPoll is how often the bench asks asynq whether a job it follows is
+// done. asynq has no completion notification; this bounds the error of
+// "result available" (on average half of it, plus one Redis round trip).
+const resultPoll = 5 * time.Millisecond
+
+// sandqRun is one job's trip through sandq.
+type sandqRun struct {
+	id string
+	// scheduled: when it was due; sent: Enqueue called; enqueued: Enqueue
+	// returned; result: the bench saw asynq's completed task with its
+	// result; hook: the webhook arrived (zero without a receiver).
+	scheduled, sent, enqueued, result, hook time.Time
+	res                                     *jobs.Result
+	// failure says why the job did not succeed as expected; empty when it
+	// did.
+	failure string
+}
+
+// ok reports whether the job succeeded with the expected output.
+func (r *sandqRun) ok() bool { return r.failure == "" }
+
+// sendJob enqueues the trivial job on queue and follows it until its result
+// is available and, with a receiver, its webhook has arrived.
+func (e *env) sendJob(ctx context.Context, v variant, queue string, scheduled time.Time) (*sandqRun, error) {
+	r := &sandqRun{scheduled: scheduled, sent: time.Now()}
+	if r.scheduled.IsZero() {
+		r.scheduled = r.sent
+	}
+	url := ""
+	if e.hooks != nil {
+		url = e.hooks.url
+	}
+	enq, err := e.client.Enqueue(ctx, v.submission(queue, url))
+	if err != nil {
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
+	r.enqueued, r.id = time.Now(), enq.ID
+	if r.res, r.result, err = e.awaitResult(ctx, queue, enq.ID, 10*time.Minute); err != nil {
+		return nil, err
+	}
+	if err := v.checkResult(r.res); err != nil {
+		// A job that did not succeed is counted (and its time kept), not
+		// fatal: the run goes on and reports it.
+		r.failure = err.Error()
+		e.recordFailure(err)
+	}
+	if e.hooks != nil {
+		if r.hook, err = e.hooks.wait(ctx, enq.ID, 2*time.Minute); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// awaitResult polls asynq for the task until it is completed and returns
+// its result and when the bench saw it.
+func (e *env) awaitResult(ctx context.Context, queue, id string, limit time.Duration) (*jobs.Result, time.Time, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		info, err := e.insp.GetTaskInfo(queue, id)
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("job %s: %w", id, err)
+		}
+		// Archived: its retries ran out; the last attempt wrote an error
+		// result.
+		if info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived {
+			seen := time.Now()
+			res, err := jobs.ParseResult(info.Result)
+			if err != nil {
+				return nil, seen, fmt.Errorf("job %s (%s, %s): result: %w", id, info.State, info.LastErr, err)
+			}
+			return res, seen, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, time.Time{}, fmt.Errorf("job %s not done after %s (state %s)", id, limit, info.State)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, time.Time{}, ctx.Err()
+		case <-time.After(resultPoll):
+		}
+	}
+}
+
+// began is when the worker took the job (enqueue time plus queue wait).
+func (r *sandqRun) began() time.Time {
+	return r.res.SubmittedAt.Add(time.Duration(r.res.Timings.QueueWaitMS) * time.Millisecond)
+}
+
+// stages are the run's stages in order, in milliseconds: the producer's
+// Enqueue (from the scheduled send), the wait in the queue after it, the
+// worker's stages from the result's timings, what follows the upload until
+// the bench saw the result, and the webhook after that.
+func (r *sandqRun) stages() []float64 {
+	t := r.res.Timings
+	endUpload := r.began().Add(time.Duration(t.TotalInWorkerMS) * time.Millisecond)
+	s := []float64{
+		ms(r.enqueued.Sub(r.scheduled)),
+		ms(r.began().Sub(r.enqueued)),
+		float64(t.MemoryWaitMS),
+		float64(t.DownloadMS),
+		float64(t.SandboxStartMS),
+		float64(t.RunMS),
+		float64(t.UploadMS),
+		ms(r.result.Sub(endUpload)),
+	}
+	if !r.hook.IsZero() {
+		s = append(s, ms(r.hook.Sub(r.result)))
+	}
+	return s
+}
+
+// sandqStageNames name stages(), with what each holds.
+var sandqStageNames = []struct{ name, what string }{
+	{"enqueue", "producer: validate, upload script and input, enqueue (from the scheduled send)"},
+	{"queue_wait", "in Redis until a worker took it (timings.queue_wait_ms less the enqueue call)"},
+	{"memory_wait", "timings.memory_wait_ms"},
+	{"download", "timings.download_ms: sandbox scratch space and outputs tmpfs, fetch script and input"},
+	{"sandbox_start", "timings.sandbox_start_ms: bundle, runsc create and start"},
+	{"run", "timings.run_ms: script start until the container was deleted (runsc wait, delete)"},
+	{"upload", "timings.upload_ms: collect and upload outputs and logs, presign"},
+	{"finish", "residual after upload until the result was seen: sandbox release, result write, webhook enqueue, asynq completion, result poll"},
+	{"webhook", "result seen until the signed webhook arrived"},
+}
+
+// serialSandq runs n jobs one after another (after one warm-up) through a
+// worker of concurrency 1.
+func (e *env) serialSandq(ctx context.Context, v variant, n int) ([]*sandqRun, error) {
+	queue := fmt.Sprintf("bench-floor-%s-%d", v.name, e.next())
+	w, err := e.startWorker(ctx, queue, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Shutdown()
+	if _, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	var runs []*sandqRun
+	for range n {
+		r, err := e.sendJob(ctx, v, queue, time.Time{})
+		if err != nil {
+			return nil, err
+		}
+		runs = append(runs, r)
+	}
+	return runs, nil
+}
+
+// recordFailure counts a job that did not succeed and keeps the first
+// reasons for the report.
+func (e *env) recordFailure(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.failed++
+	if len(e.failures) < 10 {
+		e.failures = append(e.failures, err.Error())
+	}
+}
+
+// errJobs joins the errors of failed jobs (at most five), naming how many
+// of total failed; nil when none did.
+func errJobs(errs []error, total int) error {
+	var failed []error
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	n := len(failed)
+	return fmt.Errorf("%d of %d jobs failed: %w", n, total, errors.Join(failed[:min(n, 5)]...))
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,0 +1,165 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/sandq/sandq/jobs"
+)
+
+// drainPoll is how often the throughput run asks asynq how many jobs are
+// done.
+const drainPoll = 50 * time.Millisecond
+
+// throughput drains ThroughputJobs pre-queued jobs with a worker of
+// concurrency c, then runs as many bare runsc containers from a plain loop
+// of c goroutines.
+func (e *env) throughput(ctx context.Context, v variant, c int) (ThroughputRow, error) {
+	m := e.o.ThroughputJobs
+	row := ThroughputRow{Concurrency: c, Jobs: m}
+
+	// sandq: queue every job first (no webhooks), then start the worker.
+	queue := fmt.Sprintf("bench-throughput-%s-c%d-%d", v.name, c, e.next())
+	var next atomic.Int64
+	errs := make([]error, m)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= m {
+					return
+				}
+				if _, err := e.client.Enqueue(ctx, v.submission(queue, "")); err != nil {
+					errs[i] = fmt.Errorf("enqueue: %w", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errJobs(errs, m); err != nil {
+		return row, err
+	}
+	began := time.Now()
+	w, err := e.startWorker(ctx, queue, c)
+	if err != nil {
+		return row, err
+	}
+	done, err := e.drain(ctx, queue, m)
+	elapsed := done.Sub(began)
+	w.Shutdown()
+	if err != nil {
+		return row, err
+	}
+	if row.SandqSucceeded, row.SandqFailed, row.SandqRetried, err = e.countResults(v, queue, m); err != nil {
+		return row, err
+	}
+	// Jobs that ran out of retries count in the time, not in the jobs.
+	row.SandqSeconds = math.Round(elapsed.Seconds()*100) / 100
+	row.SandqJobsPerSecond = math.Round(float64(row.SandqSucceeded)/elapsed.Seconds()*100) / 100
+
+	// Bare runsc, the same number of jobs at the same parallelism.
+	next.Store(0)
+	errs = make([]error, m)
+	var ok, lost atomic.Int64
+	began = time.Now()
+	for range c {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= m {
+					return
+				}
+				r, err := e.runBare(ctx, v, false)
+				if err != nil {
+					errs[i] = err
+					continue
+				}
+				ok.Add(1)
+				if r.waitLost {
+					lost.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed = time.Since(began)
+	if err := errJobs(errs, m); err != nil {
+		return row, fmt.Errorf("bare runsc: %w", err)
+	}
+	row.BareSucceeded, row.BareWaitLost = int(ok.Load()), int(lost.Load())
+	row.BareSeconds = math.Round(elapsed.Seconds()*100) / 100
+	row.BareJobsPerSecond = math.Round(float64(m)/elapsed.Seconds()*100) / 100
+	if row.BareJobsPerSecond > 0 {
+		row.Ratio = math.Round(row.SandqJobsPerSecond/row.BareJobsPerSecond*1000) / 1000
+	}
+	return row, nil
+}
+
+// drain waits until m tasks of queue are completed or archived and returns
+// when it saw that.
+func (e *env) drain(ctx context.Context, queue string, m int) (time.Time, error) {
+	deadline := time.Now().Add(time.Duration(m) * time.Minute)
+	for {
+		info, err := e.insp.GetQueueInfo(queue)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("queue %s: %w", queue, err)
+		}
+		if info.Completed+info.Archived >= m {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("queue %s: %d of %d jobs done after %s", queue, info.Completed+info.Archived, m, time.Duration(m)*time.Minute)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		case <-time.After(drainPoll):
+		}
+	}
+}
+
+// countResults checks every finished job's result: completed ones should
+// have succeeded with the expected output, archived ones ran out of
+// retries. It returns how many succeeded, failed and were retried.
+func (e *env) countResults(v variant, queue string, m int) (ok, failed, retried int, err error) {
+	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){e.insp.ListCompletedTasks, e.insp.ListArchivedTasks} {
+		for page := 1; ; page++ {
+			infos, err := list(queue, asynq.Page(page), asynq.PageSize(100))
+			if err != nil {
+				return ok, failed, retried, fmt.Errorf("queue %s: %w", queue, err)
+			}
+			for _, info := range infos {
+				res, err := jobs.ParseResult(info.Result)
+				if err != nil {
+					err = fmt.Errorf("job %s (%s): result: %w", info.ID, info.LastErr, err)
+				} else {
+					err = v.checkResult(res)
+				}
+				switch {
+				case err != nil:
+					failed++
+					e.recordFailure(err)
+				default:
+					ok++
+				}
+				if res != nil && res.Attempt > 1 {
+					retried++
+				}
+			}
+			if len(infos) < 100 {
+				break
+			}
+		}
+	}
+	if ok+failed != m {
+		return ok, failed, retried, fmt.Errorf("queue %s: %d results for %d jobs", queue, ok+failed, m)
+	}
+	return ok, failed, retried, nil
+}
