@@ -98,7 +98,10 @@ type WorkerConfig struct {
 	// ShutdownGrace is how long a stopping worker lets running jobs finish
 	// before killing them and handing them back to the queue. Default 30s.
 	ShutdownGrace time.Duration
-	// TaskCheckInterval is how often an idle worker polls for work. Default 100ms.
+	// TaskCheckInterval is how often an idle worker polls for work (asynq
+	// sleeps half of it plus a random part of up to all of it). Default
+	// 10ms: about 100 cheap Redis calls a second per idle worker, for a
+	// job's wait in the queue of 5 to 15 ms instead of 50 to 150.
 	TaskCheckInterval time.Duration
 	// MemoryBudget caps the sum of the memory limits of the jobs running at
 	// once; jobs over it wait. Default DefaultMemoryBudget (75% of the
@@ -171,7 +174,7 @@ func (c Config) WithDefaults() Config {
 	set64(&w.LogBytes, 16<<20)
 	setInt(&w.LogTail, 8<<10)
 	setDur(&w.ShutdownGrace, 30*time.Second)
-	setDur(&w.TaskCheckInterval, 100*time.Millisecond)
+	setDur(&w.TaskCheckInterval, 10*time.Millisecond)
 	if w.MemoryBudget == (MemoryBudget{}) {
 		w.MemoryBudget = DefaultMemoryBudget
 	}
@@ -226,6 +229,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Worker.MemoryBudget.validate(); err != nil {
 		return err
+	}
+	if c.Worker.TaskCheckInterval < time.Millisecond || c.Worker.TaskCheckInterval > time.Minute {
+		return fmt.Errorf("task check interval %s: want 1ms to 1m", c.Worker.TaskCheckInterval)
 	}
 	for _, name := range append([]string{c.Worker.Image}, c.Worker.Images...) {
 		if err := CheckImageName(name); err != nil {

@@ -60,7 +60,7 @@ func TestConfigWithDefaults(t *testing.T) {
 		{"Worker.LogBytes", c.Worker.LogBytes, int64(16 << 20)},
 		{"Worker.LogTail", c.Worker.LogTail, 8 << 10},
 		{"Worker.ShutdownGrace", c.Worker.ShutdownGrace, 30 * time.Second},
-		{"Worker.TaskCheckInterval", c.Worker.TaskCheckInterval, 100 * time.Millisecond},
+		{"Worker.TaskCheckInterval", c.Worker.TaskCheckInterval, 10 * time.Millisecond},
 		{"ImagePath", c.ImagePath(), "/var/lib/sandq/images/default/rootfs"},
 	}
 	for _, ch := range checks {
@@ -212,6 +212,7 @@ func TestConfigValidate(t *testing.T) {
 		{"image with a slash", func(c *Config) { c.Worker.Image = "a/b" }, `"a/b" is not an image name`},
 		{"other image with a slash", func(c *Config) { c.Worker.Images = []string{"ok", "x/y"} }, `"x/y" is not an image name`},
 		{"hidden image", func(c *Config) { c.Worker.Image = ".import-x" }, "is not an image name"},
+		{"task check interval too short", func(c *Config) { c.Worker.TaskCheckInterval = time.Microsecond }, "task check interval 1µs"},
 		{"image with a trailing slash", func(c *Config) { c.Worker.Image = "img/" }, "is not an image name"},
 		{"absolute image", func(c *Config) { c.Worker.Image = "/etc" }, "is not an image name"},
 		{"image ..", func(c *Config) { c.Worker.Image = ".." }, "is not an image name"},
