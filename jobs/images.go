@@ -51,8 +51,9 @@ func (c Config) publishImages(ctx context.Context, rdb redis.UniversalClient) er
 	return nil
 }
 
-// checkImages refuses to start a worker with an image it cannot run.
-func (c Config) checkImages() error {
+// CheckImages refuses to start a worker with an image it cannot run: its
+// --image or one of its --images missing or unusable.
+func (c Config) CheckImages() error {
 	for _, name := range c.allowedImages() {
 		img, err := image.Lookup(c.Worker.ImageDir, name)
 		if err != nil {

@@ -181,6 +181,12 @@ func TestWorkerRefusesMissingImage(t *testing.T) {
 		t.Fatalf("NewWorker with a missing image: %v", err)
 	}
 	t.Logf("refused: %v", err)
+	// One of the other images jobs may name, missing.
+	cfg = workerConfig(t, "127.0.0.1:1")
+	cfg.Worker.Images = []string{"default", "gone"}
+	if _, err := newTestWorker(t, cfg); err == nil || !strings.Contains(err.Error(), `worker image "gone"`) {
+		t.Fatalf("NewWorker with a missing --images entry: %v", err)
+	}
 	// An image whose /tmp is empty would get an unbounded tmpfs there.
 	cfg = workerConfig(t, "127.0.0.1:1")
 	os.Remove(filepath.Join(cfg.Worker.ImageDir, "default", "rootfs", "tmp", ".sandq"))

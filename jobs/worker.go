@@ -43,7 +43,7 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := cfg.checkImages(); err != nil {
+	if err := cfg.CheckImages(); err != nil {
 		return nil, err
 	}
 	hostMem, err := HostMemory()

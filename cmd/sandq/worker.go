@@ -21,7 +21,6 @@ import (
 	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/devstack"
 	"github.com/sandq/sandq/executor"
-	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 )
@@ -39,7 +38,8 @@ func workerCommand() *cli.Command {
 			logger := newLogger(c)
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			if _, err := image.Path(cfg.Worker.ImageDir, cfg.Worker.Image); err != nil {
+			// Before the runner starts (and sweeps): every image it may run.
+			if err := cfg.CheckImages(); err != nil {
 				return cli.Exit(err, exitError)
 			}
 			store, err := newStore(cfg)
