@@ -346,7 +346,7 @@ func TestListPages(t *testing.T) {
 	if !slices.Equal(got, ids) {
 		t.Errorf("listed %v, want %v", got, ids)
 	}
-	for _, q := range []string{"limit=0", "limit=x", "state=gone", "cursor=abc", "queue=bad/queue"} {
+	for _, q := range []string{"limit=0", "limit=501", "limit=x", "state=gone", "cursor=abc", "queue=bad/queue"} {
 		if a := f.do(t, "GET", "/v1/jobs?"+q, tokens["beta"], nil, ""); a.code != 400 {
 			t.Errorf("list ?%s: %d %s", q, a.code, a.body)
 		}
@@ -388,6 +388,7 @@ func TestRefusalsLeaveNothing(t *testing.T) {
 		{"no token", "", []part{script("a.sh", "true")}, "", 401, "", "no token"},
 		{"bad token", "sandq_nope", []part{script("a.sh", "true")}, "", 401, "", "not valid"},
 		{"queue not allowed", tokens["beta"], []part{spec(`{"queue":"reports"}`), script("a.sh", "true")}, "", 403, "queue", "reports"},
+		{"spec too large", tokens["acme"], []part{spec(`{"args":["` + strings.Repeat("x", maxSpecBytes) + `"]}`), script("a.sh", "true")}, "", 413, "spec", "over"},
 		{"malformed spec", tokens["acme"], []part{spec(`{"runtime":`), script("a.sh", "true")}, "", 400, "spec", ""},
 		{"unknown spec field", tokens["acme"], []part{spec(`{"runtme":"python"}`), script("a.sh", "true")}, "", 400, "runtme", ""},
 		{"wrong type", tokens["acme"], []part{spec(`{"limits":{"memory_bytes":"lots"}}`), script("a.sh", "true")}, "", 400, "limits.memory_bytes", ""},
