@@ -223,9 +223,6 @@ func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, er
 	return d, nil, nil
 }
 
-// ID is the job's ID.
-func (d *Draft) ID() string { return d.job.ID }
-
 // AddScript streams the script to the store. size is its length, or -1
 // when unknown (it is counted as it streams).
 func (d *Draft) AddScript(ctx context.Context, name string, r io.Reader, size int64) error {
