@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,7 +30,6 @@ type budgetWorker struct {
 // budget. It stops when the test ends, if the test has not stopped it.
 func startBudgetWorker(t *testing.T, queue string, budget int64, modify func(*jobs.Config)) *budgetWorker {
 	t.Helper()
-	ctx := context.Background()
 	cfg := env.cfg
 	cfg.Worker.Queues = map[string]int{queue: 1}
 	cfg.Worker.Concurrency = 2
@@ -41,26 +39,8 @@ func startBudgetWorker(t *testing.T, queue string, budget int64, modify func(*jo
 	if modify != nil {
 		modify(&cfg)
 	}
-	runner, err := executor.NewRunscRunner(ctx, executor.RunscConfig{StateDir: env.state})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { runner.Close(ctx) })
-	w, err := jobs.NewWorker(cfg, runner, env.store, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	b := &budgetWorker{cfg: cfg, w: w, runner: runner, queue: queue, stop: func() { once.Do(w.Shutdown) }}
-	t.Cleanup(b.stop)
-	if b.client, err = jobs.NewClient(cfg, env.store, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.client.Close() })
-	return b
+	s := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
+	return &budgetWorker{cfg: cfg, w: s.worker, runner: s.runner, client: s.client, queue: queue, stop: s.stop}
 }
 
 func (b *budgetWorker) enqueue(t *testing.T, name, script string) string {

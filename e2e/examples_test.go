@@ -29,7 +29,6 @@ type examplesWorker struct {
 
 func startExamplesWorker(t *testing.T) *examplesWorker {
 	t.Helper()
-	ctx := context.Background()
 	if _, err := image.Resolve(env.cfg.Worker.ImageDir, analysisImage); err != nil {
 		t.Fatalf("the %s image: %v\n(make test builds it: sandq image build %s --packages-file images/analysis.packages --overlay images/analysis.overlay)", analysisImage, err, analysisImage)
 	}
@@ -40,25 +39,8 @@ func startExamplesWorker(t *testing.T) *examplesWorker {
 	cfg.Worker.Concurrency = 2
 	cfg.Worker.ShutdownGrace = time.Second
 	cfg.Egress.Queues = map[string]jobs.QueueEgress{queue: {Max: []string{"npm"}, Default: []string{"npm"}}}
-	runner, err := executor.NewRunscRunner(ctx, executor.RunscConfig{StateDir: env.state, Network: &executor.NetworkConfig{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { runner.Close(ctx) })
-	w, err := jobs.NewWorker(cfg, runner, env.store, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.Shutdown)
-	client, err := jobs.NewClient(cfg, env.store, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	return &examplesWorker{client: client, queue: queue}
+	s := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state, Network: &executor.NetworkConfig{}})
+	return &examplesWorker{client: s.client, queue: queue}
 }
 
 // run submits a job on the worker's queue and waits for it to succeed.
