@@ -194,7 +194,8 @@ func checkDist(t *testing.T, what string, d Dist, n int) {
 
 // checkStages checks every stage is there, with a value per job that
 // succeeded, ordered and not negative beyond the results' millisecond
-// rounding.
+// rounding. The webhook stage has no lower bound: it runs from when the
+// bench's poll saw the result, and the webhook may arrive before that.
 func checkStages(t *testing.T, what string, s StageSet, n int) {
 	t.Helper()
 	var names []string
@@ -203,7 +204,7 @@ func checkStages(t *testing.T, what string, s StageSet, n int) {
 		if r.N != n {
 			t.Errorf("%s sandq stage %s: %d values, want %d", what, r.Stage, r.N, n)
 		}
-		if r.Min < -5 || r.Min > r.P50 || r.P50 > r.P90 || r.P90 > r.P99 || r.P99 > r.Max {
+		if (r.Min < -5 && r.Stage != "webhook") || r.Min > r.P50 || r.P50 > r.P90 || r.P90 > r.P99 || r.P99 > r.Max {
 			t.Errorf("%s sandq stage %s: %+v", what, r.Stage, r.Dist)
 		}
 	}

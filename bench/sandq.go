@@ -133,7 +133,7 @@ var sandqStageNames = []struct{ name, what string }{
 	{"run", "timings.run_ms: script start until the container was deleted (runsc wait, delete)"},
 	{"upload", "timings.upload_ms: collect and upload outputs and logs, presign"},
 	{"finish", "residual after upload until the result was seen: sandbox release, result write, webhook enqueue, asynq completion, result poll"},
-	{"webhook", "result seen until the signed webhook arrived"},
+	{"webhook", "result seen until the signed webhook arrived (negative when it arrived before the result poll saw the result)"},
 }
 
 // serialSandq runs n jobs one after another (after one warm-up) through a
