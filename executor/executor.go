@@ -115,8 +115,13 @@ type Sandbox interface {
 	InputsDir() string
 	// JobDir is the host directory mounted read-only at JobMount.
 	JobDir() string
-	// Run creates, starts and waits for the container and removes it.
-	// Cancelling ctx kills it; the cause is reported in Outcome.Interrupted.
+	// Create creates the container without starting it; it may run while
+	// the caller fills JobDir and InputsDir, whose contents the job sees as
+	// they are when Run starts it. Calling it is optional.
+	Create(ctx context.Context) error
+	// Run starts the container (creating it first if Create was not
+	// called), waits for it and removes it. Cancelling ctx kills it; the
+	// cause is reported in Outcome.Interrupted.
 	Run(ctx context.Context) (*Outcome, error)
 	// Outputs lists what the job wrote, after Run.
 	Outputs() (*Collection, error)

@@ -302,7 +302,16 @@ type runscSandbox struct {
 	dir     string
 	logger  *slog.Logger
 	cleanup cleanupStack
-	ran     bool
+	// mu guards created, ran and logs: Create may run beside the caller's
+	// other preparations.
+	mu        sync.Mutex
+	created   bool
+	createdAt time.Time
+	ran       bool
+	logs      *sandboxLogs
+	// deleted is set once Run has deleted the container, so Release does
+	// not call runsc for it again.
+	deleted bool
 	net     *jobnet.Net
 	session *egress.Session
 }
@@ -334,15 +343,83 @@ func (s *runscSandbox) runsc(ctx context.Context, timeout time.Duration, args ..
 	return out, nil
 }
 
-// Run creates, starts and waits for the container, enforcing the timeout,
-// then deletes it. Errors are returned only for failures of the machinery;
-// how the job ended is in the Outcome.
-func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
-	if s.ran {
-		return nil, errors.New("sandbox already used: a sandbox runs one job once")
+// sandboxLogs captures a container's stdout and stderr from pipes whose
+// write ends the container holds.
+type sandboxLogs struct {
+	stdout, stderr *LogCapture
+	outR, errR     *os.File
+	drained        sync.WaitGroup
+}
+
+func (s *runscSandbox) openLogs() (_ *sandboxLogs, outW, errW *os.File, err error) {
+	lim := s.spec.Limits
+	l := &sandboxLogs{}
+	if l.stdout, err = NewLogCapture(filepath.Join(s.dir, "logs", "stdout.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail); err != nil {
+		return nil, nil, nil, err
 	}
-	s.ran = true
-	out := &Outcome{CreatedAt: time.Now()}
+	if l.stderr, err = NewLogCapture(filepath.Join(s.dir, "logs", "stderr.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail); err != nil {
+		l.stdout.Close()
+		return nil, nil, nil, err
+	}
+	if l.outR, outW, err = os.Pipe(); err != nil {
+		l.stdout.Close()
+		l.stderr.Close()
+		return nil, nil, nil, err
+	}
+	if l.errR, errW, err = os.Pipe(); err != nil {
+		l.outR.Close()
+		outW.Close()
+		l.stdout.Close()
+		l.stderr.Close()
+		return nil, nil, nil, err
+	}
+	drain := func(r *os.File, w *LogCapture) {
+		defer l.drained.Done()
+		io.Copy(w, r)
+	}
+	l.drained.Add(2)
+	go drain(l.outR, l.stdout)
+	go drain(l.errR, l.stderr)
+	return l, outW, errW, nil
+}
+
+// finish waits for the pipes to drain and closes the logs. The sandbox holds
+// the pipes' write ends until every process in it is gone; the container is
+// deleted before this, so they close soon.
+func (l *sandboxLogs) finish(logger *slog.Logger, out *Outcome) {
+	done := make(chan struct{})
+	go func() { l.drained.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		logger.Warn("log pipes still open 10s after the sandbox ended; closing them")
+		l.outR.Close()
+		l.errR.Close()
+		<-done
+	}
+	l.outR.Close()
+	l.errR.Close()
+	l.stdout.Close()
+	l.stderr.Close()
+	if out != nil {
+		out.Stdout = l.stdout.Summary()
+		out.Stderr = l.stderr.Summary()
+	}
+}
+
+// Create writes the bundle and creates the container without starting it.
+// The job's process, its arguments and environment are fixed now; files put
+// in JobDir and InputsDir afterwards, before Run, are what the job sees,
+// because the container's file systems are mounted when it starts. On
+// failure the container is gone again.
+func (s *runscSandbox) Create(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.created || s.ran {
+		return errors.New("sandbox already created: a sandbox runs one job once")
+	}
+	s.created = true
+	s.createdAt = time.Now()
 	netns := ""
 	if s.net != nil {
 		netns = s.net.Netns
@@ -350,63 +427,22 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	spec := ociSpec(s.spec, s.InputsDir(), s.JobDir(), s.OutputsDir(), s.cgroupPath(), netns)
 	b, err := json.Marshal(spec)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := os.WriteFile(filepath.Join(s.bundleDir(), "config.json"), b, 0o600); err != nil {
-		return nil, fmt.Errorf("%w: bundle: %w", ErrSandbox, err)
+		return fmt.Errorf("%w: bundle: %w", ErrSandbox, err)
 	}
-
-	lim := s.spec.Limits
-	stdout, err := NewLogCapture(filepath.Join(s.dir, "logs", "stdout.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail)
+	logs, outW, errW, err := s.openLogs()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	stderr, err := NewLogCapture(filepath.Join(s.dir, "logs", "stderr.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail)
-	if err != nil {
-		stdout.Close()
-		return nil, err
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return nil, err
-	}
-	var drained sync.WaitGroup
-	drain := func(r *os.File, w *LogCapture) {
-		defer drained.Done()
-		io.Copy(w, r)
-	}
-	drained.Add(2)
-	go drain(outR, stdout)
-	go drain(errR, stderr)
-	finishLogs := func() {
-		// The sandbox holds the pipes' write ends until every process in it
-		// is gone; the container is deleted before this, so they close soon.
-		done := make(chan struct{})
-		go func() { drained.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			s.logger.Warn("log pipes still open 10s after the sandbox ended; closing them")
-			outR.Close()
-			errR.Close()
-			<-done
-		}
-		outR.Close()
-		errR.Close()
-		stdout.Close()
-		stderr.Close()
-		out.Stdout = stdout.Summary()
-		out.Stderr = stderr.Summary()
-	}
-
 	// From here a container may exist: delete it whatever happens.
-	s.cleanup.add("container", func(ctx context.Context) error { return s.delete(ctx) })
+	s.cleanup.add("container", func(ctx context.Context) error {
+		if s.deleted {
+			return nil
+		}
+		return s.delete(ctx)
+	})
 	create := exec.Command(s.r.runsc, append(append(s.flags(), bootLogFlags(s.bootLogDir())...), "create", "--bundle", s.bundleDir(), s.id)...)
 	create.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	create.Stdin = nil
@@ -417,12 +453,42 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	errW.Close()
 	if err != nil {
 		s.delete(ctx)
-		finishLogs()
-		return nil, fmt.Errorf("%w: runsc create: %w: %s", ErrSandbox, err, strings.TrimSpace(string(out.Stderr.Tail)))
+		var failed Outcome
+		logs.finish(s.logger, &failed)
+		return fmt.Errorf("%w: runsc create: %w: %s", ErrSandbox, err, strings.TrimSpace(string(failed.Stderr.Tail)))
 	}
+	s.logs = logs
+	return nil
+}
+
+// Run starts the container (creating it first unless Create was called),
+// waits for it with the timeout enforced, then deletes it. Errors are
+// returned only for failures of the machinery; how the job ended is in the
+// Outcome.
+func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
+	s.mu.Lock()
+	created, ran := s.created, s.ran
+	s.mu.Unlock()
+	if ran {
+		return nil, errors.New("sandbox already used: a sandbox runs one job once")
+	}
+	if !created {
+		if err := s.Create(ctx); err != nil {
+			return nil, err
+		}
+	}
+	s.mu.Lock()
+	s.ran = true
+	logs := s.logs
+	s.mu.Unlock()
+	if logs == nil {
+		return nil, fmt.Errorf("%w: the container could not be created", ErrSandbox)
+	}
+	out := &Outcome{CreatedAt: s.createdAt}
+	lim := s.spec.Limits
 	if _, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "start", s.id); err != nil {
 		s.delete(ctx)
-		finishLogs()
+		logs.finish(s.logger, out)
 		return nil, fmt.Errorf("%w: %w", ErrSandbox, err)
 	}
 	out.StartedAt = time.Now()
@@ -466,8 +532,11 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	out.OOMKilled = oomKills(s.cgroupPath()) > 0
 	tasksHit := pidsLimitHits(s.cgroupPath()) > 0
 	derr := s.delete(ctx)
+	if derr == nil {
+		s.deleted = true
+	}
 	out.FinishedAt = time.Now()
-	finishLogs()
+	logs.finish(s.logger, out)
 	if s.session != nil {
 		out.Egress = s.session.Close()
 	}

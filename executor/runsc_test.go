@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -158,5 +159,72 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 	}
 	if !goneWithin(other.ID(), 5*time.Second) {
 		t.Errorf("Close left sandbox %s running", other.ID())
+	}
+}
+
+// A container created before its job's files arrive runs with the files as
+// they are at start, and a sandbox is created and run once only.
+func TestCreateThenFillThenRun(t *testing.T) {
+	image := testImage(t)
+	ctx := context.Background()
+	r, err := NewRunscRunner(ctx, RunscConfig{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	spec := sleeper(image)
+	spec.Args = []string{"/bin/sh", JobMount + "/job.sh"}
+	sb, err := r.Prepare(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Release(ctx)
+	if err := sb.Create(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := r.Containers(ctx); len(ids) != 1 || ids[0] != sb.ID() {
+		t.Fatalf("after Create: containers %v, want [%s]", ids, sb.ID())
+	}
+	if err := sb.Create(ctx); err == nil || !strings.Contains(err.Error(), "already created") {
+		t.Fatalf("second Create: %v", err)
+	}
+	script := "cat " + InputsMount + "/in.txt > " + OutputsMount + "/out.txt; exit 7\n"
+	if err := os.WriteFile(filepath.Join(sb.JobDir(), "job.sh"), []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sb.InputsDir(), "in.txt"), []byte("written after create"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := sb.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.ExitCode == nil || *out.ExitCode != 7 {
+		t.Fatalf("exit code %v, want 7 (stderr %q)", out.ExitCode, out.Stderr.Tail)
+	}
+	coll, err := sb.Outputs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(coll.Files) != 1 || coll.Files[0].Path != "out.txt" {
+		t.Fatalf("outputs %+v", coll.Files)
+	}
+	f, err := coll.Open(coll.Files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(f)
+	if string(b) != "written after create" {
+		t.Fatalf("output %q", b)
+	}
+	if _, err := sb.Run(ctx); err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("second Run: %v", err)
+	}
+	if err := sb.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := r.Containers(ctx); len(ids) != 0 {
+		t.Fatalf("after Release: containers %v", ids)
 	}
 }
