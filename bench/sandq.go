@@ -14,7 +14,7 @@ import (
 // resultPoll is how often the bench asks asynq whether a job it follows is
 // done. asynq has no completion notification; this bounds the error of
 // "result available" (on average half of it, plus one Redis round trip).
-const resultPoll = 5 * time.Millisecond
+const resultPoll = time.Millisecond
 
 // sandqRun is one job's trip through sandq.
 type sandqRun struct {
@@ -128,11 +128,11 @@ var sandqStageNames = []struct{ name, what string }{
 	{"enqueue", "producer: validate, upload script and input, enqueue (from the scheduled send)"},
 	{"queue_wait", "in Redis until a worker took it (timings.queue_wait_ms less the enqueue call)"},
 	{"memory_wait", "timings.memory_wait_ms"},
-	{"download", "timings.download_ms: sandbox scratch space and outputs tmpfs, fetch script and input"},
-	{"sandbox_start", "timings.sandbox_start_ms: bundle, runsc create and start"},
+	{"download", "timings.download_ms: fetch script and input, beside runsc create (inside sandbox_start, not added to it)"},
+	{"sandbox_start", "timings.sandbox_start_ms: bundle, runsc create (beside the download) and start"},
 	{"run", "timings.run_ms: script start until the container was deleted (runsc wait, delete)"},
 	{"upload", "timings.upload_ms: collect and upload outputs and logs, presign"},
-	{"finish", "residual after upload until the result was seen: sandbox release, result write, webhook enqueue, asynq completion, result poll"},
+	{"finish", "residual after upload until the result was seen: result write, webhook enqueue, asynq completion, result poll (sandbox release runs beside them)"},
 	{"webhook", "result seen until the signed webhook arrived (negative when it arrived before the result poll saw the result)"},
 }
 

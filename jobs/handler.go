@@ -15,10 +15,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/egress"
@@ -42,6 +44,19 @@ type Handler struct {
 	client   *asynq.Client
 	insp     *asynq.Inspector
 	metrics  *Metrics
+	// tearing counts sandbox teardowns still running after their job's
+	// handler returned; Worker.Shutdown waits for them.
+	tearing sync.WaitGroup
+}
+
+// background runs a teardown after the handler returns, so asynq records the
+// job as done without waiting for it.
+func (h *Handler) background(fn func()) {
+	h.tearing.Add(1)
+	go func() {
+		defer h.tearing.Done()
+		fn()
+	}()
 }
 
 var _ asynq.Handler = (*Handler)(nil)
@@ -242,7 +257,7 @@ func (h *Handler) cancelRequested(ctx context.Context, id string) bool {
 }
 
 // run runs the job in a fresh sandbox and uploads what it left.
-func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.Logger) (*Result, error) {
+func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.Logger) (_ *Result, retErr error) {
 	began := h.now()
 	res := &Result{
 		ID: job.ID, Queue: job.Queue, Runtime: job.Runtime, Image: cmp.Or(job.Image, h.cfg.Worker.Image), Attempt: attempt,
@@ -276,8 +291,7 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	}
 	res.ImageDigest = img.Digest
 	// The job's memory limit is reserved from the worker's budget before its
-	// sandbox is made, and given back after the sandbox is gone (deferred
-	// first, so it runs after Release).
+	// sandbox is made, and given back after the sandbox is gone.
 	release, err := h.reserveMemory(ctx, job)
 	if err != nil {
 		if errors.Is(context.Cause(ctx), errCanceled) {
@@ -290,10 +304,29 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 		}
 		return nil, err
 	}
-	defer release()
+	// The sandbox is released, and then the job's memory given back to the
+	// budget, after the sandbox is gone. After a run that produced a result
+	// this happens beside the result's write: the container is deleted
+	// already, and only scratch space, mounts and network are left.
+	var sb executor.Sandbox
+	defer func() {
+		teardown := func() {
+			if sb != nil {
+				if err := sb.Release(ctx); err != nil {
+					logger.Error("releasing the sandbox", "sandbox", sb.ID(), "err", err)
+				}
+			}
+			release()
+		}
+		if retErr == nil {
+			h.background(teardown)
+		} else {
+			teardown()
+		}
+	}()
 	reserved := h.now()
 	res.Timings.MemoryWaitMS = reserved.Sub(began).Milliseconds()
-	sb, err := h.runner.Prepare(ctx, executor.Spec{
+	sb, err = h.runner.Prepare(ctx, executor.Spec{
 		Egress: eg,
 		Name:   job.ID, Image: img.Rootfs, Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
 		Limits: executor.Limits{
@@ -303,25 +336,23 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 		},
 	})
 	if err != nil {
+		sb = nil
 		return nil, fmt.Errorf("prepare sandbox: %w", err)
 	}
-	defer func() {
-		if err := sb.Release(ctx); err != nil {
-			logger.Error("releasing the sandbox", "sandbox", sb.ID(), "err", err)
-		}
-	}()
 	logger = logger.With("sandbox", sb.ID())
 
-	if err := h.fetch(ctx, job.Script, sb.JobDir()); err != nil {
-		return nil, err
+	// The container is created while the script and inputs download: its
+	// file systems are mounted only when it starts.
+	created := make(chan error, 1)
+	go func() { created <- sb.Create(ctx) }()
+	ferr := h.fetchAll(ctx, job, sb)
+	res.Timings.DownloadMS = h.now().Sub(reserved).Milliseconds()
+	if cerr := <-created; cerr != nil {
+		return nil, fmt.Errorf("create sandbox: %w", cerr)
 	}
-	for _, in := range job.Inputs {
-		if err := h.fetch(ctx, in, sb.InputsDir()); err != nil {
-			return nil, err
-		}
+	if ferr != nil {
+		return nil, ferr
 	}
-	fetched := h.now()
-	res.Timings.DownloadMS = fetched.Sub(reserved).Milliseconds()
 
 	out, err := sb.Run(ctx)
 	if err != nil {
@@ -385,6 +416,21 @@ func egressDoc(p *NetworkPolicy, events []egress.Event) *EgressDoc {
 	return d
 }
 
+// fetchAll downloads the script and the inputs into the sandbox, several at
+// a time.
+func (h *Handler) fetchAll(ctx context.Context, job *Job, sb executor.Sandbox) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(transfers)
+	g.Go(func() error { return h.fetch(gctx, job.Script, sb.JobDir()) })
+	for _, in := range job.Inputs {
+		g.Go(func() error { return h.fetch(gctx, in, sb.InputsDir()) })
+	}
+	return g.Wait()
+}
+
+// transfers is how many files one job downloads or uploads at once.
+const transfers = 8
+
 // fetch downloads an uploaded file into dir under its name and checks it.
 func (h *Handler) fetch(ctx context.Context, ref FileRef, dir string) error {
 	if err := CheckName("input", ref.Name); err != nil {
@@ -417,31 +463,43 @@ func (h *Handler) upload(ctx context.Context, sb executor.Sandbox, out *executor
 	for _, s := range coll.Skipped {
 		res.SkippedOutputs = append(res.SkippedOutputs, SkippedDoc(s))
 	}
-	for _, f := range coll.Files {
-		doc, err := h.uploadOutput(ctx, coll, f, prefix+"outputs/")
-		if err != nil {
+	// Outputs and both logs upload several at a time; the result lists the
+	// outputs in the collection's order.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(transfers)
+	docs := make([]OutputDoc, len(coll.Files))
+	for i, f := range coll.Files {
+		g.Go(func() error {
+			doc, err := h.uploadOutput(gctx, coll, f, prefix+"outputs/")
+			docs[i] = doc
 			return err
-		}
-		res.Outputs = append(res.Outputs, doc)
+		})
 	}
 	for _, s := range []struct {
 		name string
 		sum  executor.LogSummary
 		dst  **LogDoc
 	}{{"stdout", out.Stdout, &res.Stdout}, {"stderr", out.Stderr, &res.Stderr}} {
-		doc := &LogDoc{Tail: strings.ToValidUTF8(string(s.sum.Tail), "\uFFFD"), Bytes: s.sum.Bytes, DroppedBytes: s.sum.DroppedBytes}
-		doc.Truncated = int64(len(s.sum.Tail)) < s.sum.Bytes
-		key := prefix + "logs/" + s.name + ".log"
-		if _, err := h.store.PutFile(ctx, key, s.sum.Path, "text/plain; charset=utf-8"); err != nil {
-			return err
-		}
-		link, err := h.store.Presign(ctx, key, h.cfg.LinkExpiry)
-		if err != nil {
-			return err
-		}
-		doc.URL, doc.ExpiresAt, doc.Key = link.URL, link.ExpiresAt, key
-		*s.dst = doc
+		g.Go(func() error {
+			doc := &LogDoc{Tail: strings.ToValidUTF8(string(s.sum.Tail), "\uFFFD"), Bytes: s.sum.Bytes, DroppedBytes: s.sum.DroppedBytes}
+			doc.Truncated = int64(len(s.sum.Tail)) < s.sum.Bytes
+			key := prefix + "logs/" + s.name + ".log"
+			if _, err := h.store.PutFile(gctx, key, s.sum.Path, "text/plain; charset=utf-8"); err != nil {
+				return err
+			}
+			link, err := h.store.Presign(gctx, key, h.cfg.LinkExpiry)
+			if err != nil {
+				return err
+			}
+			doc.URL, doc.ExpiresAt, doc.Key = link.URL, link.ExpiresAt, key
+			*s.dst = doc
+			return nil
+		})
 	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	res.Outputs = append(res.Outputs, docs...)
 	return nil
 }
 

@@ -199,6 +199,8 @@ func (w *Worker) Shutdown() {
 	}
 	w.srv.Shutdown()
 	close(w.handler.handBack)
+	// Sandboxes of jobs that finished are being torn down still.
+	w.handler.tearing.Wait()
 	w.webhooks.Shutdown()
 	if w.stopListen != nil {
 		w.stopListen()
