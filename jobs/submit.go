@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hibiken/asynq"
+	"golang.org/x/sync/errgroup"
 )
 
 // TooLargeError refuses a submission over a size or count cap. It is also
@@ -136,23 +137,9 @@ func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
 	if err != nil || existing != nil {
 		return existing, err
 	}
-	add := func(f File, addFn func(context.Context, string, io.Reader, int64) error) error {
-		r, err := f.Open()
-		if err != nil {
-			return fmt.Errorf("open %s: %w", f.Name, err)
-		}
-		defer r.Close()
-		return addFn(ctx, f.Name, r, f.Size)
-	}
-	if err := add(s.Script, d.AddScript); err != nil {
+	if err := d.addFiles(ctx, s.Script, s.Inputs); err != nil {
 		d.Abort(ctx)
 		return nil, err
-	}
-	for _, in := range s.Inputs {
-		if err := add(in, d.AddInput); err != nil {
-			d.Abort(ctx)
-			return nil, err
-		}
 	}
 	return d.Commit(ctx)
 }
@@ -271,6 +258,60 @@ func (d *Draft) AddInput(ctx context.Context, name string, r io.Reader, size int
 	d.names = append(d.names, name)
 	d.total += ref.Size
 	d.job.Inputs = append(d.job.Inputs, ref)
+	return nil
+}
+
+// addFiles uploads a script and inputs of known sizes, several at a time,
+// for Enqueue, which has checked their names and declared sizes (Validate).
+// Each streams capped at what its declared size was checked against.
+func (d *Draft) addFiles(ctx context.Context, script File, inputs []File) error {
+	if d.job.Script.Key != "" || len(d.names) > 0 {
+		return errors.New("draft has files already")
+	}
+	rt, err := ResolveRuntime(d.job.Runtime, script.Name)
+	if err != nil {
+		return err
+	}
+	type upload struct {
+		file     File
+		dir      string
+		capBytes int64
+		over     func(int64) error
+	}
+	ups := []upload{{script, "script/", d.c.cfg.MaxScriptBytes, func(n int64) error { return d.c.checkScriptSize(script.Name, n) }}}
+	names := make([]string, len(inputs))
+	var total int64
+	for i, in := range inputs {
+		names[i] = in.Name
+		before := total
+		capBytes := min(d.c.cfg.MaxInputBytes, d.c.cfg.MaxInputsTotal-before)
+		ups = append(ups, upload{in, "inputs/", capBytes, func(n int64) error { return d.c.checkInputSize(in.Name, n, before) }})
+		total += in.Size
+	}
+	refs := make([]FileRef, len(ups))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(transfers)
+	for i, u := range ups {
+		g.Go(func() error {
+			r, err := u.file.Open()
+			if err != nil {
+				return fmt.Errorf("open %s: %w", u.file.Name, err)
+			}
+			defer r.Close()
+			refs[i], err = d.put(gctx, u.dir, u.file.Name, r, u.file.Size, u.capBytes, u.over)
+			return err
+		})
+	}
+	d.uploads = true
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	d.job.Runtime, d.job.Script = rt, refs[0]
+	d.job.Inputs = append(d.job.Inputs, refs[1:]...)
+	d.names = names
+	for _, r := range refs[1:] {
+		d.total += r.Size
+	}
 	return nil
 }
 

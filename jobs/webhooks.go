@@ -186,10 +186,16 @@ func (c *Client) checkWebhook(ctx context.Context, queue, raw string) error {
 	if raw == "" {
 		return nil
 	}
-	if _, err := c.rdb.HGet(ctx, webhookPolicyKey, queue).Bytes(); err != nil && !errors.Is(err, redis.Nil) {
+	var p publishedWebhook
+	b, err := c.rdb.HGet(ctx, webhookPolicyKey, queue).Bytes()
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &p); err != nil {
+			return fmt.Errorf("webhook policy of queue %s: %w", queue, err)
+		}
+	case !errors.Is(err, redis.Nil):
 		return fmt.Errorf("read the webhook policy of queue %s: %w", queue, err)
 	}
-	p := c.webhookPolicy(ctx, queue)
 	if len(raw) > 2048 {
 		return &FieldError{Field: "webhook", Msg: "URL longer than 2048 bytes"}
 	}
