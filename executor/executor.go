@@ -96,9 +96,13 @@ type Outcome struct {
 	// Egress is the proxy's record of every request, for networked
 	// sandboxes.
 	Egress []egress.Event
-	// CreatedAt is when set-up of the container began, StartedAt when the
-	// job's process was started, FinishedAt when the container was gone.
+	// CreatedAt is when set-up of the container began (for a warm
+	// sandbox: when its job took it), StartedAt when the job's process was
+	// started, FinishedAt when the container was gone.
 	CreatedAt, StartedAt, FinishedAt time.Time
+	// Warm is set when the container was created ahead of its job by a
+	// WarmPool.
+	Warm bool
 }
 
 // Runner makes sandboxes.

@@ -309,6 +309,8 @@ type runscSandbox struct {
 	createdAt time.Time
 	ran       bool
 	logs      *sandboxLogs
+	// warm is set when a WarmPool gave the sandbox to its job.
+	warm bool
 	// deleted is set once Run has deleted the container, so Release does
 	// not call runsc for it again.
 	deleted bool
@@ -480,11 +482,11 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	s.mu.Lock()
 	s.ran = true
 	logs := s.logs
+	out := &Outcome{CreatedAt: s.createdAt, Warm: s.warm}
 	s.mu.Unlock()
 	if logs == nil {
 		return nil, fmt.Errorf("%w: the container could not be created", ErrSandbox)
 	}
-	out := &Outcome{CreatedAt: s.createdAt}
 	lim := s.spec.Limits
 	if _, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "start", s.id); err != nil {
 		s.delete(ctx)

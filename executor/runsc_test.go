@@ -30,6 +30,20 @@ func testImage(t *testing.T) string {
 	return p
 }
 
+// testRunner is a runner with a state directory of its own, closed when the
+// test ends, and the test image.
+func testRunner(t *testing.T) (*RunscRunner, string) {
+	t.Helper()
+	image := testImage(t)
+	ctx := context.Background()
+	r, err := NewRunscRunner(ctx, RunscConfig{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(ctx) })
+	return r, image
+}
+
 func sleeper(image string) Spec {
 	return Spec{
 		Name: "sweep-test", Image: image, Args: []string{"/bin/sleep", "600"}, Env: []string{"PATH=/bin:/usr/bin"},
@@ -165,13 +179,8 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 // A container created before its job's files arrive runs with the files as
 // they are at start, and a sandbox is created and run once only.
 func TestCreateThenFillThenRun(t *testing.T) {
-	image := testImage(t)
+	r, image := testRunner(t)
 	ctx := context.Background()
-	r, err := NewRunscRunner(ctx, RunscConfig{StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close(ctx)
 	spec := sleeper(image)
 	spec.Args = []string{"/bin/sh", JobMount + "/job.sh"}
 	sb, err := r.Prepare(ctx, spec)

@@ -1,0 +1,267 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// LaunchFile is the file a warm sandbox runs, in JobDir (JobMount inside).
+// A warm sandbox's process is fixed when it is created, before its job is
+// known: it runs `/bin/sh JobMount/LaunchFile`, and Take writes there a
+// line that execs the job's own command with exactly the job's environment
+// (`exec /usr/bin/env -i NAME=VALUE... ARGS...`). The shell and env replace
+// themselves, so the job's process is the sandbox's first, as in a cold
+// sandbox; the file stays visible to the job, read-only.
+const LaunchFile = ".sandq-launch"
+
+// MaxWarm bounds a pool's size.
+const MaxWarm = 64
+
+// WarmPool keeps sandboxes created ahead of demand: scratch space, outputs
+// tmpfs, log capture and `runsc create` done, not started. Each serves one
+// job once (Take), like any sandbox, and is released after it; the pool
+// makes another in its place. Only jobs of the pool's shape fit: the same
+// image, user, limits (the timeout aside) and no network, because the
+// container's cgroup limits, disk overlay, outputs tmpfs and the memory
+// size the guest sees are fixed at create.
+type WarmPool struct {
+	r      *RunscRunner
+	shape  Spec
+	size   int
+	logger *slog.Logger
+
+	mu       sync.Mutex
+	ready    []*runscSandbox
+	making   int
+	closed   bool
+	wake     chan struct{}
+	stop     context.CancelFunc
+	done     chan struct{}
+	hits     atomic.Int64
+	misses   atomic.Int64
+	failures atomic.Int64
+}
+
+// NewWarmPool checks shape and returns a pool of size sandboxes of that
+// shape; Start begins filling it. shape's Name, Args, Env and timeout are
+// not used. The image must have /bin/sh and /usr/bin/env.
+func (r *RunscRunner) NewWarmPool(shape Spec, size int) (*WarmPool, error) {
+	if size < 1 || size > MaxWarm {
+		return nil, fmt.Errorf("warm sandboxes: %d: want 1 to %d", size, MaxWarm)
+	}
+	if shape.Egress != nil {
+		return nil, errors.New("warm sandboxes: the shape has a network; only jobs without one use warm sandboxes")
+	}
+	shape.Name = "warm"
+	shape.Args = []string{"/bin/sh", JobMount + "/" + LaunchFile}
+	if shape.Limits.Timeout <= 0 {
+		shape.Limits.Timeout = time.Hour
+	}
+	if err := checkSpec(shape); err != nil {
+		return nil, fmt.Errorf("warm sandboxes: %w", err)
+	}
+	if err := checkLauncherTools(shape.Image); err != nil {
+		return nil, fmt.Errorf("warm sandboxes: %w", err)
+	}
+	return &WarmPool{r: r, shape: shape, size: size, logger: r.logger.With("warm_pool", size), wake: make(chan struct{}, 1), done: make(chan struct{})}, nil
+}
+
+// checkLauncherTools refuses an image without the shell and env a warm
+// sandbox's launcher uses, resolving their links inside the image.
+func checkLauncherTools(rootfs string) error {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", rootfs, err)
+	}
+	defer root.Close()
+	for _, p := range []string{"bin/sh", "usr/bin/env"} {
+		st, err := root.Stat(p)
+		if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+			return fmt.Errorf("image %s has no executable /%s, which a warm sandbox's launcher runs", rootfs, p)
+		}
+	}
+	return nil
+}
+
+// Start fills the pool in the background until Close.
+func (p *WarmPool) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	go p.fill(ctx)
+}
+
+// fill makes sandboxes until the pool holds size of them, then waits to be
+// woken by a Take. Failures back off from 1s to 30s.
+func (p *WarmPool) fill(ctx context.Context) {
+	defer close(p.done)
+	backoff := time.Second
+	for {
+		p.mu.Lock()
+		need := !p.closed && len(p.ready)+p.making < p.size
+		if need {
+			p.making++
+		}
+		p.mu.Unlock()
+		if !need {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.wake:
+				continue
+			}
+		}
+		sb, err := p.make(ctx)
+		p.mu.Lock()
+		p.making--
+		if err == nil && !p.closed {
+			p.ready = append(p.ready, sb)
+			sb = nil
+		}
+		p.mu.Unlock()
+		if sb != nil {
+			// Made after Close began.
+			sb.Release(context.Background())
+		}
+		if err != nil {
+			p.failures.Add(1)
+			p.logger.Error("making a warm sandbox", "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+	}
+}
+
+// make prepares and creates one sandbox of the pool's shape.
+func (p *WarmPool) make(ctx context.Context) (*runscSandbox, error) {
+	s, err := p.r.Prepare(ctx, p.shape)
+	if err != nil {
+		return nil, err
+	}
+	sb := s.(*runscSandbox)
+	if err := sb.Create(ctx); err != nil {
+		return nil, errors.Join(err, sb.Release(ctx))
+	}
+	return sb, nil
+}
+
+// Fits reports whether a job of spec may run in one of the pool's
+// sandboxes.
+func (p *WarmPool) Fits(spec Spec) bool {
+	a, b := spec.Limits, p.shape.Limits
+	a.Timeout, b.Timeout = 0, 0
+	if spec.Egress != nil || spec.Image != p.shape.Image || spec.UID != p.shape.UID || spec.GID != p.shape.GID || a != b {
+		return false
+	}
+	if len(spec.Args) == 0 || !strings.HasPrefix(spec.Args[0], "/") || strings.Contains(spec.Args[0], "=") {
+		return false
+	}
+	for _, a := range spec.Args {
+		if a == JobMount+"/"+LaunchFile {
+			return false
+		}
+	}
+	return true
+}
+
+// Take returns a warm sandbox for a job of spec, its launcher written, or
+// false when none is ready or the job does not fit. The sandbox's Outcome
+// counts its set-up from now (CreatedAt), and reports Warm.
+func (p *WarmPool) Take(spec Spec) (Sandbox, bool) {
+	if !p.Fits(spec) {
+		return nil, false
+	}
+	p.mu.Lock()
+	var sb *runscSandbox
+	if n := len(p.ready); n > 0 && !p.closed {
+		sb = p.ready[0]
+		p.ready = p.ready[1:]
+	}
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	if sb == nil {
+		p.misses.Add(1)
+		return nil, false
+	}
+	if err := os.WriteFile(filepath.Join(sb.JobDir(), LaunchFile), []byte(launcher(spec.Args, spec.Env)), 0o644); err != nil {
+		p.logger.Error("writing a warm sandbox's launcher", "sandbox", sb.id, "err", err)
+		sb.Release(context.Background())
+		p.misses.Add(1)
+		return nil, false
+	}
+	sb.mu.Lock()
+	sb.spec.Name, sb.spec.Args, sb.spec.Env, sb.spec.Limits.Timeout = spec.Name, spec.Args, spec.Env, spec.Limits.Timeout
+	sb.logger = p.r.logger.With("sandbox", sb.id, "job_id", spec.Name)
+	sb.createdAt = time.Now()
+	sb.warm = true
+	sb.mu.Unlock()
+	p.hits.Add(1)
+	return sb, true
+}
+
+// launcher is the shell line that replaces the warm sandbox's shell with
+// the job's command and environment.
+func launcher(args, env []string) string {
+	var b strings.Builder
+	b.WriteString("exec /usr/bin/env -i")
+	for _, w := range append(append([]string(nil), env...), args...) {
+		b.WriteByte(' ')
+		b.WriteString(shellQuote(w))
+	}
+	b.WriteByte('\n')
+	return b.String()
+}
+
+// shellQuote quotes s for sh: in single quotes, each quote inside closed,
+// escaped and reopened.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// Ready is how many warm sandboxes wait for a job.
+func (p *WarmPool) Ready() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.ready)
+}
+
+// Stats are the pool's takes that found a sandbox (hits), those that found
+// none ready (misses; jobs that do not fit are not counted) and the
+// sandboxes it failed to make.
+func (p *WarmPool) Stats() (hits, misses, failures int64) {
+	return p.hits.Load(), p.misses.Load(), p.failures.Load()
+}
+
+// Close stops filling and releases the sandboxes still waiting.
+func (p *WarmPool) Close(ctx context.Context) error {
+	p.mu.Lock()
+	p.closed = true
+	ready := p.ready
+	p.ready = nil
+	p.mu.Unlock()
+	if p.stop != nil {
+		p.stop()
+		<-p.done
+	}
+	var errs []error
+	for _, sb := range ready {
+		errs = append(errs, sb.Release(ctx))
+	}
+	return errors.Join(errs...)
+}
