@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -52,4 +55,22 @@ func startWorker(t *testing.T, cfg jobs.Config, rc executor.RunscConfig) *extraW
 	}
 	t.Cleanup(func() { x.client.Close() })
 	return x
+}
+
+// workerMetric reads one sample of a worker's /metrics.
+func workerMetric(t *testing.T, w *jobs.Worker, name string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	w.Metrics().Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
