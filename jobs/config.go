@@ -10,6 +10,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -103,6 +104,11 @@ type WorkerConfig struct {
 	// 10ms: about 100 cheap Redis calls a second per idle worker, for a
 	// job's wait in the queue of 5 to 15 ms instead of 50 to 150.
 	TaskCheckInterval time.Duration
+	// WarmSandboxes is how many sandboxes the worker keeps created ahead
+	// of demand for jobs of the default shape (default image and limits,
+	// no network): such a job skips runsc create. 0 (the default) turns
+	// it off. See executor.WarmPool.
+	WarmSandboxes int
 	// MemoryBudget caps the sum of the memory limits of the jobs running at
 	// once; jobs over it wait. Default DefaultMemoryBudget (75% of the
 	// host's memory). A worker whose MaxLimits.Memory is over it refuses to
@@ -229,6 +235,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Worker.MemoryBudget.validate(); err != nil {
 		return err
+	}
+	if c.Worker.WarmSandboxes < 0 || c.Worker.WarmSandboxes > executor.MaxWarm {
+		return fmt.Errorf("warm sandboxes %d: want 0 (off) to %d", c.Worker.WarmSandboxes, executor.MaxWarm)
 	}
 	if c.Worker.TaskCheckInterval < time.Millisecond || c.Worker.TaskCheckInterval > time.Minute {
 		return fmt.Errorf("task check interval %s: want 1ms to 1m", c.Worker.TaskCheckInterval)

@@ -213,6 +213,8 @@ func TestConfigValidate(t *testing.T) {
 		{"other image with a slash", func(c *Config) { c.Worker.Images = []string{"ok", "x/y"} }, `"x/y" is not an image name`},
 		{"hidden image", func(c *Config) { c.Worker.Image = ".import-x" }, "is not an image name"},
 		{"task check interval too short", func(c *Config) { c.Worker.TaskCheckInterval = time.Microsecond }, "task check interval 1µs"},
+		{"negative warm sandboxes", func(c *Config) { c.Worker.WarmSandboxes = -1 }, "warm sandboxes -1: want 0 (off) to 64"},
+		{"too many warm sandboxes", func(c *Config) { c.Worker.WarmSandboxes = 65 }, "warm sandboxes 65: want 0 (off) to 64"},
 		{"image with a trailing slash", func(c *Config) { c.Worker.Image = "img/" }, "is not an image name"},
 		{"absolute image", func(c *Config) { c.Worker.Image = "/etc" }, "is not an image name"},
 		{"image ..", func(c *Config) { c.Worker.Image = ".." }, "is not an image name"},

@@ -44,6 +44,8 @@ type Handler struct {
 	client   *asynq.Client
 	insp     *asynq.Inspector
 	metrics  *Metrics
+	// warm holds sandboxes created ahead of demand; nil when off.
+	warm *executor.WarmPool
 	// tearing counts sandbox teardowns still running after their job's
 	// handler returned; Worker.Shutdown waits for them.
 	tearing sync.WaitGroup
@@ -326,7 +328,7 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	}()
 	reserved := h.now()
 	res.Timings.MemoryWaitMS = reserved.Sub(began).Milliseconds()
-	sb, err = h.runner.Prepare(ctx, executor.Spec{
+	spec := executor.Spec{
 		Egress: eg,
 		Name:   job.ID, Image: img.Rootfs, Args: args, Env: sandboxEnv(job.Env), UID: w.UID, GID: w.GID,
 		Limits: executor.Limits{
@@ -334,24 +336,37 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 			OutputBytes: job.Limits.OutputBytes, OutputFiles: job.Limits.OutputFiles,
 			Pids: w.Pids, LogBytes: w.LogBytes, LogTail: w.LogTail,
 		},
-	})
-	if err != nil {
-		sb = nil
-		return nil, fmt.Errorf("prepare sandbox: %w", err)
 	}
-	logger = logger.With("sandbox", sb.ID())
-
-	// The container is created while the script and inputs download: its
-	// file systems are mounted only when it starts.
-	created := make(chan error, 1)
-	go func() { created <- sb.Create(ctx) }()
-	ferr := h.fetchAll(ctx, job, sb)
-	res.Timings.DownloadMS = h.now().Sub(reserved).Milliseconds()
-	if cerr := <-created; cerr != nil {
-		return nil, fmt.Errorf("create sandbox: %w", cerr)
+	var warm bool
+	if h.warm != nil {
+		sb, warm = h.warm.Take(spec)
 	}
-	if ferr != nil {
-		return nil, ferr
+	if warm {
+		logger = logger.With("sandbox", sb.ID(), "warm", true)
+		err = h.fetchAll(ctx, job, sb)
+		res.Timings.DownloadMS = h.now().Sub(reserved).Milliseconds()
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		sb, err = h.runner.Prepare(ctx, spec)
+		if err != nil {
+			sb = nil
+			return nil, fmt.Errorf("prepare sandbox: %w", err)
+		}
+		logger = logger.With("sandbox", sb.ID())
+		// The container is created while the script and inputs download:
+		// its file systems are mounted only when it starts.
+		created := make(chan error, 1)
+		go func() { created <- sb.Create(ctx) }()
+		ferr := h.fetchAll(ctx, job, sb)
+		res.Timings.DownloadMS = h.now().Sub(reserved).Milliseconds()
+		if cerr := <-created; cerr != nil {
+			return nil, fmt.Errorf("create sandbox: %w", cerr)
+		}
+		if ferr != nil {
+			return nil, ferr
+		}
 	}
 
 	out, err := sb.Run(ctx)
@@ -361,6 +376,7 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	res.StartedAt, res.FinishedAt = out.StartedAt.UTC(), out.FinishedAt.UTC()
 	res.DurationMS = out.FinishedAt.Sub(out.StartedAt).Milliseconds()
 	res.Timings.SandboxStartMS = out.StartedAt.Sub(out.CreatedAt).Milliseconds()
+	res.Timings.WarmStart = out.Warm
 	res.Timings.RunMS = res.DurationMS
 	res.ExitCode, res.Signal = out.ExitCode, out.Signal
 	if job.Network != nil {

@@ -106,3 +106,28 @@ func (h *Handler) jobImage(job *Job) (*image.Image, error) {
 	}
 	return img, nil
 }
+
+// newWarmPool makes a pool of n warm sandboxes for the jobs most jobs are:
+// the default image and limits, and no network.
+func (h *Handler) newWarmPool(n int) (*executor.WarmPool, error) {
+	rr, ok := h.runner.(*executor.RunscRunner)
+	if !ok {
+		return nil, errors.New("warm sandboxes need the runsc runner")
+	}
+	img, err := h.jobImage(&Job{})
+	if err != nil {
+		return nil, err
+	}
+	w, d := h.cfg.Worker, h.cfg.DefaultLimits
+	pool, err := rr.NewWarmPool(executor.Spec{
+		Image: img.Rootfs, Env: sandboxEnv(nil), UID: w.UID, GID: w.GID,
+		Limits: executor.Limits{
+			Timeout: d.Timeout, Memory: d.Memory, Disk: d.Disk, OutputBytes: d.OutputBytes, OutputFiles: d.OutputFiles,
+			Pids: w.Pids, LogBytes: w.LogBytes, LogTail: w.LogTail,
+		},
+	}, n)
+	if err != nil {
+		return nil, fmt.Errorf("--warm-sandboxes: %w", err)
+	}
+	return pool, nil
+}

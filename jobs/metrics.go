@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/egress"
 )
 
@@ -77,6 +78,19 @@ func (m *Metrics) workerGauges(running func() int, concurrency int) {
 }
 
 // memoryGauges registers the memory budget gauges of a worker.
+func (m *Metrics) warmGauges(p *executor.WarmPool) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_warm_sandboxes_ready", Help: "Sandboxes created ahead of demand that wait for a job."},
+			func() float64 { return float64(p.Ready()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_warm_sandbox_hits_total", Help: "Jobs that found a warm sandbox ready."},
+			func() float64 { h, _, _ := p.Stats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_warm_sandbox_misses_total", Help: "Jobs of the warm shape that found none ready and made their own."},
+			func() float64 { _, m, _ := p.Stats(); return float64(m) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_warm_sandbox_failures_total", Help: "Warm sandboxes the worker failed to make."},
+			func() float64 { _, _, f := p.Stats(); return float64(f) }),
+	)
+}
+
 func (m *Metrics) memoryGauges(b *memoryBudget) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_worker_memory_budget_bytes", Help: "Sum of job memory limits this worker may run at once."},

@@ -135,7 +135,9 @@ type EgressDoc struct {
 
 // Timings break a job's time down by stage, in milliseconds. MemoryWaitMS
 // is the time the job waited in the worker for room in its memory budget,
-// before its sandbox was made.
+// before its sandbox was made. WarmStart is set when the job's container
+// was created ahead of it (a warm sandbox): SandboxStartMS then counts only
+// the download and the start.
 type Timings struct {
 	QueueWaitMS     int64 `json:"queue_wait_ms"`
 	MemoryWaitMS    int64 `json:"memory_wait_ms"`
@@ -144,6 +146,7 @@ type Timings struct {
 	RunMS           int64 `json:"run_ms"`
 	UploadMS        int64 `json:"upload_ms"`
 	TotalInWorkerMS int64 `json:"total_in_worker_ms"`
+	WarmStart       bool  `json:"warm_start,omitempty"`
 }
 
 // ParseResult reads a result document.

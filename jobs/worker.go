@@ -103,6 +103,13 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	h.metrics = NewMetrics(h.insp)
 	h.metrics.workerGauges(h.jobs.count, cfg.Worker.Concurrency)
 	h.metrics.memoryGauges(h.budget)
+	if n := cfg.Worker.WarmSandboxes; n > 0 {
+		if h.warm, err = h.newWarmPool(n); err != nil {
+			rdb.Close()
+			return nil, err
+		}
+		h.metrics.warmGauges(h.warm)
+	}
 	w.webhookHandler = &WebhookHandler{cfg: cfg, insp: h.insp, rdb: rdb, logger: logger, metrics: h.metrics,
 		deliverer: &webhook.Deliverer{Guard: webhook.Guard{AllowPrivate: wc.AllowPrivate}, Timeout: wc.Timeout}}
 	return w, nil
@@ -161,8 +168,12 @@ func (w *Worker) Start(ctx context.Context) error {
 		cancel()
 		return fmt.Errorf("publish the webhook policy: %w", err)
 	}
+	if w.handler.warm != nil {
+		w.handler.warm.Start()
+	}
 	if err := w.srv.Start(w.Mux()); err != nil {
 		cancel()
+		w.closeWarm()
 		return fmt.Errorf("start worker: %w", err)
 	}
 	wmux := asynq.NewServeMux()
@@ -171,6 +182,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.webhooks.Start(wmux); err != nil {
 		w.srv.Shutdown()
 		cancel()
+		w.closeWarm()
 		return fmt.Errorf("start webhook deliveries: %w", err)
 	}
 	w.logger.Info("worker started", "concurrency", w.cfg.Worker.Concurrency, "queues", w.cfg.Worker.Queues, "image", w.cfg.ImagePath(),
@@ -190,6 +202,7 @@ func (w *Worker) Running() int { return w.handler.jobs.count() }
 // unchanged (the attempt is not counted): a job never has two sandboxes.
 func (w *Worker) Shutdown() {
 	w.srv.Stop()
+	w.closeWarm()
 	w.waitIdle(w.cfg.Worker.ShutdownGrace)
 	if n := w.handler.jobs.cancelAll(errShutdown); n > 0 {
 		w.logger.Warn("grace period over: killing running sandboxes", "jobs", n)
@@ -208,6 +221,16 @@ func (w *Worker) Shutdown() {
 	}
 	w.rdb.Close()
 	w.logger.Info("worker stopped")
+}
+
+// closeWarm releases the warm sandboxes no job took.
+func (w *Worker) closeWarm() {
+	if w.handler.warm == nil {
+		return
+	}
+	if err := w.handler.warm.Close(context.Background()); err != nil {
+		w.logger.Error("releasing warm sandboxes", "err", err)
+	}
 }
 
 // waitIdle waits up to d for no job to be running; it reports whether none is.

@@ -75,6 +75,7 @@ func workerFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "images", EnvVars: env("IMAGES"), Usage: "other images jobs on this worker's queues may name (comma-separated or repeated)"},
 		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
 		&cli.DurationFlag{Name: "task-check-interval", Value: 10 * time.Millisecond, EnvVars: env("TASK_CHECK_INTERVAL"), Usage: "how often an idle worker polls Redis for work"},
+		&cli.IntFlag{Name: "warm-sandboxes", EnvVars: env("WARM_SANDBOXES"), Usage: "sandboxes kept created ahead of demand for jobs of the default image and limits without network (0: off); such jobs skip runsc create"},
 		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
 		&cli.StringFlag{Name: "memory-budget", Value: jobs.DefaultMemoryBudget.String(), EnvVars: env("MEMORY_BUDGET"),
 			Usage: "most memory the running jobs' limits may add up to: a fraction of the host's memory (0.75), a percentage (75%) or a size (8GiB); over it, jobs wait"},
@@ -154,6 +155,7 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 		}
 		w.ShutdownGrace = c.Duration("shutdown-grace")
 		w.TaskCheckInterval = c.Duration("task-check-interval")
+		w.WarmSandboxes = c.Int("warm-sandboxes")
 		q, err := parseQueues(c.String("queues"))
 		if err != nil {
 			return cfg, err
