@@ -460,6 +460,7 @@ func (s *runscSandbox) Create(ctx context.Context) error {
 		return fmt.Errorf("%w: runsc create: %w: %s", ErrSandbox, err, strings.TrimSpace(string(failed.Stderr.Tail)))
 	}
 	s.logs = logs
+	s.logger.Debug("container created", "create_ms", time.Since(s.createdAt).Milliseconds())
 	return nil
 }
 
@@ -488,13 +489,14 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		return nil, fmt.Errorf("%w: the container could not be created", ErrSandbox)
 	}
 	lim := s.spec.Limits
+	startAt := time.Now()
 	if _, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "start", s.id); err != nil {
 		s.delete(ctx)
 		logs.finish(s.logger, out)
 		return nil, fmt.Errorf("%w: %w", ErrSandbox, err)
 	}
 	out.StartedAt = time.Now()
-	s.logger.Debug("sandbox started", "setup_ms", out.StartedAt.Sub(out.CreatedAt).Milliseconds())
+	s.logger.Debug("sandbox started", "setup_ms", out.StartedAt.Sub(out.CreatedAt).Milliseconds(), "start_ms", out.StartedAt.Sub(startAt).Milliseconds())
 
 	type waitResult struct {
 		status int

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -94,30 +95,52 @@ func TestWarmPool(t *testing.T) {
 		t.Fatalf("ill-fitting takes changed the pool: %d ready", pool.Ready())
 	}
 
-	// The job's command is env itself: its stdout is its environment.
+	// The job's command is env itself: its stdout is its environment,
+	// which must be what a cold sandbox gives it.
 	job := sleeper(image)
 	job.Name = "warm-job"
 	job.Args = []string{"/usr/bin/env"}
-	job.Env = []string{"PATH=/usr/bin:/bin", "QUOTED=it's a \"test\" $HOME `x`", "MULTI=a\nb"}
+	job.Env = []string{"PATH=/usr/bin:/bin", "HOME=/work", "QUOTED=it's a \"test\" $HOME `x`", "MULTI=a\nb", "LANG=C.UTF-8"}
 	job.Limits.Timeout = time.Minute
+	noHome := job
+	noHome.Env = job.Env[2:]
+	if _, ok := pool.Take(noHome); ok {
+		t.Fatal("a job without HOME took a warm sandbox")
+	}
+	envOf := func(sb Sandbox) []string {
+		t.Helper()
+		out, err := sb.Run(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.ExitCode == nil || *out.ExitCode != 0 {
+			t.Fatalf("exit %v stderr %q", out.ExitCode, out.Stderr.Tail)
+		}
+		lines := strings.Split(strings.TrimSuffix(string(out.Stdout.Tail), "\n"), "\n")
+		slices.Sort(lines)
+		return lines
+	}
+	cold, err := r.Prepare(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	coldEnv := envOf(cold)
+	cold.Release(ctx)
+	want := strings.Split(strings.Join(job.Env, "\n"), "\n")
+	slices.Sort(want)
+	if !slices.Equal(coldEnv, want) {
+		t.Fatalf("a cold sandbox's environment:\n%q\nwant:\n%q", coldEnv, want)
+	}
 	sb, ok := pool.Take(job)
 	if !ok {
 		t.Fatal("Take found no warm sandbox")
 	}
 	defer sb.Release(ctx)
-	out, err := sb.Run(ctx)
-	if err != nil {
-		t.Fatal(err)
+	if got := envOf(sb); !slices.Equal(got, coldEnv) {
+		t.Fatalf("a warm sandbox's environment:\n%q\nwant, as a cold one's:\n%q", got, coldEnv)
 	}
-	if !out.Warm || out.ExitCode == nil || *out.ExitCode != 0 {
-		t.Fatalf("warm %v exit %v stderr %q", out.Warm, out.ExitCode, out.Stderr.Tail)
-	}
-	got := strings.Split(strings.TrimSuffix(string(out.Stdout.Tail), "\n"), "\n")
-	want := strings.Split(strings.Join(job.Env, "\n"), "\n")
-	slices.Sort(got)
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Fatalf("the job's environment:\n%q\nwant exactly:\n%q", got, want)
+	if !sb.(*runscSandbox).warm {
+		t.Fatal("the sandbox is not marked warm")
 	}
 	if _, err := sb.Run(ctx); err == nil {
 		t.Fatal("a warm sandbox ran twice")
@@ -129,6 +152,13 @@ func TestWarmPool(t *testing.T) {
 	if hits != 1 || misses != 0 || failures != 0 {
 		t.Errorf("stats: %d hits, %d misses, %d failures", hits, misses, failures)
 	}
+	// The pool makes no new sandbox until told to: the worker does so
+	// when a job's sandbox is gone.
+	time.Sleep(500 * time.Millisecond)
+	if n := pool.Ready(); n != 1 {
+		t.Fatalf("%d ready before Refill, want 1", n)
+	}
+	pool.Refill()
 	waitReady(t, pool, 2)
 
 	// Arguments with spaces and quotes reach the script as they were; the
@@ -143,7 +173,7 @@ func TestWarmPool(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(sb.JobDir(), "my job.sh"), []byte(script), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err = sb.Run(ctx); err != nil || out.ExitCode == nil || *out.ExitCode != 0 {
+	if out, err := sb.Run(ctx); err != nil || out.ExitCode == nil || *out.ExitCode != 0 {
 		t.Fatalf("run: %v, %+v", err, out)
 	}
 	coll, err := sb.Outputs()
@@ -163,6 +193,7 @@ func TestWarmPool(t *testing.T) {
 
 	// Empty pool: a take misses.
 	drain := []Sandbox{}
+	pool.Refill()
 	waitReady(t, pool, 2)
 	for range 2 {
 		s, ok := pool.Take(job)
@@ -193,5 +224,34 @@ func TestWarmPool(t *testing.T) {
 	}
 	if m, _ := mountsUnder(filepath.Join(r.dir, "sandboxes")); len(m) != 0 {
 		t.Fatalf("mounts left after Close: %v", m)
+	}
+}
+
+// The launcher leaves the command exactly the job's environment, whether
+// it sets it in the shell or (for names a shell cannot export) with env -i.
+// Run here with the host's sh, as the sandbox's would run it.
+func TestLauncherSetsExactlyTheJobsEnvironment(t *testing.T) {
+	inherited := []string{"PATH=/bin:/usr/bin", "HOME=/work", "INPUT_DIR=/mnt/inputs", "STALE=1"}
+	for name, env := range map[string][]string{
+		"shell":  {"PATH=/usr/bin:/bin", "HOME=/home/x", "QUOTED=it's \"q\" $HOME `x` \\", "MULTI=a\nb", "EMPTY="},
+		"env -i": {"PATH=/usr/bin:/bin", "HOME=/home/x", "ODD-NAME=1", "QUOTED=it's"},
+	} {
+		script := launcher([]string{"/usr/bin/env"}, env, inherited)
+		if wantEnvI := name == "env -i"; strings.Contains(script, "env -i") != wantEnvI {
+			t.Errorf("%s: launcher %q", name, script)
+		}
+		cmd := exec.Command("/bin/sh", "-c", script)
+		cmd.Env = inherited
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		got := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+		want := strings.Split(strings.Join(env, "\n"), "\n")
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: environment\n%q\nwant\n%q\nfrom\n%s", name, got, want, script)
+		}
 	}
 }

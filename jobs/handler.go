@@ -319,6 +319,9 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 				}
 			}
 			release()
+			if h.warm != nil {
+				h.warm.Refill()
+			}
 		}
 		if retErr == nil {
 			h.background(teardown)
