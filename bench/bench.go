@@ -17,6 +17,8 @@ import (
 	"os"
 	"runtime"
 	"time"
+
+	"github.com/sandq/sandq/executor"
 )
 
 // Variants of the trivial job.
@@ -48,6 +50,12 @@ type Options struct {
 	// NoWebhook turns off the webhook receiver: latency is then measured
 	// to the result only.
 	NoWebhook bool
+	// Warm is the size of the worker's warm sandbox pool
+	// (--warm-sandboxes) in the warm runs, which repeat the sandq floors,
+	// latency and throughput with it. Default: LatencyConcurrency, and at
+	// least 2. NoWarm skips the warm runs.
+	Warm   int
+	NoWarm bool
 	// MemoryJobs is how many jobs run at once while the child worker's
 	// memory is sampled. Default 2.
 	MemoryJobs int
@@ -108,6 +116,9 @@ func (o Options) WithDefaults() Options {
 	if o.MemoryJobs == 0 {
 		o.MemoryJobs = 2
 	}
+	if o.Warm == 0 {
+		o.Warm = max(2, o.LatencyConcurrency)
+	}
 	if o.Seed == 0 {
 		o.Seed = 1
 	}
@@ -155,6 +166,8 @@ func (o Options) Validate() error {
 		return errors.New("throughput jobs must be at least 1")
 	case o.MemoryJobs < 1:
 		return errors.New("memory jobs must be at least 1")
+	case o.Warm < 1 || o.Warm > executor.MaxWarm:
+		return fmt.Errorf("warm sandboxes %d: must be between 1 and %d", o.Warm, executor.MaxWarm)
 	case o.SandqBinary == "":
 		return errors.New("no sandq binary to run as a child worker")
 	}

@@ -63,10 +63,11 @@ func TestQuickBenchmark(t *testing.T) {
 	} else if m.IdleWorkerRSSKiB <= 0 || m.BusyWorkerRSSKiB <= 0 || m.RunningJobs != o.MemoryJobs || m.HelpersPerJobKiB <= 0 || m.SandboxPerJobKiB <= 0 || m.Samples <= 0 {
 		t.Errorf("memory report incomplete: %+v", *m)
 	}
-	if len(rep.Targets) != 3*len(o.Variants) {
-		t.Errorf("%d targets, want 3 per variant: %+v", len(rep.Targets), rep.Targets)
+	if len(rep.Targets) != 4*len(o.Variants) {
+		t.Errorf("%d targets, want 4 per variant: %+v", len(rep.Targets), rep.Targets)
 	}
-	for _, name := range []string{FloorProcess, FloorBare, FloorBareRun, FloorSandq, FloorSandqHook, "overhead sandq_result - bare_runsc", "queue_wait", "concurrency 2", "memory (child `sandq worker`)", "p99 overhead"} {
+	for _, name := range []string{FloorProcess, FloorBare, FloorBareRun, FloorSandq, FloorSandqHook, FloorSandqWarm, FloorSandqWarmHook, "overhead sandq_result - bare_runsc",
+		"overhead sandq_warm_result - bare_runsc", "sandq warm stages", "warm jobs/s", "queue_wait", "concurrency 2", "memory (child `sandq worker`)", "p99 overhead", "p50 overhead, warm sandboxes"} {
 		if !strings.Contains(table.String(), name) {
 			t.Errorf("table lacks %q", name)
 		}
@@ -133,11 +134,21 @@ func checkVariant(t *testing.T, o Options, v VariantReport) {
 		if f.Failed != 0 {
 			t.Errorf("%s floor %s: %d failed", name, f.Name, f.Failed)
 		}
+		// Each warm floor job is sent once a warm sandbox is ready, so
+		// each runs in one; no other job does.
+		wantWarm := 0
+		if f.Name == FloorSandqWarm || f.Name == FloorSandqWarmHook {
+			wantWarm = o.FloorRuns
+		}
+		if f.Warm != wantWarm {
+			t.Errorf("%s floor %s: %d jobs ran warm, want %d", name, f.Name, f.Warm, wantWarm)
+		}
 	}
-	if want := []string{FloorProcess, FloorBare, FloorBareRun, FloorSandq, FloorSandqHook}; !slices.Equal(floors, want) {
+	if want := []string{FloorProcess, FloorBare, FloorBareRun, FloorSandq, FloorSandqHook, FloorSandqWarm, FloorSandqWarmHook}; !slices.Equal(floors, want) {
 		t.Errorf("%s floors %v, want %v", name, floors, want)
 	}
 	checkStages(t, name+" serial", v.FloorStages, o.FloorRuns)
+	checkStages(t, name+" serial warm", StageSet{Sandq: v.FloorStages.SandqWarm, Bare: v.FloorStages.Bare}, o.FloorRuns)
 
 	// Latency: every row, every job succeeded.
 	l := v.Latency
@@ -151,13 +162,20 @@ func checkVariant(t *testing.T, o Options, v VariantReport) {
 		if r.Succeeded != o.LatencyJobs || r.Failed != 0 {
 			t.Errorf("%s latency %s: %d succeeded, %d failed, want all %d", name, r.Name, r.Succeeded, r.Failed, o.LatencyJobs)
 		}
+		// Warm rows: some jobs may find the pool empty in a burst, but
+		// the pool is full when the schedule starts.
+		warmRow := r.Name == LatencySandqWarm || r.Name == LatencySandqWarmHook
+		if (warmRow && r.Warm < 1) || (!warmRow && r.Warm != 0) {
+			t.Errorf("%s latency %s: %d jobs ran warm", name, r.Name, r.Warm)
+		}
 	}
-	if want := []string{LatencyBare, LatencySandq, LatencySandqHook}; !slices.Equal(rows, want) {
+	if want := []string{LatencyBare, LatencySandq, LatencySandqHook, LatencySandqWarm, LatencySandqWarmHook}; !slices.Equal(rows, want) {
 		t.Errorf("%s latency rows %v, want %v", name, rows, want)
 	}
-	if l.WebhookOverheadMS == nil {
-		t.Errorf("%s: no webhook overhead", name)
+	if l.WebhookOverheadMS == nil || l.WarmOverheadMS == nil || l.WarmWebhookOverheadMS == nil {
+		t.Errorf("%s: overheads missing: %+v", name, l)
 	}
+	checkStages(t, name+" open-loop warm", StageSet{Sandq: l.SandqWarmStages, Bare: l.BareStages}, o.LatencyJobs)
 	for _, x := range []float64{l.OverheadMS.P50, l.OverheadMS.P90, l.OverheadMS.P99, l.OverheadMS.Max} {
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			t.Errorf("%s overhead %+v", name, l.OverheadMS)
@@ -174,6 +192,9 @@ func checkVariant(t *testing.T, o Options, v VariantReport) {
 		}
 		if !(r.SandqJobsPerSecond > 0) || !(r.BareJobsPerSecond > 0) || !(r.Ratio > 0) || !(r.SandqSeconds > 0) || !(r.BareSeconds > 0) {
 			t.Errorf("%s throughput at %d: %+v", name, r.Concurrency, r)
+		}
+		if w := r.Warm; w == nil || w.Succeeded != o.ThroughputJobs || w.Failed != 0 || w.Started < 1 || !(w.JobsPerSecond > 0) || !(w.Ratio > 0) || !(w.Seconds > 0) {
+			t.Errorf("%s warm throughput at %d: %+v, want all %d jobs succeeded, some warm", name, r.Concurrency, r.Warm, o.ThroughputJobs)
 		}
 	}
 	if !slices.Equal(conc, o.Concurrency) {
@@ -228,6 +249,36 @@ func checkStages(t *testing.T, what string, s StageSet, n int) {
 	}
 	if !slices.Equal(names, want) {
 		t.Errorf("%s bare stages %v, want %v", what, names, want)
+	}
+}
+
+func TestOptionsRefusals(t *testing.T) {
+	good := Options{SandqBinary: "/bin/true"}
+	if err := good.WithDefaults().Validate(); err != nil {
+		t.Fatalf("defaults refused: %v", err)
+	}
+	for _, c := range []struct {
+		name   string
+		modify func(*Options)
+		want   string
+	}{
+		{"variant", func(o *Options) { o.Variants = []string{"ruby"} }, `variant "ruby"`},
+		{"floor runs", func(o *Options) { o.FloorRuns = -1 }, "floor runs"},
+		{"latency jobs", func(o *Options) { o.LatencyJobs = -1 }, "latency jobs"},
+		{"rate", func(o *Options) { o.Rate = 2000 }, "rate 2000"},
+		{"latency concurrency", func(o *Options) { o.LatencyConcurrency = -1 }, "latency concurrency"},
+		{"throughput jobs", func(o *Options) { o.ThroughputJobs = -1 }, "throughput jobs"},
+		{"memory jobs", func(o *Options) { o.MemoryJobs = -1 }, "memory jobs"},
+		{"warm", func(o *Options) { o.Warm = 65 }, "warm sandboxes 65"},
+		{"negative warm", func(o *Options) { o.Warm = -1 }, "warm sandboxes -1"},
+		{"binary", func(o *Options) { o.SandqBinary = "" }, "no sandq binary"},
+		{"concurrency", func(o *Options) { o.Concurrency = []int{0} }, "concurrency 0"},
+	} {
+		o := good.WithDefaults()
+		c.modify(&o)
+		if err := o.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		}
 	}
 }
 

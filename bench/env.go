@@ -167,12 +167,13 @@ func (e *env) next() int {
 	return e.seq
 }
 
-// startWorker starts an in-process worker serving queue at concurrency c:
-// the production configuration (jobs.Config defaults), sharing the run's
-// runsc runner.
-func (e *env) startWorker(ctx context.Context, queue string, c int) (*jobs.Worker, error) {
+// startWorker starts an in-process worker serving queue at concurrency c
+// with warm warm sandboxes (0: none): the production configuration
+// (jobs.Config defaults), sharing the run's runsc runner.
+func (e *env) startWorker(ctx context.Context, queue string, c, warm int) (*jobs.Worker, error) {
 	cfg := e.cfg
 	cfg.Worker.Concurrency = c
+	cfg.Worker.WarmSandboxes = warm
 	cfg.Worker.Queues = map[string]int{queue: 1}
 	w, err := jobs.NewWorker(cfg, e.runner, e.store, e.o.Logger)
 	if err != nil {

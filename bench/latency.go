@@ -62,26 +62,48 @@ func (e *env) floors(ctx context.Context, v variant) ([]FloorRow, StageSet, erro
 		}
 	}
 
-	// sandq.
-	runs, err := e.serialSandq(ctx, v, n)
-	if err != nil {
-		return nil, stages, fmt.Errorf("%s: %w", FloorSandq, err)
-	}
-	var toResult, toHook []float64
-	var counts Runs
-	for _, r := range runs {
-		toResult = append(toResult, ms(r.result.Sub(r.sent)))
-		if !r.hook.IsZero() {
-			toHook = append(toHook, ms(r.hook.Sub(r.sent)))
+	// sandq, cold and with warm sandboxes.
+	for _, m := range e.modes() {
+		runs, err := e.serialSandq(ctx, v, n, m.warm)
+		if err != nil {
+			return nil, stages, fmt.Errorf("%s: %w", m.result, err)
 		}
-		counts.count(r)
+		var toResult, toHook []float64
+		var counts Runs
+		for _, r := range runs {
+			toResult = append(toResult, ms(r.result.Sub(r.sent)))
+			if !r.hook.IsZero() {
+				toHook = append(toHook, ms(r.hook.Sub(r.sent)))
+			}
+			counts.count(r)
+		}
+		rows = append(rows, FloorRow{Name: m.result, What: m.what + ", worker concurrency 1: Client.Enqueue until the completed result is seen", Runs: counts, Dist: dist(toResult)})
+		if len(toHook) > 0 {
+			rows = append(rows, FloorRow{Name: m.hook, What: m.what + ": Client.Enqueue until the signed webhook arrives", Runs: counts, Dist: dist(toHook)})
+		}
+		if m.warm > 0 {
+			stages.SandqWarm = sandqStageRows(runs)
+		} else {
+			stages.Sandq = sandqStageRows(runs)
+		}
 	}
-	rows = append(rows, FloorRow{Name: FloorSandq, What: "sandq, worker concurrency 1: Client.Enqueue until the completed result is seen", Runs: counts, Dist: dist(toResult)})
-	if len(toHook) > 0 {
-		rows = append(rows, FloorRow{Name: FloorSandqHook, What: "sandq: Client.Enqueue until the signed webhook arrives", Runs: counts, Dist: dist(toHook)})
-	}
-	stages.Sandq = sandqStageRows(runs)
 	return rows, stages, nil
+}
+
+// mode is one way the bench runs sandq: cold (every job makes its sandbox)
+// or with warm sandboxes.
+type mode struct {
+	warm               int
+	result, hook, what string
+}
+
+// modes are the sandq modes the run measures.
+func (e *env) modes() []mode {
+	ms := []mode{{0, FloorSandq, FloorSandqHook, "sandq"}}
+	if !e.o.NoWarm {
+		ms = append(ms, mode{e.o.Warm, FloorSandqWarm, FloorSandqWarmHook, fmt.Sprintf("sandq with %d warm sandboxes (each job sent when one is ready)", e.o.Warm)})
+	}
+	return ms
 }
 
 // bareStageRows are the stages of bare runs: waiting for a slot (from
@@ -136,6 +158,9 @@ func sandqStageRows(runs []*sandqRun) []StageRow {
 func (c *Runs) count(r *sandqRun) {
 	if !r.ok() {
 		c.Failed++
+	}
+	if r.res.Timings != nil && r.res.Timings.WarmStart {
+		c.Warm++
 	}
 	if r.res.Attempt > 1 {
 		c.Retried++
@@ -210,7 +235,7 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 		return rep, fmt.Errorf("bare runsc: %w", err)
 	}
 	var bareLat []float64
-	var bareRuns, sandqRuns Runs
+	var bareRuns Runs
 	for _, r := range bare {
 		if r.waitLost {
 			bareRuns.WaitLost++
@@ -219,19 +244,76 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 	}
 	rep.BareStages = bareStageRows(bare, acquired)
 
-	// sandq.
+	// sandq, cold and with warm sandboxes.
+	bareDist := dist(bareLat)
+	rep.Rows = []LatencyRow{{Name: LatencyBare, What: "bare runsc container (create, start, wait, delete), from the scheduled send", Succeeded: len(bareLat), Runs: bareRuns, Dist: bareDist}}
+	for _, m := range e.modes() {
+		runs, err := e.openLoopSandq(ctx, v, sched, m.warm)
+		if err != nil {
+			return rep, err
+		}
+		var sandqRuns Runs
+		var toResult, toHook []float64
+		for _, r := range runs {
+			sandqRuns.count(r)
+			toResult = append(toResult, ms(r.result.Sub(r.scheduled)))
+			if !r.hook.IsZero() {
+				toHook = append(toHook, ms(r.hook.Sub(r.scheduled)))
+			}
+		}
+		what := "sandq"
+		if m.warm > 0 {
+			what = fmt.Sprintf("sandq with %d warm sandboxes", m.warm)
+		}
+		resultDist := dist(toResult)
+		rep.Rows = append(rep.Rows, LatencyRow{Name: m.result, What: what + ": scheduled send until the completed result is seen", Succeeded: len(toResult) - sandqRuns.Failed, Runs: sandqRuns, Dist: resultDist})
+		ov := overhead(resultDist, bareDist)
+		var hookOv *Overhead
+		if len(toHook) > 0 {
+			hookDist := dist(toHook)
+			rep.Rows = append(rep.Rows, LatencyRow{Name: m.hook, What: what + ": scheduled send until the signed webhook arrives", Succeeded: len(toHook) - sandqRuns.Failed, Runs: sandqRuns, Dist: hookDist})
+			o := overhead(hookDist, bareDist)
+			hookOv = &o
+		}
+		if m.warm > 0 {
+			rep.WarmOverheadMS, rep.WarmWebhookOverheadMS, rep.SandqWarmStages = &ov, hookOv, sandqStageRows(runs)
+		} else {
+			rep.OverheadMS, rep.WebhookOverheadMS, rep.SandqStages = ov, hookOv, sandqStageRows(runs)
+		}
+	}
+	if e.hooks != nil {
+		if n := e.hooks.badDeliveries(); n > 0 {
+			return rep, fmt.Errorf("%d webhook deliveries failed verification", n)
+		}
+	}
+	return rep, nil
+}
+
+// openLoopSandq sends the schedule through a worker of the latency
+// concurrency with warm warm sandboxes (0: none), after one warm-up job.
+func (e *env) openLoopSandq(ctx context.Context, v variant, sched []time.Duration, warm int) ([]*sandqRun, error) {
 	queue := fmt.Sprintf("bench-latency-%s-%d", v.name, e.next())
-	w, err := e.startWorker(ctx, queue, o.LatencyConcurrency)
+	w, err := e.startWorker(ctx, queue, e.o.LatencyConcurrency, warm)
 	if err != nil {
-		return rep, err
+		return nil, err
 	}
 	defer w.Shutdown()
 	if _, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil {
-		return rep, fmt.Errorf("sandq warm-up: %w", err)
+		return nil, fmt.Errorf("sandq warm-up: %w", err)
+	}
+	if warm > 0 {
+		// The schedule starts with the pool full, as after any idle spell.
+		for w.WarmReady() < warm {
+			if err := waitWarm(ctx, w); err != nil {
+				return nil, err
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	runs := make([]*sandqRun, len(sched))
-	errs = make([]error, len(sched))
-	start = time.Now().Add(100 * time.Millisecond)
+	errs := make([]error, len(sched))
+	start := time.Now().Add(100 * time.Millisecond)
+	var wg sync.WaitGroup
 	for i, off := range sched {
 		wg.Go(func() {
 			at := start.Add(off)
@@ -242,33 +324,7 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 	}
 	wg.Wait()
 	if err := errJobs(errs, len(sched)); err != nil {
-		return rep, fmt.Errorf("sandq: %w", err)
+		return nil, fmt.Errorf("sandq: %w", err)
 	}
-	var toResult, toHook []float64
-	for _, r := range runs {
-		sandqRuns.count(r)
-		toResult = append(toResult, ms(r.result.Sub(r.scheduled)))
-		if !r.hook.IsZero() {
-			toHook = append(toHook, ms(r.hook.Sub(r.scheduled)))
-		}
-	}
-	rep.SandqStages = sandqStageRows(runs)
-	bareDist, resultDist := dist(bareLat), dist(toResult)
-	rep.Rows = []LatencyRow{
-		{Name: LatencyBare, What: "bare runsc container (create, start, wait, delete), from the scheduled send", Succeeded: len(bareLat), Runs: bareRuns, Dist: bareDist},
-		{Name: LatencySandq, What: "sandq: scheduled send until the completed result is seen", Succeeded: len(toResult) - sandqRuns.Failed, Runs: sandqRuns, Dist: resultDist},
-	}
-	rep.OverheadMS = overhead(resultDist, bareDist)
-	if len(toHook) > 0 {
-		hookDist := dist(toHook)
-		rep.Rows = append(rep.Rows, LatencyRow{Name: LatencySandqHook, What: "sandq: scheduled send until the signed webhook arrives", Succeeded: len(toHook) - sandqRuns.Failed, Runs: sandqRuns, Dist: hookDist})
-		o := overhead(hookDist, bareDist)
-		rep.WebhookOverheadMS = &o
-	}
-	if e.hooks != nil {
-		if n := e.hooks.badDeliveries(); n > 0 {
-			return rep, fmt.Errorf("%d webhook deliveries failed verification", n)
-		}
-	}
-	return rep, nil
+	return runs, nil
 }

@@ -116,6 +116,9 @@ type Runs struct {
 	Failed   int `json:"failed"`
 	Retried  int `json:"retried"`
 	WaitLost int `json:"wait_lost"`
+	// Warm counts sandq jobs that ran in a warm sandbox
+	// (timings.warm_start).
+	Warm int `json:"warm"`
 }
 
 // Floor row names.
@@ -125,6 +128,9 @@ const (
 	FloorBareRun   = "bare_runsc_run"
 	FloorSandq     = "sandq_result"
 	FloorSandqHook = "sandq_webhook"
+	// The same with warm sandboxes (Options.Warm).
+	FloorSandqWarm     = "sandq_warm_result"
+	FloorSandqWarmHook = "sandq_warm_webhook"
 )
 
 // LatencyReport is the open-loop run: each job's latency from its
@@ -144,6 +150,11 @@ type LatencyReport struct {
 	WebhookOverheadMS *Overhead  `json:"webhook_overhead_ms,omitempty"`
 	SandqStages       []StageRow `json:"sandq_stages"`
 	BareStages        []StageRow `json:"bare_stages"`
+	// The same with warm sandboxes; absent without the warm runs. Negative
+	// overheads are below the floor.
+	WarmOverheadMS        *Overhead  `json:"warm_overhead_ms,omitempty"`
+	WarmWebhookOverheadMS *Overhead  `json:"warm_webhook_overhead_ms,omitempty"`
+	SandqWarmStages       []StageRow `json:"sandq_warm_stages,omitempty"`
 }
 
 // LatencyRow is one way of running the open-loop schedule.
@@ -160,6 +171,9 @@ const (
 	LatencyBare      = "bare_runsc"
 	LatencySandq     = "sandq_result"
 	LatencySandqHook = "sandq_webhook"
+	// The same with warm sandboxes (Options.Warm).
+	LatencySandqWarm     = "sandq_warm_result"
+	LatencySandqWarmHook = "sandq_warm_webhook"
 )
 
 // Overhead is one distribution less another, percentile by percentile.
@@ -176,8 +190,9 @@ func overhead(a, b Dist) Overhead {
 
 // StageSet is the stages of sandq's jobs and of the bare containers.
 type StageSet struct {
-	Sandq []StageRow `json:"sandq"`
-	Bare  []StageRow `json:"bare"`
+	Sandq     []StageRow `json:"sandq"`
+	SandqWarm []StageRow `json:"sandq_warm,omitempty"`
+	Bare      []StageRow `json:"bare"`
 }
 
 // StageRow is one stage of the jobs' trips.
@@ -203,6 +218,22 @@ type ThroughputRow struct {
 	SandqJobsPerSecond float64 `json:"sandq_jobs_per_second"`
 	BareJobsPerSecond  float64 `json:"bare_jobs_per_second"`
 	// Ratio is sandq's jobs/s over the bare loop's.
+	Ratio float64 `json:"ratio"`
+	// Warm is the same drain by a worker with warm sandboxes; nil without
+	// the warm runs.
+	Warm *WarmDrain `json:"warm,omitempty"`
+}
+
+// WarmDrain is a drain by a worker with warm sandboxes.
+type WarmDrain struct {
+	Succeeded int `json:"succeeded"`
+	Failed    int `json:"failed"`
+	Retried   int `json:"retried"`
+	// Started counts the jobs that ran in a warm sandbox.
+	Started       int     `json:"warm_started"`
+	Seconds       float64 `json:"seconds"`
+	JobsPerSecond float64 `json:"jobs_per_second"`
+	// Ratio is jobs/s over the bare loop's.
 	Ratio float64 `json:"ratio"`
 }
 
@@ -247,6 +278,9 @@ func targets(r *Report) []Target {
 			Target{Variant: v.Variant, Name: "p50 overhead", Target: "<= 30 ms", Measured: o.P50, Unit: "ms", Met: o.P50 <= 30, Distance: round1(o.P50 - 30)},
 			Target{Variant: v.Variant, Name: "p99 overhead", Target: "<= 150 ms", Measured: o.P99, Unit: "ms", Met: o.P99 <= 150, Distance: round1(o.P99 - 150)},
 		)
+		if w := v.Latency.WarmOverheadMS; w != nil {
+			out = append(out, Target{Variant: v.Variant, Name: "p50 overhead, warm sandboxes", Target: "< 0 ms (below bare runsc)", Measured: w.P50, Unit: "ms", Met: w.P50 < 0, Distance: w.P50})
+		}
 		var bestSandq, bestBare float64
 		for _, t := range v.Throughput {
 			bestSandq = max(bestSandq, t.SandqJobsPerSecond)
@@ -287,26 +321,33 @@ func (r *Report) PrintTable(out io.Writer) error {
 	fmt.Fprintf(out, "job limits: %s; image %s\n", c.JobLimits, c.Image)
 	for _, v := range r.Variants {
 		fmt.Fprintf(out, "\n== %s ==\n", v.Variant)
-		fmt.Fprintf(w, "floors, ms (serial, after 1 warm-up)\tn\tfailed\tretried\twait lost\tmin\tp50\tmean\tmax\t\n")
+		fmt.Fprintf(w, "floors, ms (serial, after 1 warm-up)\tn\tfailed\tretried\twait lost\twarm\tmin\tp50\tmean\tmax\t\n")
 		for _, f := range v.Floors {
-			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", f.Name, f.N, f.Failed, f.Retried, f.WaitLost, f.Min, f.P50, f.Mean, f.Max)
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", f.Name, f.N, f.Failed, f.Retried, f.WaitLost, f.Warm, f.Min, f.P50, f.Mean, f.Max)
 		}
 		w.Flush()
 		l := v.Latency
 		fmt.Fprintf(out, "\n")
-		fmt.Fprintf(w, "latency, ms (%d jobs, open loop %.3g/s, concurrency %d)\tok\tfailed\tretried\twait lost\tp50\tp90\tp99\tmax\tmean\t\n", l.Jobs, l.RatePerSecond, l.Concurrency)
+		fmt.Fprintf(w, "latency, ms (%d jobs, open loop %.3g/s, concurrency %d)\tok\tfailed\tretried\twait lost\twarm\tp50\tp90\tp99\tmax\tmean\t\n", l.Jobs, l.RatePerSecond, l.Concurrency)
 		for _, row := range l.Rows {
-			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", row.Name, row.Succeeded, row.Failed, row.Retried, row.WaitLost, row.P50, row.P90, row.P99, row.Max, row.Mean)
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", row.Name, row.Succeeded, row.Failed, row.Retried, row.WaitLost, row.Warm, row.P50, row.P90, row.P99, row.Max, row.Mean)
 		}
-		fmt.Fprintf(w, "overhead sandq_result - bare_runsc\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", l.OverheadMS.P50, l.OverheadMS.P90, l.OverheadMS.P99, l.OverheadMS.Max)
-		if o := l.WebhookOverheadMS; o != nil {
-			fmt.Fprintf(w, "overhead sandq_webhook - bare_runsc\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", o.P50, o.P90, o.P99, o.Max)
+		for _, ov := range []struct {
+			name string
+			o    *Overhead
+		}{{LatencySandq, &l.OverheadMS}, {LatencySandqHook, l.WebhookOverheadMS}, {LatencySandqWarm, l.WarmOverheadMS}, {LatencySandqWarmHook, l.WarmWebhookOverheadMS}} {
+			if o := ov.o; o != nil {
+				fmt.Fprintf(w, "overhead %s - bare_runsc\t\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", ov.name, o.P50, o.P90, o.P99, o.Max)
+			}
 		}
 		w.Flush()
 		for _, st := range []struct {
 			title         string
 			serial, loose []StageRow
-		}{{"sandq stages", v.FloorStages.Sandq, l.SandqStages}, {"bare runsc stages", v.FloorStages.Bare, l.BareStages}} {
+		}{{"sandq stages", v.FloorStages.Sandq, l.SandqStages}, {"sandq warm stages", v.FloorStages.SandqWarm, l.SandqWarmStages}, {"bare runsc stages", v.FloorStages.Bare, l.BareStages}} {
+			if len(st.loose) == 0 {
+				continue
+			}
 			fmt.Fprintf(out, "\n")
 			fmt.Fprintf(w, "%s, ms\tserial p50\tserial mean\topen-loop p50\tp90\tp99\tmax\tmean\t\n", st.title)
 			for _, s := range st.loose {
@@ -321,9 +362,13 @@ func (r *Report) PrintTable(out io.Writer) error {
 			w.Flush()
 		}
 		fmt.Fprintf(out, "\n")
-		fmt.Fprintf(w, "throughput\tjobs\tsandq jobs/s\tbare jobs/s\tratio\tsandq s\tbare s\tsandq failed\tsandq retried\tbare wait lost\t\n")
+		fmt.Fprintf(w, "throughput\tjobs\tsandq jobs/s\tbare jobs/s\tratio\tsandq s\tbare s\tsandq failed\tsandq retried\tbare wait lost\twarm jobs/s\twarm ratio\twarm started\t\n")
 		for _, t := range v.Throughput {
-			fmt.Fprintf(w, "concurrency %d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%d\t\n", t.Concurrency, t.Jobs, t.SandqJobsPerSecond, t.BareJobsPerSecond, t.Ratio, t.SandqSeconds, t.BareSeconds, t.SandqFailed, t.SandqRetried, t.BareWaitLost)
+			warm := "-\t-\t-"
+			if d := t.Warm; d != nil {
+				warm = fmt.Sprintf("%.2f\t%.2f\t%d", d.JobsPerSecond, d.Ratio, d.Started)
+			}
+			fmt.Fprintf(w, "concurrency %d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%d\t%s\t\n", t.Concurrency, t.Jobs, t.SandqJobsPerSecond, t.BareJobsPerSecond, t.Ratio, t.SandqSeconds, t.BareSeconds, t.SandqFailed, t.SandqRetried, t.BareWaitLost, warm)
 		}
 		w.Flush()
 	}

@@ -137,26 +137,55 @@ var sandqStageNames = []struct{ name, what string }{
 }
 
 // serialSandq runs n jobs one after another (after one warm-up) through a
-// worker of concurrency 1.
-func (e *env) serialSandq(ctx context.Context, v variant, n int) ([]*sandqRun, error) {
-	queue := fmt.Sprintf("bench-floor-%s-%d", v.name, e.next())
-	w, err := e.startWorker(ctx, queue, 1)
+// worker of concurrency 1. With warm > 0 the worker keeps that many warm
+// sandboxes, and each job is sent once one is ready: the light-load case
+// they are for.
+func (e *env) serialSandq(ctx context.Context, v variant, n, warm int) ([]*sandqRun, error) {
+	kind := "floor"
+	if warm > 0 {
+		kind = "floor-warm"
+	}
+	queue := fmt.Sprintf("bench-%s-%s-%d", kind, v.name, e.next())
+	w, err := e.startWorker(ctx, queue, 1, warm)
 	if err != nil {
 		return nil, err
 	}
 	defer w.Shutdown()
-	if _, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil {
-		return nil, fmt.Errorf("warm-up: %w", err)
-	}
 	var runs []*sandqRun
-	for range n {
+	for i := range n + 1 {
+		if warm > 0 {
+			if err := waitWarm(ctx, w); err != nil {
+				return nil, err
+			}
+		}
 		r, err := e.sendJob(ctx, v, queue, time.Time{})
 		if err != nil {
+			if i == 0 {
+				err = fmt.Errorf("warm-up: %w", err)
+			}
 			return nil, err
 		}
-		runs = append(runs, r)
+		if i > 0 {
+			runs = append(runs, r)
+		}
 	}
 	return runs, nil
+}
+
+// waitWarm waits up to a minute for a worker to have a warm sandbox ready.
+func waitWarm(ctx context.Context, w *jobs.Worker) error {
+	deadline := time.Now().Add(time.Minute)
+	for w.WarmReady() == 0 {
+		if time.Now().After(deadline) {
+			return errors.New("no warm sandbox ready after a minute")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // recordFailure counts a job that did not succeed and keeps the first

@@ -15,60 +15,29 @@ import (
 
 // drainPoll is how often the throughput run asks asynq how many jobs are
 // done.
-const drainPoll = 50 * time.Millisecond
+const drainPoll = 10 * time.Millisecond
 
 // throughput drains ThroughputJobs pre-queued jobs with a worker of
 // concurrency c, then runs as many bare runsc containers from a plain loop
-// of c goroutines.
+// of c goroutines, then (unless NoWarm) drains again with a worker that
+// has warm sandboxes.
 func (e *env) throughput(ctx context.Context, v variant, c int) (ThroughputRow, error) {
 	m := e.o.ThroughputJobs
 	row := ThroughputRow{Concurrency: c, Jobs: m}
 
-	// sandq: queue every job first (no webhooks), then start the worker.
-	queue := fmt.Sprintf("bench-throughput-%s-c%d-%d", v.name, c, e.next())
-	var next atomic.Int64
-	errs := make([]error, m)
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= m {
-					return
-				}
-				if _, err := e.client.Enqueue(ctx, v.submission(queue, "")); err != nil {
-					errs[i] = fmt.Errorf("enqueue: %w", err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := errJobs(errs, m); err != nil {
-		return row, err
-	}
-	began := time.Now()
-	w, err := e.startWorker(ctx, queue, c)
+	d, err := e.drainSandq(ctx, v, c, 0)
 	if err != nil {
 		return row, err
 	}
-	done, err := e.drain(ctx, queue, m)
-	elapsed := done.Sub(began)
-	w.Shutdown()
-	if err != nil {
-		return row, err
-	}
-	if row.SandqSucceeded, row.SandqFailed, row.SandqRetried, err = e.countResults(v, queue, m); err != nil {
-		return row, err
-	}
-	// Jobs that ran out of retries count in the time, not in the jobs.
-	row.SandqSeconds = math.Round(elapsed.Seconds()*100) / 100
-	row.SandqJobsPerSecond = math.Round(float64(row.SandqSucceeded)/elapsed.Seconds()*100) / 100
+	row.SandqSucceeded, row.SandqFailed, row.SandqRetried = d.ok, d.failed, d.retried
+	row.SandqSeconds, row.SandqJobsPerSecond = d.seconds, d.jobsPerSecond
 
 	// Bare runsc, the same number of jobs at the same parallelism.
-	next.Store(0)
-	errs = make([]error, m)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, m)
 	var ok, lost atomic.Int64
-	began = time.Now()
+	began := time.Now()
 	for range c {
 		wg.Go(func() {
 			for {
@@ -89,17 +58,84 @@ func (e *env) throughput(ctx context.Context, v variant, c int) (ThroughputRow, 
 		})
 	}
 	wg.Wait()
-	elapsed = time.Since(began)
+	elapsed := time.Since(began)
 	if err := errJobs(errs, m); err != nil {
 		return row, fmt.Errorf("bare runsc: %w", err)
 	}
 	row.BareSucceeded, row.BareWaitLost = int(ok.Load()), int(lost.Load())
 	row.BareSeconds = math.Round(elapsed.Seconds()*100) / 100
 	row.BareJobsPerSecond = math.Round(float64(m)/elapsed.Seconds()*100) / 100
-	if row.BareJobsPerSecond > 0 {
-		row.Ratio = math.Round(row.SandqJobsPerSecond/row.BareJobsPerSecond*1000) / 1000
+	ratio := func(jps float64) float64 {
+		if row.BareJobsPerSecond <= 0 {
+			return 0
+		}
+		return math.Round(jps/row.BareJobsPerSecond*1000) / 1000
+	}
+	row.Ratio = ratio(row.SandqJobsPerSecond)
+
+	// sandq again, with warm sandboxes.
+	if !e.o.NoWarm {
+		d, err := e.drainSandq(ctx, v, c, e.o.Warm)
+		if err != nil {
+			return row, fmt.Errorf("with warm sandboxes: %w", err)
+		}
+		row.Warm = &WarmDrain{Succeeded: d.ok, Failed: d.failed, Retried: d.retried, Started: d.warm,
+			Seconds: d.seconds, JobsPerSecond: d.jobsPerSecond, Ratio: ratio(d.jobsPerSecond)}
 	}
 	return row, nil
+}
+
+// drained is one drain by sandq.
+type drained struct {
+	ok, failed, retried, warm int
+	seconds, jobsPerSecond    float64
+}
+
+// drainSandq queues ThroughputJobs jobs (no webhooks), then starts a worker
+// of concurrency c with warm warm sandboxes and times it from its start
+// until every job is done. Jobs that ran out of retries count in the time,
+// not in the jobs.
+func (e *env) drainSandq(ctx context.Context, v variant, c, warm int) (drained, error) {
+	m := e.o.ThroughputJobs
+	queue := fmt.Sprintf("bench-throughput-%s-c%d-w%d-%d", v.name, c, warm, e.next())
+	var next atomic.Int64
+	errs := make([]error, m)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= m {
+					return
+				}
+				if _, err := e.client.Enqueue(ctx, v.submission(queue, "")); err != nil {
+					errs[i] = fmt.Errorf("enqueue: %w", err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var d drained
+	if err := errJobs(errs, m); err != nil {
+		return d, err
+	}
+	began := time.Now()
+	w, err := e.startWorker(ctx, queue, c, warm)
+	if err != nil {
+		return d, err
+	}
+	done, err := e.drain(ctx, queue, m)
+	elapsed := done.Sub(began)
+	w.Shutdown()
+	if err != nil {
+		return d, err
+	}
+	if d.ok, d.failed, d.retried, d.warm, err = e.countResults(v, queue, m); err != nil {
+		return d, err
+	}
+	d.seconds = math.Round(elapsed.Seconds()*100) / 100
+	d.jobsPerSecond = math.Round(float64(d.ok)/elapsed.Seconds()*100) / 100
+	return d, nil
 }
 
 // drain waits until m tasks of queue are completed or archived and returns
@@ -127,13 +163,14 @@ func (e *env) drain(ctx context.Context, queue string, m int) (time.Time, error)
 
 // countResults checks every finished job's result: completed ones should
 // have succeeded with the expected output, archived ones ran out of
-// retries. It returns how many succeeded, failed and were retried.
-func (e *env) countResults(v variant, queue string, m int) (ok, failed, retried int, err error) {
+// retries. It returns how many succeeded, failed, were retried and ran in a
+// warm sandbox.
+func (e *env) countResults(v variant, queue string, m int) (ok, failed, retried, warm int, err error) {
 	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){e.insp.ListCompletedTasks, e.insp.ListArchivedTasks} {
 		for page := 1; ; page++ {
 			infos, err := list(queue, asynq.Page(page), asynq.PageSize(100))
 			if err != nil {
-				return ok, failed, retried, fmt.Errorf("queue %s: %w", queue, err)
+				return ok, failed, retried, warm, fmt.Errorf("queue %s: %w", queue, err)
 			}
 			for _, info := range infos {
 				res, err := jobs.ParseResult(info.Result)
@@ -152,6 +189,9 @@ func (e *env) countResults(v variant, queue string, m int) (ok, failed, retried 
 				if res != nil && res.Attempt > 1 {
 					retried++
 				}
+				if res != nil && res.Timings != nil && res.Timings.WarmStart {
+					warm++
+				}
 			}
 			if len(infos) < 100 {
 				break
@@ -159,7 +199,7 @@ func (e *env) countResults(v variant, queue string, m int) (ok, failed, retried 
 		}
 	}
 	if ok+failed != m {
-		return ok, failed, retried, fmt.Errorf("queue %s: %d results for %d jobs", queue, ok+failed, m)
+		return ok, failed, retried, warm, fmt.Errorf("queue %s: %d results for %d jobs", queue, ok+failed, m)
 	}
-	return ok, failed, retried, nil
+	return ok, failed, retried, warm, nil
 }

@@ -193,6 +193,15 @@ func (w *Worker) Start(ctx context.Context) error {
 // Metrics are this worker's Prometheus metrics.
 func (w *Worker) Metrics() *Metrics { return w.handler.metrics }
 
+// WarmReady is how many warm sandboxes wait for a job (0 without
+// --warm-sandboxes).
+func (w *Worker) WarmReady() int {
+	if w.handler.warm == nil {
+		return 0
+	}
+	return w.handler.warm.Ready()
+}
+
 // Running is how many jobs this worker runs now.
 func (w *Worker) Running() int { return w.handler.jobs.count() }
 

@@ -28,6 +28,8 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "concurrency", Value: "1,2,4,8", Usage: "worker concurrencies of the throughput run"},
 			&cli.IntFlag{Name: "memory-jobs", Value: 2, Usage: "jobs running at once while the child worker's memory is sampled"},
 			&cli.BoolFlag{Name: "no-webhook", Usage: "no webhook receiver: latency to the result only"},
+			&cli.IntFlag{Name: "warm", DefaultText: "latency concurrency, at least 2", Usage: "warm sandboxes (--warm-sandboxes) of the worker in the warm runs"},
+			&cli.BoolFlag{Name: "no-warm", Usage: "skip the warm runs (sandq with warm sandboxes)"},
 			&cli.Int64Flag{Name: "seed", Value: 1, Usage: "seed of the open-loop schedule"},
 			&cli.StringFlag{Name: "out", Usage: "also write the report as JSON to this file"},
 			&cli.StringFlag{Name: "image-dir", Value: "/var/lib/sandq/images", EnvVars: env("IMAGE_DIR"), Usage: "where images live"},
@@ -63,6 +65,7 @@ func benchCommand() *cli.Command {
 			o.LatencyConcurrency = c.Int("latency-concurrency")
 			o.MemoryJobs = c.Int("memory-jobs")
 			o.NoWebhook = c.Bool("no-webhook")
+			o.Warm, o.NoWarm = c.Int("warm"), c.Bool("no-warm")
 			o.Seed = c.Int64("seed")
 			o.SandqBinary = self
 			o.ImageDir, o.Image = c.String("image-dir"), c.String("image")
