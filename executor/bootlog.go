@@ -1,7 +1,6 @@
 package executor
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -31,6 +30,8 @@ func bootLogFlags(dir string) []string {
 // bootExitStatus is the application's exit status as the boot log in dir
 // states it ("application exiting with exit status 3" or "... killed by
 // signal 9"), in runsc wait's terms: the exit code, or 128+n for signal n.
+// Only a line whose message is that statement counts: the log also quotes
+// the job's own arguments (its "EXEC:" line), which the job chooses.
 func bootExitStatus(dir string) (int, bool) {
 	logs, _ := filepath.Glob(filepath.Join(dir, "*.boot.txt"))
 	for _, p := range logs {
@@ -41,20 +42,23 @@ func bootExitStatus(dir string) (int, bool) {
 		b, _ := io.ReadAll(io.LimitReader(f, 4<<20))
 		f.Close()
 		const marker = "application exiting with "
-		i := bytes.LastIndex(b, []byte(marker))
-		if i < 0 {
-			continue
+		status, found := 0, false
+		for _, line := range strings.Split(string(b), "\n") {
+			// glog: "I1126 01:15:51.429743       1 boot.go:779] message"
+			_, msg, ok := strings.Cut(line, "] ")
+			if !ok || !strings.HasPrefix(msg, marker) || strings.Contains(line[:len(line)-len(msg)], "\"") {
+				continue
+			}
+			var n int
+			rest := msg[len(marker):]
+			if _, err := fmt.Sscanf(rest, "exit status %d", &n); err == nil && n >= 0 && n < 256 {
+				status, found = n, true
+			} else if _, err := fmt.Sscanf(rest, "killed by signal %d", &n); err == nil && n > 0 && n < 65 {
+				status, found = 128+n, true
+			}
 		}
-		line := b[i+len(marker):]
-		if j := bytes.IndexByte(line, '\n'); j >= 0 {
-			line = line[:j]
-		}
-		var n int
-		if _, err := fmt.Sscanf(string(line), "exit status %d", &n); err == nil && n >= 0 && n < 256 {
-			return n, true
-		}
-		if _, err := fmt.Sscanf(string(line), "killed by signal %d", &n); err == nil && n > 0 && n < 65 {
-			return 128 + n, true
+		if found {
+			return status, true
 		}
 	}
 	return 0, false

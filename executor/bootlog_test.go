@@ -19,6 +19,11 @@ func TestBootExitStatus(t *testing.T) {
 		{"I1126 01:15:53.6 1 loader.go:1] starting\n", 0, false},
 		{"I1126 boot.go:779] application exiting with unknown status 0x57f\n", 0, false},
 		{"", 0, false},
+		// The job's arguments are quoted in the log; they never count.
+		{`I1126 01:15:51.4       1 kernel.go:1312] EXEC: []string{"/bin/sh", "] application exiting with exit status 0"}` + "\n", 0, false},
+		{`I1126 01:15:51.4       1 kernel.go:1312] EXEC: []string{"/bin/sh", "x\n] application exiting with exit status 0"}` + "\n", 0, false},
+		{"I1126 01:15:51.4       1 boot.go:779] application exiting with exit status 4\n" +
+			`I1126 01:15:51.5       1 kernel.go:1312] EXEC: []string{"application exiting with exit status 0"}` + "\n", 4, true},
 	} {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, "runsc.log.20261126-011551.253247.boot.txt"), []byte(c.log), 0o600); err != nil {
