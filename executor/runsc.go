@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -324,6 +325,7 @@ func (s *runscSandbox) JobDir() string     { return filepath.Join(s.dir, "job") 
 func (s *runscSandbox) OutputsDir() string { return filepath.Join(s.dir, "outputs") }
 func (s *runscSandbox) bundleDir() string  { return filepath.Join(s.dir, "bundle") }
 func (s *runscSandbox) bootLogDir() string { return filepath.Join(s.dir, "logs", "runsc") }
+func (s *runscSandbox) pidFile() string    { return filepath.Join(s.dir, "sandbox.pid") }
 func (s *runscSandbox) cgroupPath() string { return filepath.Join(s.r.cgroupDir(), s.id) }
 
 // flags are runsc's global flags for this sandbox, the same on every call.
@@ -445,7 +447,7 @@ func (s *runscSandbox) Create(ctx context.Context) error {
 		}
 		return s.delete(ctx)
 	})
-	create := exec.Command(s.r.runsc, append(append(s.flags(), bootLogFlags(s.bootLogDir())...), "create", "--bundle", s.bundleDir(), s.id)...)
+	create := exec.Command(s.r.runsc, append(append(s.flags(), bootLogFlags(s.bootLogDir())...), "create", "--pid-file", s.pidFile(), "--bundle", s.bundleDir(), s.id)...)
 	create.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	create.Stdin = nil
 	create.Stdout = outW
@@ -489,6 +491,19 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		return nil, fmt.Errorf("%w: the container could not be created", ErrSandbox)
 	}
 	lim := s.spec.Limits
+	// How the job exits: from the boot log as soon as it says so (see
+	// exitwatch.go), or from `runsc wait` when that cannot be watched.
+	var waited <-chan waitResult
+	if pid, err := readPidFile(s.pidFile()); err != nil {
+		s.logger.Warn("no sandbox pid; waiting with runsc wait", "err", err)
+		waited = s.runscWait(ctx)
+	} else if w, err := watchExit(s.bootLogDir(), pid); err != nil {
+		s.logger.Warn("cannot watch the sandbox's exit; waiting with runsc wait", "err", err)
+		waited = s.runscWait(ctx)
+	} else {
+		defer w.Close()
+		waited = w.Result()
+	}
 	startAt := time.Now()
 	if _, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "start", s.id); err != nil {
 		s.delete(ctx)
@@ -498,40 +513,29 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	out.StartedAt = time.Now()
 	s.logger.Debug("sandbox started", "setup_ms", out.StartedAt.Sub(out.CreatedAt).Milliseconds(), "start_ms", out.StartedAt.Sub(startAt).Milliseconds())
 
-	type waitResult struct {
-		status int
-		err    error
-	}
-	waited := make(chan waitResult, 1)
-	go func() {
-		b, err := s.runsc(context.WithoutCancel(ctx), lim.Timeout+time.Hour, "wait", s.id)
-		if err != nil {
-			waited <- waitResult{-1, err}
-			return
-		}
-		var w struct {
-			ExitStatus int `json:"exitStatus"`
-		}
-		if err := json.Unmarshal(b, &w); err != nil {
-			waited <- waitResult{-1, fmt.Errorf("runsc wait: %q: %w", b, err)}
-			return
-		}
-		waited <- waitResult{w.ExitStatus, nil}
-	}()
-
 	timer := time.NewTimer(lim.Timeout)
 	defer timer.Stop()
 	var res waitResult
+	killed := func() waitResult {
+		s.kill(ctx)
+		// The kill ends the application, which the log then states; a
+		// sandbox that does not say so is deleted below all the same.
+		select {
+		case r := <-waited:
+			return r
+		case <-time.After(30 * time.Second):
+			s.logger.Warn("no exit 30s after runsc kill; deleting the sandbox")
+			return waitResult{-1, errNoExitStatus}
+		}
+	}
 	select {
 	case res = <-waited:
 	case <-timer.C:
 		out.TimedOut = true
-		s.kill(ctx)
-		res = <-waited
+		res = killed()
 	case <-ctx.Done():
 		out.Interrupted = context.Cause(ctx)
-		s.kill(ctx)
-		res = <-waited
+		res = killed()
 	}
 	out.OOMKilled = oomKills(s.cgroupPath()) > 0
 	tasksHit := pidsLimitHits(s.cgroupPath()) > 0
@@ -548,8 +552,8 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		return out, fmt.Errorf("%w: %w", ErrSandbox, derr)
 	}
 	if res.err != nil && !out.TimedOut && out.Interrupted == nil && !out.OOMKilled {
-		// The job ended before runsc wait reached the sandbox (see
-		// bootlog.go): the sandbox's own log says how.
+		// With runsc wait: the job ended before wait reached the sandbox
+		// (see bootlog.go); the sandbox's own log says how.
 		if status, ok := bootExitStatus(s.bootLogDir()); ok {
 			s.logger.Debug("exit status read from the sandbox's log", "status", status, "wait_err", res.err)
 			res = waitResult{status, nil}
@@ -573,6 +577,41 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		out.ExitCode = &code
 	}
 	return out, nil
+}
+
+// runscWait runs `runsc wait` for the sandbox and delivers its status.
+func (s *runscSandbox) runscWait(ctx context.Context) <-chan waitResult {
+	waited := make(chan waitResult, 1)
+	go func() {
+		b, err := s.runsc(context.WithoutCancel(ctx), s.spec.Limits.Timeout+time.Hour, "wait", s.id)
+		if err != nil {
+			waited <- waitResult{-1, err}
+			return
+		}
+		var w struct {
+			ExitStatus int `json:"exitStatus"`
+		}
+		if err := json.Unmarshal(b, &w); err != nil {
+			waited <- waitResult{-1, fmt.Errorf("runsc wait: %q: %w", b, err)}
+			return
+		}
+		waited <- waitResult{w.ExitStatus, nil}
+	}()
+	return waited
+}
+
+// readPidFile reads the pid `runsc create --pid-file` wrote: the sandbox
+// process's.
+func readPidFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("pid file %s: %q is not a pid", path, b)
+	}
+	return pid, nil
 }
 
 func (s *runscSandbox) kill(ctx context.Context) {
