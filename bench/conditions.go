@@ -50,9 +50,12 @@ type RunscConditions struct {
 	// Flags are the global flags of every container, sandq's and the bare
 	// ones, with per-container paths abbreviated.
 	Flags []string `json:"flags"`
-	// Calls are the runsc commands per container, with the flags only
+	// Calls are the runsc commands per bare container, with the flags only
 	// create gets before the first.
 	Calls []string `json:"calls"`
+	// SandqCalls are a sandq sandbox's: no runsc wait, the exit status is
+	// read from the boot log as soon as it is written.
+	SandqCalls []string `json:"sandq_calls"`
 }
 
 // RedisConditions are the bench Redis's version and persistence.
@@ -94,6 +97,10 @@ func (e *env) conditions(ctx context.Context) (Conditions, error) {
 		Calls: []string{
 			strings.Join(e.bare.CreateFlags("<sandbox>/logs/runsc"), " ") + " create --bundle <sandbox>/bundle <id>",
 			"start <id>", "wait <id>", "delete --force <id>",
+		},
+		SandqCalls: []string{
+			strings.Join(e.bare.CreateFlags("<sandbox>/logs/runsc"), " ") + " create --pid-file <sandbox>/sandbox.pid --bundle <sandbox>/bundle <id>",
+			"start <id>", "(exit status from the boot log, sandbox process by pidfd)", "delete --force <id>",
 		},
 	}
 	for i, f := range c.Runsc.Flags {

@@ -113,11 +113,11 @@ func (e *env) memory(ctx context.Context) (*MemoryReport, error) {
 		if err != nil {
 			return nil, err
 		}
-		if p.waits >= k {
+		if p.running >= k {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%d of %d sandboxes running after a minute: %s", p.waits, k, tail(logPath))
+			return nil, fmt.Errorf("%d of %d sandboxes running after a minute: %s", p.running, k, tail(logPath))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -149,9 +149,9 @@ func (e *env) memory(ctx context.Context) (*MemoryReport, error) {
 // procs is the RSS of a worker and the processes about its sandboxes.
 type procs struct {
 	worker, helpers, sandboxes int64
-	// waits counts the worker's `runsc wait` children: one per running
-	// sandbox.
-	waits int
+	// running counts the sandboxes (runsc-sandbox boot processes): one
+	// per running job, as the child worker keeps no warm ones.
+	running int
 }
 
 // scanProcs reads the RSS of the worker pid, of its runsc children (its
@@ -179,11 +179,11 @@ func scanProcs(pid int, state string) (procs, error) {
 			p.worker = rss
 		case ppid == pid:
 			p.helpers += rss
-			if slices.Contains(args, "wait") {
-				p.waits++
-			}
 		case strings.Contains(string(cmdline), state):
 			p.sandboxes += rss
+			if len(args) > 0 && args[0] == "runsc-sandbox" && slices.Contains(args, "boot") {
+				p.running++
+			}
 		}
 	}
 	if p.worker == 0 {

@@ -250,7 +250,8 @@ type MemoryReport struct {
 	// process alone.
 	WorkerPerJobKiB int64 `json:"worker_per_job_kib"`
 	// HelpersPerJobKiB is the RSS of the worker's runsc helper processes
-	// per running job.
+	// per running job (none, since the worker stopped running `runsc
+	// wait`: the figure shows that).
 	HelpersPerJobKiB int64 `json:"helpers_per_job_kib"`
 	// SandboxPerJobKiB is the RSS of each job's runsc sandbox and gofer.
 	SandboxPerJobKiB int64 `json:"sandbox_per_job_kib"`
@@ -315,7 +316,7 @@ func (r *Report) PrintTable(out io.Writer) error {
 	fmt.Fprintf(out, "host: %d CPUs (%s), %s memory, kernel %s, load %s at start, %s at end\n",
 		c.CPUs, c.CPUModel, formatKiB(c.MemoryKiB), c.Kernel, c.LoadAvgStart, c.LoadAvgEnd)
 	fmt.Fprintf(out, "runsc: %s (%s, built with %s); %q\n", c.Runsc.ModuleVersion, c.Runsc.Path, c.Runsc.GoVersion, c.Runsc.VersionOutput)
-	fmt.Fprintf(out, "runsc flags: %s; calls: %s\n", strings.Join(c.Runsc.Flags, " "), strings.Join(c.Runsc.Calls, ", "))
+	fmt.Fprintf(out, "runsc flags: %s; bare calls: %s; sandq calls: %s\n", strings.Join(c.Runsc.Flags, " "), strings.Join(c.Runsc.Calls, ", "), strings.Join(c.Runsc.SandqCalls, ", "))
 	fmt.Fprintf(out, "redis %s: appendonly=%s appendfsync=%s save=%q; asynq: task check interval %s, webhook concurrency %d, max retry %d; result poll %s\n",
 		c.Redis.Version, c.Redis.AppendOnly, c.Redis.AppendFsync, c.Redis.Save, c.Asynq.TaskCheckInterval, c.Asynq.WebhookConcurrency, c.Asynq.MaxRetry, c.ResultPoll)
 	fmt.Fprintf(out, "job limits: %s; image %s\n", c.JobLimits, c.Image)
