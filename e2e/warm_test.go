@@ -100,3 +100,25 @@ env | sort > "$OUTPUT_DIR/env.txt"
 		t.Fatalf("containers after the worker stopped: %v %v", ids, err)
 	}
 }
+
+// otherRunner is a Runner that is not the runsc one.
+type otherRunner struct{ executor.Runner }
+
+// Warm sandboxes need the runsc runner; a worker given another refuses to
+// start with them.
+func TestWarmSandboxesNeedTheRunscRunner(t *testing.T) {
+	cfg := env.cfg
+	cfg.Worker.Queues = map[string]int{"warm-refused": 1}
+	cfg.Worker.WarmSandboxes = 1
+	runner, err := executor.NewRunscRunner(context.Background(), executor.RunscConfig{StateDir: env.state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runner.Close(context.Background())
+	if _, err := jobs.NewWorker(cfg, otherRunner{runner}, env.store, nil); err == nil || !strings.Contains(err.Error(), "warm sandboxes need the runsc runner") {
+		t.Fatalf("NewWorker: %v", err)
+	}
+	if ids, _ := runner.Containers(context.Background()); len(ids) != 0 {
+		t.Fatalf("containers %v", ids)
+	}
+}
