@@ -496,10 +496,8 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	var waited <-chan waitResult
 	if pid, err := readPidFile(s.pidFile()); err != nil {
 		s.logger.Warn("no sandbox pid; waiting with runsc wait", "err", err)
-		waited = s.runscWait(ctx)
 	} else if w, err := watchExit(s.bootLogDir(), pid); err != nil {
 		s.logger.Warn("cannot watch the sandbox's exit; waiting with runsc wait", "err", err)
-		waited = s.runscWait(ctx)
 	} else {
 		defer w.Close()
 		waited = w.Result()
@@ -509,6 +507,11 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		s.delete(ctx)
 		logs.finish(s.logger, out)
 		return nil, fmt.Errorf("%w: %w", ErrSandbox, err)
+	}
+	if waited == nil {
+		// runsc wait before start loses the status; after it, only when
+		// the job ends first (then the boot log has it, see below).
+		waited = s.runscWait(ctx)
 	}
 	out.StartedAt = time.Now()
 	s.logger.Debug("sandbox started", "setup_ms", out.StartedAt.Sub(out.CreatedAt).Milliseconds(), "start_ms", out.StartedAt.Sub(startAt).Milliseconds())

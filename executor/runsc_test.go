@@ -237,3 +237,36 @@ func TestCreateThenFillThenRun(t *testing.T) {
 		t.Fatalf("after Release: containers %v", ids)
 	}
 }
+
+// Without the sandbox's pid (or inotify), Run falls back to runsc wait and
+// still reports the exit status, whether the job outlives wait's arrival or
+// not (then the boot log says it).
+func TestRunFallsBackToRunscWait(t *testing.T) {
+	r, image := testRunner(t)
+	ctx := context.Background()
+	for _, script := range []string{"sleep 1; exit 5\n", "exit 5\n"} {
+		spec := sleeper(image)
+		spec.Args = []string{"/bin/sh", JobMount + "/job.sh"}
+		sb, err := r.Prepare(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.Create(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(sb.(*runscSandbox).pidFile()); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(sb.JobDir(), "job.sh"), []byte(script), 0o644)
+		out, err := sb.Run(ctx)
+		if err != nil {
+			t.Fatalf("%q: %v", script, err)
+		}
+		if out.ExitCode == nil || *out.ExitCode != 5 {
+			t.Fatalf("%q: exit %v, want 5", script, out.ExitCode)
+		}
+		if err := sb.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
