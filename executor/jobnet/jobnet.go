@@ -142,15 +142,18 @@ func (m *Manager) Watch(interval time.Duration, onRepair func(error)) {
 		m.mu.Unlock()
 		return
 	}
-	m.stop, m.done = make(chan struct{}), make(chan struct{})
+	// The goroutine keeps its own copies: Close clears the fields before it
+	// closes stop, and a loop that re-read m.stop would then wait on nil.
+	stop, done := make(chan struct{}), make(chan struct{})
+	m.stop, m.done = stop, done
 	m.mu.Unlock()
 	go func() {
-		defer close(m.done)
+		defer close(done)
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
-			case <-m.stop:
+			case <-stop:
 				return
 			case <-t.C:
 				if repaired, err := m.Ensure(); repaired || err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
@@ -305,5 +306,25 @@ func TestAddressesInUseAreSkippedAcrossLeaseDirs(t *testing.T) {
 	defer nb.Release()
 	if na.Host == nb.Host {
 		t.Errorf("two lease directories handed out %s twice", na.Host)
+	}
+}
+
+// Close stops Watch even when it lands while Watch is re-checking the
+// firewall: with a 1ms interval it nearly always does.
+func TestCloseStopsWatchMidCheck(t *testing.T) {
+	for i := range 20 {
+		m, err := New(Config{Pool: netip.MustParsePrefix("10.201.3.0/24"), Dir: t.TempDir(), WorkerID: fmt.Sprintf("wwatch%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Watch(time.Millisecond, func(error) {})
+		time.Sleep(time.Duration(i%5) * time.Millisecond)
+		closed := make(chan struct{})
+		go func() { m.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: Close did not return in 10s", i)
+		}
 	}
 }
