@@ -150,21 +150,32 @@ func (b *BareRunner) prepare(c BareContainer) (bundle string, flags []string, er
 	return bundle, b.Flags(overlay, c.Spec.Limits.Disk), nil
 }
 
-func (b *BareRunner) command(ctx context.Context, flags []string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, b.runsc, append(append([]string(nil), flags...), args...)...)
+// runscCommand is a runsc command whose whole environment is a PATH: runsc
+// gets nothing of the worker's own.
+func runscCommand(ctx context.Context, bin string, flags []string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, bin, append(append([]string(nil), flags...), args...)...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	return cmd
 }
 
-func (b *BareRunner) call(ctx context.Context, flags []string, args ...string) ([]byte, error) {
-	cmd := b.command(ctx, flags, args...)
+// runscOutput runs a runsc command and returns its standard output; a
+// failure names the subcommand and carries what runsc wrote to stderr.
+func runscOutput(cmd *exec.Cmd, subcommand string) ([]byte, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
+		return out, fmt.Errorf("runsc %s: %w: %s", subcommand, err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+func (b *BareRunner) command(ctx context.Context, flags []string, args ...string) *exec.Cmd {
+	return runscCommand(ctx, b.runsc, flags, args...)
+}
+
+func (b *BareRunner) call(ctx context.Context, flags []string, args ...string) ([]byte, error) {
+	return runscOutput(b.command(ctx, flags, args...), args[0])
 }
 
 // Run runs c with runsc create (with the boot log flags), start, wait and

@@ -1,7 +1,6 @@
 package executor
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,7 +11,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -336,15 +334,7 @@ func (s *runscSandbox) flags() []string {
 func (s *runscSandbox) runsc(ctx context.Context, timeout time.Duration, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, s.r.runsc, append(s.flags(), args...)...)
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return out, fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
-	}
-	return out, nil
+	return runscOutput(runscCommand(ctx, s.r.runsc, s.flags(), args...), args[0])
 }
 
 // sandboxLogs captures a container's stdout and stderr from pipes whose
@@ -447,8 +437,7 @@ func (s *runscSandbox) Create(ctx context.Context) error {
 		}
 		return s.delete(ctx)
 	})
-	create := exec.Command(s.r.runsc, append(append(s.flags(), bootLogFlags(s.bootLogDir())...), "create", "--pid-file", s.pidFile(), "--bundle", s.bundleDir(), s.id)...)
-	create.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	create := runscCommand(context.Background(), s.r.runsc, append(s.flags(), bootLogFlags(s.bootLogDir())...), "create", "--pid-file", s.pidFile(), "--bundle", s.bundleDir(), s.id)
 	create.Stdin = nil
 	create.Stdout = outW
 	create.Stderr = errW
