@@ -7,6 +7,7 @@ import (
 	"context"
 	_ "embed"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -38,10 +39,25 @@ type Config struct {
 	// Auth lists tenants and tokens. Without it every /v1/jobs request is
 	// refused with 401.
 	Auth *AuthConfig
-	// OpenMonitoring serves /monitoring without a token: for a server
-	// bound to loopback only. Otherwise the dashboard takes an operator
-	// token, as a bearer token or as the password of basic auth.
+	// OpenMonitoring serves /monitoring without a token to clients on this
+	// host: a loopback peer whose request carries no proxy header
+	// (Forwarded, X-Forwarded-For, X-Forwarded-Host, X-Real-IP). It is
+	// never implied by the address the server listens on (sandq serve
+	// --open-dashboard; sandq dev sets it). Every other request to the
+	// dashboard takes an operator token, as a bearer token or as the
+	// password of basic auth.
 	OpenMonitoring bool
+	// Hosts are the names (the Host header: a host name or an IP address,
+	// with an optional port; without one, any port) the server answers to.
+	// The dashboard refuses every other name (421): a site whose name an
+	// attacker points at the server (DNS rebinding) gets nothing. Empty:
+	// localhost, 127.0.0.1 and [::1] on any port. See DefaultHosts.
+	Hosts []string
+	// StrictHosts applies Hosts to every request but /healthz, not only to
+	// the dashboard's.
+	StrictHosts bool
+	// Timeouts bound slow clients; zero fields take their defaults.
+	Timeouts Timeouts
 	// PrometheusURL, if set, is where asynqmon's charts query metrics.
 	PrometheusURL string
 	Logger        *slog.Logger
@@ -49,17 +65,21 @@ type Config struct {
 
 // Server is the HTTP handler tree.
 type Server struct {
-	mux     *http.ServeMux
-	mon     *asynqmon.HTTPHandler
-	rdb     redis.UniversalClient
-	insp    *asynq.Inspector
-	client  *jobs.Client
-	jobs    jobs.Config
-	auth    *AuthConfig
-	logger  *slog.Logger
-	open    bool
-	reqs    *prometheus.CounterVec
-	latency *prometheus.HistogramVec
+	mux      *http.ServeMux
+	mon      *asynqmon.HTTPHandler
+	rdb      redis.UniversalClient
+	insp     *asynq.Inspector
+	client   *jobs.Client
+	jobs     jobs.Config
+	auth     *AuthConfig
+	logger   *slog.Logger
+	open     bool
+	hosts    hostSet
+	strict   bool
+	cop      *http.CrossOriginProtection
+	timeouts Timeouts
+	reqs     *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
 }
 
 // New builds the server; Close releases its Redis connections.
@@ -71,6 +91,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("api: no object store configured")
 	}
+	hosts, err := parseHosts(cfg.Hosts)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	cfg.Timeouts = cfg.Timeouts.withDefaults()
+	if err := cfg.Timeouts.validate(); err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
 	client, err := jobs.NewClient(cfg.Jobs, cfg.Store, cfg.Logger)
 	if err != nil {
 		return nil, err
@@ -80,6 +108,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		mux: http.NewServeMux(), rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), client: client,
 		jobs: cfg.Jobs, auth: cfg.Auth, logger: cfg.Logger, open: cfg.OpenMonitoring,
+		hosts: hosts, strict: cfg.StrictHosts, cop: http.NewCrossOriginProtection(), timeouts: cfg.Timeouts,
 		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandq_api_requests_total", Help: "API requests by route, method and status code.",
 		}, []string{"route", "method", "code"}),
@@ -129,8 +158,17 @@ var Routes = []Route{
 	{"GET", "/v1/jobs/{id}/events", func(s *Server) func(http.ResponseWriter, *http.Request, *principal) { return s.events }},
 }
 
-// ServeHTTP serves the tree.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP serves the tree, under the timeouts, to the allowed hosts
+// (all of it with StrictHosts; the dashboard always).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.withDeadlines(w, r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.strict && r.URL.Path != "/healthz" && !s.hosts.allows(r.Host) {
+			writeError(w, misdirected(r.Host))
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	}))
+}
 
 // Close releases Redis connections.
 func (s *Server) Close() error {
@@ -192,11 +230,30 @@ func (s *Server) v1(route string, h func(http.ResponseWriter, *http.Request, *pr
 	})
 }
 
-// monitoring guards the dashboard: open on a loopback-only server, else
-// for operator tokens.
+// monitoring guards the dashboard. It shows every tenant's payloads and
+// results and can delete and run tasks, so:
+//
+//   - it answers only the server's own names (DNS rebinding: a page whose
+//     name an attacker points at this server reaches it from the victim's
+//     browser, on the victim's network);
+//   - it refuses cross-site requests that change state, and framing:
+//     browsers send cached basic-auth credentials along with both;
+//   - without a token it opens only to clients on this host, and only when
+//     configured to (OpenMonitoring); otherwise it takes an operator token.
 func (s *Server) monitoring(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.open {
+		if !s.hosts.allows(r.Host) {
+			writeError(w, misdirected(r.Host))
+			return
+		}
+		w.Header().Set("X-Frame-Options", "DENY")
+		w.Header().Set("Content-Security-Policy", "frame-ancestors 'none'")
+		w.Header().Set("Cross-Origin-Resource-Policy", "same-origin")
+		if err := s.cop.Check(r); err != nil {
+			writeError(w, apiError(http.StatusForbidden, "forbidden", "", "the dashboard refuses a cross-site "+r.Method+" ("+err.Error()+"): its actions are taken from its own pages"))
+			return
+		}
+		if !s.open || !fromThisHost(r) {
 			p, err := s.auth.authenticate(r, true)
 			if err != nil {
 				w.Header().Set("WWW-Authenticate", `Basic realm="sandq monitoring", charset="UTF-8"`)

@@ -39,6 +39,10 @@ type Tenant struct {
 	// MaxPending caps the tenant's unfinished (queued or running) jobs.
 	// Default 1000; negative is no cap.
 	MaxPending int `json:"max_pending,omitempty"`
+	// MaxStreams caps the tenant's open event streams (GET
+	// /v1/jobs/{id}/events), counted in Redis across every API server.
+	// Default 20; negative is no cap.
+	MaxStreams int `json:"max_streams,omitempty"`
 	// Operator tokens may also open the dashboard at /monitoring.
 	Operator bool `json:"operator,omitempty"`
 }
@@ -55,6 +59,7 @@ const (
 	DefaultRatePerSecond = 20
 	DefaultBurst         = 40
 	DefaultMaxPending    = 1000
+	DefaultMaxStreams    = 20
 )
 
 type principal struct {
@@ -114,6 +119,9 @@ func (c *AuthConfig) Validate() error {
 		}
 		if t.MaxPending == 0 {
 			t.MaxPending = DefaultMaxPending
+		}
+		if t.MaxStreams == 0 {
+			t.MaxStreams = DefaultMaxStreams
 		}
 		c.Tenants[name] = t
 	}

@@ -11,6 +11,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +50,8 @@ func (c *Client) Close() error {
 type StatusError struct {
 	Status int
 	Err    Error
+	// RetryAfter is the server's Retry-After, when it sent one.
+	RetryAfter time.Duration
 }
 
 func (e *StatusError) Error() string {
@@ -93,7 +96,11 @@ func (c *Client) request(ctx context.Context, method, path string, body io.Reade
 		if json.Unmarshal(b, &eb) != nil || eb.Error.Code == "" {
 			eb.Error = Error{Code: "http", Message: strings.TrimSpace(string(b))}
 		}
-		return nil, &StatusError{Status: resp.StatusCode, Err: eb.Error}
+		se := &StatusError{Status: resp.StatusCode, Err: eb.Error}
+		if n, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && n > 0 {
+			se.RetryAfter = time.Duration(n) * time.Second
+		}
+		return nil, se
 	}
 	return resp, nil
 }
@@ -220,16 +227,21 @@ func (c *Client) Wait(ctx context.Context, id string, onState func(*jobs.JobStat
 		if ctx.Err() != nil {
 			return last, ctx.Err()
 		}
-		// A refusal is final, but for a server that is overloaded or has
-		// lost Redis for a moment.
+		// A refusal is final, but for a server that is overloaded, has
+		// lost Redis for a moment, or has the tenant at its rate or its
+		// cap of event streams: those are retried when the server says.
 		var se *StatusError
 		if errors.As(err, &se) && se.Status != http.StatusServiceUnavailable && se.Status != http.StatusTooManyRequests {
 			return last, err
 		}
+		wait := time.Second
+		if se != nil && se.RetryAfter > wait {
+			wait = min(se.RetryAfter, 30*time.Second)
+		}
 		select {
 		case <-ctx.Done():
 			return last, ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
 	}
 }

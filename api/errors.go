@@ -27,6 +27,8 @@ type Error struct {
 
 	status     int
 	retryAfter time.Duration
+	// close ends the connection after the answer (its body is unread).
+	close bool
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -46,9 +48,18 @@ func classify(err error) *Error {
 	var fe *jobs.FieldError
 	var tm *jobs.TooManyOpenError
 	var mb *http.MaxBytesError
+	var bt *bodyTimeoutError
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &bt):
+		e := apiError(http.StatusRequestTimeout, "request_timeout", "", bt.Error())
+		e.close = true
+		return e
+	case errors.Is(err, jobs.ErrIdempotencyKeyUnavailable):
+		// Said the same way whatever holds the ID: nothing about it. Not
+		// a 5xx: a client that retries those would retry the same key.
+		return apiError(http.StatusConflict, "idempotency_key_unavailable", "idempotency_key", "the job could not be enqueued under this idempotency key; submit it again with another key")
 	case errors.As(err, &mb):
 		return apiError(http.StatusRequestEntityTooLarge, "too_large", "", "the request is over "+strconv.FormatInt(mb.Limit, 10)+" bytes, the most a job's files may add up to")
 	case errors.As(err, &tl):
@@ -85,6 +96,9 @@ func writeError(w http.ResponseWriter, e *Error) {
 	}
 	if e.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "5")
+	}
+	if e.close {
+		w.Header().Set("Connection", "close")
 	}
 	writeJSON(w, e.status, errorBody{e})
 }

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -56,12 +57,13 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 	// each part's headers.
 	limit := s.jobs.MaxScriptBytes + s.jobs.MaxInputsTotal + maxSpecBytes + int64(s.jobs.MaxInputs+1)*8<<10
 	r.Body = http.MaxBytesReader(w, r.Body, limit)
-	mr, err := r.MultipartReader()
-	if err != nil {
+	mr, recent, boundary, ok := multipartReader(r)
+	if !ok {
 		writeError(w, apiError(http.StatusBadRequest, "invalid_request", "", "the body must be multipart/form-data: a \"spec\" JSON part, a \"script\" file part and \"input\" file parts"))
 		return
 	}
 	ctx := r.Context()
+	view := s.client.Tenant(p.tenant)
 	var (
 		spec  Spec
 		draft *jobs.Draft
@@ -83,14 +85,11 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 			return classify(err)
 		}
 		if existing != nil {
-			st, err := s.client.StatusIn(ctx, existing.Queue, existing.ID)
+			// The tenant's own job (Begin checked, and the view checks
+			// again): a key's ID includes its tenant.
+			st, err := view.StatusIn(ctx, existing.Queue, existing.ID)
 			if err != nil {
 				return classify(err)
-			}
-			if st.Tenant != p.tenant {
-				// Another tenant's key in a shared queue maps to the same
-				// ID; tell nothing about that job.
-				return apiError(http.StatusConflict, "idempotency_conflict", "idempotency_key", "the idempotency key is in use in this queue; choose another")
 			}
 			w.Header().Set("Location", "/v1/jobs/"+st.ID)
 			writeJSON(w, http.StatusOK, Job{JobStatus: st, Existing: true})
@@ -102,6 +101,10 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 	fail := func(e *Error) {
 		if draft != nil {
 			draft.Abort(ctx)
+		}
+		if terr := bodyTimeout(ctx); terr != nil && e.status != 0 {
+			// Whatever read the body saw it cut.
+			e = classify(terr)
 		}
 		if e.status != 0 {
 			writeError(w, e)
@@ -125,6 +128,11 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
 			break
+		}
+		var perr textproto.ProtocolError
+		if errors.As(err, &perr) {
+			fail(malformedPart(err, refusedPartName(recent.recent(), boundary, perr)))
+			return
 		}
 		if err != nil {
 			fail(classifyBody(err))
@@ -171,7 +179,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 		writeError(w, classify(err))
 		return
 	}
-	st, err := s.client.StatusIn(ctx, enq.Queue, enq.ID)
+	st, err := view.StatusIn(ctx, enq.Queue, enq.ID)
 	if err != nil {
 		writeError(w, classify(err))
 		return
@@ -240,12 +248,9 @@ func (s *Server) jobOf(ctx context.Context, p *principal, id string) (*jobs.JobS
 	if jobs.CheckJobID(id) != nil {
 		return nil, classify(jobs.ErrJobNotFound)
 	}
-	st, err := s.client.Status(ctx, id)
+	st, err := s.client.Tenant(p.tenant).Status(ctx, id)
 	if err != nil {
 		return nil, classify(err)
-	}
-	if st.Tenant != p.tenant {
-		return nil, classify(jobs.ErrJobNotFound)
 	}
 	return st, nil
 }
@@ -289,7 +294,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, p *principal) 
 		}
 		f.Limit = n
 	}
-	list, next, err := s.client.List(r.Context(), p.tenant, f)
+	list, next, err := s.client.Tenant(p.tenant).List(r.Context(), f)
 	if err != nil {
 		writeError(w, classify(err))
 		return
@@ -309,7 +314,7 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request, p *principal)
 		writeError(w, e)
 		return
 	}
-	out, err := s.client.Cancel(r.Context(), st.ID)
+	out, err := s.client.Tenant(p.tenant).Cancel(r.Context(), st.ID)
 	if err != nil {
 		writeError(w, classify(err))
 		return
@@ -320,18 +325,35 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request, p *principal)
 // events streams a job's state as Server-Sent Events: a "state" event with
 // the job (as GET shows it) on every change, and a final "done" event with
 // its result, after which the stream ends. A comment line every 15s keeps
-// proxies from closing an idle stream.
+// proxies from closing an idle stream. Each tenant has at most MaxStreams
+// streams open (429 too_many_streams), and each write must reach the
+// client within the stream write timeout, or the stream ends.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 	ctx := r.Context()
+	view := s.client.Tenant(p.tenant)
 	st, e := s.jobOf(ctx, p, r.PathValue("id"))
 	if e != nil {
 		writeError(w, e)
 		return
 	}
+	slot, e := s.openStream(ctx, p)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	defer slot.release(ctx)
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
+	// send writes and flushes under the per-write deadline.
+	send := func(format string, args ...any) error {
+		rc.SetWriteDeadline(time.Now().Add(s.timeouts.StreamWrite))
+		if _, err := fmt.Fprintf(w, format, args...); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
 	w.WriteHeader(http.StatusOK)
 	poll := time.NewTicker(s.jobs.PollInterval)
 	defer poll.Stop()
@@ -344,15 +366,16 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 		if st.State == jobs.StateDone {
 			event = "done"
 		}
+		var err error
 		if !bytes.Equal(b, last) {
 			n++
-			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", n, event, b)
+			err = send("id: %d\nevent: %s\ndata: %s\n\n", n, event, b)
 			last, lastBeat = b, time.Now()
 		} else if time.Since(lastBeat) > 15*time.Second {
-			fmt.Fprint(w, ": keep-alive\n\n")
+			err = send(": keep-alive\n\n")
 			lastBeat = time.Now()
 		}
-		if err := rc.Flush(); err != nil || event == "done" {
+		if err != nil || event == "done" {
 			return
 		}
 		select {
@@ -360,12 +383,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 			return
 		case <-poll.C:
 		}
-		next, err := s.client.StatusIn(ctx, st.Queue, st.ID)
+		slot.renew(ctx)
+		next, err := view.StatusIn(ctx, st.Queue, st.ID)
 		if err != nil {
 			ae := classify(err)
 			b, _ := json.Marshal(errorBody{ae})
-			fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
-			rc.Flush()
+			send("event: error\ndata: %s\n\n", b)
 			return
 		}
 		st = next

@@ -16,7 +16,6 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 
-	"github.com/sandq/sandq/executor/egress"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 )
@@ -183,8 +182,10 @@ var documentedTypes = map[string]reflect.Type{
 	"LogDoc":         reflect.TypeFor[jobs.LogDoc](),
 	"OutputDoc":      reflect.TypeFor[jobs.OutputDoc](),
 	"SkippedDoc":     reflect.TypeFor[jobs.SkippedDoc](),
+	"TrimmedDoc":     reflect.TypeFor[jobs.TrimmedDoc](),
+	"ManifestRef":    reflect.TypeFor[jobs.ManifestRef](),
 	"EgressDoc":      reflect.TypeFor[jobs.EgressDoc](),
-	"EgressEvent":    reflect.TypeFor[egress.Event](),
+	"EgressEvent":    reflect.TypeFor[jobs.EgressEvent](),
 	"Timings":        reflect.TypeFor[jobs.Timings](),
 	"WebhookRef":     reflect.TypeFor[jobs.WebhookRef](),
 	"WebhookStatus":  reflect.TypeFor[jobs.WebhookStatus](),
@@ -238,7 +239,7 @@ func TestOpenAPIEnums(t *testing.T) {
 		{"ResultStatus", prop("ResultStatus", ""), strs(jobs.StatusSucceeded, jobs.StatusFailed, jobs.StatusTimedOut, jobs.StatusOutOfMemory, jobs.StatusCanceled, jobs.StatusError)},
 		{"CancelOutcome", prop("CancelOutcome", ""), strs(jobs.CancelRemoved, jobs.CancelSignalled, jobs.CancelQueued)},
 		{"WebhookAttempt.outcome", prop("WebhookAttempt", "outcome"), []string{webhook.OutcomeDelivered, webhook.OutcomeRetry, webhook.OutcomeFailed, webhook.OutcomeGone}},
-		{"EgressEvent.decision", prop("EgressEvent", "decision"), []string{egress.DecisionAllowed, egress.DecisionRefused, egress.DecisionFailed, egress.DecisionTruncated}},
+		{"EgressEvent.decision", prop("EgressEvent", "decision"), []string{jobs.EgressAllowed, jobs.EgressRefused, jobs.EgressFailed}},
 	} {
 		var got []string
 		for _, v := range c.schema.Enum {
@@ -421,7 +422,11 @@ func TestOpenAPIValuesValidate(t *testing.T) {
 	check("JobList", JobList{Jobs: []*jobs.JobStatus{}})
 	check("JobList", JobList{Jobs: []*jobs.JobStatus{never}, NextCursor: "1700000000000"})
 	check("Job", Job{JobStatus: &jobs.JobStatus{ID: "j2", Queue: "q", State: jobs.StatePending}, Existing: true})
-	check("EgressDoc", &jobs.EgressDoc{Asked: []string{"default"}, Requests: []egress.Event{}})
+	check("EgressDoc", &jobs.EgressDoc{Asked: []string{"default"}, Requests: []jobs.EgressEvent{}, Destinations: []jobs.EgressDestination{}, Refusals: []jobs.EgressRefusal{}})
+	check("EgressDoc", &jobs.EgressDoc{Asked: []string{"default"}, Requests: []jobs.EgressEvent{{Decision: jobs.EgressAllowed}},
+		Destinations: []jobs.EgressDestination{{Host: "a.example", Port: 443, Allowed: 1}}, OtherDestinations: &jobs.EgressOther{Destinations: 2, Count: 3, Allowed: 3},
+		Refusals: []jobs.EgressRefusal{{Host: "b.example", Port: 443, Count: 1}}, OtherRefusals: &jobs.EgressOther{Destinations: 1, Count: 1},
+		Bypass: &jobs.EgressBypass{Attempts: 1, Bytes: 60}})
 	check("WebhookStatus", &jobs.WebhookStatus{URL: "https://example.com/h", ID: "msg_j1", State: "unknown", Attempts: []webhook.Attempt{}})
 	check("ErrorBody", errorBody{apiError(404, "not_found", "", "no such job")})
 	check("Spec", Spec{})

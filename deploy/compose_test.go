@@ -26,12 +26,12 @@ func TestComposeFileValidates(t *testing.T) {
 	if err != nil {
 		t.Fatalf("compose.yaml does not validate: %v\n%s", err, out)
 	}
-	for _, svc := range []string{"redis:", "minio:", "create-bucket:", "worker:", "api:", "prometheus:", "grafana:"} {
+	for _, svc := range []string{"redis:", "minio:", "s3-setup:", "s3-users:", "worker:", "api:", "prometheus:", "grafana:"} {
 		if !strings.Contains(out, "\n  "+svc) {
 			t.Errorf("service %s missing from the resolved config", svc)
 		}
 	}
-	for _, want := range []string{"--appendonly", "noeviction", "privileged: true", "mc mb --ignore-existing local/sandq", "SANDQ_AUTH_CONFIG: /etc/sandq/auth.json", "SANDQ_PROMETHEUS_URL: http://prometheus:9090", "exec sandq worker --images analysis"} {
+	for _, want := range []string{"--appendonly", "noeviction", "privileged: true", "deploy/s3-policy-worker.json:/etc/sandq/s3-policy-worker.json:ro", "SANDQ_AUTH_CONFIG: /etc/sandq/auth.json", "SANDQ_PROMETHEUS_URL: http://prometheus:9090", "exec sandq worker --images analysis"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("resolved config lacks %q", want)
 		}

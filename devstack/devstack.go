@@ -27,7 +27,8 @@ type Options struct {
 	Dir string
 	// Ports on 127.0.0.1; 0 picks a free one.
 	RedisPort, MinioPort, MinioConsolePort int
-	// MinIO root credentials.
+	// MinIO root credentials: hand them to no worker or API server;
+	// ProvisionBucket makes least-privilege ones.
 	AccessKey, SecretKey string
 	// AppendOnly turns on Redis's AOF persistence (as production runs it).
 	AppendOnly bool
@@ -41,6 +42,8 @@ type Stack struct {
 	mu                                     sync.Mutex
 	procs                                  []*proc
 	logger                                 *slog.Logger
+	// MinIO's root credentials: for bootstrap (ProvisionBucket) only.
+	rootKey, rootSecret string
 }
 
 type proc struct {
@@ -79,6 +82,8 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		MinioAddr:        net.JoinHostPort("127.0.0.1", strconv.Itoa(o.MinioPort)),
 		MinioConsoleAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(o.MinioConsolePort)),
 		logger:           o.Logger,
+		rootKey:          o.AccessKey,
+		rootSecret:       o.SecretKey,
 	}
 	defer func() {
 		if err != nil {

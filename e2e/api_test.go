@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/jobs"
 )
@@ -23,11 +25,25 @@ import (
 // that may use the worker's queues; it returns the URL and the token.
 func apiServer(t *testing.T) (string, string) {
 	t.Helper()
-	tok, entry, err := api.NewToken("e2e", "e2e test")
-	if err != nil {
-		t.Fatal(err)
+	url, toks := apiServerFor(t, "e2e")
+	return url, toks["e2e"]
+}
+
+// apiServerFor serves the job API with the given tenants, each of which may
+// use the worker's queues; it returns the URL and each tenant's token.
+func apiServerFor(t *testing.T, tenants ...string) (string, map[string]string) {
+	t.Helper()
+	auth := &api.AuthConfig{Tenants: map[string]api.Tenant{}}
+	toks := map[string]string{}
+	for _, tenant := range tenants {
+		tok, entry, err := api.NewToken(tenant, "e2e test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		auth.Tenants[tenant] = api.Tenant{Queues: []string{"default", "other"}}
+		auth.Tokens = append(auth.Tokens, entry)
+		toks[tenant] = tok
 	}
-	auth := &api.AuthConfig{Tenants: map[string]api.Tenant{"e2e": {Queues: []string{"default", "other"}}}, Tokens: []api.TokenEntry{entry}}
 	if err := auth.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +56,120 @@ func apiServer(t *testing.T) (string, string) {
 		srv.Close()
 		s.Close()
 	})
-	return srv.URL, tok
+	return srv.URL, toks
+}
+
+// TestAPIIdempotencyKeyAcrossTenants is the reported cross-tenant leak, end
+// to end: tenant bravo starts a submission with a predictable key and
+// holds its body open; tenant alpha submits with the same key, and its job
+// runs to the end with output; bravo then finishes its body. bravo gets a
+// job of its own, which runs bravo's script, and nothing of alpha's: not
+// its ID, stdout or output links.
+func TestAPIIdempotencyKeyAcrossTenants(t *testing.T) {
+	url, toks := apiServerFor(t, "alpha", "bravo")
+	key := "report-2026-11-26-" + jobs.NewJobID()[:8]
+	secret := "alpha-secret-" + jobs.NewJobID()[:8]
+	rdb := redis.NewClient(&redis.Options{Addr: env.stack.RedisAddr})
+	defer rdb.Close()
+	post := func(tok string, body io.Reader, ct string) (int, []byte, error) {
+		req, _ := http.NewRequest("POST", url+"/v1/jobs", body)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", ct)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, b, err
+	}
+	getJob := func(tok, id string) api.Job {
+		req, _ := http.NewRequest("GET", url+"/v1/jobs/"+id, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var j api.Job
+		if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || json.Unmarshal(b, &j) != nil || j.JobStatus == nil {
+			t.Fatalf("GET %s: %d %s", id, resp.StatusCode, b)
+		}
+		return j
+	}
+	waitDone := func(tok, id string) api.Job {
+		for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if j := getJob(tok, id); j.State == jobs.StateDone {
+				return j
+			}
+		}
+		t.Fatalf("job %s did not finish", id)
+		return api.Job{}
+	}
+
+	// bravo begins and holds its body open.
+	pr, pw := io.Pipe()
+	bravo := multipart.NewWriter(pw)
+	type reply struct {
+		code int
+		body []byte
+		err  error
+	}
+	replied := make(chan reply, 1)
+	go func() {
+		code, b, err := post(toks["bravo"], pr, bravo.FormDataContentType())
+		replied <- reply{code, b, err}
+	}()
+	bravo.WriteField("spec", `{"idempotency_key":"`+key+`","limits":{"timeout_seconds":60}}`)
+	w, _ := bravo.CreateFormFile("script", "b.sh")
+	io.WriteString(w, "echo bravo-own")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if n, _ := rdb.SCard(context.Background(), "sandq:tenant:bravo:open").Result(); n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("bravo's submission did not begin")
+		}
+	}
+
+	// alpha submits with the key; its job runs to the end.
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	mw.WriteField("spec", `{"idempotency_key":"`+key+`","limits":{"timeout_seconds":60}}`)
+	aw, _ := mw.CreateFormFile("script", "a.sh")
+	io.WriteString(aw, "echo "+secret+"; echo "+secret+" > /mnt/outputs/secret.txt\n")
+	mw.Close()
+	code, b, err := post(toks["alpha"], &body, mw.FormDataContentType())
+	var alphaJob api.Job
+	if err != nil || code != 201 || json.Unmarshal(b, &alphaJob) != nil || alphaJob.JobStatus == nil {
+		t.Fatalf("alpha's submission: %d %s %v", code, b, err)
+	}
+	done := waitDone(toks["alpha"], alphaJob.ID)
+	if done.Result == nil || done.Result.Status != jobs.StatusSucceeded || len(done.Result.Outputs) != 1 || !strings.Contains(done.Result.Stdout.Tail, secret) {
+		t.Fatalf("alpha's job: %+v", done.Result)
+	}
+
+	// bravo finishes its body.
+	io.WriteString(w, "\n")
+	bravo.Close()
+	pw.Close()
+	r := <-replied
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	for _, leak := range []string{alphaJob.ID, secret, done.Result.Outputs[0].URL, "alpha"} {
+		if strings.Contains(string(r.body), leak) {
+			t.Fatalf("bravo's answer holds alpha's %q: %d %s", leak, r.code, r.body)
+		}
+	}
+	var bravoJob api.Job
+	if r.code != 201 || json.Unmarshal(r.body, &bravoJob) != nil || bravoJob.JobStatus == nil || bravoJob.Tenant != "bravo" || bravoJob.Existing {
+		t.Fatalf("bravo's submission: %d %s, want 201 and a job of its own", r.code, r.body)
+	}
+	got := waitDone(toks["bravo"], bravoJob.ID)
+	if got.Result == nil || got.Result.Status != jobs.StatusSucceeded || !strings.Contains(got.Result.Stdout.Tail, "bravo-own") || strings.Contains(got.Result.Stdout.Tail, secret) {
+		t.Errorf("bravo's job ran something else: %+v", got.Result)
+	}
 }
 
 // TestAPIMultipartEventsResult submits a job as `curl -F` would, follows its

@@ -114,6 +114,18 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(mon), r.ID) {
 		t.Errorf("asynqmon does not list the finished job %s: %d %.500s", r.ID, resp.StatusCode, mon)
 	}
+	// The dashboard is open to this host only because dev asks for it, and
+	// only under the server's own names (DNS rebinding).
+	if !strings.Contains(banner, "/monitoring/ (open to this host)") {
+		t.Errorf("banner does not say the dashboard is open to this host:\n%s", banner)
+	}
+	req, _ := http.NewRequest("GET", "http://"+listen+"/monitoring/api/queues/default/completed_tasks", nil)
+	req.Host = "evil.example"
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Errorf("asynqmon of sandq dev for Host evil.example: %v", err)
+	} else if resp.Body.Close(); resp.StatusCode != 421 {
+		t.Errorf("asynqmon of sandq dev for Host evil.example: %d, want 421", resp.StatusCode)
+	}
 
 	// The API: a job submitted with curl -F, with the token the banner
 	// points at, finishes; /monitoring shows it; the server's /metrics

@@ -5,12 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
+	"os/exec"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/egress"
 	"github.com/sandq/sandq/executor/jobnet"
 	"github.com/sandq/sandq/jobs"
 )
@@ -348,4 +356,295 @@ func assertNoNetworks(t *testing.T) {
 	if len(leases)+len(netns)+len(ifaces)+len(rules) != 0 {
 		t.Errorf("job networks left: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
 	}
+}
+
+// standInResolver maps the stand-in upstream's name to loopback, where the
+// test's server listens: the proxy of a standInWorker reaches it, and
+// nothing else is resolved.
+type standInResolver struct{}
+
+const standInHost = "upstream.sandq.test"
+
+func (standInResolver) LookupIP(_ context.Context, _ string, host string) ([]net.IP, error) {
+	if strings.EqualFold(strings.TrimSuffix(host, "."), standInHost) {
+		return []net.IP{net.IPv4(127, 0, 0, 1)}, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+func (standInResolver) LookupPort(ctx context.Context, network, service string) (int, error) {
+	return net.DefaultResolver.LookupPort(ctx, network, service)
+}
+
+// standInUpstream is an HTTP server on loopback standing for an allowed
+// host; it answers 404 with no body and remembers the URLs it was asked.
+type standInUpstream struct {
+	port int
+	mu   sync.Mutex
+	urls []string
+}
+
+func newStandInUpstream(t *testing.T) *standInUpstream {
+	t.Helper()
+	u := &standInUpstream{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.urls = append(u.urls, r.URL.String())
+		u.mu.Unlock()
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	t.Cleanup(srv.Close)
+	u.port = srv.Listener.Addr().(*net.TCPAddr).Port
+	return u
+}
+
+func (u *standInUpstream) seen() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.urls)
+}
+
+// startStandInWorker starts a worker whose proxy resolves standInHost to
+// loopback and may reach the stand-in upstream there (and nothing else on
+// loopback), serving one queue whose jobs may reach standInHost on the
+// upstream's port.
+func startStandInWorker(t *testing.T, up *standInUpstream) (*extraWorker, string) {
+	t.Helper()
+	const queue = "egress-standin"
+	cfg := env.cfg
+	cfg.Worker.Queues = map[string]int{queue: 1}
+	cfg.Worker.Concurrency = 1
+	cfg.Worker.ShutdownGrace = time.Second
+	cfg.Egress.Groups = map[string][]string{"standin": {standInHost}}
+	cfg.Egress.Queues = map[string]jobs.QueueEgress{queue: {Max: []string{"standin"}, Default: []string{"standin"}, Ports: []int{up.port}}}
+	proxy := egress.Config{Resolver: standInResolver{}, AllowRanges: []string{"127.0.0.1/32"}}
+	return startWorker(t, cfg, executor.RunscConfig{StateDir: env.state, Network: &executor.NetworkConfig{Proxy: proxy}}), queue
+}
+
+// TestEgressAuditKeepsAllowedPastRefusals: a job that first makes 1000
+// refused CONNECTs (the audit's whole list) and then one allowed request
+// carrying data in its URL gets a result that counts every request, lists
+// the allowed one, totals it per destination with its bytes, and sums the
+// refusals up.
+func TestEgressAuditKeepsAllowedPastRefusals(t *testing.T) {
+	up := newStandInUpstream(t)
+	w, queue := startStandInWorker(t, up)
+	secret := strings.Repeat("5ec2e7", 300)
+	script := file(t, "flood.py", fmt.Sprintf(`import os, socket, urllib.request, urllib.error
+host, port = os.environ["HTTP_PROXY"][len("http://"):].rsplit(":", 1)
+refused = 0
+for i in range(1000):
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(("CONNECT evil%%d.example:443 HTTP/1.1\r\nHost: evil%%d.example:443\r\n\r\n" %% (i, i)).encode())
+    if s.recv(4096).startswith(b"HTTP/1.1 403"):
+        refused += 1
+    s.close()
+print("refused", refused)
+try:
+    urllib.request.urlopen("http://%s:%d/x?d=%s", timeout=10)
+except urllib.error.HTTPError as e:
+    print("allowed request answered", e.code)
+`, standInHost, up.port, secret))
+	enq, err := w.client.Enqueue(context.Background(), jobs.Submission{Script: script, Queue: queue, Network: []string{"standin"}, Limits: jobs.LimitRequest{TimeoutSeconds: 240}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	st, err := w.client.Wait(ctx, enq.ID, nil)
+	if err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	r := st.Result
+	wantStatus(t, r, jobs.StatusSucceeded)
+	if !strings.Contains(r.Stdout.Tail, "refused 1000") || !strings.Contains(r.Stdout.Tail, "allowed request answered 404") {
+		t.Fatalf("the job did not do what it should:\n%s", r.Stdout.Tail)
+	}
+	if got := up.seen(); len(got) != 1 || !strings.Contains(got[0], secret) {
+		t.Fatalf("the stand-in upstream saw %d requests", len(got))
+	}
+	e := r.Egress
+	if e.Allowed != 1 || e.Refused != 1000 || e.Failed != 0 || e.RequestsUnlisted != 1 || len(e.Requests) != 1000 {
+		t.Errorf("egress: allowed %d refused %d failed %d, %d requests listed, %d unlisted", e.Allowed, e.Refused, e.Failed, len(e.Requests), e.RequestsUnlisted)
+	}
+	var allowed *jobs.EgressEvent
+	for i := range e.Requests {
+		if e.Requests[i].Decision == jobs.EgressAllowed {
+			allowed = &e.Requests[i]
+		}
+	}
+	if allowed == nil || allowed.Host != standInHost || allowed.Port != up.port || allowed.Method != "GET" || allowed.BytesOut < int64(len(secret)) || allowed.BytesIn == 0 {
+		t.Errorf("the allowed request listed: %+v", allowed)
+	}
+	if len(e.Destinations) != 1 || e.Destinations[0].Host != standInHost || e.Destinations[0].Allowed != 1 ||
+		e.Destinations[0].BytesOut < int64(len(secret)) || e.BytesOut != e.Destinations[0].BytesOut || e.OtherDestinations != nil {
+		t.Errorf("destinations %+v, other %+v, bytes out %d", e.Destinations, e.OtherDestinations, e.BytesOut)
+	}
+	n := 0
+	for _, ref := range e.Refusals {
+		n += ref.Count
+	}
+	if e.OtherRefusals != nil {
+		n += e.OtherRefusals.Count
+	}
+	if n != 1000 || len(e.Refusals) != 256 {
+		t.Errorf("refusals add up to %d in %d entries, want 1000 in 256 (and the rest in other_refusals: %+v)", n, len(e.Refusals), e.OtherRefusals)
+	}
+	if e.Bypass == nil || e.Bypass.Attempts != 0 {
+		t.Errorf("a job that only used its proxy: bypass %+v", e.Bypass)
+	}
+}
+
+// standInNetns makes a stand-in for a host beyond this one: a network
+// namespace of its own behind a veth pair on 10.209.9.0/30, routed from
+// the host, with a TCP listener on port 9999 that counts its connections.
+func standInNetns(t *testing.T) (addr string, accepted func() int) {
+	t.Helper()
+	const ns, hostIf, peerIf = "sandq-e2e-standin", "e2estin0h", "e2estin0n"
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	exec.Command("ip", "netns", "delete", ns).Run()
+	exec.Command("ip", "link", "delete", hostIf).Run()
+	run("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "delete", ns).Run() })
+	run("link", "add", hostIf, "type", "veth", "peer", "name", peerIf, "netns", ns)
+	run("addr", "add", "10.209.9.1/30", "dev", hostIf)
+	run("link", "set", hostIf, "up")
+	run("-n", ns, "addr", "add", "10.209.9.2/30", "dev", peerIf)
+	run("-n", ns, "link", "set", peerIf, "up")
+	run("-n", ns, "link", "set", "lo", "up")
+	run("-n", ns, "route", "add", "default", "via", "10.209.9.1")
+	srv := exec.Command("ip", "netns", "exec", ns, "python3", "-u", "-c", `import socket
+s = socket.socket(); s.bind(("0.0.0.0", 9999)); s.listen()
+print("listening")
+while True:
+    s.accept()[0].close()
+    print("accepted")`)
+	var out syncBuffer
+	srv.Stdout = &out
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "listening") {
+		if time.Now().After(deadline) {
+			t.Fatal("the stand-in host's listener did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The premise: the host reaches it.
+	c, err := net.DialTimeout("tcp", "10.209.9.2:9999", 2*time.Second)
+	if err != nil {
+		t.Fatalf("the stand-in host does not answer the host: %v", err)
+	}
+	c.Close()
+	for !strings.Contains(out.String(), "accepted") {
+		if time.Now().After(deadline) {
+			t.Fatal("the stand-in host's listener did not count the host's connection")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return "10.209.9.2", func() int { return strings.Count(out.String(), "accepted") - 1 }
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// direct runs in a networked sandbox: one line per target
+// (tcp|udp:host:port), "<kind> <target> <outcome> <seconds>".
+const direct = `
+import socket, sys, time
+for arg in sys.argv[1:]:
+    kind, host, port = arg.split(":")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    s.settimeout(10)
+    t = time.monotonic()
+    try:
+        s.connect((host, int(port)))
+        if kind == "udp":
+            s.send(b"x")
+            s.recv(16)
+        out = "connected"
+    except Exception as e:
+        out = type(e).__name__
+    print(kind, host + ":" + port, out, "%.3f" % (time.monotonic() - t), flush=True)
+    s.close()
+`
+
+// TestDirectSocketsAreRefusedAtOnce: a networked job that ignores its
+// proxy — direct sockets to a host beyond this one, to the host's own
+// address, to its own gateway — fails at once with "connection refused"
+// instead of waiting for its timeout, nothing reaches the stand-in host,
+// and the result counts each attempt.
+func TestDirectSocketsAreRefusedAtOnce(t *testing.T) {
+	far, accepted := standInNetns(t)
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var hostConns atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			hostConns.Add(1)
+			c.Close()
+		}
+	}()
+	svc := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	targets := []string{
+		"tcp:" + far + ":9999",
+		"tcp:" + far + ":443",
+		"tcp:" + far + ":3128",
+		"udp:" + far + ":53",
+		"tcp:" + hostAddress(t) + ":" + svc,
+		"udp:" + hostAddress(t) + ":53",
+	}
+	start := time.Now()
+	r := runJob(t, jobs.Submission{Script: file(t, "direct.py", direct), Args: targets, Network: []string{"npm"}})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	lines := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(r.Stdout.Tail), "\n") {
+		if f := strings.Fields(line); len(f) == 4 {
+			lines[f[0]+":"+f[1]] = f[2:]
+		}
+	}
+	for _, target := range targets {
+		got := lines[target]
+		if len(got) != 2 || got[0] != "ConnectionRefusedError" {
+			t.Errorf("%s: %v, want ConnectionRefusedError\nstdout:\n%s\nstderr:\n%s", target, got, r.Stdout.Tail, r.Stderr.Tail)
+			continue
+		}
+		t.Logf("%s: refused after %ss", target, got[1])
+	}
+	if n := accepted(); n != 0 || hostConns.Load() != 0 {
+		t.Errorf("the stand-in host accepted %d connections from the job, the host service %d", n, hostConns.Load())
+	}
+	if e := r.Egress; e == nil || e.Bypass == nil || e.Bypass.Attempts != int64(len(targets)) || e.Allowed+e.Refused+e.Failed != 0 {
+		t.Errorf("egress %+v (bypass %+v), want %d bypass attempts and no requests", e, e.Bypass, len(targets))
+	}
+	t.Logf("job done %s after submission; %d bypass attempts refused", time.Since(start).Round(time.Millisecond), r.Egress.Bypass.Attempts)
+	assertNoNetworks(t)
 }

@@ -147,6 +147,19 @@ func TestJobOnImportedImage(t *testing.T) {
 	if err != nil || got.Digest != imported.Digest {
 		t.Fatalf("Resolve: %+v %v", got, err)
 	}
+	// On the host: the image directory and the image's are 0700, and the
+	// setuid binaries the source image has (su, passwd, mount) are not.
+	for _, p := range []string{imageDir, filepath.Join(imageDir, "imported")} {
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o700 {
+			t.Errorf("%s: %v %v; want 0700", p, st.Mode(), err)
+		}
+	}
+	filepath.WalkDir(imported.Rootfs, func(p string, d fs.DirEntry, err error) error {
+		if info, ierr := os.Lstat(p); err == nil && ierr == nil && info.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+			t.Errorf("%s: %v; no setuid/setgid bit may stay on the host", p, info.Mode())
+		}
+		return nil
+	})
 
 	// A worker whose queue allows the imported image besides its default
 	// (the test image, linked into the same image directory).
@@ -157,18 +170,24 @@ func TestJobOnImportedImage(t *testing.T) {
 		c.Worker.ImageDir, c.Worker.Images = imageDir, []string{"imported"}
 	})
 	start = time.Now()
-	script := `echo "hello from $(id -u) on an imported image" > /mnt/outputs/hello.txt; ls /tmp/.sandq`
+	// Inside the sandbox the job user still writes /tmp (1777, on the
+	// image's overlay), and su has lost its setuid bit.
+	script := `echo "hello from $(id -u) on an imported image" > /mnt/outputs/hello.txt; ls /tmp/.sandq
+stat -c '%a %n' /tmp /usr/bin/su > /mnt/outputs/modes.txt && touch /tmp/by-the-job && echo "tmp writable" >> /mnt/outputs/modes.txt`
 	enq, err := w.client.Enqueue(ctx, jobs.Submission{Script: file(t, "hello.sh", script), Queue: w.queue, Image: "imported"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := w.result(t, enq.ID)
 	wantStatus(t, r, jobs.StatusSucceeded)
-	if r.Image != "imported" || r.ImageDigest != imported.Digest || len(r.Outputs) != 1 {
+	if r.Image != "imported" || r.ImageDigest != imported.Digest || len(r.Outputs) != 2 {
 		t.Fatalf("result on the imported image: image %q digest %q outputs %+v", r.Image, r.ImageDigest, r.Outputs)
 	}
-	if b := download(t, r.Outputs[0].URL); string(b) != "hello from 1000 on an imported image\n" {
-		t.Fatalf("hello.txt = %q", b)
+	for _, o := range r.Outputs {
+		want := map[string]string{"hello.txt": "hello from 1000 on an imported image\n", "modes.txt": "1777 /tmp\n755 /usr/bin/su\ntmp writable\n"}[o.Path]
+		if b := download(t, o.URL); string(b) != want {
+			t.Errorf("%s = %q, want %q", o.Path, b, want)
+		}
 	}
 	t.Logf("job ran in %s", time.Since(start).Round(time.Millisecond))
 

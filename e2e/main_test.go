@@ -33,6 +33,9 @@ var env struct {
 	runner *executor.RunscRunner
 	worker *jobs.Worker
 	state  string
+	// producerS3 is what the suite's client (the producer) reaches S3
+	// with; cfg.Storage and store have the worker's credentials.
+	producerS3 storage.Config
 }
 
 func TestMain(m *testing.M) {
@@ -90,13 +93,13 @@ func setup() error {
 		logLevel = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel}))
-	env.stack, err = devstack.Start(ctx, devstack.Options{Dir: filepath.Join(dir, "stack"), AccessKey: "e2e-access", SecretKey: "e2e-secret-key", Logger: logger})
+	env.stack, err = devstack.Start(ctx, devstack.Options{Dir: filepath.Join(dir, "stack"), AccessKey: e2eRootKey, SecretKey: e2eRootSecret, Logger: logger})
 	if err != nil {
 		return err
 	}
 	env.cfg = jobs.Config{
 		RedisAddr: env.stack.RedisAddr,
-		Storage:   storage.Config{Endpoint: env.stack.MinioAddr, AccessKey: "e2e-access", SecretKey: "e2e-secret-key", Bucket: "e2e"},
+		Storage:   storage.Config{Endpoint: env.stack.MinioAddr, Bucket: "e2e"},
 		Worker: jobs.WorkerConfig{
 			Concurrency: 2, StateDir: env.state, ImageDir: imageDir, Image: imageName,
 			Queues: map[string]int{"default": 1, "other": 1}, ShutdownGrace: 5 * time.Second,
@@ -119,13 +122,25 @@ func setup() error {
 			},
 		},
 	}.WithDefaults()
+	// MinIO's root user only prepares the bucket (as `sandq dev` and
+	// compose.yaml do). The worker, and every store the tests make from
+	// cfg.Storage, have the worker's user; the client the producer's: the
+	// whole suite runs on least privilege.
+	access, err := env.stack.ProvisionBucket(ctx, env.cfg.Storage.Bucket, devstack.ProvisionOptions{ExpiryDays: env.cfg.ObjectExpiryDays()})
+	if err != nil {
+		return err
+	}
+	env.cfg.Storage.AccessKey, env.cfg.Storage.SecretKey = access.Worker.AccessKey, access.Worker.SecretKey
+	env.producerS3 = env.cfg.Storage
+	env.producerS3.AccessKey, env.producerS3.SecretKey = access.Producer.AccessKey, access.Producer.SecretKey
 	if env.store, err = storage.New(env.cfg.Storage); err != nil {
 		return err
 	}
-	if err := env.store.EnsureBucket(ctx); err != nil {
+	producerStore, err := storage.New(env.producerS3)
+	if err != nil {
 		return err
 	}
-	if env.client, err = jobs.NewClient(env.cfg, env.store, logger); err != nil {
+	if env.client, err = jobs.NewClient(env.cfg, producerStore, logger); err != nil {
 		return err
 	}
 	// The worker's own environment carries a secret that jobs must not see.

@@ -5,14 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/jobs"
@@ -70,6 +74,68 @@ func TestMonitoringDashboardInChromium(t *testing.T) {
 		t.Fatalf("screenshot %s is not a rendered page: %d bytes, starts %q", shot, len(png), png[:min(len(png), 8)])
 	}
 	t.Logf("screenshot of %s: %s (%d bytes)", listURL, shot, len(png))
+}
+
+// TestDashboardRefusesCrossSiteInChromium is the reported attack in a real
+// browser: a page on another site POSTs "pause" to an open dashboard (no
+// preflight is needed for a no-cors request). The browser sends it; the
+// server refuses it, and the queue keeps running.
+func TestDashboardRefusesCrossSiteInChromium(t *testing.T) {
+	browser, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatalf("chromium is not installed (%v); `make test` installs it (scripts/install-deps.sh)", err)
+	}
+	queue := fmt.Sprintf("xsite%d", time.Now().UnixNano()%1e9)
+	rdb := asynq.RedisClientOpt{Addr: env.stack.RedisAddr}
+	c := asynq.NewClient(rdb)
+	defer c.Close()
+	if _, err := c.Enqueue(asynq.NewTask("job:run", []byte(`{}`)), asynq.Queue(queue)); err != nil {
+		t.Fatal(err)
+	}
+	insp := asynq.NewInspector(rdb)
+	defer insp.Close()
+	defer insp.DeleteQueue(queue, true)
+
+	srv, err := api.New(api.Config{Jobs: env.cfg, Store: env.store, OpenMonitoring: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var mu sync.Mutex
+	var seen []string
+	dash := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ":pause") {
+			mu.Lock()
+			seen = append(seen, r.Method+" Sec-Fetch-Site="+r.Header.Get("Sec-Fetch-Site")+" Origin="+r.Header.Get("Origin"))
+			mu.Unlock()
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	defer dash.Close()
+	// The attacker's page, on another site: localhost, not 127.0.0.1.
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprintf(w, `<html><body><script>
+fetch(%q, {method: "POST", mode: "no-cors"}).then(() => { document.body.dataset.sent = "yes" }, e => { document.body.dataset.sent = "error " + e })
+</script></body></html>`, dash.URL+"/monitoring/api/queues/"+queue+":pause")
+	}))
+	defer evil.Close()
+	evilURL := strings.Replace(evil.URL, "127.0.0.1", "localhost", 1)
+	// The page's fetch settles either way: with an opaque answer, or with
+	// a network error (the dashboard's answers are same-origin resources).
+	dom := dumpDOM(t, browser, evilURL, `data-sent=`)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || !strings.Contains(seen[0], "Sec-Fetch-Site=cross-site") {
+		t.Fatalf("the browser's request to the dashboard: %v\n%s", seen, tail(dom, 2000))
+	}
+	info, err := insp.GetQueueInfo(queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Paused {
+		t.Fatalf("a page on another site paused queue %s through the dashboard (%v)", queue, seen)
+	}
 }
 
 // dumpDOM loads url in headless Chromium and returns the DOM once it

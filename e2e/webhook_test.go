@@ -18,6 +18,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 )
@@ -348,5 +349,134 @@ func TestCancelledBeforeStartStillSendsItsWebhook(t *testing.T) {
 	var body jobs.Result
 	if err := json.Unmarshal(got[0].body, &body); err != nil || body.Status != jobs.StatusCanceled || body.ID != enq.ID {
 		t.Errorf("webhook body %s", got[0].body)
+	}
+}
+
+// Tenants' webhooks are signed with the tenant's own secrets, never with
+// the queue's, so that no other producer of the queue can forge a tenant's
+// events. Through jobs.Client with Tenant set, as the API submits: a
+// tenant's delivery, to its own URL or to the queue's default, verifies
+// with each of its two secrets (rotation) and with no other tenant's or the
+// queue's; a job without a tenant is signed with the queue's secret; a
+// tenant without a secret is refused a webhook at enqueue (naming the
+// field), and its jobs' default webhook is not sent, the delivery log
+// saying why. The worker has a delivery queue of its own, so the shared
+// worker (which has no tenant secrets) takes none of its deliveries.
+func TestWebhookSignedWithTheTenantsOwnSecret(t *testing.T) {
+	ctx := context.Background()
+	secret := func() string {
+		s, err := webhook.NewSecret()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	queueSecret, a1, a2, b1 := secret(), secret(), secret(), secret()
+	own, def := newReceiver(t, "", nil), newReceiver(t, "", nil)
+	cfg := env.cfg
+	cfg.Worker.Queues = map[string]int{"tenant-hooks": 1}
+	cfg.Webhook.Queue = "webhooks-tenants"
+	cfg.Webhook.Secrets = map[string][]string{"*": {queueSecret}}
+	cfg.Webhook.TenantSecrets = map[string][]string{"tenant-a": {a1, a2}, "tenant-b": {b1}}
+	cfg.Webhook.Defaults = map[string]string{"tenant-hooks": def.url()}
+	x := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
+
+	// A tenant without a secret may not ask for a webhook.
+	_, err := x.client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "true"), Queue: "tenant-hooks", Tenant: "tenant-c", Webhook: own.url()})
+	var fe *jobs.FieldError
+	if !errors.As(err, &fe) || fe.Field != "webhook" || !strings.Contains(fe.Msg, "tenant-c") || !strings.Contains(fe.Msg, "secret") {
+		t.Fatalf("a tenant without a secret asked for a webhook: %v; want a refusal naming the webhook field", err)
+	}
+	run := func(tenant, url string) *jobs.Result {
+		t.Helper()
+		enq, err := x.client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "echo hi"), Queue: "tenant-hooks", Tenant: tenant, Webhook: url})
+		if err != nil {
+			t.Fatalf("tenant %q: %v", tenant, err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		defer cancel()
+		st, err := x.client.Wait(wctx, enq.ID, nil)
+		if err != nil {
+			t.Fatalf("wait for %s: %v", enq.ID, err)
+		}
+		wantStatus(t, st.Result, jobs.StatusSucceeded)
+		return st.Result
+	}
+	aOwn, aDefault, noTenant, cDefault := run("tenant-a", own.url()), run("tenant-a", ""), run("", own.url()), run("tenant-c", "")
+	find := func(r *receiver, res *jobs.Result) delivery {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			for _, d := range r.deliveries() {
+				if d.header.Get("webhook-id") == res.Webhook.ID {
+					return d
+				}
+			}
+		}
+		t.Fatalf("no delivery of %s", res.ID)
+		return delivery{}
+	}
+	verifies := func(d delivery, secrets ...string) bool {
+		return webhook.Verify(secrets, d.header, d.body, d.at) == nil
+	}
+	for name, d := range map[string]delivery{"tenant-a, own URL": find(own, aOwn), "tenant-a, queue default": find(def, aDefault)} {
+		if n := len(strings.Fields(d.header.Get("webhook-signature"))); n != 2 {
+			t.Errorf("%s: %d signatures, want 2 (two secrets)", name, n)
+		}
+		if !verifies(d, a1) || !verifies(d, a2) {
+			t.Errorf("%s: does not verify with each of tenant-a's secrets", name)
+		}
+		if verifies(d, b1) || verifies(d, queueSecret) {
+			t.Errorf("%s: verifies with tenant-b's or the queue's secret", name)
+		}
+	}
+	if d := find(own, noTenant); !verifies(d, queueSecret) || verifies(d, a1, a2, b1) {
+		t.Error("the job without a tenant is not signed with the queue's secret alone")
+	}
+	st, err := x.client.Status(ctx, cDefault.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); st.Webhook == nil || st.Webhook.State != "failed"; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tenant-c's default webhook: %+v, want failed", st.Webhook)
+		}
+		if st, err = x.client.Status(ctx, cDefault.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a := st.Webhook.Attempts; len(a) != 1 || !strings.Contains(a[0].Error, "tenant tenant-c has no webhook signing secret") {
+		t.Errorf("tenant-c's delivery log %+v, want one entry saying why it was not sent", a)
+	}
+	for _, d := range def.deliveries() {
+		if d.header.Get("webhook-id") == cDefault.Webhook.ID {
+			t.Error("tenant-c's default webhook was sent")
+		}
+	}
+}
+
+// Webhook URLs whose host is an IP address in another spelling than a
+// dotted quad or a bracketed IPv6 address are refused at enqueue, naming
+// the field, even where private addresses are allowed (as on the e2e
+// worker); canonical ones are not.
+func TestWebhookIPSpellingsRefusedAtEnqueue(t *testing.T) {
+	ctx := context.Background()
+	// Begin, not Enqueue: nothing runs or is delivered even if one passes.
+	for _, host := range []string{"2130706433", "0x7f.1", "0177.0.0.1", "127.1", "0x7f000001", "[::1%25lo]", "[fe80::1%25lo]", "127.0.0.1."} {
+		d, _, err := env.client.Begin(ctx, jobs.Submission{Script: file(t, "x.sh", "true"), Webhook: "http://" + host + ":8080/hook"})
+		if d != nil {
+			d.Abort(ctx)
+		}
+		var fe *jobs.FieldError
+		if !errors.As(err, &fe) || fe.Field != "webhook" {
+			t.Errorf("%s: %v, want a refusal naming the webhook field", host, err)
+		}
+	}
+	for _, host := range []string{"127.0.0.1", "[::1]"} {
+		d, _, err := env.client.Begin(ctx, jobs.Submission{Script: file(t, "x.sh", "true"), Webhook: "http://" + host + ":8080/hook"})
+		if err != nil {
+			t.Errorf("%s: %v", host, err)
+			continue
+		}
+		d.Abort(ctx)
 	}
 }

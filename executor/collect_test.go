@@ -2,6 +2,8 @@ package executor
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -121,8 +125,8 @@ func TestCollectOutputs(t *testing.T) {
 		"dangling":     {"dangling", "symlink", "not a regular file"},
 		"fifo":         {"fifo", "fifo", "not a regular file"},
 		"sock":         {"sock", "socket", "not a regular file"},
-		"bad\xff.txt":  {"bad\xff.txt", "file", "name is not valid UTF-8"},
-		"baddir\xfe":   {"baddir\xfe", "directory", "name is not valid UTF-8"},
+		`bad\xff.txt`:  {`bad\xff.txt`, "file", "name is not valid UTF-8 (path shown escaped)"},
+		`baddir\xfe`:   {`baddir\xfe`, "directory", "name is not valid UTF-8 (path shown escaped)"},
 	}
 	got := map[string]SkippedOutput{}
 	for _, s := range c.Skipped {
@@ -182,7 +186,7 @@ func TestCollectOutputsCaps(t *testing.T) {
 			"same.txt": sizeCap(18),
 		}},
 	}
-	special := map[string]bool{"link-host": true, "link-dir": true, "dir/link-rel": true, "dangling": true, "fifo": true, "sock": true, "bad\xff.txt": true, "baddir\xfe": true}
+	special := map[string]bool{"link-host": true, "link-dir": true, "dir/link-rel": true, "dangling": true, "fifo": true, "sock": true, `bad\xff.txt`: true, `baddir\xfe`: true}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := CollectOutputs(f.root, tt.maxFiles, tt.maxBytes)
@@ -421,4 +425,225 @@ func replace(t *testing.T, p string, make func(string) error) {
 	if err := make(p); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// mkdirChain makes the nested directories names under root through
+// directory descriptors, so the chain may be longer than PATH_MAX, and
+// returns the descriptor of the deepest one (closed when the test ends).
+func mkdirChain(t *testing.T, root string, names []string) int {
+	t.Helper()
+	fd, err := unix.Open(root, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if err := unix.Mkdirat(fd, n, 0o755); err != nil {
+			t.Fatalf("mkdir %q: %v", n, err)
+		}
+		next, err := unix.Openat(fd, n, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd = next
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// writeAt makes a file named name holding data in the directory fd.
+func writeAt(t *testing.T, dirfd int, name string, data []byte) {
+	t.Helper()
+	fd, err := unix.Openat(dirfd, name, unix.O_CREAT|unix.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		t.Fatalf("create %q: %v", name, err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Write(fd, data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkShown fails the test for a skipped entry whose path could not be
+// shown as is: invalid UTF-8, a control character, or over the path cap.
+func checkShown(t *testing.T, c *Collection) {
+	t.Helper()
+	for _, s := range c.Skipped {
+		if !utf8.ValidString(s.Path) || strings.ContainsFunc(s.Path, unicode.IsControl) {
+			t.Errorf("skipped path %+.80q... is not shown escaped", s.Path)
+			break
+		}
+		if len(s.Path) > MaxOutputPathBytes+len("…") {
+			t.Errorf("skipped path of %d bytes shown whole (cap %d)", len(s.Path), MaxOutputPathBytes)
+			break
+		}
+	}
+	if b, err := json.Marshal(c.Skipped); err != nil || len(b) > MaxSkippedListed*(MaxOutputPathBytes+200) {
+		t.Errorf("skipped list is %d bytes of JSON (%v)", len(b), err)
+	}
+}
+
+func skippedByPath(c *Collection) map[string]SkippedOutput {
+	m := map[string]SkippedOutput{}
+	for _, s := range c.Skipped {
+		m[s.Path] = s
+	}
+	return m
+}
+
+// TestCollectOutputsControlCharacters: names with control characters are
+// skipped (a directory without walking into it), shown escaped.
+func TestCollectOutputsControlCharacters(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "ok.txt"), []byte("ok"))
+	writeFile(t, filepath.Join(root, "esc\x1b[31mred.txt"), []byte("x"))
+	writeFile(t, filepath.Join(root, "tab\there"), []byte("x"))
+	writeFile(t, filepath.Join(root, "del\x7f"), []byte("x"))
+	writeFile(t, filepath.Join(root, "c1\u0085next"), []byte("x"))
+	writeFile(t, filepath.Join(root, "dir\nline", "inner.txt"), []byte("inside"))
+	if err := os.Symlink("/etc/hostname", filepath.Join(root, "link\r")); err != nil {
+		t.Fatal(err)
+	}
+	c, err := CollectOutputs(root, 1000, 1<<30)
+	if err != nil {
+		t.Fatalf("CollectOutputs: %v", err)
+	}
+	if want := []OutputFile{{"ok.txt", 2}}; !reflect.DeepEqual(c.Files, want) {
+		t.Errorf("Files = %+v, want %+v", c.Files, want)
+	}
+	const reason = "name has control characters (path shown escaped)"
+	want := map[string]SkippedOutput{
+		`esc\x1b[31mred.txt`: {`esc\x1b[31mred.txt`, "file", reason},
+		`tab\there`:          {`tab\there`, "file", reason},
+		`del\x7f`:            {`del\x7f`, "file", reason},
+		`c1\u0085next`:       {`c1\u0085next`, "file", reason},
+		`dir\nline`:          {`dir\nline`, "directory", reason},
+		`link\r`:             {`link\r`, "symlink", reason},
+	}
+	if got := skippedByPath(c); !reflect.DeepEqual(got, want) {
+		t.Errorf("Skipped = %+q\nwant      %+q", c.Skipped, want)
+	}
+	checkShown(t, c)
+}
+
+// TestCollectOutputsDeepPaths: a chain of directories deeper than PATH_MAX,
+// with a file and symlinks at the bottom, does not fail the walk: the first
+// entry whose path is over the cap is skipped and not walked into.
+func TestCollectOutputsDeepPaths(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "a.txt"), []byte("a"))
+	var names []string
+	for i := range 24 { // 24 * 256 bytes: over 4096
+		names = append(names, fmt.Sprintf("%03d", i)+strings.Repeat("d", 252))
+	}
+	bottom := mkdirChain(t, root, names)
+	writeAt(t, bottom, "bottom.txt", []byte("deep"))
+	if err := unix.Symlinkat("/etc/hostname", bottom, "link"); err != nil {
+		t.Fatal(err)
+	}
+	// Control characters at the bottom too, 255 bytes each.
+	for i := range 5 {
+		writeAt(t, bottom, fmt.Sprintf("%d", i)+strings.Repeat("\x1b", 254), nil)
+	}
+	c, err := CollectOutputs(root, 1000, 1<<30)
+	if err != nil {
+		t.Fatalf("CollectOutputs: %v", err)
+	}
+	if want := []OutputFile{{"a.txt", 1}}; !reflect.DeepEqual(c.Files, want) {
+		t.Errorf("Files = %+v, want %+v", c.Files, want)
+	}
+	// 4 levels make 1023 bytes; the 5th is the first over 1024.
+	over := strings.Join(names[:5], "/")
+	shown := over[:MaxOutputPathBytes] + "…"
+	want := map[string]SkippedOutput{shown: {shown, "directory", fmt.Sprintf("path of %d bytes is over the %d-byte cap", len(over), MaxOutputPathBytes)}}
+	if got := skippedByPath(c); !reflect.DeepEqual(got, want) {
+		t.Errorf("Skipped = %+q\nwant      %+q", c.Skipped, want)
+	}
+	checkShown(t, c)
+}
+
+// TestCollectOutputsPathCap: a path of exactly the cap is collected, one
+// byte more is skipped.
+func TestCollectOutputsPathCap(t *testing.T) {
+	root := t.TempDir()
+	dir := strings.Repeat("d", 200) + "/" + strings.Repeat("e", 200) + "/" + strings.Repeat("f", 200) + "/" + strings.Repeat("g", 200)
+	fit := dir + "/" + strings.Repeat("x", MaxOutputPathBytes-len(dir)-1)
+	long := dir + "/" + strings.Repeat("y", MaxOutputPathBytes-len(dir))
+	writeFile(t, filepath.Join(root, fit), []byte("fits"))
+	writeFile(t, filepath.Join(root, long), []byte("too long"))
+	c, err := CollectOutputs(root, 1000, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []OutputFile{{fit, 4}}; !reflect.DeepEqual(c.Files, want) {
+		t.Errorf("Files = %+v, want %+v", c.Files, want)
+	}
+	if len(c.Skipped) != 1 || c.Skipped[0].Path != long[:MaxOutputPathBytes]+"…" || c.Skipped[0].Type != "file" ||
+		c.Skipped[0].Reason != fmt.Sprintf("path of %d bytes is over the %d-byte cap", MaxOutputPathBytes+1, MaxOutputPathBytes) {
+		t.Errorf("Skipped = %+q", c.Skipped)
+	}
+	checkShown(t, c)
+}
+
+// TestCollectOutputsSkippedListIsCapped: thousands of skipped entries (names
+// with control characters, symlinks, files over the cap) list the first
+// MaxSkippedListed and count the rest.
+func TestCollectOutputsSkippedListIsCapped(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"ctl", "links", "many"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 400 {
+		writeFile(t, filepath.Join(root, "ctl", fmt.Sprintf("%04d", i)+strings.Repeat("\x01", 200)), nil)
+		if err := os.Symlink("/etc/hostname", filepath.Join(root, "links", fmt.Sprintf("l%04d", i))); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(root, "many", fmt.Sprintf("f%04d", i)), []byte("x"))
+	}
+	c, err := CollectOutputs(root, 100, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := len(c.Skipped) + c.SkippedOmitted
+	// 400 control names, 400 links, and 300 files over the file cap.
+	if len(c.Skipped) != MaxSkippedListed || total != 1100 || len(c.Files) != 100 {
+		t.Errorf("%d listed, %d omitted, %d files; want %d listed and the rest of 1100 counted", len(c.Skipped), c.SkippedOmitted, len(c.Files), MaxSkippedListed)
+	}
+	checkShown(t, c)
+}
+
+// TestCollectOutputsHostPathLimit: under an outputs directory whose own
+// path is long, entries within the path cap can still be past the host's
+// PATH_MAX; they are skipped, not a failure of the walk.
+func TestCollectOutputsHostPathLimit(t *testing.T) {
+	base := t.TempDir()
+	var outer []string
+	for i := range 13 { // about 3300 bytes of the root's own path
+		outer = append(outer, fmt.Sprintf("%02d", i)+strings.Repeat("r", 248))
+	}
+	mkdirChain(t, base, outer)
+	root := filepath.Join(append([]string{base}, outer...)...)
+	writeFile(t, filepath.Join(root, "ok.txt"), []byte("ok"))
+	var inner []string
+	for i := range 4 { // 4 * 251 bytes: within the 1024-byte cap
+		inner = append(inner, fmt.Sprintf("%d", i)+strings.Repeat("i", 250))
+	}
+	bottom := mkdirChain(t, root, inner)
+	writeAt(t, bottom, strings.Repeat("f", 15), []byte("past PATH_MAX"))
+	if len(root)+1+len(strings.Join(inner, "/"))+16 < unix.PathMax {
+		t.Fatalf("the fixture does not reach PATH_MAX")
+	}
+	c, err := CollectOutputs(root, 1000, 1<<30)
+	if err != nil {
+		t.Fatalf("CollectOutputs: %v", err)
+	}
+	if want := []OutputFile{{"ok.txt", 2}}; !reflect.DeepEqual(c.Files, want) {
+		t.Errorf("Files = %+v, want %+v", c.Files, want)
+	}
+	if len(c.Skipped) != 1 || c.Skipped[0].Reason != "path too long for the host to read" {
+		t.Errorf("Skipped = %+q", c.Skipped)
+	}
+	checkShown(t, c)
 }

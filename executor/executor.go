@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/executor/jobnet"
 )
 
 // Paths inside every sandbox.
@@ -93,9 +94,12 @@ type Outcome struct {
 	Interrupted error
 	Stdout      LogSummary
 	Stderr      LogSummary
-	// Egress is the proxy's record of every request, for networked
+	// Egress is the proxy's audit of the job's requests, for networked
 	// sandboxes.
-	Egress []egress.Event
+	Egress *egress.Audit
+	// Bypass counts what a networked sandbox sent around its proxy, which
+	// the firewall refused; nil when it could not be read.
+	Bypass *jobnet.Bypass
 	// CreatedAt is when set-up of the container began (for a warm
 	// sandbox: when its job took it), StartedAt when the job's process was
 	// started, FinishedAt when the container was gone.

@@ -247,9 +247,13 @@ func (r *RunscRunner) Prepare(ctx context.Context, spec Spec) (_ Sandbox, err er
 		}
 		sb.cleanup.add("proxy session", func(context.Context) error { sess.Close(); return nil })
 		sb.net, sb.session = n, sess
+		// The proxy is the only way out (anything else is refused at
+		// once by the firewall): every variable tools read for a proxy
+		// names it, ALL_PROXY for those that read only that one.
 		proxy := "http://" + n.Proxy.String()
 		sb.spec.Env = append(append([]string(nil), spec.Env...),
 			"HTTP_PROXY="+proxy, "HTTPS_PROXY="+proxy, "http_proxy="+proxy, "https_proxy="+proxy,
+			"ALL_PROXY="+proxy, "all_proxy="+proxy,
 			"NO_PROXY=localhost,127.0.0.1", "no_proxy=localhost,127.0.0.1")
 	}
 	r.mu.Lock()
@@ -538,7 +542,16 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	out.FinishedAt = time.Now()
 	logs.finish(s.logger, out)
 	if s.session != nil {
-		out.Egress = s.session.Close()
+		a := s.session.Close()
+		out.Egress = &a
+	}
+	if s.net != nil {
+		// The container is gone: nothing sends from its namespace now.
+		if b, err := s.net.Bypass(); err != nil {
+			s.logger.Warn("reading the firewall's count of traffic around the proxy", "err", err)
+		} else {
+			out.Bypass = &b
+		}
 	}
 	if derr != nil {
 		return out, fmt.Errorf("%w: %w", ErrSandbox, derr)

@@ -114,7 +114,8 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := startSleeper(t, dead, image, true)
-	if _, netns, ifaces, rules, _ := dead.net.Resources(dead.workerID); len(netns) != 1 || len(ifaces) != 1 || len(rules) != 1 {
+	// Its rules: the accept rule and the bypass counter.
+	if _, netns, ifaces, rules, _ := dead.net.Resources(dead.workerID); len(netns) != 1 || len(ifaces) != 1 || len(rules) != 2 {
 		t.Fatalf("the networked sandbox has netns %v ifaces %v rules %v", netns, ifaces, rules)
 	}
 	deadDir := dead.dir
@@ -159,7 +160,7 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 	if leases, netns, ifaces, rules, _ := next.net.Resources(dead.workerID); len(leases)+len(netns)+len(ifaces)+len(rules) != 0 {
 		t.Errorf("dead worker's network left: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
 	}
-	if _, netns, _, rules, _ := next.net.Resources(neighbour.workerID); len(netns) != 1 || len(rules) != 1 {
+	if _, netns, _, rules, _ := next.net.Resources(neighbour.workerID); len(netns) != 1 || len(rules) != 2 {
 		t.Errorf("the live neighbour's network was swept: netns %v rules %v", netns, rules)
 	}
 	if ids, _ := neighbour.Containers(ctx); len(ids) != 1 || ids[0] != other.ID() || !processWith(other.ID()) {

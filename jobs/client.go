@@ -171,8 +171,21 @@ type StatusDoc struct {
 	WebhookDelivery *WebhookStatus `json:"webhook_delivery,omitempty"`
 }
 
-// Status finds a job in any queue.
+// Status finds a job in any queue, whoever owns it: for direct producers
+// and operators, who hold Redis credentials. Tenant(t).Status sees only a
+// tenant's jobs.
 func (c *Client) Status(ctx context.Context, id string) (*JobStatus, error) {
+	return c.status(ctx, id, nil)
+}
+
+// StatusIn is Status for a job whose queue is known.
+func (c *Client) StatusIn(ctx context.Context, queue, id string) (*JobStatus, error) {
+	return c.statusIn(ctx, queue, id, nil)
+}
+
+// status finds a job in any queue; a job whose tenant is not *tenant (when
+// tenant is not nil) is not found.
+func (c *Client) status(ctx context.Context, id string, tenant *string) (*JobStatus, error) {
 	if err := CheckJobID(id); err != nil {
 		return nil, err
 	}
@@ -181,7 +194,7 @@ func (c *Client) Status(ctx context.Context, id string) (*JobStatus, error) {
 		return nil, fmt.Errorf("list queues: %w", err)
 	}
 	for _, q := range queues {
-		st, err := c.StatusIn(ctx, q, id)
+		st, err := c.statusIn(ctx, q, id, tenant)
 		if errors.Is(err, ErrJobNotFound) {
 			continue
 		}
@@ -190,8 +203,7 @@ func (c *Client) Status(ctx context.Context, id string) (*JobStatus, error) {
 	return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
 }
 
-// StatusIn is Status for a job whose queue is known.
-func (c *Client) StatusIn(ctx context.Context, queue, id string) (*JobStatus, error) {
+func (c *Client) statusIn(ctx context.Context, queue, id string, tenant *string) (*JobStatus, error) {
 	info, err := c.insp.GetTaskInfo(queue, id)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
@@ -199,11 +211,47 @@ func (c *Client) StatusIn(ctx context.Context, queue, id string) (*JobStatus, er
 	if err != nil {
 		return nil, fmt.Errorf("job %s: %w", id, err)
 	}
+	if tenant != nil {
+		if owner, ok := ownerOf(info.Payload); !ok || owner != *tenant {
+			return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
+		}
+	}
 	st := statusOf(info)
 	if st.State == StateDone {
 		st.Webhook = c.webhookStatus(ctx, st.Result)
 	}
 	return st, nil
+}
+
+// TenantJobs is the view of one tenant's jobs. Through it, a job of
+// another tenant or of a direct producer is ErrJobNotFound, exactly like a
+// job that does not exist, so an ID tells nothing about who owns it. The
+// API reads and changes jobs only through it.
+type TenantJobs struct {
+	c      *Client
+	tenant string
+}
+
+// Tenant returns the view of a tenant's jobs.
+func (c *Client) Tenant(tenant string) TenantJobs { return TenantJobs{c: c, tenant: tenant} }
+
+// Status finds one of the tenant's jobs in any queue.
+func (t TenantJobs) Status(ctx context.Context, id string) (*JobStatus, error) {
+	return t.c.status(ctx, id, &t.tenant)
+}
+
+// StatusIn is Status for a job whose queue is known.
+func (t TenantJobs) StatusIn(ctx context.Context, queue, id string) (*JobStatus, error) {
+	return t.c.statusIn(ctx, queue, id, &t.tenant)
+}
+
+// Cancel is Client.Cancel for one of the tenant's jobs.
+func (t TenantJobs) Cancel(ctx context.Context, id string) (CancelOutcome, error) {
+	st, err := t.Status(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return t.c.cancel(ctx, st)
 }
 
 func statusOf(info *asynq.TaskInfo) *JobStatus {
@@ -289,6 +337,12 @@ func (c *Client) Cancel(ctx context.Context, id string) (CancelOutcome, error) {
 	if err != nil {
 		return "", err
 	}
+	return c.cancel(ctx, st)
+}
+
+// cancel cancels the job st shows, found by its owner's view.
+func (c *Client) cancel(ctx context.Context, st *JobStatus) (CancelOutcome, error) {
+	id := st.ID
 	if st.State == StateDone {
 		return "", fmt.Errorf("%w: %s ended %s", ErrJobFinished, id, st.Result.Status)
 	}
@@ -322,7 +376,7 @@ func (c *Client) Cancel(ctx context.Context, id string) (CancelOutcome, error) {
 			return CancelRemoved, nil
 		}
 		// It became active (or finished) meanwhile.
-		if now, serr := c.Status(ctx, id); serr == nil && now.State == StateDone {
+		if now, serr := c.StatusIn(ctx, st.Queue, id); serr == nil && now.State == StateDone {
 			return "", fmt.Errorf("%w: %s ended %s", ErrJobFinished, id, now.Result.Status)
 		}
 	}

@@ -58,6 +58,11 @@ type Config struct {
 	FinishAllowance time.Duration
 	// PollInterval is how often wait polls a job's state. Default 200ms.
 	PollInterval time.Duration
+	// MaxResultBytes caps a result document's JSON (workers). Over it, the
+	// whole lists go to a manifest object and the result's are cut (see
+	// TrimmedDoc). Default DefaultMaxResultBytes (2 MiB); at least
+	// MinMaxResultBytes (64 KiB).
+	MaxResultBytes int64
 
 	Worker WorkerConfig
 
@@ -150,6 +155,7 @@ func (c Config) WithDefaults() Config {
 	setDur(&c.LinkExpiry, 24*time.Hour)
 	setDur(&c.FinishAllowance, 15*time.Minute)
 	setDur(&c.PollInterval, 200*time.Millisecond)
+	set64(&c.MaxResultBytes, DefaultMaxResultBytes)
 	w := &c.Worker
 	setInt(&w.Concurrency, runtime.NumCPU())
 	if len(w.Queues) == 0 {
@@ -213,6 +219,8 @@ func (c Config) Validate() error {
 		return errors.New("default limits are under the minimum (1s, 64MiB memory, 16MiB disk)")
 	case c.LinkExpiry <= 0 || c.LinkExpiry > storage.MaxLinkExpiry:
 		return fmt.Errorf("link expiry %s: must be between 1s and %s", c.LinkExpiry, storage.MaxLinkExpiry)
+	case c.MaxResultBytes < MinMaxResultBytes:
+		return fmt.Errorf("max result size %s: must be at least %s", FormatSize(c.MaxResultBytes), FormatSize(MinMaxResultBytes))
 	case c.MaxRetry < NoRetry:
 		return errors.New("max retry must not be negative")
 	case d.OutputBytes < 4096:

@@ -24,6 +24,7 @@ import (
 
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/executor/jobnet"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -242,6 +243,11 @@ func (h *Handler) previousResult(queue, id string) *Result {
 }
 
 func (h *Handler) writeResult(t *asynq.Task, logger *slog.Logger, res *Result) error {
+	// A job that ran was fitted with its manifest already (capResult);
+	// this bounds every other result too.
+	if fitResult(res, h.cfg.MaxResultBytes) {
+		logger.Warn("result over the size cap was cut", "max_bytes", h.cfg.MaxResultBytes, "manifest", res.Trimmed.Manifest != nil)
+	}
 	b, err := json.Marshal(res)
 	if err != nil {
 		return err
@@ -383,7 +389,7 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	res.Timings.RunMS = res.DurationMS
 	res.ExitCode, res.Signal = out.ExitCode, out.Signal
 	if job.Network != nil {
-		res.Egress = egressDoc(job.Network, out.Egress)
+		res.Egress = egressDoc(job.Network, out.Egress, out.Bypass)
 	}
 	switch {
 	case out.Interrupted != nil && errors.Is(out.Interrupted, errCanceled):
@@ -406,7 +412,13 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	upCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.FinishAllowance)
 	defer cancel()
 	runPrefix := fmt.Sprintf("%srun-%d-%s/", JobPrefix(job.ID), attempt, sb.ID())
-	if err := h.upload(upCtx, sb, out, runPrefix, res); err != nil {
+	err = h.upload(upCtx, sb, out, runPrefix, res)
+	if err == nil {
+		// As finish will write it: the webhook reference counts too.
+		res.Webhook = h.webhookRef(job)
+		err = h.capResult(upCtx, res, runPrefix)
+	}
+	if err != nil {
 		if rerr := h.store.RemovePrefix(upCtx, runPrefix); rerr != nil {
 			logger.Warn("removing a failed attempt's partial uploads", "err", rerr)
 		}
@@ -417,20 +429,44 @@ func (h *Handler) run(ctx context.Context, job *Job, attempt int, logger *slog.L
 	return res, nil
 }
 
-func egressDoc(p *NetworkPolicy, events []egress.Event) *EgressDoc {
-	d := &EgressDoc{Asked: p.Asked, Hosts: p.Hosts, Ports: p.Ports, Requests: events}
-	if d.Requests == nil {
-		d.Requests = []egress.Event{}
+// egressDoc is the result's account of a networked job's network: its
+// policy, the proxy's audit a, and what the firewall refused around the
+// proxy (b; nil when it could not be read).
+func egressDoc(p *NetworkPolicy, a *egress.Audit, b *jobnet.Bypass) *EgressDoc {
+	d := &EgressDoc{
+		Asked: p.Asked, Hosts: p.Hosts, Ports: p.Ports,
+		Requests: []EgressEvent{}, Destinations: []EgressDestination{}, Refusals: []EgressRefusal{},
 	}
-	for _, e := range events {
-		switch e.Decision {
-		case egress.DecisionAllowed:
-			d.Allowed++
-		case egress.DecisionRefused:
-			d.Refused++
-		case egress.DecisionFailed:
-			d.Failed++
+	if a != nil {
+		d.Allowed, d.Refused, d.Failed = int(a.Allowed), int(a.Refused), int(a.Failed)
+		d.BytesOut, d.BytesIn = a.BytesOut, a.BytesIn
+		d.RequestsUnlisted = int(a.Unlisted)
+		for _, e := range a.Events {
+			d.Requests = append(d.Requests, EgressEvent{
+				Time: e.Time, Host: e.Host, Port: e.Port, Method: e.Method,
+				Decision: e.Decision, Reason: e.Reason, BytesOut: e.BytesOut, BytesIn: e.BytesIn,
+			})
 		}
+		for _, x := range a.Destinations {
+			d.Destinations = append(d.Destinations, EgressDestination{
+				Host: x.Host, Port: x.Port, Allowed: int(x.Allowed), Failed: int(x.Failed), BytesOut: x.BytesOut, BytesIn: x.BytesIn,
+			})
+		}
+		if o := a.OtherDestinations; o != nil {
+			d.OtherDestinations = &EgressOther{
+				Destinations: int(o.Destinations), Count: int(o.Allowed + o.Failed),
+				Allowed: int(o.Allowed), Failed: int(o.Failed), BytesOut: o.BytesOut, BytesIn: o.BytesIn,
+			}
+		}
+		for _, x := range a.Refusals {
+			d.Refusals = append(d.Refusals, EgressRefusal{Host: x.Host, Port: x.Port, Count: int(x.Count), Reason: x.Reason})
+		}
+		if o := a.OtherRefusals; o != nil {
+			d.OtherRefusals = &EgressOther{Destinations: int(o.Destinations), Count: int(o.Count)}
+		}
+	}
+	if b != nil {
+		d.Bypass = &EgressBypass{Attempts: int64(b.Packets), Bytes: int64(b.Bytes)}
 	}
 	return d
 }
@@ -479,17 +515,41 @@ func (h *Handler) upload(ctx context.Context, sb executor.Sandbox, out *executor
 	if err != nil {
 		return fmt.Errorf("collect outputs: %w", err)
 	}
+	res.SkippedOutputsOmitted = coll.SkippedOmitted
+	skip := func(d SkippedDoc) {
+		if len(res.SkippedOutputs) < executor.MaxSkippedListed {
+			res.SkippedOutputs = append(res.SkippedOutputs, d)
+		} else {
+			res.SkippedOutputsOmitted++
+		}
+	}
 	for _, s := range coll.Skipped {
-		res.SkippedOutputs = append(res.SkippedOutputs, SkippedDoc(s))
+		skip(SkippedDoc(s))
+	}
+	// A name whose object key the store would refuse is the job's doing:
+	// skipped, not a failure to retry.
+	outPrefix := prefix + "outputs/"
+	files := make([]executor.OutputFile, 0, len(coll.Files))
+	for _, f := range coll.Files {
+		if n := len(outPrefix) + len(f.Path); n > storage.MaxKeyBytes {
+			skip(SkippedDoc{Path: executor.ShowPath(f.Path), Type: "file", Reason: fmt.Sprintf("object key of %d bytes is over the store's %d-byte limit", n, storage.MaxKeyBytes)})
+			continue
+		}
+		files = append(files, f)
 	}
 	// Outputs and both logs upload several at a time; the result lists the
 	// outputs in the collection's order.
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(transfers)
-	docs := make([]OutputDoc, len(coll.Files))
-	for i, f := range coll.Files {
+	docs := make([]OutputDoc, len(files))
+	refused := make([]bool, len(files))
+	for i, f := range files {
 		g.Go(func() error {
-			doc, err := h.uploadOutput(gctx, coll, f, prefix+"outputs/")
+			doc, err := h.uploadOutput(gctx, coll, f, outPrefix)
+			if errors.Is(err, storage.ErrInvalidKey) {
+				refused[i] = true
+				return nil
+			}
 			docs[i] = doc
 			return err
 		})
@@ -503,10 +563,11 @@ func (h *Handler) upload(ctx context.Context, sb executor.Sandbox, out *executor
 			doc := &LogDoc{Tail: strings.ToValidUTF8(string(s.sum.Tail), "\uFFFD"), Bytes: s.sum.Bytes, DroppedBytes: s.sum.DroppedBytes}
 			doc.Truncated = int64(len(s.sum.Tail)) < s.sum.Bytes
 			key := prefix + "logs/" + s.name + ".log"
-			if _, err := h.store.PutFile(gctx, key, s.sum.Path, "text/plain; charset=utf-8"); err != nil {
+			const logType = "text/plain; charset=utf-8"
+			if _, err := h.store.PutFile(gctx, key, s.sum.Path, storage.PutOptions{ContentType: logType}); err != nil {
 				return err
 			}
-			link, err := h.store.Presign(gctx, key, h.cfg.LinkExpiry)
+			link, err := h.store.Presign(gctx, key, h.cfg.LinkExpiry, storage.LinkOptions{ContentType: logType})
 			if err != nil {
 				return err
 			}
@@ -518,7 +579,17 @@ func (h *Handler) upload(ctx context.Context, sb executor.Sandbox, out *executor
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	res.Outputs = append(res.Outputs, docs...)
+	for i, doc := range docs {
+		if refused[i] {
+			skip(SkippedDoc{Path: executor.ShowPath(files[i].Path), Type: "file", Reason: "the store refused its object key"})
+			continue
+		}
+		res.Outputs = append(res.Outputs, doc)
+		res.uploadedBytes += doc.Size
+	}
+	for _, l := range []*LogDoc{res.Stdout, res.Stderr} {
+		res.uploadedBytes += l.Bytes - l.DroppedBytes
+	}
 	return nil
 }
 
@@ -537,12 +608,16 @@ func (h *Handler) uploadOutput(ctx context.Context, coll *executor.Collection, f
 			return OutputDoc{}, err
 		}
 	}
+	// Never a type a browser would run on the store's origin; stored and
+	// linked as a download named as the job named it.
+	ctype = storage.SafeContentType(ctype)
+	name := path.Base(f.Path)
 	key := prefix + f.Path
-	obj, err := h.store.Put(ctx, key, file, f.Size, ctype)
+	obj, err := h.store.Put(ctx, key, file, f.Size, storage.PutOptions{ContentType: ctype, Filename: name})
 	if err != nil {
 		return OutputDoc{}, err
 	}
-	link, err := h.store.Presign(ctx, key, h.cfg.LinkExpiry)
+	link, err := h.store.Presign(ctx, key, h.cfg.LinkExpiry, storage.LinkOptions{ContentType: ctype, Filename: name})
 	if err != nil {
 		return OutputDoc{}, err
 	}

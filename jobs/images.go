@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 
@@ -52,10 +53,13 @@ func (c Config) publishImages(ctx context.Context, rdb redis.UniversalClient) er
 }
 
 // CheckImages refuses to start a worker with an image it cannot run: its
-// --image or one of its --images missing or unusable.
-func (c Config) CheckImages() error {
+// --image or one of its --images missing or unusable. An image made by an
+// older sandq is first brought up to date in place (image.Harden: no
+// setuid/setgid or world-writable files left on the host, its directories
+// 0700), with a warning.
+func (c Config) CheckImages(logger *slog.Logger) error {
 	for _, name := range c.allowedImages() {
-		img, err := image.Lookup(c.Worker.ImageDir, name)
+		img, err := image.Harden(c.Worker.ImageDir, name, logger)
 		if err != nil {
 			return fmt.Errorf("worker image %q: %w", name, err)
 		}

@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sandq/sandq/executor"
-	"github.com/sandq/sandq/executor/egress"
 )
 
 // Metrics are a worker's Prometheus metrics: sandq's own, asynq's queue
@@ -23,6 +22,7 @@ type Metrics struct {
 	sandboxStart      prometheus.Histogram
 	uploadedBytes     prometheus.Counter
 	egressRequests    *prometheus.CounterVec
+	egressBypass      prometheus.Counter
 	webhookDeliveries *prometheus.CounterVec
 }
 
@@ -51,10 +51,13 @@ func NewMetrics(insp *asynq.Inspector) *Metrics {
 	m.egressRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sandq_egress_requests_total", Help: "Requests through the egress proxy, by decision (allowed, refused, failed).",
 	}, []string{"decision"})
+	m.egressBypass = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sandq_egress_bypass_attempts_total", Help: "Packets networked jobs sent around their egress proxy, refused by the firewall (each connection attempt or datagram is one).",
+	})
 	m.webhookDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sandq_webhook_deliveries_total", Help: "Webhook delivery attempts, by outcome (delivered, retry, failed, gone).",
 	}, []string{"outcome"})
-	m.reg.MustRegister(m.jobsFinished, m.jobDuration, m.queueWait, m.sandboxStart, m.uploadedBytes, m.egressRequests, m.webhookDeliveries,
+	m.reg.MustRegister(m.jobsFinished, m.jobDuration, m.queueWait, m.sandboxStart, m.uploadedBytes, m.egressRequests, m.egressBypass, m.webhookDeliveries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if insp != nil {
 		m.reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(insp))
@@ -116,21 +119,15 @@ func (m *Metrics) observe(res *Result) {
 	if res.Timings.SandboxStartMS > 0 {
 		m.sandboxStart.Observe(float64(res.Timings.SandboxStartMS) / 1000)
 	}
-	var up int64
-	for _, o := range res.Outputs {
-		up += o.Size
-	}
-	for _, l := range []*LogDoc{res.Stdout, res.Stderr} {
-		if l != nil {
-			up += l.Bytes - l.DroppedBytes
-		}
-	}
-	m.uploadedBytes.Add(float64(up))
-	if res.Egress != nil {
-		for _, e := range res.Egress.Requests {
-			if e.Decision != egress.DecisionTruncated {
-				m.egressRequests.WithLabelValues(e.Decision).Inc()
-			}
+	// Counted at upload: a result over its size cap lists fewer outputs.
+	m.uploadedBytes.Add(float64(res.uploadedBytes))
+	if e := res.Egress; e != nil {
+		// The counts, not the listed requests: the list is capped.
+		m.egressRequests.WithLabelValues(EgressAllowed).Add(float64(e.Allowed))
+		m.egressRequests.WithLabelValues(EgressRefused).Add(float64(e.Refused))
+		m.egressRequests.WithLabelValues(EgressFailed).Add(float64(e.Failed))
+		if e.Bypass != nil {
+			m.egressBypass.Add(float64(e.Bypass.Attempts))
 		}
 	}
 }

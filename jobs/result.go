@@ -3,8 +3,6 @@ package jobs
 import (
 	"encoding/json"
 	"time"
-
-	"github.com/sandq/sandq/executor/egress"
 )
 
 // Status is how a job ended.
@@ -60,9 +58,16 @@ type Result struct {
 	Stderr     *LogDoc     `json:"stderr"`
 	Outputs    []OutputDoc `json:"outputs"`
 	// SkippedOutputs are entries of the outputs directory not collected:
-	// links, FIFOs, sockets, devices, names that are not UTF-8, or files over
-	// a cap.
+	// symbolic links, devices, names that are not UTF-8 or have control
+	// characters, paths over the path cap or whose object key is over the
+	// store's limit, or files over a cap. At most executor.MaxSkippedListed
+	// are listed; SkippedOutputsOmitted counts the rest.
 	SkippedOutputs []SkippedDoc `json:"skipped_outputs,omitempty"`
+	// SkippedOutputsOmitted counts the skipped entries not listed.
+	SkippedOutputsOmitted int `json:"skipped_outputs_omitted,omitempty"`
+	// Trimmed is set when the document was over the worker's result size
+	// cap: it says what was cut, and links the full manifest.
+	Trimmed *TrimmedDoc `json:"trimmed,omitempty"`
 	// Egress is the job's network: what it asked for, what it was allowed,
 	// and every request its proxy allowed or refused. Absent for jobs
 	// without network.
@@ -72,6 +77,10 @@ type Result struct {
 	// attempt carries.
 	Webhook *WebhookRef `json:"webhook,omitempty"`
 	Worker  string      `json:"worker,omitempty"`
+
+	// uploadedBytes is what this attempt stored (outputs and logs), counted
+	// before a size cap cuts the lists; for the metrics only.
+	uploadedBytes int64
 }
 
 // LimitsDoc is the limits a job ran under.
@@ -113,24 +122,167 @@ type OutputDoc struct {
 	Key         string    `json:"key"`
 }
 
-// SkippedDoc is an output not collected, and why.
+// SkippedDoc is an output not collected, and why. Path is shown escaped (Go
+// string syntax) when the name is not valid UTF-8 or has control
+// characters, and cut to 1024 bytes (ending in "…") when longer.
 type SkippedDoc struct {
 	Path   string `json:"path"`
 	Type   string `json:"type"`
 	Reason string `json:"reason"`
 }
 
-// EgressDoc is a networked job's policy and audit.
+// TrimmedDoc says what was cut from a result document over the worker's
+// result size cap (Config.MaxResultBytes). Lists are cut from their end:
+// skipped outputs first, then outputs beyond the first MinOutputsListed,
+// then egress requests (refused and failed ones before allowed ones), then
+// the remaining outputs, then the log tails. Counts stay whole.
+type TrimmedDoc struct {
+	Reason   string `json:"reason"`
+	MaxBytes int64  `json:"max_bytes"`
+	// SkippedOutputs, Outputs and EgressRequests count the entries cut from
+	// skipped_outputs, outputs and egress.requests.
+	SkippedOutputs int `json:"skipped_outputs,omitempty"`
+	Outputs        int `json:"outputs,omitempty"`
+	EgressRequests int `json:"egress_requests,omitempty"`
+	// EgressDestinations and EgressRefusals count the per-destination
+	// totals folded into egress.other_destinations and other_refusals
+	// (their counts and bytes stay in those totals).
+	EgressDestinations int `json:"egress_destinations,omitempty"`
+	EgressRefusals     int `json:"egress_refusals,omitempty"`
+	// LogTailBytes counts the bytes cut from the start of the log tails.
+	LogTailBytes int `json:"log_tail_bytes,omitempty"`
+	// Manifest links the whole lists, as a Manifest document. Absent when
+	// the worker could not upload one (never for a job that ran).
+	Manifest *ManifestRef `json:"manifest,omitempty"`
+}
+
+// ManifestRef is a presigned link to a job's Manifest.
+type ManifestRef struct {
+	URL       string    `json:"url"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Key       string    `json:"key"`
+}
+
+// Manifest is the whole of the lists of a trimmed result, stored beside the
+// job's outputs as manifest.json.
+type Manifest struct {
+	ID                    string        `json:"id"`
+	Outputs               []OutputDoc   `json:"outputs"`
+	SkippedOutputs        []SkippedDoc  `json:"skipped_outputs"`
+	SkippedOutputsOmitted int           `json:"skipped_outputs_omitted"`
+	EgressRequests        []EgressEvent `json:"egress_requests,omitempty"`
+	// EgressDestinations and EgressRefusals are the audit's per-destination
+	// totals, before any was folded into the result's "other" totals.
+	EgressDestinations []EgressDestination `json:"egress_destinations,omitempty"`
+	EgressRefusals     []EgressRefusal     `json:"egress_refusals,omitempty"`
+}
+
+// EgressDoc is a networked job's policy and the audit of its network.
+//
+// The counts and totals cover every request the job made through its
+// proxy; only the list of single requests is capped, and when it is full,
+// refusals are what is left out of it. Every request that passed the
+// policy is in Destinations (or OtherDestinations) with its bytes,
+// whether or not it is listed in Requests.
 type EgressDoc struct {
 	Asked []string `json:"asked"`
 	Hosts []string `json:"hosts"`
 	Ports []int    `json:"ports"`
 	// Allowed, Refused and Failed (allowed, but the upstream could not be
-	// reached) count the recorded requests.
-	Allowed  int            `json:"allowed"`
-	Refused  int            `json:"refused"`
-	Failed   int            `json:"failed"`
-	Requests []egress.Event `json:"requests"`
+	// reached) count every request through the proxy, listed in Requests
+	// or not. Refused also counts connections the proxy refused before
+	// reading a request (the job's connection or byte limit).
+	Allowed int `json:"allowed"`
+	Refused int `json:"refused"`
+	Failed  int `json:"failed"`
+	// BytesOut and BytesIn total what the allowed and failed requests
+	// exchanged with upstream (see EgressEvent).
+	BytesOut int64 `json:"bytes_out"`
+	BytesIn  int64 `json:"bytes_in"`
+	// Requests lists requests one by one in the order they arrived, at most
+	// the proxy's cap (1000). Past it, an allowed or failed request takes
+	// the place of the latest refusal listed, and further refusals are
+	// only counted. RequestsUnlisted counts the requests not listed.
+	Requests         []EgressEvent `json:"requests"`
+	RequestsUnlisted int           `json:"requests_unlisted"`
+	// Destinations total, per host and port, every request that passed
+	// the policy, in the order first seen: at most the proxy's cap (256)
+	// entries; further destinations are added up in OtherDestinations.
+	Destinations      []EgressDestination `json:"destinations"`
+	OtherDestinations *EgressOther        `json:"other_destinations,omitempty"`
+	// Refusals total the refused requests per host and port (host "" for
+	// connections refused before a request), capped like Destinations.
+	Refusals      []EgressRefusal `json:"refusals"`
+	OtherRefusals *EgressOther    `json:"other_refusals,omitempty"`
+	// Bypass counts what the job sent around its proxy, which the
+	// firewall refused. Absent when it could not be read.
+	Bypass *EgressBypass `json:"bypass,omitempty"`
+}
+
+// EgressEvent.Decision values.
+const (
+	EgressAllowed = "allowed"
+	EgressRefused = "refused"
+	EgressFailed  = "failed"
+)
+
+// EgressEvent is one request through the job's proxy (or a connection it
+// refused before any request).
+type EgressEvent struct {
+	Time   time.Time `json:"time"`
+	Host   string    `json:"host"`
+	Port   int       `json:"port"`
+	Method string    `json:"method"` // CONNECT or the HTTP method
+	// Decision is allowed, refused or failed (allowed, but upstream could
+	// not be reached).
+	Decision string `json:"decision"`
+	Reason   string `json:"reason"`
+	// BytesOut and BytesIn are what went to and came from upstream: for a
+	// CONNECT tunnel, what went through it; for a plain http:// request,
+	// the request as sent (request line, headers, body) and the response
+	// as received.
+	BytesOut int64 `json:"bytes_out"`
+	BytesIn  int64 `json:"bytes_in"`
+}
+
+// EgressDestination totals a job's requests to one host and port that
+// passed the policy.
+type EgressDestination struct {
+	Host     string `json:"host"`
+	Port     int    `json:"port"`
+	Allowed  int    `json:"allowed"`
+	Failed   int    `json:"failed"`
+	BytesOut int64  `json:"bytes_out"`
+	BytesIn  int64  `json:"bytes_in"`
+}
+
+// EgressRefusal totals a job's refused requests to one host and port, with
+// the first refusal's reason.
+type EgressRefusal struct {
+	Host   string `json:"host"`
+	Port   int    `json:"port"`
+	Count  int    `json:"count"`
+	Reason string `json:"reason"`
+}
+
+// EgressOther adds up the destinations past the cap of Destinations or
+// Refusals: how many there were, and their requests (Count) and bytes.
+type EgressOther struct {
+	Destinations int   `json:"destinations"`
+	Count        int   `json:"count"`
+	Allowed      int   `json:"allowed,omitempty"`
+	Failed       int   `json:"failed,omitempty"`
+	BytesOut     int64 `json:"bytes_out,omitempty"`
+	BytesIn      int64 `json:"bytes_in,omitempty"`
+}
+
+// EgressBypass counts what a job sent that was not for its proxy (a tool
+// that ignores the proxy settings, a direct socket): the firewall refused
+// it at once, TCP with a reset and anything else with an ICMP port
+// unreachable. Each connection attempt or datagram is one packet.
+type EgressBypass struct {
+	Attempts int64 `json:"attempts"`
+	Bytes    int64 `json:"bytes"`
 }
 
 // Timings break a job's time down by stage, in milliseconds. MemoryWaitMS

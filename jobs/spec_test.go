@@ -585,32 +585,45 @@ func TestFormatSize(t *testing.T) {
 }
 
 func TestIdempotentJobID(t *testing.T) {
-	a := IdempotentJobID("default", "order-1")
-	if b := IdempotentJobID("default", "order-1"); a != b {
+	a := IdempotentJobID("", "default", "order-1")
+	if b := IdempotentJobID("", "default", "order-1"); a != b {
 		t.Fatalf("not deterministic: %q then %q", a, b)
 	}
 	if !regexp.MustCompile(`^k-[0-9a-f]{32}$`).MatchString(a) {
 		t.Errorf("IdempotentJobID = %q, want k- and 32 lower-case hex digits", a)
 	}
+	// Direct producers keep the IDs of before the tenant was part of them.
+	if a != "k-d79c5e3882b78fd1a6b226e98964e0d8" {
+		t.Errorf("a direct producer's ID changed: %q", a)
+	}
 
-	pairs := []struct{ q, k string }{
-		{"default", "order-1"},
-		{"default", "order-2"},
-		{"other", "order-1"},
-		{"default", ""},
-		{"", "default"},
-		{"defaultorder-1", ""},
-		{"default", "Order-1"},
-		{"default", "order-1 "},
+	triples := []struct{ tenant, q, k string }{
+		{"", "default", "order-1"},
+		{"", "default", "order-2"},
+		{"", "other", "order-1"},
+		{"", "default", ""},
+		{"", "", "default"},
+		{"", "defaultorder-1", ""},
+		{"", "default", "Order-1"},
+		{"", "default", "order-1 "},
+		// The tenant is part of the ID: two tenants' keys never meet, nor
+		// a tenant's and a direct producer's.
+		{"acme", "default", "order-1"},
+		{"beta", "default", "order-1"},
+		{"acme", "other", "order-1"},
+		{"acme", "default", "order-2"},
+		{"acmedefault", "", "order-1"},
+		{"tenant", "acme", "default"},
+		{"default", "order-1", ""},
 	}
 	seen := map[string]int{}
-	for i, p := range pairs {
-		id := IdempotentJobID(p.q, p.k)
+	for i, p := range triples {
+		id := IdempotentJobID(p.tenant, p.q, p.k)
 		if err := CheckJobID(id); err != nil {
-			t.Errorf("IdempotentJobID(%q, %q) = %q: %v", p.q, p.k, id, err)
+			t.Errorf("IdempotentJobID(%q, %q, %q) = %q: %v", p.tenant, p.q, p.k, id, err)
 		}
 		if j, ok := seen[id]; ok {
-			t.Errorf("IdempotentJobID(%q, %q) = IdempotentJobID(%q, %q) = %q", p.q, p.k, pairs[j].q, pairs[j].k, id)
+			t.Errorf("IdempotentJobID(%q, %q, %q) = IdempotentJobID(%q, %q, %q) = %q", p.tenant, p.q, p.k, triples[j].tenant, triples[j].q, triples[j].k, id)
 		}
 		seen[id] = i
 		if id == NewJobID() {

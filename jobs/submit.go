@@ -11,6 +11,8 @@ import (
 
 	"github.com/hibiken/asynq"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/sandq/sandq/storage"
 )
 
 // TooLargeError refuses a submission over a size or count cap. It is also
@@ -163,8 +165,9 @@ type Draft struct {
 
 // Begin checks everything in a submission but its files, asks Redis what
 // the network and webhook policies allow, and reserves a place among the
-// tenant's unfinished jobs. A repeated idempotency key returns the existing
-// job instead (and no Draft).
+// tenant's unfinished jobs. A repeated idempotency key returns the
+// submitter's existing job instead (and no Draft); a key whose job ID is
+// held by anyone else's job is ErrIdempotencyKeyUnavailable.
 func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, error) {
 	lim, err := c.checkSpec(&s)
 	if err != nil {
@@ -174,7 +177,7 @@ func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, er
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := c.checkWebhook(ctx, s.Queue, s.Webhook); err != nil {
+	if err := c.checkWebhook(ctx, s.Queue, s.Tenant, s.Webhook); err != nil {
 		return nil, nil, err
 	}
 	if err := c.checkImage(ctx, s.Queue, s.Image); err != nil {
@@ -182,11 +185,10 @@ func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, er
 	}
 	id := NewJobID()
 	if s.IdempotencyKey != "" {
-		id = IdempotentJobID(s.Queue, s.IdempotencyKey)
-		if _, err := c.insp.GetTaskInfo(s.Queue, id); err == nil {
-			return nil, &Enqueued{ID: id, Queue: s.Queue, Existing: true}, nil
-		} else if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-			return nil, nil, fmt.Errorf("look up idempotency key: %w", err)
+		id = IdempotentJobID(s.Tenant, s.Queue, s.IdempotencyKey)
+		existing, err := c.existingJob(s.Tenant, s.Queue, id)
+		if err != nil || existing != nil {
+			return nil, existing, err
 		}
 	}
 	nonce := make([]byte, 6)
@@ -319,7 +321,7 @@ func (d *Draft) addFiles(ctx context.Context, script File, inputs []File) error 
 func (d *Draft) put(ctx context.Context, dir, name string, r io.Reader, size, capBytes int64, over func(int64) error) (FileRef, error) {
 	d.uploads = true
 	cr := &cappedReader{r: r, max: capBytes, over: over}
-	obj, err := d.c.store.Put(ctx, d.job.UploadPrefix+dir+name, cr, size, "application/octet-stream")
+	obj, err := d.c.store.Put(ctx, d.job.UploadPrefix+dir+name, cr, size, storage.PutOptions{ContentType: "application/octet-stream"})
 	if cr.err != nil {
 		return FileRef{}, cr.err
 	}
@@ -351,9 +353,37 @@ func (c *cappedReader) Read(p []byte) (int, error) {
 	return k, err
 }
 
+// ErrIdempotencyKeyUnavailable refuses a submission whose idempotency key
+// maps to the ID of a job that is not the submitter's. The tenant is part
+// of the ID, so this takes a hash collision or a task put in Redis by
+// other means (or, for a direct producer, an API job enqueued before the
+// tenant was part of the ID). Nothing about that job is returned.
+var ErrIdempotencyKeyUnavailable = errors.New("the job ID this idempotency key maps to is held by a job of another owner; use another key")
+
+// existingJob returns the job an idempotency key's ID names in a queue
+// when it is the tenant's, nil when there is none, and
+// ErrIdempotencyKeyUnavailable when it belongs to someone else: every path
+// that answers with an existing job goes through here.
+func (c *Client) existingJob(tenant, queue, id string) (*Enqueued, error) {
+	info, err := c.insp.GetTaskInfo(queue, id)
+	switch {
+	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("look up idempotency key: %w", err)
+	}
+	if owner, ok := ownerOf(info.Payload); !ok || owner != tenant {
+		c.logger.Error("an idempotency key's job ID is held by a job of another owner; submission refused",
+			"job_id", id, "queue", queue, "tenant", tenant, "owner", owner)
+		return nil, ErrIdempotencyKeyUnavailable
+	}
+	return &Enqueued{ID: id, Queue: queue, Existing: true}, nil
+}
+
 // Commit enqueues the job. A job whose idempotency key was taken by a
-// racing submission meanwhile returns that job, and this one's files are
-// removed.
+// racing submission of the same tenant meanwhile returns that job, and
+// this one's files are removed; a job of anyone else under the ID is never
+// returned (ErrIdempotencyKeyUnavailable).
 func (d *Draft) Commit(ctx context.Context) (*Enqueued, error) {
 	if d.ended {
 		return nil, errors.New("draft already ended")
@@ -368,15 +398,30 @@ func (d *Draft) Commit(ctx context.Context) (*Enqueued, error) {
 		return nil, err
 	}
 	job := d.job
-	_, err = d.c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), d.c.cfg.jobTaskOptions(job)...)
-	switch {
-	case errors.Is(err, asynq.ErrTaskIDConflict):
-		// The racing submission's job is the same member of the tenant's
-		// set: it stays.
-		d.reserved = false
-		d.Abort(ctx)
-		return &Enqueued{ID: job.ID, Queue: job.Queue, Existing: true}, nil
-	case err != nil:
+	for attempt := 0; ; attempt++ {
+		_, err = d.c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), d.c.cfg.jobTaskOptions(job)...)
+		if !errors.Is(err, asynq.ErrTaskIDConflict) {
+			break
+		}
+		existing, lerr := d.c.existingJob(job.Tenant, job.Queue, job.ID)
+		switch {
+		case lerr != nil:
+			d.Abort(ctx)
+			return nil, lerr
+		case existing != nil:
+			// The racing submission's job is the same member of the
+			// tenant's set: it stays.
+			d.reserved = false
+			d.Abort(ctx)
+			return existing, nil
+		case attempt > 0:
+			d.Abort(ctx)
+			return nil, fmt.Errorf("enqueue: %w", err)
+		}
+		// The job that held the ID is gone already (cancelled): enqueue
+		// again, once.
+	}
+	if err != nil {
 		d.Abort(ctx)
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}

@@ -69,11 +69,34 @@ func JobPrefix(id string) string { return "jobs/" + id + "/" }
 // NewJobID returns a random job ID.
 func NewJobID() string { return uuid.NewString() }
 
-// IdempotentJobID maps an idempotency key in a queue to its job ID, the
-// same on every call, so a second enqueue with the key finds the first job.
-func IdempotentJobID(queue, key string) string {
-	h := sha256.Sum256([]byte("sandq-idempotency\x00" + queue + "\x00" + key))
+// IdempotentJobID maps a tenant's idempotency key in a queue to its job
+// ID, the same on every call, so a second enqueue with the key finds the
+// first job. The tenant is part of the ID: two tenants' keys never name
+// the same job, so a key tells a tenant nothing about another's jobs.
+// Direct producers have tenant "" and keep the IDs they had before the
+// tenant was part of it. Tenant and queue names hold no NUL (CheckQueue,
+// the API's tenant names), nor do keys (CheckIdempotencyKey), so the
+// hashed strings of distinct (tenant, queue, key) triples differ.
+func IdempotentJobID(tenant, queue, key string) string {
+	in := "sandq-idempotency\x00" + queue + "\x00" + key
+	if tenant != "" {
+		in = "sandq-idempotency-tenant\x00" + tenant + "\x00" + queue + "\x00" + key
+	}
+	h := sha256.Sum256([]byte(in))
 	return "k-" + hex.EncodeToString(h[:16])
+}
+
+// ownerOf returns the tenant of a job:run task's payload; ok is false for
+// a payload that is not a job's.
+func ownerOf(payload []byte) (tenant string, ok bool) {
+	var p struct {
+		ID     string `json:"id"`
+		Tenant string `json:"tenant"`
+	}
+	if err := json.Unmarshal(payload, &p); err != nil || p.ID == "" {
+		return "", false
+	}
+	return p.Tenant, true
 }
 
 var jobIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$`)

@@ -32,7 +32,7 @@ func (d *Draft) reserve(ctx context.Context, tenant string, max int) error {
 	key := tenantOpenKey(tenant)
 	d.member = openMember(d.job.Queue, d.job.ID)
 	// The reservation key marks it as in flight for pruneOpen.
-	err := d.c.rdb.Set(ctx, reservationKey(d.job.Queue, d.job.ID), "1", reservationTTL).Err()
+	err := d.c.rdb.Set(ctx, reservationKey(d.job.Queue, d.job.ID), "1", ReservationTTL).Err()
 	var added int64
 	if err == nil {
 		added, err = d.c.rdb.SAdd(ctx, key, d.member).Result()
@@ -88,6 +88,12 @@ func (c *Client) pruneOpen(ctx context.Context, tenant string) error {
 			return err
 		case info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived:
 			c.rdb.SRem(ctx, key, m)
+		default:
+			// A task under the ID that is not the tenant's is not one of
+			// its unfinished jobs.
+			if owner, ok := ownerOf(info.Payload); !ok || owner != tenant {
+				c.rdb.SRem(ctx, key, m)
+			}
 		}
 	}
 	return nil
@@ -103,8 +109,10 @@ func (c *Client) reservationStale(ctx context.Context, queue, id string) bool {
 	return err == nil && n == 0
 }
 
-// reservationTTL bounds how long a submission may take to upload.
-const reservationTTL = 2 * time.Hour
+// ReservationTTL bounds how long a submission may take to upload: its
+// place among its tenant's unfinished jobs is given up after that. The
+// API's body timeout must not exceed it.
+const ReservationTTL = 2 * time.Hour
 
 func reservationKey(queue, id string) string { return "sandq:reserving:" + queue + ":" + id }
 
@@ -151,10 +159,14 @@ type ListFilter struct {
 // ErrBadCursor is a cursor this server did not hand out.
 var ErrBadCursor = errors.New("cursor is not valid")
 
-// List returns a tenant's jobs, newest first, and the cursor of the next
-// page ("" when there is none). A page may hold fewer than Limit jobs when
-// the filter skips many; only an empty cursor means the end.
-func (c *Client) List(ctx context.Context, tenant string, f ListFilter) ([]*JobStatus, string, error) {
+// List returns the tenant's jobs, newest first, and the cursor of the
+// next page ("" when there is none). A page may hold fewer than Limit jobs
+// when the filter skips many; only an empty cursor means the end. An index
+// entry whose task is gone, or is not the tenant's (its ID was used again
+// after the task's retention ended: the index outlives tasks), is removed,
+// not listed.
+func (t TenantJobs) List(ctx context.Context, f ListFilter) ([]*JobStatus, string, error) {
+	c, tenant := t.c, t.tenant
 	if f.Limit <= 0 {
 		f.Limit = 50
 	}
@@ -197,6 +209,10 @@ func (c *Client) List(ctx context.Context, tenant string, f ListFilter) ([]*JobS
 			}
 			if err != nil {
 				return nil, "", fmt.Errorf("job %s: %w", id, err)
+			}
+			if owner, ok := ownerOf(info.Payload); !ok || owner != tenant {
+				c.rdb.ZRem(ctx, key, m)
+				continue
 			}
 			if st := statusOf(info); f.State == "" || st.State == f.State {
 				out = append(out, st)

@@ -14,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/executor"
-	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -43,7 +42,7 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := cfg.CheckImages(); err != nil {
+	if err := cfg.CheckImages(logger); err != nil {
 		return nil, err
 	}
 	hostMem, err := HostMemory()
@@ -86,20 +85,6 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 			}
 		},
 	})
-	// Deliveries have their own server and queue, so that jobs and events
-	// fail independently and long jobs never hold up an event.
-	wc := cfg.Webhook
-	w.webhooks = asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:       wc.Concurrency,
-		Queues:            map[string]int{wc.Queue: 1},
-		TaskCheckInterval: cfg.Worker.TaskCheckInterval,
-		// Retries wait in asynq's retry set; check it every second, not
-		// every 5s, so short retry delays are kept.
-		DelayedTaskCheckInterval: time.Second,
-		ShutdownTimeout:          wc.Timeout + 5*time.Second,
-		RetryDelayFunc:           webhookRetryDelay(wc.schedule()),
-		Logger:                   slogAdapter{logger.With("component", "asynq-webhooks")},
-	})
 	h.metrics = NewMetrics(h.insp)
 	h.metrics.workerGauges(h.jobs.count, cfg.Worker.Concurrency)
 	h.metrics.memoryGauges(h.budget)
@@ -110,8 +95,9 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 		}
 		h.metrics.warmGauges(h.warm)
 	}
-	w.webhookHandler = &WebhookHandler{cfg: cfg, insp: h.insp, rdb: rdb, logger: logger, metrics: h.metrics,
-		deliverer: &webhook.Deliverer{Guard: webhook.Guard{AllowPrivate: wc.AllowPrivate}, Timeout: wc.Timeout}}
+	// Deliveries have their own server and queue, so that jobs and events
+	// fail independently and long jobs never hold up an event.
+	w.webhooks, w.webhookHandler = newWebhookServer(cfg, rdb, h.insp, h.metrics, logger)
 	return w, nil
 }
 
@@ -135,6 +121,16 @@ func (w *Worker) Mux() *asynq.ServeMux {
 	return mux
 }
 
+// ObjectExpiryDays is how long the object store keeps job files (the expiry
+// rule of storage.ObjectPrefix): a day more than the longer of the result
+// retention and the link expiry, in whole days, so files outlive neither
+// the job's result nor its links by more than a day.
+func (c Config) ObjectExpiryDays() int {
+	c = c.WithDefaults()
+	keep := max(c.ResultRetention, c.LinkExpiry)
+	return int((keep+24*time.Hour-1)/(24*time.Hour)) + 1
+}
+
 // Start begins processing jobs. It refuses a Redis that may evict keys
 // (CheckRedisEviction).
 func (w *Worker) Start(ctx context.Context) error {
@@ -145,11 +141,15 @@ func (w *Worker) Start(ctx context.Context) error {
 		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
 	}
 	// Job files outlive neither the job's retention nor its links by more
-	// than a day.
-	keep := max(w.cfg.ResultRetention, w.cfg.LinkExpiry)
-	days := int((keep+24*time.Hour-1)/(24*time.Hour)) + 1
-	if err := w.handler.store.SetPrefixExpiry(ctx, "jobs/", days); err != nil {
+	// than a day. The rule is checked, and set only when missing or
+	// shorter: with least-privilege credentials `sandq s3 setup` set it.
+	days := w.cfg.ObjectExpiryDays()
+	set, err := w.handler.store.EnsurePrefixExpiry(ctx, storage.ObjectPrefix, days)
+	if err != nil {
 		return fmt.Errorf("object store at %s: %w", w.cfg.Storage.Endpoint, err)
+	}
+	if set {
+		w.logger.Info("set the expiry rule of job files", "prefix", storage.ObjectPrefix, "days", days)
 	}
 	if err := w.cfg.Egress.publish(ctx, w.rdb, w.cfg.Worker.Queues, w.logger); err != nil {
 		return fmt.Errorf("publish the network policy: %w", err)

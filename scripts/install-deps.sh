@@ -7,10 +7,13 @@
 #   runsc                      gVisor, built statically from the Go module proxy
 #                              (Debian's 2022 runsc is too old for current kernels)
 #   minio                      MinIO server, from the Go module proxy
+#   mc                         MinIO client, from the Go module proxy; only the
+#                              test of compose.yaml's s3-users script runs it
 set -euo pipefail
 
 RUNSC_VERSION=v0.0.0-20260905035102-160fafc42237
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 BIN_DIR=${SANDQ_BIN_DIR:-/usr/local/bin}
 
 export PATH=/usr/local/go/bin:$BIN_DIR:$PATH
@@ -56,4 +59,8 @@ if [ "$(module_version "$BIN_DIR/minio" github.com/minio/minio)" != "$MINIO_VERS
 	log "building minio $MINIO_VERSION (about 6 minutes on 2 cores)"
 	GOBIN=$BIN_DIR go install "github.com/minio/minio@$MINIO_VERSION"
 fi
-log "ready: $(redis-server --version | cut -d' ' -f3), runsc $RUNSC_VERSION, minio $MINIO_VERSION, $(debootstrap --version)"
+if [ "$(module_version "$BIN_DIR/mc" github.com/minio/mc)" != "$MC_VERSION" ]; then
+	log "building mc $MC_VERSION (about 3 minutes on 2 cores)"
+	GOBIN=$BIN_DIR go install "github.com/minio/mc@$MC_VERSION"
+fi
+log "ready: $(redis-server --version | cut -d' ' -f3), runsc $RUNSC_VERSION, minio $MINIO_VERSION, mc $MC_VERSION, $(debootstrap --version)"

@@ -2,7 +2,9 @@
 // object store (MinIO) and hands out presigned links to them.
 //
 // Callers never see minio-go types or errors: missing objects and buckets are
-// reported as ErrObjectNotExist and ErrBucketNotExist.
+// reported as ErrObjectNotExist and ErrBucketNotExist, keys the store refuses
+// as ErrInvalidKey. Every object is stored and linked as a download (see
+// PutOptions and LinkOptions).
 package storage
 
 import (
@@ -152,13 +154,16 @@ type Object struct {
 const streamPartSize = 5 << 20
 
 // Put stores size bytes from r under key and returns their sha256. A size
-// of -1 streams r to its end in parts of streamPartSize.
-func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, contentType string) (Object, error) {
-	if contentType == "" {
-		contentType = "application/octet-stream"
+// of -1 streams r to its end in parts of streamPartSize. The object is
+// stored as a download (see PutOptions). A key the store would not accept
+// is refused with ErrInvalidKey before any request.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, po PutOptions) (Object, error) {
+	if err := checkKey(key); err != nil {
+		return Object{}, fmt.Errorf("upload: %w", err)
 	}
+	contentType := SafeContentType(po.ContentType)
 	h := sha256.New()
-	opts := minio.PutObjectOptions{ContentType: contentType}
+	opts := minio.PutObjectOptions{ContentType: contentType, ContentDisposition: ContentDisposition(filenameOf(po.Filename, key))}
 	if size < 0 {
 		opts.PartSize = streamPartSize
 	}
@@ -173,7 +178,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, co
 }
 
 // PutFile stores the file at path under key.
-func (s *Store) PutFile(ctx context.Context, key, path, contentType string) (Object, error) {
+func (s *Store) PutFile(ctx context.Context, key, path string, opts PutOptions) (Object, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Object{}, err
@@ -183,7 +188,7 @@ func (s *Store) PutFile(ctx context.Context, key, path, contentType string) (Obj
 	if err != nil {
 		return Object{}, err
 	}
-	return s.Put(ctx, key, f, st.Size(), contentType)
+	return s.Put(ctx, key, f, st.Size(), opts)
 }
 
 // Download writes the object at key to a new file at dst (which must not
@@ -297,13 +302,18 @@ type Link struct {
 }
 
 // Presign returns a GET link to key valid for expiry (at most MaxLinkExpiry).
-// It is computed locally; no request is made.
-func (s *Store) Presign(ctx context.Context, key string, expiry time.Duration) (Link, error) {
+// The link serves the object as a download (see LinkOptions). It is
+// computed locally; no request is made.
+func (s *Store) Presign(ctx context.Context, key string, expiry time.Duration, opts LinkOptions) (Link, error) {
 	if expiry <= 0 || expiry > MaxLinkExpiry {
 		return Link{}, fmt.Errorf("link expiry %s: must be between 1s and %s", expiry, MaxLinkExpiry)
 	}
 	now := time.Now()
-	u, err := s.presign.PresignedGetObject(ctx, s.bucket, key, expiry, url.Values{})
+	params := url.Values{"response-content-disposition": {ContentDisposition(filenameOf(opts.Filename, key))}}
+	if opts.ContentType != "" {
+		params.Set("response-content-type", SafeContentType(opts.ContentType))
+	}
+	u, err := s.presign.PresignedGetObject(ctx, s.bucket, key, expiry, params)
 	if err != nil {
 		return Link{}, fmt.Errorf("presign %s: %w", key, convert(err))
 	}
@@ -320,6 +330,10 @@ func convert(err error) error {
 		return fmt.Errorf("%w: %s", ErrObjectNotExist, r.Message)
 	case r.Code == "NoSuchBucket":
 		return fmt.Errorf("%w: %s", ErrBucketNotExist, r.Message)
+	case r.Code == "KeyTooLongError" || r.Code == "XMinioInvalidObjectName" || r.Code == "InvalidObjectName":
+		return fmt.Errorf("%w: %s", ErrInvalidKey, r.Message)
+	case r.Code == "AccessDenied":
+		return fmt.Errorf("%w: %s", ErrAccessDenied, r.Message)
 	}
 	return err
 }

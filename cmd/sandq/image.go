@@ -27,6 +27,7 @@ func imageCommand() *cli.Command {
 			imageBuildCommand(),
 			imageImportCommand(),
 			imageListCommand(),
+			imageHardenCommand(),
 			imageRmCommand(),
 		},
 	}
@@ -78,8 +79,10 @@ func imageImportCommand() *cli.Command {
 		ArgsUsage: "ARCHIVE NAME",
 		Flags: []cli.Flag{
 			imageDirFlag(),
-			&cli.StringFlag{Name: "max-size", Value: "8GiB", Usage: "cap on the bytes of files written, over all layers"},
-			&cli.Int64Flag{Name: "max-entries", Value: image.DefaultMaxImportEntries, Usage: "cap on the archive entries, over all layers"},
+			&cli.StringFlag{Name: "max-size", Value: jobs.FormatSize(image.DefaultMaxImportBytes), EnvVars: env("IMPORT_MAX_SIZE"),
+				Usage: "cap on the bytes unpacked, counted as decompressed whether written or not: the archive's own stream (if gzipped), and the layers' together; at most " + jobs.FormatSize(image.MaxImportBytesLimit)},
+			&cli.Int64Flag{Name: "max-entries", Value: image.DefaultMaxImportEntries, EnvVars: env("IMPORT_MAX_ENTRIES"),
+				Usage: fmt.Sprintf("cap on the tar entries of the archive and all its layers; at most %d", image.MaxImportEntriesLimit)},
 			&cli.BoolFlag{Name: "force", Usage: "replace an existing image of the same name"},
 		},
 		Action: func(c *cli.Context) error {
@@ -87,11 +90,11 @@ func imageImportCommand() *cli.Command {
 				return cli.Exit("image import takes ARCHIVE and NAME", exitError)
 			}
 			maxSize, err := jobs.ParseSize(c.String("max-size"))
-			if err != nil || maxSize <= 0 {
-				return cli.Exit(fmt.Sprintf("--max-size %q: must be a positive size such as 8GiB", c.String("max-size")), exitError)
+			if err != nil || maxSize <= 0 || maxSize > image.MaxImportBytesLimit {
+				return cli.Exit(fmt.Sprintf("--max-size %q: must be a positive size such as 16GiB, at most %s", c.String("max-size"), jobs.FormatSize(image.MaxImportBytesLimit)), exitError)
 			}
-			if c.Int64("max-entries") <= 0 {
-				return cli.Exit("--max-entries must be positive", exitError)
+			if n := c.Int64("max-entries"); n <= 0 || n > image.MaxImportEntriesLimit {
+				return cli.Exit(fmt.Sprintf("--max-entries %d: must be positive, at most %d", n, image.MaxImportEntriesLimit), exitError)
 			}
 			start := time.Now()
 			img, err := image.Import(c.Context, image.ImportOptions{
@@ -142,6 +145,35 @@ func imageListCommand() *cli.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, digest, img.Source, size, img.Created.Local().Format(time.DateTime))
 			}
 			return tw.Flush()
+		},
+	}
+}
+
+func imageHardenCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "harden",
+		Usage:     "bring images made by an older sandq up to date: strip setuid/setgid and world-write bits, file capabilities and device nodes, make their directories 0700, record the new digest (as root; workers do it for their own images when they start)",
+		ArgsUsage: "[NAME...]",
+		Flags:     []cli.Flag{imageDirFlag()},
+		Action: func(c *cli.Context) error {
+			names := c.Args().Slice()
+			if len(names) == 0 {
+				imgs, err := image.List(c.String("image-dir"))
+				if err != nil {
+					return cli.Exit(err, exitError)
+				}
+				for _, img := range imgs {
+					names = append(names, img.Name)
+				}
+			}
+			for _, name := range names {
+				img, err := image.Harden(c.String("image-dir"), name, newLogger(c))
+				if err != nil {
+					return cli.Exit(err, exitError)
+				}
+				fmt.Fprintf(c.App.Writer, "image %s hardened (digest %s)\n", img.Name, img.Digest)
+			}
+			return nil
 		},
 	}
 }

@@ -69,13 +69,31 @@ func TestImageImportListRm(t *testing.T) {
 	if _, err := runImage(t, "import "+archive+" tiny --max-size lots"); err == nil || !strings.Contains(err.Error(), "--max-size") {
 		t.Fatalf("import with a bad --max-size: %v", err)
 	}
+	for _, bad := range []string{"--max-size 2TiB", "--max-entries 0", "--max-entries 100000001"} {
+		flag := strings.Fields(bad)[0]
+		if _, err := runImage(t, "import "+archive+" other "+bad); err == nil || !strings.Contains(err.Error(), flag) || !strings.Contains(err.Error(), "at most") {
+			t.Errorf("import with %s: %v; want a refusal naming %s and its maximum", bad, err, flag)
+		}
+	}
+	// The caps' environment variables: a 1KiB cap refuses the layer.
+	t.Setenv("SANDQ_IMPORT_MAX_SIZE", "1KiB")
+	if _, err := runImage(t, "import "+archive+" other"); err == nil || !strings.Contains(err.Error(), "more than 1024 bytes (1KiB), the import's size cap") {
+		t.Errorf("import under SANDQ_IMPORT_MAX_SIZE=1KiB: %v", err)
+	}
+	os.Unsetenv("SANDQ_IMPORT_MAX_SIZE")
+	if out, err := runImage(t, "harden tiny"); err != nil || !strings.Contains(out, "image tiny hardened (digest sha256:") {
+		t.Errorf("harden: %q %v", out, err)
+	}
+	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("image directory: %v %v; want 0700", st.Mode(), err)
+	}
 	out, err = runImage(t, "list")
 	if err != nil || !strings.Contains(out, "NAME") || !strings.Contains(out, "tiny") || !strings.Contains(out, "import") {
 		t.Fatalf("list: %q %v", out, err)
 	}
 	out, err = runImage(t, "list --json")
 	var listed []image.Image
-	if err != nil || json.Unmarshal([]byte(out), &listed) != nil || len(listed) != 1 || listed[0].Name != "tiny" || !strings.HasPrefix(listed[0].Digest, "sha256:") {
+	if err != nil || json.Unmarshal([]byte(out), &listed) != nil || len(listed) != 1 || listed[0].Name != "tiny" || !strings.HasPrefix(listed[0].Digest, "sha256:") || listed[0].Hardening != 1 {
 		t.Fatalf("list --json: %q %v", out, err)
 	}
 	if out, err := runImage(t, "rm tiny"); err != nil || !strings.Contains(out, "image tiny removed") {

@@ -34,6 +34,7 @@ func main() {
 			serveCommand(),
 			tokenCommand(),
 			benchCommand(),
+			s3Command(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -291,12 +293,15 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// printHuman prints a job's state or result for a person. Everything a job,
+// a host it asked for or a webhook receiver controls goes through esc (log
+// tails through escLog), so none of it can drive the operator's terminal.
 func printHuman(w io.Writer, st *jobs.JobStatus) {
-	fmt.Fprintf(w, "job      %s (queue %s)\n", st.ID, st.Queue)
+	fmt.Fprintf(w, "job      %s (queue %s)\n", esc(st.ID), esc(st.Queue))
 	if st.State != jobs.StateDone {
-		fmt.Fprintf(w, "state    %s\n", st.State)
+		fmt.Fprintf(w, "state    %s\n", esc(string(st.State)))
 		if st.LastError != "" {
-			fmt.Fprintf(w, "retried  %d of %d; last error: %s\n", st.Retried, st.MaxRetry, st.LastError)
+			fmt.Fprintf(w, "retried  %d of %d; last error: %s\n", st.Retried, st.MaxRetry, esc(st.LastError))
 		}
 		if !st.NextAttemptAt.IsZero() {
 			fmt.Fprintf(w, "next     %s\n", st.NextAttemptAt.Format(time.RFC3339))
@@ -304,15 +309,15 @@ func printHuman(w io.Writer, st *jobs.JobStatus) {
 		return
 	}
 	r := st.Result
-	fmt.Fprintf(w, "status   %s\n", r.Status)
+	fmt.Fprintf(w, "status   %s\n", esc(string(r.Status)))
 	if r.ExitCode != nil {
 		fmt.Fprintf(w, "exit     %d\n", *r.ExitCode)
 	}
 	if r.Signal != "" {
-		fmt.Fprintf(w, "signal   %s\n", r.Signal)
+		fmt.Fprintf(w, "signal   %s\n", esc(r.Signal))
 	}
 	if r.Reason != "" {
-		fmt.Fprintf(w, "reason   %s\n", r.Reason)
+		fmt.Fprintf(w, "reason   %s\n", esc(r.Reason))
 	}
 	fmt.Fprintf(w, "duration %s (attempt %d)\n", time.Duration(r.DurationMS)*time.Millisecond, r.Attempt)
 	for _, l := range []struct {
@@ -326,8 +331,9 @@ func printHuman(w io.Writer, st *jobs.JobStatus) {
 		if l.doc.Truncated {
 			note = fmt.Sprintf(", last %d shown", len(l.doc.Tail))
 		}
-		fmt.Fprintf(w, "--- %s (%d bytes%s) %s\n%s", l.name, l.doc.Bytes, note, l.doc.URL, l.doc.Tail)
-		if !strings.HasSuffix(l.doc.Tail, "\n") {
+		tail := escLog(l.doc.Tail)
+		fmt.Fprintf(w, "--- %s (%d bytes%s) %s\n%s", l.name, l.doc.Bytes, note, esc(l.doc.URL), tail)
+		if !strings.HasSuffix(tail, "\n") {
 			fmt.Fprintln(w)
 		}
 	}
@@ -335,27 +341,94 @@ func printHuman(w io.Writer, st *jobs.JobStatus) {
 		fmt.Fprintf(w, "--- outputs (links expire %s)\n", r.Outputs[0].ExpiresAt.Format(time.RFC3339))
 	}
 	for _, o := range r.Outputs {
-		fmt.Fprintf(w, "%s  %s  sha256:%s\n  %s\n", o.Path, jobs.FormatSize(o.Size), o.SHA256, o.URL)
+		fmt.Fprintf(w, "%s  %s  sha256:%s\n  %s\n", esc(o.Path), jobs.FormatSize(o.Size), esc(o.SHA256), esc(o.URL))
+	}
+	if t := r.Trimmed; t != nil {
+		fmt.Fprintf(w, "--- result trimmed: %s (cut: %d outputs, %d skipped, %d egress requests, %d log tail bytes)\n",
+			esc(t.Reason), t.Outputs, t.SkippedOutputs, t.EgressRequests, t.LogTailBytes)
+		if t.Manifest != nil {
+			fmt.Fprintf(w, "manifest (every output) %s\n", esc(t.Manifest.URL))
+		}
 	}
 	for _, s := range r.SkippedOutputs {
-		fmt.Fprintf(w, "skipped %s (%s): %s\n", s.Path, s.Type, s.Reason)
+		fmt.Fprintf(w, "skipped %s (%s): %s\n", esc(s.Path), esc(s.Type), esc(s.Reason))
+	}
+	if r.SkippedOutputsOmitted > 0 {
+		fmt.Fprintf(w, "skipped %d more, not listed\n", r.SkippedOutputsOmitted)
 	}
 	if e := r.Egress; e != nil {
-		fmt.Fprintf(w, "--- egress (%s): %d allowed, %d refused, %d failed\n", strings.Join(e.Hosts, " "), e.Allowed, e.Refused, e.Failed)
+		fmt.Fprintf(w, "--- egress (%s): %d allowed, %d refused, %d failed\n", esc(strings.Join(e.Hosts, " ")), e.Allowed, e.Refused, e.Failed)
 		for _, q := range e.Requests {
 			if q.Decision != "allowed" {
-				fmt.Fprintf(w, "%s %s:%d %s\n", q.Decision, q.Host, q.Port, q.Reason)
+				fmt.Fprintf(w, "%s %s:%d %s\n", esc(q.Decision), esc(q.Host), q.Port, esc(q.Reason))
 			}
 		}
 	}
 	if wh := st.Webhook; wh != nil {
-		fmt.Fprintf(w, "--- webhook %s (id %s): %s\n", wh.URL, wh.ID, wh.State)
+		fmt.Fprintf(w, "--- webhook %s (id %s): %s\n", esc(wh.URL), esc(wh.ID), esc(wh.State))
 		for _, a := range wh.Attempts {
 			what := a.Error
 			if a.StatusCode != 0 {
 				what = fmt.Sprintf("HTTP %d %s", a.StatusCode, a.Error)
 			}
-			fmt.Fprintf(w, "%s  %-9s %s (%dms)\n", a.Time.Format(time.RFC3339), a.Outcome, strings.TrimSpace(what), a.DurationMS)
+			fmt.Fprintf(w, "%s  %-9s %s (%dms)\n", a.Time.Format(time.RFC3339), esc(a.Outcome), esc(strings.TrimSpace(what)), a.DurationMS)
 		}
 	}
+}
+
+// esc makes s safe to print on a terminal: control characters (C0, DEL,
+// C1), Unicode's bidirectional controls and line separators, and bytes
+// that are not UTF-8 are written as Go escapes (\x1b, \u202e, \xff).
+func esc(s string) string { return escape(s, false) }
+
+// escLog is esc for a log tail: newlines and tabs stay.
+func escLog(s string) string { return escape(s, true) }
+
+func escape(s string, keepLines bool) string {
+	unsafe := func(r rune, size int) bool {
+		if keepLines && (r == '\n' || r == '\t') {
+			return false
+		}
+		return (r == utf8.RuneError && size == 1) || unicode.IsControl(r) || isBidiControl(r) || r == '\u2028' || r == '\u2029'
+	}
+	clean := true
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if unsafe(r, size) {
+			clean = false
+			break
+		}
+		i += size
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case !unsafe(r, size):
+			b.WriteString(s[i : i+size])
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x80:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// isBidiControl reports Unicode's bidirectional formatting characters,
+// which reorder what a terminal shows.
+func isBidiControl(r rune) bool {
+	return r == '\u061c' || r == '\u200e' || r == '\u200f' || (r >= '\u202a' && r <= '\u202e') || (r >= '\u2066' && r <= '\u2069')
 }

@@ -24,6 +24,12 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", EnvVars: env("LISTEN"), Usage: "address to serve on"},
 			&cli.StringFlag{Name: "auth-config", EnvVars: env("AUTH_CONFIG"), Usage: "tenants and token hashes (JSON); without it the job API refuses every request"},
 			&cli.StringFlag{Name: "prometheus-url", EnvVars: env("PROMETHEUS_URL"), Usage: "Prometheus that asynqmon's charts query"},
+			&cli.BoolFlag{Name: "open-dashboard", EnvVars: env("OPEN_DASHBOARD"), Usage: "serve the dashboard without a token to clients on this host (loopback, no proxy headers); needs a loopback --listen address. Without it the dashboard takes an operator token"},
+			&cli.StringSliceFlag{Name: "allowed-hosts", EnvVars: env("ALLOWED_HOSTS"), Usage: "more names (host or host:port; without a port, any) clients reach the server by; given, the whole server but /healthz answers only its names, otherwise only the dashboard checks them. The listen address and localhost, 127.0.0.1 and [::1] (any port) are always allowed"},
+			&cli.DurationFlag{Name: "body-idle-timeout", Value: api.DefaultBodyIdleTimeout, EnvVars: env("BODY_IDLE_TIMEOUT"), Usage: "cut a request whose body makes no progress for this long (408)"},
+			&cli.DurationFlag{Name: "body-timeout", Value: api.DefaultBodyTimeout, EnvVars: env("BODY_TIMEOUT"), Usage: "cut a request whose body has not all arrived this long after it began (408); at most 2h"},
+			&cli.DurationFlag{Name: "write-timeout", Value: api.DefaultWriteTimeout, EnvVars: env("WRITE_TIMEOUT"), Usage: "cut a response (but an event stream) the client has not read this long after it began"},
+			&cli.DurationFlag{Name: "stream-write-timeout", Value: api.DefaultStreamWriteTimeout, EnvVars: env("STREAM_WRITE_TIMEOUT"), Usage: "end an event stream when one of its writes takes this long"},
 		},
 		Action: func(c *cli.Context) error {
 			cfg, err := loadConfig(c)
@@ -50,14 +56,35 @@ func serveCommand() *cli.Command {
 				ln.Close()
 				return cli.Exit(fmt.Errorf("--listen %s: a server reachable from other hosts needs --auth-config (tenants and tokens; see sandq token create)", c.String("listen")), exitError)
 			}
-			s, err := api.New(api.Config{Jobs: cfg, Store: store, Auth: auth, OpenMonitoring: loopback, PrometheusURL: c.String("prometheus-url"), Logger: logger})
+			open := c.Bool("open-dashboard")
+			if open && !loopback {
+				ln.Close()
+				return cli.Exit(fmt.Errorf("--open-dashboard: the server listens on %s, reachable from other hosts; an open dashboard is for a server on loopback only (the dashboard takes an operator token otherwise)", c.String("listen")), exitError)
+			}
+			extra := c.StringSlice("allowed-hosts")
+			if err := api.CheckHosts(extra); err != nil {
+				ln.Close()
+				return cli.Exit(fmt.Errorf("--allowed-hosts: %w", err), exitError)
+			}
+			hosts := append(api.DefaultHosts(c.String("listen"), ln.Addr()), extra...)
+			s, err := api.New(api.Config{
+				Jobs: cfg, Store: store, Auth: auth, OpenMonitoring: open, PrometheusURL: c.String("prometheus-url"), Logger: logger,
+				Hosts: hosts, StrictHosts: len(extra) > 0,
+				Timeouts: api.Timeouts{
+					BodyIdle: c.Duration("body-idle-timeout"), Body: c.Duration("body-timeout"),
+					Write: c.Duration("write-timeout"), StreamWrite: c.Duration("stream-write-timeout"),
+				},
+			})
 			if err != nil {
 				ln.Close()
 				return cli.Exit(err, exitError)
 			}
 			defer s.Close()
-			// No write timeout: uploads and event streams last as long as
-			// they need; idle connections and slow headers are cut.
+			// Headers and idle connections are cut by the server; bodies
+			// and responses by the handler's per-request deadlines
+			// (--body-idle-timeout, --body-timeout, --write-timeout,
+			// --stream-write-timeout), so that uploads and event streams
+			// last as long as they need and no longer.
 			srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -68,7 +95,7 @@ func serveCommand() *cli.Command {
 				srv.Shutdown(sctx)
 			}()
 			base := "http://" + ln.Addr().String()
-			logger.Info("serving", "api", base+"/v1/jobs", "monitoring", base+"/monitoring/", "metrics", base+"/metrics", "monitoring_open", loopback)
+			logger.Info("serving", "api", base+"/v1/jobs", "monitoring", base+"/monitoring/", "metrics", base+"/metrics", "monitoring_open", open, "hosts", hosts)
 			if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
 				return cli.Exit(err, exitError)
 			}

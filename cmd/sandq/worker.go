@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,6 +24,7 @@ import (
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
+	"github.com/sandq/sandq/storage"
 )
 
 func workerCommand() *cli.Command {
@@ -39,7 +41,7 @@ func workerCommand() *cli.Command {
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			// Before the runner starts (and sweeps): every image it may run.
-			if err := cfg.CheckImages(); err != nil {
+			if err := cfg.CheckImages(logger); err != nil {
 				return cli.Exit(err, exitError)
 			}
 			store, err := newStore(cfg)
@@ -47,6 +49,9 @@ func workerCommand() *cli.Command {
 				return cli.Exit(err, exitError)
 			}
 			if err := store.EnsureBucket(ctx); err != nil {
+				if errors.Is(err, storage.ErrAccessDenied) {
+					err = fmt.Errorf("%w (make the bucket with `sandq s3 setup` and the store's admin credentials)", err)
+				}
 				return cli.Exit(fmt.Errorf("object store at %s: %w", cfg.Storage.Endpoint, err), exitError)
 			}
 			rc := executor.RunscConfig{Runsc: cfg.Worker.Runsc, Platform: cfg.Worker.Platform, StateDir: cfg.Worker.StateDir, Logger: logger}
@@ -131,11 +136,11 @@ func devCommand() *cli.Command {
 				return cli.Exit(err, exitError)
 			}
 			defer stack.Stop()
-			store, err := newStore(cfg)
+			// MinIO's root user stays in this process, for bootstrap: the
+			// bucket, its expiry rule, and a user per role limited to the
+			// bucket. The worker and the API server get those users.
+			s3Users, err := stack.ProvisionBucket(ctx, cfg.Storage.Bucket, devstack.ProvisionOptions{ExpiryDays: cfg.ObjectExpiryDays()})
 			if err != nil {
-				return cli.Exit(err, exitError)
-			}
-			if err := store.EnsureBucket(ctx); err != nil {
 				return cli.Exit(err, exitError)
 			}
 			self, err := os.Executable()
@@ -153,6 +158,7 @@ func devCommand() *cli.Command {
 			// built-in groups unless one is configured.
 			worker := exec.Command(self, "worker")
 			worker.Env = append(os.Environ(), setGlobalsAsEnv(c)...)
+			worker.Env = append(worker.Env, "SANDQ_S3_ACCESS_KEY="+s3Users.Worker.AccessKey, "SANDQ_S3_SECRET_KEY="+s3Users.Worker.SecretKey)
 			policy := os.Getenv("SANDQ_EGRESS_CONFIG")
 			if policy == "" {
 				policy = filepath.Join(dir, "egress.json")
@@ -189,6 +195,7 @@ func devCommand() *cli.Command {
 			}
 			server := exec.Command(self, "serve")
 			server.Env = append(os.Environ(), setGlobalsAsEnv(c)...)
+			server.Env = append(server.Env, "SANDQ_S3_ACCESS_KEY="+s3Users.Producer.AccessKey, "SANDQ_S3_SECRET_KEY="+s3Users.Producer.SecretKey)
 			authConfig := os.Getenv("SANDQ_AUTH_CONFIG")
 			token, tokenNote := "(see "+authConfig+")", ""
 			if authConfig == "" {
@@ -200,6 +207,14 @@ func devCommand() *cli.Command {
 					return cli.Exit(err, exitError)
 				}
 				server.Env = append(server.Env, "SANDQ_AUTH_CONFIG="+authConfig)
+			}
+			// The dashboard opens without a token to this host's own
+			// clients when the server is on loopback; from elsewhere it
+			// takes the token.
+			dashNote := "(operator token: the dev token as basic-auth password)"
+			if devLoopback(listen) {
+				server.Env = append(server.Env, "SANDQ_OPEN_DASHBOARD=true")
+				dashNote = "(open to this host)"
 			}
 			server.Stdout, server.Stderr = logf, logf
 			server.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -216,15 +231,17 @@ func devCommand() *cli.Command {
   redis          %s
   minio (S3)     %s  bucket %s
   minio console  http://%s  (user %s)
+  s3 users       worker %s, api %s (limited to the bucket; secrets in %s)
   worker         pid %d, log %s, metrics http://%s/metrics
   api            http://%s/v1/jobs  token %s %s
                  SANDQ_SERVER=http://%s SANDQ_TOKEN=<token> sandq enqueue ... --wait
-  asynqmon       http://%s/monitoring/
+  asynqmon       http://%s/monitoring/ %s
   network policy %s
   webhooks       secret %s %s
                  receiver: go run ./examples/webhook_receiver --secret %s
   data           %s
-`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey, worker.Process.Pid, workerLog, metricsAddr, listen, token, tokenNote, listen, listen, policy, secret, hookNote, secret, dir)
+`, stack.RedisAddr, stack.MinioAddr, cfg.Storage.Bucket, stack.MinioConsoleAddr, cfg.Storage.AccessKey,
+				s3Users.Worker.AccessKey, s3Users.Producer.AccessKey, stack.AccessFile(cfg.Storage.Bucket), worker.Process.Pid, workerLog, metricsAddr, listen, token, tokenNote, listen, listen, dashNote, policy, secret, hookNote, secret, dir)
 			select {
 			case <-ctx.Done():
 				worker.Process.Signal(syscall.SIGTERM)
@@ -252,24 +269,43 @@ const devEgressPolicy = `{
 }
 `
 
-// devWebhookConfig writes (once) the dev stack's webhook settings: one
-// signing secret for every queue, kept across runs, and private URLs allowed
-// so a receiver on this machine works. It returns the secret.
+// devWebhookConfig writes (once) the dev stack's webhook settings: a
+// signing secret for every queue (jobs from the CLI), one for the API's
+// tenant "dev" (a tenant's jobs are signed with its own secret only), both
+// kept across runs, and private URLs allowed so a receiver on this machine
+// works. It returns the two secrets comma-separated, as
+// examples/webhook_receiver takes them.
 func devWebhookConfig(path string) (string, error) {
-	if b, err := os.ReadFile(path); err == nil {
-		var c struct {
-			Secrets map[string][]string `json:"secrets"`
+	var c struct {
+		Secrets       map[string][]string `json:"secrets"`
+		TenantSecrets map[string][]string `json:"tenant_secrets"`
+	}
+	file := map[string]any{}
+	b, err := os.ReadFile(path)
+	if err == nil && json.Unmarshal(b, &c) == nil && json.Unmarshal(b, &file) == nil && len(c.Secrets["*"]) > 0 {
+		if len(c.TenantSecrets["dev"]) > 0 {
+			return c.Secrets["*"][0] + "," + c.TenantSecrets["dev"][0], nil
 		}
-		if json.Unmarshal(b, &c) == nil && len(c.Secrets["*"]) > 0 {
-			return c.Secrets["*"][0], nil
+		// A file from before tenant secrets: "dev" gets one, the rest stays.
+	} else {
+		secret, err := webhook.NewSecret()
+		if err != nil {
+			return "", err
 		}
+		c.Secrets = map[string][]string{"*": {secret}}
+		file = map[string]any{"secrets": c.Secrets, "allow_private": true}
 	}
 	secret, err := webhook.NewSecret()
 	if err != nil {
 		return "", err
 	}
-	b, _ := json.MarshalIndent(map[string]any{"secrets": map[string][]string{"*": {secret}}, "allow_private": true}, "", "  ")
-	return secret, os.WriteFile(path, append(b, '\n'), 0o600)
+	if c.TenantSecrets == nil {
+		c.TenantSecrets = map[string][]string{}
+	}
+	c.TenantSecrets["dev"] = []string{secret}
+	file["tenant_secrets"] = c.TenantSecrets
+	b, _ = json.MarshalIndent(file, "", "  ")
+	return c.Secrets["*"][0] + "," + secret, os.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 // devAuthConfig writes (once) the dev stack's API auth: one tenant "dev"
@@ -299,6 +335,20 @@ func devAuthConfig(path, tokenPath string) (string, error) {
 		return "", err
 	}
 	return tok, os.WriteFile(tokenPath, []byte(tok+"\n"), 0o600)
+}
+
+// devLoopback reports whether the dev server's address is on loopback
+// only: a loopback IP or localhost.
+func devLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func portOf(addr string) (int, error) {

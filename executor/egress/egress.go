@@ -10,7 +10,7 @@
 // form; the name is resolved once and the checked address is dialled, and
 // names that resolve to private, loopback, link-local, CGNAT, metadata or
 // other special ranges are refused. Limits bound the job's connections,
-// bytes and time, and every request becomes an Event in the job's audit.
+// bytes and time, and every request is counted in the job's Audit.
 //
 // The proxy itself is Stripe's smokescreen (pkg/smokescreen), used as a
 // library.
@@ -127,9 +127,6 @@ const (
 	// DecisionFailed: the request passed the policy but upstream could not
 	// be reached (resolution, dial or transfer error).
 	DecisionFailed = "failed"
-	// DecisionTruncated marks the synthetic last event of an audit that
-	// hit Config.MaxEvents; its Reason counts what was not recorded.
-	DecisionTruncated = "truncated"
 )
 
 // Event is one request (or refused connection) in a job's audit.
@@ -138,11 +135,13 @@ type Event struct {
 	Host     string    `json:"host"`
 	Port     int       `json:"port"`
 	Method   string    `json:"method"`   // CONNECT or the HTTP method
-	Decision string    `json:"decision"` // allowed, refused, failed or truncated
+	Decision string    `json:"decision"` // allowed, refused or failed
 	Reason   string    `json:"reason"`
-	// BytesOut and BytesIn are job -> upstream and upstream -> job: for a
+	// BytesOut and BytesIn are what went to and came from upstream: for a
 	// CONNECT tunnel, exactly what went through it; for a plain HTTP
-	// request, the request and response bodies.
+	// request, the request as sent upstream (request line, headers and
+	// body) and the response as received (status line, headers and body,
+	// as transferred: compressed if it was).
 	BytesOut int64 `json:"bytes_out"`
 	BytesIn  int64 `json:"bytes_in"`
 }
@@ -153,8 +152,14 @@ type Resolver interface {
 	LookupPort(ctx context.Context, network, service string) (int, error)
 }
 
-// DefaultMaxEvents is how many events a session keeps by default.
-const DefaultMaxEvents = 1000
+// Audit defaults.
+const (
+	// DefaultMaxEvents is how many events a session lists by default.
+	DefaultMaxEvents = 1000
+	// DefaultMaxDestinations is how many destinations (and how many
+	// refused destinations) a session totals one by one by default.
+	DefaultMaxDestinations = 256
+)
 
 // Config configures a Proxy.
 type Config struct {
@@ -169,9 +174,14 @@ type Config struct {
 	Resolver Resolver
 	// DNSTimeout bounds one resolution. Default 5s.
 	DNSTimeout time.Duration
-	// MaxEvents caps each session's audit; further events are counted in a
-	// final synthetic event. Default 1000.
+	// MaxEvents caps the events each session's audit lists one by one
+	// (Audit.Events); the counts and totals of the audit cover every
+	// request all the same. Default 1000.
 	MaxEvents int
+	// MaxDestinations caps the entries of each session's Audit.Destinations
+	// and Audit.Refusals; requests to further destinations are added up in
+	// Audit.OtherDestinations and Audit.OtherRefusals. Default 256.
+	MaxDestinations int
 }
 
 // WithDefaults fills unset fields.
@@ -187,6 +197,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxEvents == 0 {
 		c.MaxEvents = DefaultMaxEvents
+	}
+	if c.MaxDestinations == 0 {
+		c.MaxDestinations = DefaultMaxDestinations
 	}
 	return c
 }
@@ -207,6 +220,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxEvents < 0 {
 		return fmt.Errorf("egress: Config.MaxEvents %d: must not be negative", c.MaxEvents)
+	}
+	if c.MaxDestinations < 0 {
+		return fmt.Errorf("egress: Config.MaxDestinations %d: must not be negative", c.MaxDestinations)
 	}
 	return nil
 }
@@ -408,14 +424,9 @@ func (p *Proxy) handler(gp http.Handler) http.Handler {
 
 		rec := newRecord(s, r)
 		r = r.WithContext(context.WithValue(r.Context(), recordKey{}, rec))
-		if r.Method == http.MethodConnect {
-			gp.ServeHTTP(w, r) // hijacks w
-		} else {
-			if r.Body != nil {
-				r.Body = &countingBody{ReadCloser: r.Body, n: &rec.bodyOut}
-			}
-			gp.ServeHTTP(&countingWriter{ResponseWriter: w, n: &rec.bodyIn}, r)
-		}
+		// A CONNECT hijacks w; a plain request is counted on its upstream
+		// connection (see record.finish).
+		gp.ServeHTTP(w, r)
 		rec.finish()
 	})
 }
@@ -656,20 +667,16 @@ func recordFromDial(ctx context.Context) *record {
 	return recordFrom(pctx.Req.Context())
 }
 
-// hostAddrs lists this host's global unicast addresses.
+// hostAddrs lists this host's global unicast addresses (HostAddrs).
 func hostAddrs(logger *slog.Logger) []string {
-	addrs, err := net.InterfaceAddrs()
+	addrs, err := HostAddrs()
 	if err != nil {
 		logger.Warn("listing the host's addresses to refuse them", "err", err)
 		return nil
 	}
-	var out []string
-	for _, a := range addrs {
-		ipn, ok := a.(*net.IPNet)
-		if !ok || !ipn.IP.IsGlobalUnicast() {
-			continue
-		}
-		out = append(out, ipn.IP.String())
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.String()
 	}
 	return out
 }

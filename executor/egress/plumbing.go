@@ -5,10 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
 )
@@ -68,32 +66,6 @@ type muxAddr struct{}
 
 func (muxAddr) Network() string { return "egress" }
 func (muxAddr) String() string  { return "egress-sessions" }
-
-// countingBody counts a plain HTTP request body as the transport reads it.
-type countingBody struct {
-	io.ReadCloser
-	n *atomic.Int64
-}
-
-func (b *countingBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
-	return n, err
-}
-
-// countingWriter counts a plain HTTP response body as written to the job.
-type countingWriter struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(p)
-	w.n.Add(int64(n))
-	return n, err
-}
-
-func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 type nopCloser struct{ io.Reader }
 

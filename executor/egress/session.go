@@ -24,15 +24,14 @@ const drainTimeout = 5 * time.Second
 
 // Session is one job's egress: its listener, its connections and its audit.
 type Session struct {
-	p         *Proxy
-	id        string
-	src       netip.Addr
-	addr      netip.AddrPort
-	pol       *policy
-	lim       Limits
-	ln        net.Listener
-	log       *slog.Logger
-	maxEvents int
+	p    *Proxy
+	id   string
+	src  netip.Addr
+	addr netip.AddrPort
+	pol  *policy
+	lim  Limits
+	ln   net.Listener
+	log  *slog.Logger
 
 	bytes      atomic.Int64  // both directions, all connections
 	done       chan struct{} // closed when Close starts
@@ -46,9 +45,8 @@ type Session struct {
 	drained   chan struct{} // closed when inflight drops to 0 after Close
 	conns     map[*clientConn]struct{}
 	flows     map[*flow]struct{}
-	events    []Event
-	dropped   int
-	final     []Event // the audit as of Close; nil before
+	audit     *auditLog
+	final     *Audit // the audit as of Close; nil before
 }
 
 // Register starts serving a job: a listener on listen (e.g. 10.200.0.1:3128;
@@ -92,7 +90,7 @@ func (p *Proxy) Register(jobID string, listen netip.AddrPort, src netip.Addr, po
 		lim:        lim,
 		ln:         ln,
 		log:        p.log.With("job_id", jobID),
-		maxEvents:  p.cfg.MaxEvents,
+		audit:      newAuditLog(p.cfg.MaxEvents, p.cfg.MaxDestinations),
 		done:       make(chan struct{}),
 		acceptDone: make(chan struct{}),
 		finished:   make(chan struct{}),
@@ -151,26 +149,43 @@ func (s *Session) ID() string { return s.id }
 // Addr is the address the session listens on.
 func (s *Session) Addr() netip.AddrPort { return s.addr }
 
-// Events returns a copy of the audit so far, in the order the requests
-// arrived. A tunnel is recorded when it closes, so open tunnels are not in it
-// yet.
-func (s *Session) Events() []Event {
+// Audit returns a copy of the audit so far. A tunnel is recorded when it
+// closes, so open tunnels are not in it yet.
+func (s *Session) Audit() Audit {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.final != nil {
-		return slices.Clone(s.final)
+		return cloneAudit(*s.final)
 	}
-	return s.snapshotLocked()
+	return s.audit.snapshot()
+}
+
+// Events returns the events the audit lists so far (Audit.Events).
+func (s *Session) Events() []Event { return s.Audit().Events }
+
+func cloneAudit(a Audit) Audit {
+	a.Events = slices.Clone(a.Events)
+	a.Destinations = slices.Clone(a.Destinations)
+	a.Refusals = slices.Clone(a.Refusals)
+	if o := a.OtherDestinations; o != nil {
+		c := *o
+		a.OtherDestinations = &c
+	}
+	if o := a.OtherRefusals; o != nil {
+		c := *o
+		a.OtherRefusals = &c
+	}
+	return a
 }
 
 // Close stops the listener, closes the job's connections and tunnels, and
 // returns the final audit. It is idempotent.
-func (s *Session) Close() []Event {
+func (s *Session) Close() Audit {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		<-s.finished
-		return s.Events()
+		return s.Audit()
 	}
 	s.closed = true
 	close(s.done)
@@ -198,28 +213,13 @@ func (s *Session) Close() []Event {
 	}
 
 	s.mu.Lock()
-	s.final = s.snapshotLocked()
-	final := slices.Clone(s.final)
+	final := s.audit.snapshot()
+	s.final = &final
 	s.mu.Unlock()
 	close(s.finished)
-	s.log.Info("egress session closed", "events", len(final), "bytes", s.bytes.Load())
-	return final
-}
-
-func (s *Session) snapshotLocked() []Event {
-	out := make([]Event, len(s.events), len(s.events)+1)
-	copy(out, s.events)
-	// Events are recorded when requests end (tunnels when they close);
-	// the audit lists them in the order the requests arrived.
-	slices.SortStableFunc(out, func(a, b Event) int { return a.Time.Compare(b.Time) })
-	if s.dropped > 0 {
-		out = append(out, Event{
-			Time:     time.Now(),
-			Decision: DecisionTruncated,
-			Reason:   fmt.Sprintf("%d more events were not recorded (at most %d are kept)", s.dropped, s.maxEvents),
-		})
-	}
-	return out
+	s.log.Info("egress session closed", "allowed", final.Allowed, "refused", final.Refused, "failed", final.Failed,
+		"bytes_out", final.BytesOut, "bytes_in", final.BytesIn, "unlisted", final.Unlisted, "bytes", s.bytes.Load())
+	return cloneAudit(final)
 }
 
 func (s *Session) record(ev Event) {
@@ -230,13 +230,11 @@ func (s *Session) record(ev Event) {
 
 func (s *Session) recordLocked(ev Event) {
 	if s.final != nil {
+		s.log.Warn("egress event after the audit was closed", "host", ev.Host, "port", ev.Port, "method", ev.Method,
+			"decision", ev.Decision, "reason", ev.Reason, "bytes_out", ev.BytesOut, "bytes_in", ev.BytesIn)
 		return
 	}
-	if len(s.events) < s.maxEvents {
-		s.events = append(s.events, ev)
-	} else {
-		s.dropped++
-	}
+	s.audit.add(ev)
 	s.log.Debug("egress event", "host", ev.Host, "port", ev.Port, "method", ev.Method,
 		"decision", ev.Decision, "reason", ev.Reason, "bytes_out", ev.BytesOut, "bytes_in", ev.BytesIn)
 }
@@ -296,7 +294,7 @@ func (s *Session) admit(nc net.Conn) *clientConn {
 		reason = fmt.Sprintf("connection refused: the job already has %d connections open (the limit)", s.lim.MaxConns)
 	}
 	if reason != "" {
-		s.recordLocked(Event{Time: time.Now(), Decision: DecisionRefused, Reason: reason})
+		s.recordLocked(refusedConn(reason))
 		return nil
 	}
 	c := newClientConn(s, nc)
@@ -346,11 +344,7 @@ func (s *Session) tripBytes() {
 		return
 	}
 	s.overBytes = true
-	s.recordLocked(Event{
-		Time:     time.Now(),
-		Decision: DecisionRefused,
-		Reason:   fmt.Sprintf("the job passed its limit of %d bytes: its connections are closed and new ones refused", s.lim.MaxBytes),
-	})
+	s.recordLocked(refusedConn(fmt.Sprintf("the job passed its limit of %d bytes: its connections are closed and new ones refused", s.lim.MaxBytes)))
 	s.mu.Unlock()
 	s.log.Warn("egress byte limit reached; closing the job's connections", "max_bytes", s.lim.MaxBytes)
 	s.closeAll("byte limit reached")
@@ -500,21 +494,39 @@ type flow struct {
 	in  atomic.Int64 // upstream -> job
 	out atomic.Int64 // job -> upstream
 	why atomic.Pointer[string]
+	// rmu and wmu are held through each read and write and its count: a
+	// write's bytes may be answered (and the request finished) before the
+	// writing goroutine has counted them.
+	rmu, wmu sync.Mutex
 
 	once sync.Once
 	err  error
 }
 
 func (f *flow) Read(b []byte) (int, error) {
+	f.rmu.Lock()
+	defer f.rmu.Unlock()
 	n, err := f.Conn.Read(b)
 	f.in.Add(int64(n))
 	return n, err
 }
 
 func (f *flow) Write(b []byte) (int, error) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
 	n, err := f.Conn.Write(b)
 	f.out.Add(int64(n))
 	return n, err
+}
+
+// counts are the bytes out and in, once the reads and writes in progress
+// have returned. Call it after Close, which makes them return.
+func (f *flow) counts() (out, in int64) {
+	f.wmu.Lock()
+	f.rmu.Lock()
+	defer f.rmu.Unlock()
+	defer f.wmu.Unlock()
+	return f.out.Load(), f.in.Load()
 }
 
 func (f *flow) closeFor(reason string) {
@@ -537,9 +549,6 @@ type record struct {
 	client *clientConn
 	start  time.Time
 	method string
-
-	bodyOut atomic.Int64 // plain HTTP request body
-	bodyIn  atomic.Int64 // plain HTTP response as written to the job
 
 	mu            sync.Mutex
 	host          string
@@ -624,18 +633,32 @@ func (r *record) policyAllowed() bool {
 // an established tunnel, which is recorded when it closes.
 func (r *record) finish() {
 	r.mu.Lock()
-	if r.flow != nil && r.method == http.MethodConnect && r.decision == "" {
+	f := r.flow
+	if f != nil && r.method == http.MethodConnect && r.decision == "" {
 		r.mu.Unlock()
 		return
 	}
+	r.mu.Unlock()
+	if f != nil {
+		// The handler is done with the request: close its upstream
+		// connection (never reused) so that its counts are final. A plain
+		// request is counted there, as exchanged with upstream: the
+		// transport may still be writing its body when the response is
+		// back, and data in the URL and headers counts too.
+		f.Close()
+	}
+
+	r.mu.Lock()
 	ev := Event{Time: r.start, Host: r.host, Port: r.port, Method: r.method}
+	if f != nil {
+		ev.BytesOut, ev.BytesIn = f.counts()
+	}
 	switch {
 	case r.decision != "":
 		ev.Decision, ev.Reason = r.decision, r.reason
 	case r.allowed && r.flow != nil:
 		ev.Decision = DecisionAllowed
 		ev.Reason = r.allowedReasonLocked()
-		ev.BytesOut, ev.BytesIn = r.bodyOut.Load(), r.bodyIn.Load()
 	case r.policyDecided && !r.allowed:
 		ev.Decision, ev.Reason = DecisionRefused, r.policyReason
 	default:
@@ -673,6 +696,7 @@ func (r *record) tunnelEvent(f *flow) (Event, bool) {
 	if why != "" {
 		reason += "; closed by the proxy: " + why
 	}
+	out, in := f.counts()
 	return Event{
 		Time:     r.start,
 		Host:     r.host,
@@ -680,7 +704,7 @@ func (r *record) tunnelEvent(f *flow) (Event, bool) {
 		Method:   r.method,
 		Decision: DecisionAllowed,
 		Reason:   reason,
-		BytesOut: f.out.Load(),
-		BytesIn:  f.in.Load(),
+		BytesOut: out,
+		BytesIn:  in,
 	}, true
 }

@@ -3,6 +3,7 @@ package image
 import (
 	"context"
 	"encoding/json"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -131,6 +132,25 @@ func TestBuildDigestRecordedAndStable(t *testing.T) {
 		}
 	}
 
+	// Safe to keep on the host: debootstrap's setuid binaries (su,
+	// passwd, mount) are not, its device nodes are gone, /tmp is 1777,
+	// the directories are 0700.
+	checkHostSafe(t, first.Rootfs)
+	wantPerm(t, filepath.Join(first.Rootfs, "usr/bin/su"), 0o755)
+	wantPerm(t, filepath.Join(first.Rootfs, "tmp"), 0o777|fs.ModeSticky)
+	wantPerm(t, dir, 0o700)
+	wantPerm(t, filepath.Join(dir, "first"), 0o700)
+	if ents, err := os.ReadDir(filepath.Join(first.Rootfs, "dev")); err == nil {
+		for _, e := range ents {
+			if !e.IsDir() && e.Type()&fs.ModeSymlink == 0 {
+				t.Errorf("/dev/%s (%v) is left in the image", e.Name(), e.Type())
+			}
+		}
+	}
+	if meta.Hardening != hardeningVersion {
+		t.Errorf("image.json records hardening %d, want %d", meta.Hardening, hardeningVersion)
+	}
+
 	// Nothing changed: skipped, same digest.
 	again, err := Build(ctx, opts("first"))
 	if err != nil {
@@ -139,6 +159,39 @@ func TestBuildDigestRecordedAndStable(t *testing.T) {
 	if !again.Cached || again.Digest != first.Digest {
 		t.Fatalf("rebuild without changes: cached %v digest %s, want cached %s", again.Cached, again.Digest, first.Digest)
 	}
+
+	// Built by an older sandq (setuid su, no hardening recorded, 0755):
+	// building again, with nothing changed, hardens it in place instead
+	// of rebuilding, to the digest a fresh build has.
+	su := filepath.Join(second.Rootfs, "usr/bin/su")
+	if err := os.Chmod(su, 0o755|fs.ModeSetuid); err != nil {
+		t.Fatal(err)
+	}
+	b, err = os.ReadFile(filepath.Join(dir, "second", "image.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	delete(m, "hardening")
+	b, _ = json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(dir, "second", "image.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(dir, "second"), 0o755)
+	os.Chmod(dir, 0o755)
+	fixed, err := Build(ctx, opts("second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fixed.Cached || fixed.Digest != first.Digest || fixed.Hardening != hardeningVersion {
+		t.Fatalf("an old image, up to date: cached %v digest %s hardening %d; want cached, %s, %d", fixed.Cached, fixed.Digest, fixed.Hardening, first.Digest, hardeningVersion)
+	}
+	wantPerm(t, su, 0o755)
+	wantPerm(t, dir, 0o700)
+	wantPerm(t, filepath.Join(dir, "second"), 0o700)
 	list, err := List(dir)
 	if err != nil || len(list) != 2 || list[0].Name != "first" || list[1].Name != "second" || list[1].Digest != first.Digest {
 		t.Fatalf("List: %v, %v", list, err)

@@ -36,24 +36,24 @@ const (
 // outside the root or through a symbolic link already in it, whatever the
 // order of the entries.
 type extractor struct {
-	rootFd     int
-	maxBytes   int64
-	maxEntries int64
-	logger     *slog.Logger
+	rootFd int
+	// b counts entries and bytes against the import's caps; the layer
+	// streams given to applyLayer are counted by it already.
+	b      *budget
+	logger *slog.Logger
 
-	bytes, entries int64
-	skipped        int
+	skipped int
 	// layer holds the paths the current layer made, which an opaque
 	// whiteout in the same layer keeps.
 	layer map[string]bool
 }
 
-func newExtractor(root string, maxBytes, maxEntries int64, logger *slog.Logger) (*extractor, error) {
+func newExtractor(root string, b *budget, logger *slog.Logger) (*extractor, error) {
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: root, Err: err}
 	}
-	return &extractor{rootFd: fd, maxBytes: maxBytes, maxEntries: maxEntries, logger: logger}, nil
+	return &extractor{rootFd: fd, b: b, logger: logger}, nil
 }
 
 func (x *extractor) close() { unix.Close(x.rootFd) }
@@ -98,9 +98,8 @@ func entryPath(name string) (string, error) {
 }
 
 func (x *extractor) apply(hdr *tar.Header, r io.Reader) error {
-	x.entries++
-	if x.entries > x.maxEntries {
-		return fmt.Errorf("%w: more than %d entries", ErrTooLarge, x.maxEntries)
+	if err := x.b.entry(); err != nil {
+		return err
 	}
 	if hdr.Typeflag == tar.TypeXGlobalHeader {
 		return nil // pax defaults (git archive writes one), not a file
@@ -132,10 +131,17 @@ func (x *extractor) apply(hdr *tar.Header, r io.Reader) error {
 		return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)
 	}
 	if typ == tar.TypeReg {
-		if hdr.Size < 0 || x.bytes+hdr.Size > x.maxBytes {
-			return fmt.Errorf("%w: over the %d-byte size cap", ErrTooLarge, x.maxBytes)
+		// Refused before its body is read; the body is then counted as
+		// the layer's stream is read, and a sparse file's holes, which
+		// are not in the stream, are charged whole.
+		if err := x.b.fits(hdr.Size); err != nil {
+			return err
 		}
-		x.bytes += hdr.Size
+		if isSparse(hdr) {
+			if err := x.b.charge(hdr.Size); err != nil {
+				return err
+			}
+		}
 	}
 	pfd, err := x.openDir(dir, true)
 	if err != nil {
@@ -143,7 +149,9 @@ func (x *extractor) apply(hdr *tar.Header, r io.Reader) error {
 	}
 	defer unix.Close(pfd)
 	x.layer[rel] = true
-	uid, gid, mode := hdr.Uid, hdr.Gid, uint32(hdr.Mode&0o7777)
+	// No setuid/setgid or world-write bits on the host, ever (see
+	// hostSafePerm); world-writable directories such as /tmp stay 1777.
+	uid, gid, mode := hdr.Uid, hdr.Gid, hostSafePerm(uint32(hdr.Mode&0o7777), typ == tar.TypeDir)
 	if typ == tar.TypeDir {
 		var st unix.Stat_t
 		err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW)

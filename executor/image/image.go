@@ -11,6 +11,13 @@
 // the job user. A build whose stamp matches is skipped, so building an
 // image already built is instant; debootstrap's and apt's download caches
 // are kept across builds, also when the package list changes.
+//
+// Images are kept safe for the host they sit on (see Harden): the image
+// directory and each image's directory are 0700 and root's, and an image's
+// tree has no setuid or setgid bit, no world-writable file, no file
+// capability and no device node, whatever its packages or archive asked
+// for. image.json records the version of that hardening; a worker hardens
+// an image made by an older sandq when it starts.
 package image
 
 import (
@@ -93,7 +100,9 @@ func (o *BuildOptions) defaults() {
 }
 
 // Build builds an image, or returns the existing one when nothing that goes
-// into it has changed.
+// into it has changed (hardened in place first if an older sandq made it;
+// see Harden). A new build is hardened before its digest is taken: the
+// setuid binaries and device nodes debootstrap makes never reach an image.
 func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	o.defaults()
 	if err := checkName(o.Name); err != nil {
@@ -124,17 +133,20 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	stamp := buildStamp(o, cas, overlay)
 	final := filepath.Join(o.Dir, o.Name)
 	if !o.Force {
-		if img, err := upToDate(o.Dir, o.Name, stamp); err != nil || img != nil {
+		if img, err := upToDate(o.Dir, o.Name, stamp, o.Logger); err != nil || img != nil {
 			return img, err
 		}
 	}
-	for _, d := range []string{o.Dir, filepath.Join(o.CacheDir, "debootstrap")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
+	if err := prepareDir(o.Dir, o.Logger); err != nil {
+		return nil, err
 	}
+	if err := os.MkdirAll(filepath.Join(o.CacheDir, "debootstrap"), 0o755); err != nil {
+		return nil, err
+	}
+	// 0700: debootstrap's tree has setuid binaries (su, passwd, mount)
+	// until it is hardened.
 	tmp := filepath.Join(o.Dir, ".build-"+o.Name+"-"+randomHex())
-	if err := os.Mkdir(tmp, 0o755); err != nil {
+	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
@@ -174,6 +186,9 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err := normalize(rootfs); err != nil {
 		return nil, fmt.Errorf("image %s: %w", o.Name, err)
 	}
+	if _, err := harden(rootfs); err != nil {
+		return nil, fmt.Errorf("image %s: %w", o.Name, err)
+	}
 	content, err := Digest(rootfs)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", o.Name, err)
@@ -183,7 +198,7 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	img := &Image{
 		Name: o.Name, Rootfs: filepath.Join(final, "rootfs"), Digest: content.Digest, Source: SourceBuild,
 		Created: time.Now().UTC().Truncate(time.Second), Size: content.Size, Files: content.Files, Stamp: stamp, Packages: pkgs,
-		Overlay: overlayPaths(overlay),
+		Overlay: overlayPaths(overlay), Hardening: hardeningVersion,
 	}
 	if err := os.WriteFile(filepath.Join(tmp, stampFile), []byte(stamp+"\n"), 0o644); err != nil {
 		return nil, err
@@ -200,14 +215,19 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 }
 
 // upToDate returns the image if its stamp is stamp, or nil. An up-to-date
-// image without metadata (made before sandq recorded digests) gets its
-// digest computed and recorded now.
-func upToDate(dir, name, stamp string) (*Image, error) {
+// image made by an older sandq is brought up to date in place (see
+// Harden): hardened, its digest computed and recorded (with its source
+// and stamp, when it had no metadata).
+func upToDate(dir, name, stamp string, logger *slog.Logger) (*Image, error) {
 	old, err := os.ReadFile(filepath.Join(dir, name, stampFile))
 	if err != nil || strings.TrimSpace(string(old)) != stamp {
 		return nil, nil
 	}
-	img, err := Lookup(dir, name)
+	img, err := hardenImage(dir, name, logger, func(img *Image) {
+		if img.Source == SourceUnknown {
+			img.Source, img.Stamp = SourceBuild, stamp
+		}
+	})
 	if errors.Is(err, ErrNotFound) {
 		return nil, nil
 	}
@@ -215,17 +235,6 @@ func upToDate(dir, name, stamp string) (*Image, error) {
 		return nil, err
 	}
 	img.Cached = true
-	if img.Digest != "" {
-		return img, nil
-	}
-	content, err := Digest(img.Rootfs)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", name, err)
-	}
-	img.Digest, img.Source, img.Size, img.Files, img.Stamp = content.Digest, SourceBuild, content.Size, content.Files, stamp
-	if err := writeMeta(filepath.Join(dir, name), img); err != nil {
-		return nil, err
-	}
 	return img, nil
 }
 

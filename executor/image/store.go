@@ -60,6 +60,10 @@ type Image struct {
 	// Skipped counts archive entries an import left out (device nodes,
 	// FIFOs).
 	Skipped int `json:"skipped,omitempty"`
+	// Hardening is the version of the host-safety pass the image's tree
+	// has had (no setuid/setgid or world-write bits, file capabilities or
+	// special files; see Harden); 0 for an image made before it existed.
+	Hardening int `json:"hardening,omitempty"`
 	// Cached is set when Build found the image up to date.
 	Cached bool `json:"-"`
 }
@@ -135,10 +139,21 @@ func Lookup(dir, name string) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Name: name, Rootfs: rootfs, Source: SourceUnknown}
-	b, err := os.ReadFile(filepath.Join(dir, name, metaFile))
+	img, err := readMeta(filepath.Join(dir, name), name)
+	if err != nil {
+		return nil, err
+	}
+	img.Rootfs = rootfs
+	return img, nil
+}
+
+// readMeta reads the metadata of image name in its directory imageDir; an
+// image without any has Source SourceUnknown and no digest.
+func readMeta(imageDir, name string) (*Image, error) {
+	img := &Image{Name: name, Source: SourceUnknown}
+	b, err := os.ReadFile(filepath.Join(imageDir, metaFile))
 	if errors.Is(err, os.ErrNotExist) {
-		if st, err := os.Stat(rootfs); err == nil {
+		if st, err := os.Stat(filepath.Join(imageDir, "rootfs")); err == nil {
 			img.Created = st.ModTime().UTC()
 		}
 		return img, nil
@@ -149,7 +164,7 @@ func Lookup(dir, name string) (*Image, error) {
 	if err := json.Unmarshal(b, img); err != nil {
 		return nil, fmt.Errorf("image %q: %s: %w", name, metaFile, err)
 	}
-	img.Name, img.Rootfs = name, rootfs
+	img.Name = name
 	return img, nil
 }
 

@@ -2,8 +2,19 @@
 // address is its egress proxy: a network namespace (handed to runsc with
 // --network=sandbox), a veth pair with a /30 from a host-wide pool, and
 // nftables rules owned by the worker that accept the job's traffic to its
-// proxy port on the host side of its pair and drop everything else coming
-// from, or forwarded to, any job's interface.
+// proxy port on the host side of its pair and refuse everything else.
+//
+// Nothing a job sends is routed: every packet arriving on a job's interface
+// is redirected to the host side of its pair (its destination address
+// becomes that address; the port is kept), so it reaches the host's input
+// path whatever it was addressed to and whatever the host's forwarding
+// setting. There, the job's own rule accepts TCP to its proxy port that was
+// addressed to it in the first place; the job's counter counts the rest,
+// which is refused at once — TCP with a reset, anything else with an ICMP
+// port unreachable — so a tool that ignores the proxy fails with
+// "connection refused" instead of waiting for its timeout, and the job's
+// result reports the attempt (Net.Bypass). Forwarding to or from a job's
+// interface is dropped as well.
 //
 // Every resource is recorded in a lease file in a host-wide directory
 // (/run/sandq/net), named by the pair's address and taken under a host-wide
@@ -24,6 +35,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,7 +51,20 @@ const IfPrefix = "sq"
 
 const (
 	tableName = "sandq"
-	baseTag   = "sandq:base"
+	// baseTag marks the forward chain's drops. Earlier versions also
+	// ended the input chain with a drop so marked; a worker of such a
+	// version may share the host, and that drop may follow the refusals.
+	baseTag = "sandq:base"
+	// refuseTag marks the input chain's final refusals, redirectTag the
+	// nat chain's redirect.
+	refuseTag   = "sandq:base:refuse"
+	redirectTag = "sandq:base:redirect"
+	// bypassSuffix ends the tag of a job's counter rule.
+	bypassSuffix = ":bypass"
+	// natPriority runs the redirect before other destination NAT (such as
+	// a container engine's published ports, at -100), so that it decides
+	// every job packet's destination.
+	natPriority = -110
 )
 
 // Config sets up a Manager.
@@ -83,6 +108,17 @@ type Net struct {
 	Proxy netip.AddrPort
 	lease lease
 	m     *Manager
+	// carried is what the job's counter had counted when its rules were
+	// put back (see Manager.ensure).
+	carried Bypass
+}
+
+// Bypass counts what a sandbox sent that was not for its proxy: packets
+// the firewall refused (each TCP connection attempt or datagram is one),
+// and their bytes.
+type Bypass struct {
+	Packets uint64
+	Bytes   uint64
 }
 
 type lease struct {
@@ -206,22 +242,43 @@ func (m *Manager) ensure() (bool, error) {
 	if err != nil {
 		return repaired, err
 	}
-	have := map[string]bool{}
+	have := map[string]*nftables.Rule{}
 	for _, r := range rules {
-		have[string(r.UserData)] = true
+		have[string(r.UserData)] = r
 	}
 	m.mu.Lock()
-	missing := []*Net{}
+	mine := make([]*Net, 0, len(m.mine))
 	for _, n := range m.mine {
-		if !have[string(ruleTag(n.lease.Worker, n.lease.Sandbox))] {
-			missing = append(missing, n)
-		}
+		mine = append(mine, n)
 	}
 	m.mu.Unlock()
-	for _, n := range missing {
-		c.InsertRule(&nftables.Rule{Table: m.table, Chain: input, Exprs: m.acceptRule(n.lease, n.Host, n.Sandbox), UserData: ruleTag(n.lease.Worker, n.lease.Sandbox)})
+	missing := 0
+	for _, n := range mine {
+		tag := string(ruleTag(n.lease.Worker, n.lease.Sandbox))
+		accept, counter := have[tag], have[tag+bypassSuffix]
+		if accept != nil && counter != nil {
+			continue
+		}
+		// The accept rule must come before the counter: put both back,
+		// in order, keeping what the old counter had counted.
+		missing++
+		for _, r := range []*nftables.Rule{accept, counter} {
+			if r == nil {
+				continue
+			}
+			if b, ok := counted(r); ok {
+				m.mu.Lock()
+				n.carried.Packets += b.Packets
+				n.carried.Bytes += b.Bytes
+				m.mu.Unlock()
+			}
+			if err := c.DelRule(r); err != nil {
+				return true, err
+			}
+		}
+		m.insertJobRules(c, n.lease, n.Host, n.Sandbox)
 	}
-	if len(missing) > 0 {
+	if missing > 0 {
 		repaired = true
 		if err := c.Flush(); err != nil {
 			return true, err
@@ -230,32 +287,75 @@ func (m *Manager) ensure() (bool, error) {
 	return repaired, nil
 }
 
+// insertJobRules queues a job's rules at the head of the input chain: the
+// accept rule, then the counter of everything else the job sends (which
+// then meets the base rules' refusals).
+func (m *Manager) insertJobRules(c *nftables.Conn, l lease, host, sandbox netip.Addr) {
+	input, _ := m.chains()
+	tag := ruleTag(l.Worker, l.Sandbox)
+	// Each insert goes to the head: the counter first, so the accept
+	// rule ends up before it.
+	c.InsertRule(&nftables.Rule{Table: m.table, Chain: input, Exprs: bypassCounter(l), UserData: append(tag, bypassSuffix...)})
+	c.InsertRule(&nftables.Rule{Table: m.table, Chain: input, Exprs: m.acceptRule(l, host, sandbox), UserData: tag})
+}
+
+// counted is the count of a rule's counter, if it has one.
+func counted(r *nftables.Rule) (Bypass, bool) {
+	for _, e := range r.Exprs {
+		if ctr, ok := e.(*expr.Counter); ok {
+			return Bypass{Packets: ctr.Packets, Bytes: ctr.Bytes}, true
+		}
+	}
+	return Bypass{}, false
+}
+
 // baseMissing reports whether the table, a chain or a base rule is gone,
-// or the drop rule is no longer the input chain's last.
+// or the refusals are no longer the input chain's last rules.
 func (m *Manager) baseMissing() (bool, error) {
 	c, err := nftables.New()
 	if err != nil {
 		return false, err
 	}
-	input, forward := m.chains()
-	in, err := c.GetRules(m.table, input)
-	if err != nil {
-		return true, nil
-	}
-	fw, err := c.GetRules(m.table, forward)
-	if err != nil {
-		return true, nil
-	}
-	if len(in) == 0 || string(in[len(in)-1].UserData) != baseTag {
-		return true, nil
-	}
-	n := 0
-	for _, r := range fw {
-		if string(r.UserData) == baseTag {
-			n++
+	for _, b := range m.baseRules() {
+		rules, err := c.GetRules(m.table, b.chain)
+		if err != nil {
+			return true, nil
+		}
+		if !baseInPlace(rules, b.tag, len(b.rules)) {
+			return true, nil
 		}
 	}
-	return n != 2, nil
+	return false, nil
+}
+
+// isBase reports whether a rule is a base rule of this version (tag) or
+// an earlier one.
+func isBase(r *nftables.Rule, tag string) bool {
+	t := string(r.UserData)
+	return t == tag || t == baseTag
+}
+
+// baseInPlace reports whether rules end with exactly want base rules
+// tagged tag, followed by nothing but an earlier version's base rules.
+func baseInPlace(rules []*nftables.Rule, tag string, want int) bool {
+	first := slices.IndexFunc(rules, func(r *nftables.Rule) bool { return isBase(r, tag) })
+	if first < 0 {
+		return false
+	}
+	n := 0
+	for _, r := range rules[first:] {
+		switch string(r.UserData) {
+		case tag:
+			n++
+		case baseTag:
+			if n < want {
+				return false // an earlier version's rule before ours
+			}
+		default:
+			return false // a job's rule after the base rules
+		}
+	}
+	return n == want
 }
 
 // removeTornLeases deletes lease files that do not parse: a worker died
@@ -292,61 +392,104 @@ func (m *Manager) chains() (input, forward *nftables.Chain) {
 	return input, forward
 }
 
-// installBase makes table inet sandq with: in input, a final rule dropping
-// everything that arrives on a job interface (per-job accepts go before it);
-// in forward, rules dropping everything from or to a job interface, so that
-// nothing is routed for a job even where IP forwarding is on.
+func (m *Manager) natChain() *nftables.Chain {
+	accept := nftables.ChainPolicyAccept
+	return &nftables.Chain{Name: "prerouting", Table: m.table, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(natPriority), Policy: &accept}
+}
+
+type baseChain struct {
+	chain *nftables.Chain
+	tag   string
+	rules [][]expr.Any
+}
+
+// baseRules are the rules every worker of the host shares, per chain; each
+// chain ends with its own.
+func (m *Manager) baseRules() []baseChain {
+	input, forward := m.chains()
+	return []baseChain{
+		// Whatever a job's own accept rule (at the head) did not accept is
+		// refused: TCP with a reset, the rest with an ICMP port
+		// unreachable ("connection refused" either way).
+		{input, refuseTag, [][]expr.Any{ifPrefixReject(true), ifPrefixReject(false)}},
+		// Nothing is routed for a job, even where IP forwarding is on
+		// (nothing should get here: see the redirect).
+		{forward, baseTag, [][]expr.Any{ifPrefixDrop(expr.MetaKeyIIFNAME), ifPrefixDrop(expr.MetaKeyOIFNAME)}},
+		// Every packet from a job goes to the host side of its pair.
+		{m.natChain(), redirectTag, [][]expr.Any{ifPrefixRedirect()}},
+	}
+}
+
+// installBase makes table inet sandq with the base rules: in prerouting
+// (nat), the redirect of everything that arrives on a job interface to that
+// interface's own address; in input, final rules refusing everything that
+// arrives on a job interface (per-job accepts and counters go before them);
+// in forward, rules dropping everything from or to a job interface.
 func (m *Manager) installBase() error {
 	c, err := nftables.New()
 	if err != nil {
 		return err
 	}
 	c.AddTable(m.table)
-	input, forward := m.chains()
-	c.AddChain(input)
-	c.AddChain(forward)
+	bases := m.baseRules()
+	for _, b := range bases {
+		c.AddChain(b.chain)
+	}
 	if err := c.Flush(); err != nil {
 		return err
 	}
-	for _, base := range []struct {
-		chain *nftables.Chain
-		rules [][]expr.Any
-	}{
-		{input, [][]expr.Any{ifPrefixDrop(expr.MetaKeyIIFNAME)}},
-		{forward, [][]expr.Any{ifPrefixDrop(expr.MetaKeyIIFNAME), ifPrefixDrop(expr.MetaKeyOIFNAME)}},
-	} {
+	for _, base := range bases {
 		rules, err := c.GetRules(m.table, base.chain)
 		if err != nil {
 			return err
 		}
-		have := 0
-		for _, r := range rules {
-			if string(r.UserData) == baseTag {
-				have++
-			}
-		}
-		if have == len(base.rules) && string(rules[len(rules)-1].UserData) == baseTag {
+		if baseInPlace(rules, base.tag, len(base.rules)) {
 			continue
 		}
 		for _, r := range rules {
-			if string(r.UserData) == baseTag {
+			if isBase(r, base.tag) {
 				c.DelRule(r)
 			}
 		}
 		for _, e := range base.rules {
-			c.AddRule(&nftables.Rule{Table: m.table, Chain: base.chain, Exprs: e, UserData: []byte(baseTag)})
+			c.AddRule(&nftables.Rule{Table: m.table, Chain: base.chain, Exprs: e, UserData: []byte(base.tag)})
 		}
 	}
 	return c.Flush()
 }
 
-func ifPrefixDrop(key expr.MetaKey) []expr.Any {
+// ifPrefix matches packets whose interface (key) is a job's.
+func ifPrefix(key expr.MetaKey) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: 1},
 		// Comparing only len(Data) bytes makes this a prefix match.
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(IfPrefix)},
-		&expr.Verdict{Kind: expr.VerdictDrop},
 	}
+}
+
+func ifPrefixDrop(key expr.MetaKey) []expr.Any {
+	return append(ifPrefix(key), &expr.Verdict{Kind: expr.VerdictDrop})
+}
+
+// ifPrefixReject refuses what arrives on a job interface: TCP with a reset
+// (tcp true), anything else with an ICMP (or ICMPv6) port unreachable.
+func ifPrefixReject(tcp bool) []expr.Any {
+	e := ifPrefix(expr.MetaKeyIIFNAME)
+	if tcp {
+		return append(e,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+		)
+	}
+	return append(e, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH})
+}
+
+// ifPrefixRedirect sends what arrives on a job interface to that
+// interface's own (primary) address, keeping the port: the host side of
+// the job's pair.
+func ifPrefixRedirect() []expr.Any {
+	return append(ifPrefix(expr.MetaKeyIIFNAME), &expr.Redir{})
 }
 
 func ifname(name string) []byte {
@@ -356,7 +499,8 @@ func ifname(name string) []byte {
 }
 
 // acceptRule accepts TCP from the sandbox address to the proxy port on the
-// host address, arriving on the pair's host interface, and nothing else.
+// host address, arriving on the pair's host interface and addressed there
+// by the job (not redirected there), and nothing else.
 func (m *Manager) acceptRule(l lease, host, sandbox netip.Addr) []expr.Any {
 	h, s := host.As4(), sandbox.As4()
 	port := make([]byte, 2)
@@ -374,7 +518,33 @@ func (m *Manager) acceptRule(l lease, host, sandbox netip.Addr) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port},
+		// Not destination-NATed: a job that sends to another address's
+		// proxy port is redirected here, and refused.
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeUint32(ipsDstNAT), Xor: nativeUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nativeUint32(0)},
 		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
+}
+
+// ipsDstNAT is conntrack's IPS_DST_NAT status bit.
+const ipsDstNAT = 1 << 5
+
+// nativeUint32 is v in host byte order, as conntrack's status register
+// holds it.
+func nativeUint32(v uint32) []byte {
+	b := make([]byte, 4)
+	binary.NativeEndian.PutUint32(b, v)
+	return b
+}
+
+// bypassCounter counts everything that arrives on the job's interface and
+// was not accepted: what the job sent around its proxy.
+func bypassCounter(l lease) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(l.HostIf)},
+		&expr.Counter{},
 	}
 }
 
@@ -468,10 +638,9 @@ func (m *Manager) Setup(ctx context.Context, sandbox string) (_ *Net, err error)
 	if err != nil {
 		return nil, err
 	}
-	input, _ := m.chains()
-	c.InsertRule(&nftables.Rule{Table: m.table, Chain: input, Exprs: m.acceptRule(l, n.Host, n.Sandbox), UserData: ruleTag(l.Worker, l.Sandbox)})
+	m.insertJobRules(c, l, n.Host, n.Sandbox)
 	if err := c.Flush(); err != nil {
-		return nil, fmt.Errorf("firewall rule for %s: %w", sandbox, err)
+		return nil, fmt.Errorf("firewall rules for %s: %w", sandbox, err)
 	}
 	m.mu.Lock()
 	m.mine[sandbox] = n
@@ -495,7 +664,36 @@ func (m *Manager) leasePath(host netip.Addr) string {
 	return filepath.Join(m.dir, host.String()+".lease")
 }
 
-// Release removes the network: rule, namespace, interfaces and lease.
+// Bypass reads what the job has sent around its proxy so far (refused by
+// the firewall). Read it once the sandbox is gone, before Release.
+func (n *Net) Bypass() (Bypass, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return Bypass{}, fmt.Errorf("reading the bypass counter: %w", err)
+	}
+	input, _ := n.m.chains()
+	rules, err := c.GetRules(n.m.table, input)
+	if err != nil {
+		return Bypass{}, fmt.Errorf("reading the bypass counter: %w", err)
+	}
+	tag := string(ruleTag(n.lease.Worker, n.lease.Sandbox)) + bypassSuffix
+	n.m.mu.Lock()
+	b := n.carried
+	n.m.mu.Unlock()
+	for _, r := range rules {
+		if string(r.UserData) != tag {
+			continue
+		}
+		if got, ok := counted(r); ok {
+			b.Packets += got.Packets
+			b.Bytes += got.Bytes
+			return b, nil
+		}
+	}
+	return b, fmt.Errorf("reading the bypass counter: the rule %s is missing", tag)
+}
+
+// Release removes the network: rules, namespace, interfaces and lease.
 func (n *Net) Release() error {
 	unlock, err := n.m.lock()
 	if err != nil {
@@ -511,7 +709,8 @@ func (n *Net) Release() error {
 // remove deletes everything a lease names; missing pieces are not errors.
 func (m *Manager) remove(l lease) error {
 	var errs []error
-	if err := m.deleteRules(func(tag string) bool { return tag == string(ruleTag(l.Worker, l.Sandbox)) }); err != nil {
+	tag := string(ruleTag(l.Worker, l.Sandbox))
+	if err := m.deleteRules(func(t string) bool { return t == tag || t == tag+bypassSuffix }); err != nil {
 		errs = append(errs, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

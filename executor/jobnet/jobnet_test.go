@@ -154,7 +154,7 @@ func TestSweepWorkerRemovesADeadWorkersNetworks(t *testing.T) {
 		t.Errorf("dead worker's leftovers: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
 	}
 	leases, netns, ifaces, rules, _ = live.Resources("wlive1")
-	if len(leases) != 1 || len(netns) != 1 || len(ifaces) != 1 || len(rules) != 1 {
+	if len(leases) != 1 || len(netns) != 1 || len(ifaces) != 1 || len(rules) != 2 { // accept and counter
 		t.Errorf("the live worker's network was touched: leases %v netns %v ifaces %v rules %v", leases, netns, ifaces, rules)
 	}
 }
@@ -180,7 +180,7 @@ func TestPoolExhaustionIsAClearError(t *testing.T) {
 	if _, err := m.Setup(context.Background(), "s2"); err == nil || !strings.Contains(err.Error(), "exhausted") {
 		t.Fatalf("third sandbox in a /29: %v", err)
 	}
-	if _, netns, _, rules, _ := m.Resources("wpool1"); len(netns) != 2 || len(rules) != 2 {
+	if _, netns, _, rules, _ := m.Resources("wpool1"); len(netns) != 2 || len(rules) != 4 {
 		t.Errorf("a refused setup left something: netns %v rules %v", netns, rules)
 	}
 }
@@ -277,6 +277,14 @@ func TestEnsureRestoresAFlushedFirewall(t *testing.T) {
 	}
 	if !reach(t, ns, n.Proxy.String()) {
 		t.Error("after Ensure the job lost its proxy")
+	}
+	// The refusals and the redirect are back: refused at once, counted.
+	target := "tcp:" + netip.AddrPortFrom(n.Host, 6379).String()
+	if r := attempts(t, ns, target)[target]; len(r) != 2 || r[0] != "ConnectionRefusedError" {
+		t.Errorf("after Ensure, a bypass: %v, want refused at once", r)
+	}
+	if b, err := n.Bypass(); err != nil || b.Packets == 0 {
+		t.Errorf("after Ensure, the bypass counter: %+v, %v", b, err)
 	}
 	if repaired, err := m.Ensure(); err != nil || repaired {
 		t.Errorf("a second Ensure repaired %v, %v", repaired, err)

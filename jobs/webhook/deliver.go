@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -40,6 +41,7 @@ type Deliverer struct {
 	UserAgent string           // default "sandq-webhook/1"
 	Now       func() time.Time // injectable clock for webhook-timestamp, Attempt.Time and Retry-After dates; default time.Now
 	Logger    *slog.Logger     // optional; one Debug record per attempt
+	Resolver  *net.Resolver    // resolves receiver names; default net.DefaultResolver
 }
 
 // Attempt is the record of one delivery attempt, kept in the delivery log.
@@ -51,6 +53,10 @@ type Attempt struct {
 	Outcome       string        `json:"outcome"`
 	ResponseBytes int64         `json:"response_bytes,omitempty"` // response body bytes read (at most MaxBody)
 	RetryAfter    time.Duration `json:"-"`                        // from a 429/503 Retry-After header, 0 if none
+	// Detail is what Error leaves out for the producer's sake (the
+	// addresses a name resolved to, the worker's own address): for the
+	// worker's log only, never stored in the delivery log.
+	Detail string `json:"-"`
 }
 
 // Validate reports settings Deliver would have to correct.
@@ -86,7 +92,12 @@ var errAttemptTimeout = errors.New("webhook attempt timed out")
 // followed: a 3xx fails without retry. Connection errors, timeouts, 5xx, 408
 // and 429 are retried; 410 is gone; other 4xx fail. The response body is
 // read up to MaxBody and discarded. Error never repeats the URL, whose
-// query may hold a token.
+// query may hold a token, nor an IP address the receiver's name resolved to
+// or the worker's own (Detail has them, for the worker's log).
+//
+// The URL is checked as Guard.CheckURL does without resolving (scheme,
+// host spelling, refused literal addresses) first: a URL that could never
+// be delivered fails at once, without a retry.
 //
 // Each attempt uses its own transport without keep-alive and without any
 // proxy from the environment, dialing through Guard.DialContext.
@@ -106,7 +117,11 @@ func (d *Deliverer) Deliver(ctx context.Context, rawURL string, secrets []string
 	a := Attempt{Time: now}
 
 	a.Outcome, a.Error = func() (string, string) {
-		if _, err := parseURL(rawURL); err != nil {
+		if err := d.Guard.CheckURL(ctx, nil, rawURL); err != nil {
+			var blocked *BlockedAddressError
+			if errors.As(err, &blocked) {
+				a.Detail = blocked.Detail()
+			}
 			return OutcomeFailed, err.Error()
 		}
 		h, err := Headers(secrets, id, now, body)
@@ -124,7 +139,7 @@ func (d *Deliverer) Deliver(ctx context.Context, rawURL string, secrets []string
 
 		tr := &http.Transport{
 			Proxy:                  nil, // never HTTP(S)_PROXY: the guard must see the real address
-			DialContext:            d.Guard.DialContext(timeout),
+			DialContext:            d.Guard.dialContext(timeout, d.Resolver),
 			ForceAttemptHTTP2:      true,
 			DisableKeepAlives:      true,
 			TLSHandshakeTimeout:    timeout,
@@ -137,6 +152,11 @@ func (d *Deliverer) Deliver(ctx context.Context, rawURL string, secrets []string
 		}
 		resp, err := client.Do(req)
 		if err != nil {
+			a.Detail = unwrapURLError(err).Error()
+			var blocked *BlockedAddressError
+			if errors.As(err, &blocked) {
+				a.Detail = blocked.Detail()
+			}
 			return classifyError(ctx, reqCtx, err, timeout)
 		}
 		n, _ := io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
@@ -154,7 +174,7 @@ func (d *Deliverer) Deliver(ctx context.Context, rawURL string, secrets []string
 		d.Logger.LogAttrs(ctx, slog.LevelDebug, "webhook attempt",
 			slog.String("webhook_id", id), slog.String("outcome", a.Outcome),
 			slog.Int("status_code", a.StatusCode), slog.Int64("duration_ms", a.DurationMS),
-			slog.String("error", a.Error), slog.Duration("retry_after", a.RetryAfter))
+			slog.String("error", a.Error), slog.String("detail", a.Detail), slog.Duration("retry_after", a.RetryAfter))
 	}
 	return a
 }
@@ -167,11 +187,12 @@ func unwrapURLError(err error) error {
 	return err
 }
 
-// classifyError turns a request error into an outcome and a message.
+// classifyError turns a request error into an outcome and a message that
+// names no IP address.
 func classifyError(parent, reqCtx context.Context, err error, timeout time.Duration) (string, string) {
 	var blocked *BlockedAddressError
 	if errors.As(err, &blocked) {
-		return OutcomeFailed, unwrapURLError(err).Error()
+		return OutcomeFailed, blocked.Error()
 	}
 	if parent.Err() != nil {
 		return OutcomeRetry, fmt.Sprintf("attempt interrupted: %v", context.Cause(parent))
@@ -180,7 +201,69 @@ func classifyError(parent, reqCtx context.Context, err error, timeout time.Durat
 	if errors.Is(context.Cause(reqCtx), errAttemptTimeout) || (errors.As(err, &ne) && ne.Timeout()) {
 		return OutcomeRetry, fmt.Sprintf("no response within the %s timeout", timeout)
 	}
-	return OutcomeRetry, unwrapURLError(err).Error()
+	return OutcomeRetry, describeNetError(err)
+}
+
+// describeNetError says what went wrong without the addresses Go's network
+// errors carry: "lookup h on 10.0.0.2:53" names the worker's resolver,
+// "dial tcp 10.1.2.3:443" what the name resolved to, "read tcp
+// 10.0.0.7:5555->..." the worker's own address.
+func describeNetError(err error) string {
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		what := dnsErr.Err
+		if dnsErr.IsNotFound {
+			what = "no such host"
+		}
+		return fmt.Sprintf("cannot resolve the webhook host %s: %s", dnsErr.Name, scrubAddrs(what))
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Err != nil {
+		verb := map[string]string{"dial": "connect to", "read": "read from", "write": "write to"}[opErr.Op]
+		if verb == "" {
+			verb = opErr.Op + " with"
+		}
+		return fmt.Sprintf("cannot %s the receiver: %s", verb, scrubAddrs(opErr.Err.Error()))
+	}
+	return scrubAddrs(unwrapURLError(err).Error())
+}
+
+// scrubAddrs replaces every IP address (with or without a port) in msg by
+// "<address>".
+func scrubAddrs(msg string) string {
+	isAddrChar := func(c byte) bool {
+		return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == '.' || c == ':' || c == '[' || c == ']'
+	}
+	var b strings.Builder
+	for i := 0; i < len(msg); {
+		if !isAddrChar(msg[i]) {
+			b.WriteByte(msg[i])
+			i++
+			continue
+		}
+		j := i
+		for j < len(msg) && isAddrChar(msg[j]) {
+			j++
+		}
+		run := msg[i:j]
+		core := strings.TrimRight(run, ":.")
+		if looksLikeAddr(core) {
+			b.WriteString("<address>")
+			b.WriteString(run[len(core):])
+		} else {
+			b.WriteString(run)
+		}
+		i = j
+	}
+	return b.String()
+}
+
+func looksLikeAddr(s string) bool {
+	if _, err := netip.ParseAddrPort(s); err == nil {
+		return true
+	}
+	_, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
+	return err == nil
 }
 
 func classifyStatus(code int) (string, string) {

@@ -173,14 +173,18 @@ func TestCheckURLResolves(t *testing.T) {
 		"mapped.hooks.test":   netip.MustParseAddr("::ffff:127.0.0.1"),
 		"public.hooks.test":   netip.MustParseAddr("93.184.215.14"),
 	})
-	for host, says := range map[string]string{
+	for host, detail := range map[string]string{
 		"private.hooks.test":  "private.hooks.test resolves to 10.0.0.5, a private address (RFC 1918)",
 		"metadata.hooks.test": "resolves to 169.254.169.254, the cloud metadata address",
 		"mapped.hooks.test":   "loopback",
 	} {
+		// The message names the host, not what it resolved to; the detail,
+		// for the worker's log, has that.
 		err := Guard{}.CheckURL(ctx, r, "https://"+host+"/hook")
-		if err == nil || !errors.Is(err, ErrBlockedAddress) || !strings.Contains(err.Error(), says) {
-			t.Errorf("%s: err = %v, want ErrBlockedAddress saying %q", host, err, says)
+		says := host + " resolves to an address webhooks may not reach"
+		var blocked *BlockedAddressError
+		if err == nil || !errors.Is(err, ErrBlockedAddress) || !strings.Contains(err.Error(), says) || !errors.As(err, &blocked) || !strings.Contains(blocked.Detail(), detail) {
+			t.Errorf("%s: err = %v, want ErrBlockedAddress saying %q with the detail %q", host, err, says, detail)
 		}
 		// Without a resolver the name is not looked up, and is accepted.
 		if err := (Guard{}).CheckURL(ctx, nil, "https://"+host+"/hook"); err != nil {
@@ -256,8 +260,9 @@ func TestDialContextRefusesAtConnect(t *testing.T) {
 		t.Fatal("DialContext connected to loopback")
 	}
 	t.Logf("dial %s: %v", addr, err)
-	if !errors.Is(err, ErrBlockedAddress) || !strings.Contains(err.Error(), "refusing to connect to 127.0.0.1: it is a loopback address") {
-		t.Errorf("error %q: want an ErrBlockedAddress refusing 127.0.0.1 as loopback", err)
+	var blocked *BlockedAddressError
+	if !errors.Is(err, ErrBlockedAddress) || !strings.Contains(err.Error(), "refusing to connect") || !errors.As(err, &blocked) || blocked.Detail() != "127.0.0.1 is a loopback address" {
+		t.Errorf("error %q: want an ErrBlockedAddress refusing 127.0.0.1 as loopback in its detail", err)
 	}
 
 	// The URL uses a name, which CheckURL without a resolver cannot judge;
@@ -269,8 +274,8 @@ func TestDialContextRefusesAtConnect(t *testing.T) {
 		t.Fatal("GET http://localhost reached the server")
 	}
 	t.Logf("GET http://localhost:%s/: %v", port, err)
-	if !errors.Is(err, ErrBlockedAddress) || !strings.Contains(err.Error(), "loopback address") {
-		t.Errorf("error %q: want an ErrBlockedAddress naming loopback", err)
+	if !errors.Is(err, ErrBlockedAddress) || !errors.As(err, &blocked) || !strings.Contains(blocked.Detail(), "loopback address") {
+		t.Errorf("error %q: want an ErrBlockedAddress naming loopback in its detail", err)
 	}
 	if n := conns.Load(); n != 0 {
 		t.Errorf("server accepted %d connections, want 0", n)

@@ -91,6 +91,14 @@ func ParseSecret(s string) error {
 	return err
 }
 
+// SameKey reports whether a and b are valid secrets holding the same key
+// (base64 with or without padding): one key configured twice.
+func SameKey(a, b string) bool {
+	ka, errA := secretKey(a)
+	kb, errB := secretKey(b)
+	return errA == nil && errB == nil && hmac.Equal(ka, kb)
+}
+
 func secretKey(s string) ([]byte, error) {
 	rest, ok := strings.CutPrefix(s, SecretPrefix)
 	if !ok {
