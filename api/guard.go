@@ -5,10 +5,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/sandq/sandq/executor/egress"
 )
 
 // hostSet is the set of names (the Host header) a server answers to: a
@@ -22,8 +23,6 @@ type hostSet struct {
 // defaultHosts are what a server with no configured names answers to:
 // loopback names, on any port.
 var defaultHosts = []string{"localhost", "127.0.0.1", "[::1]"}
-
-var hostNamePattern = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$`)
 
 // parseHosts checks configured names: a host name or an IP address, each
 // with an optional port ("sandq.example.com", "sandq.example.com:8443",
@@ -82,8 +81,10 @@ func splitHost(h string) (name, port string, ok bool) {
 		}
 		return ip.Unmap().String(), port, true
 	}
-	name = strings.TrimSuffix(name, ".")
-	if name == "" || len(name) > 253 || !hostNamePattern.MatchString(name) {
+	// Names follow the proxy's rules; other spellings of an IP address
+	// ("0x7f.1") are refused.
+	name, err := egress.NormalizeHost(name)
+	if err != nil {
 		return "", "", false
 	}
 	return name, port, true
@@ -121,11 +122,9 @@ func DefaultHosts(listen string, addr net.Addr) []string {
 	if !tcp.IP.IsUnspecified() {
 		return append(out, net.JoinHostPort(tcp.IP.String(), port))
 	}
-	addrs, _ := net.InterfaceAddrs()
+	addrs, _ := egress.HostAddrs()
 	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLinkLocalUnicast() {
-			out = append(out, net.JoinHostPort(ipn.IP.String(), port))
-		}
+		out = append(out, net.JoinHostPort(a.String(), port))
 	}
 	return out
 }

@@ -15,8 +15,9 @@ import (
 )
 
 // recentWindow is how much of a body recentReader keeps: more than the
-// multipart reader reads ahead (4 KiB) plus a part's headers (a name is at
-// most 1 KiB).
+// multipart reader reads ahead (4 KiB) plus a part's headers as clients
+// send them. A part whose headers are longer is refused all the same (400),
+// only without naming its field.
 const recentWindow = 16 << 10
 
 // recentReader keeps the last bytes read through it, so that a part whose

@@ -724,18 +724,28 @@ func TestHostNames(t *testing.T) {
 func TestConfigRefusals(t *testing.T) {
 	cfg := jobsConfig(stack.RedisAddr, stack.MinioAddr)
 	store := newFixture(t).store
-	for name, c := range map[string]Config{
-		"bad host":            {Hosts: []string{"a b"}},
-		"negative timeout":    {Timeouts: Timeouts{BodyIdle: -time.Second}},
-		"body over 2h":        {Timeouts: Timeouts{Body: 3 * time.Hour}},
-		"idle over body":      {Timeouts: Timeouts{BodyIdle: time.Hour, Body: time.Minute}},
-		"negative write":      {Timeouts: Timeouts{Write: -1}},
-		"negative stream out": {Timeouts: Timeouts{StreamWrite: -1}},
+	for name, tc := range map[string]struct {
+		c    Config
+		says string
+	}{
+		"bad host":             {Config{Hosts: []string{"a b"}}, "a b"},
+		"negative timeout":     {Config{Timeouts: Timeouts{BodyIdle: -time.Second}}, "body idle timeout -1s is negative"},
+		"body over 2h":         {Config{Timeouts: Timeouts{Body: 3 * time.Hour}}, "body timeout 3h0m0s is over the maximum"},
+		"idle over body":       {Config{Timeouts: Timeouts{BodyIdle: time.Hour, Body: time.Minute}}, "over the body timeout"},
+		"negative write":       {Config{Timeouts: Timeouts{Write: -1}}, "write timeout -1ns is negative"},
+		"negative stream out":  {Config{Timeouts: Timeouts{StreamWrite: -1}}, "stream write timeout -1ns is negative"},
+		"stream write over 1m": {Config{Timeouts: Timeouts{StreamWrite: 2 * time.Minute}}, "stream write timeout 2m0s is over the maximum of 1m0s"},
 	} {
+		c := tc.c
 		c.Jobs, c.Store = cfg, store
-		if s, err := New(c); err == nil {
+		s, err := New(c)
+		if err == nil {
 			s.Close()
 			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: refused with %q, want it to say %q", name, err, tc.says)
 		}
 	}
 }

@@ -82,7 +82,7 @@ func (sl *streamSlot) renew(ctx context.Context) {
 		return
 	}
 	// A failed renewal is tried again at the next poll; the lease lasts
-	// three renewal periods.
+	// many renewal periods.
 	if streamLeaseScript.Run(ctx, sl.rdb, []string{sl.key}, sl.max, streamLease.Milliseconds(), "renew", sl.id).Err() == nil {
 		sl.renewed = time.Now()
 	}

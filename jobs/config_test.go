@@ -196,6 +196,7 @@ func TestConfigValidate(t *testing.T) {
 		{"negative link expiry", func(c *Config) { c.LinkExpiry = -time.Hour }, "link expiry"},
 
 		{"max retry under NoRetry", func(c *Config) { c.MaxRetry = -2 }, "max retry"},
+		{"result size cap under 64KiB", func(c *Config) { c.MaxResultBytes = MinMaxResultBytes - 1 }, "max result size"},
 		{"worker serving the webhook queue", func(c *Config) { c.Worker.Queues = map[string]int{"webhooks": 1} }, "webhook delivery queue"},
 		{"negative concurrency", func(c *Config) { c.Worker.Concurrency = -1 }, "concurrency"},
 		{"log bytes under 1KiB", func(c *Config) { c.Worker.LogBytes = 1023 }, "worker log limits"},

@@ -74,7 +74,7 @@ func workerFlags() []cli.Flag {
 		&cli.StringFlag{Name: "image", Value: "default", EnvVars: env("IMAGE"), Usage: "image jobs run on unless they name one"},
 		&cli.StringSliceFlag{Name: "images", EnvVars: env("IMAGES"), Usage: "other images jobs on this worker's queues may name (comma-separated or repeated)"},
 		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
-		&cli.StringFlag{Name: "max-result-size", Value: "2MiB", EnvVars: env("MAX_RESULT_SIZE"), Usage: "largest result document (JSON); over it, lists are cut and kept whole in a manifest object (at least 64KiB)"},
+		&cli.StringFlag{Name: "max-result-size", Value: jobs.FormatSize(jobs.DefaultMaxResultBytes), EnvVars: env("MAX_RESULT_SIZE"), Usage: "largest result document (JSON); over it, lists are cut and kept whole in a manifest object (at least " + jobs.FormatSize(jobs.MinMaxResultBytes) + ")"},
 		&cli.DurationFlag{Name: "task-check-interval", Value: 10 * time.Millisecond, EnvVars: env("TASK_CHECK_INTERVAL"), Usage: "how often an idle worker polls Redis for work"},
 		&cli.IntFlag{Name: "warm-sandboxes", EnvVars: env("WARM_SANDBOXES"), Usage: "sandboxes kept created ahead of demand for jobs of the default image and limits without network (0: off); such jobs skip runsc create"},
 		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},

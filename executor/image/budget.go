@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/sandq/sandq/internal/bytesize"
 )
 
 // Import caps: defaults and the most an operator may raise them to.
@@ -49,7 +51,7 @@ func newBudget(ctx context.Context, maxBytes, maxEntries int64) *budget {
 // errBytes is the error of the size cap; what says what went over it.
 func (b *budget) errBytes(what string) error {
 	return fmt.Errorf("%w: %s unpacks to more than %d bytes (%s), the import's size cap; raise it with --max-size (MaxBytes), at most %s",
-		ErrTooLarge, what, b.maxBytes, sizeString(b.maxBytes), sizeString(MaxImportBytesLimit))
+		ErrTooLarge, what, b.maxBytes, bytesize.Format(b.maxBytes), bytesize.Format(MaxImportBytesLimit))
 }
 
 // entry counts one tar entry.
@@ -135,18 +137,4 @@ func isSparse(hdr *tar.Header) bool {
 		}
 	}
 	return false
-}
-
-// sizeString writes n bytes in the largest binary unit that divides it,
-// as --max-size accepts it ("16GiB").
-func sizeString(n int64) string {
-	for _, u := range []struct {
-		suffix string
-		size   int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.size && n%u.size == 0 {
-			return fmt.Sprintf("%d%s", n/u.size, u.suffix)
-		}
-	}
-	return fmt.Sprintf("%dB", n)
 }

@@ -22,6 +22,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/sandq/sandq/internal/bytesize"
 )
 
 // ErrExists is returned when importing over an existing image without
@@ -85,7 +87,7 @@ func (o *ImportOptions) defaults() {
 
 func (o *ImportOptions) validate() error {
 	if o.MaxBytes < 0 || o.MaxBytes > MaxImportBytesLimit {
-		return fmt.Errorf("import size cap (--max-size, MaxBytes) %d: must be positive and at most %d (%s)", o.MaxBytes, MaxImportBytesLimit, sizeString(MaxImportBytesLimit))
+		return fmt.Errorf("import size cap (--max-size, MaxBytes) %d: must be positive and at most %d (%s)", o.MaxBytes, MaxImportBytesLimit, bytesize.Format(MaxImportBytesLimit))
 	}
 	if o.MaxEntries < 0 || o.MaxEntries > MaxImportEntriesLimit {
 		return fmt.Errorf("import entry cap (--max-entries, MaxEntries) %d: must be positive and at most %d", o.MaxEntries, MaxImportEntriesLimit)
@@ -334,7 +336,7 @@ func archiveNames(p string, b *budget) (map[string]bool, error) {
 		}
 		name := path.Clean(hdr.Name)
 		if isMetaName(name) && hdr.Size > maxMetaBytes {
-			return nil, fmt.Errorf("%w: %s is %d bytes, over the %s an image's JSON document may have", ErrTooLarge, name, hdr.Size, sizeString(maxMetaBytes))
+			return nil, fmt.Errorf("%w: %s is %d bytes, over the %s an image's JSON document may have", ErrTooLarge, name, hdr.Size, bytesize.Format(maxMetaBytes))
 		}
 		if !strings.Contains(name, "/") { // the names that tell the format apart are at the top
 			names[name] = true
@@ -405,7 +407,7 @@ func checkLayoutFiles(dir string) error {
 			return fmt.Errorf("%w: OCI image layout %s: %s is not a regular file (%s)", ErrUnsafeEntry, dir, n, st.Mode().Type())
 		}
 		if st.Size() > maxMetaBytes {
-			return fmt.Errorf("%w: OCI image layout %s: %s is %d bytes, over the %s an image's JSON document may have", ErrTooLarge, dir, n, st.Size(), sizeString(maxMetaBytes))
+			return fmt.Errorf("%w: OCI image layout %s: %s is %d bytes, over the %s an image's JSON document may have", ErrTooLarge, dir, n, st.Size(), bytesize.Format(maxMetaBytes))
 		}
 	}
 	blobs := filepath.Join(dir, "blobs")
@@ -433,7 +435,7 @@ func checkMetaBlob(dir string, h v1.Hash, what string) error {
 		return fmt.Errorf("OCI image layout: %s %s: %w", what, h, err)
 	}
 	if st.Size() > maxMetaBytes {
-		return fmt.Errorf("%w: OCI image layout: %s %s is %d bytes, over the %s an image's JSON document may have", ErrTooLarge, what, h, st.Size(), sizeString(maxMetaBytes))
+		return fmt.Errorf("%w: OCI image layout: %s %s is %d bytes, over the %s an image's JSON document may have", ErrTooLarge, what, h, st.Size(), bytesize.Format(maxMetaBytes))
 	}
 	return nil
 }
