@@ -40,13 +40,13 @@ vet:
 test: deps images vet
 	SANDQ_IMAGE_DIR=$(IMAGE_DIR) go test $(GO_TEST_FLAGS) -v ./... 2>&1 | tee /tmp/sandq-test.log | grep -E '^(\s*--- |PASS|FAIL|ok |panic|.*\.go:[0-9]+)' ; exit $${PIPESTATUS[0]}
 
-# The fault-injection suite (chaos/) at full size: as `make test` runs it
+# The fault-injection suite (test/chaos/) at full size: as `make test` runs it
 # (300 jobs across two Redis restarts, 10 GiB to stdout, ...), but with
 # 100 000 output files meeting a 10 000-file cap instead of 1000. The table
 # of scenarios and figures is printed at the end and kept in
 # /tmp/sandq-chaos.txt, the verbose log in /tmp/sandq-chaos.log.
 chaos: deps image vet
-	SANDQ_IMAGE_DIR=$(IMAGE_DIR) SANDQ_CHAOS_FULL=1 go test -count=1 -v -timeout 60m ./chaos/ 2>&1 | tee /tmp/sandq-chaos.log | grep -E '^(\s*--- |PASS|FAIL|ok |panic|.*\.go:[0-9]+)' ; status=$${PIPESTATUS[0]}; cat /tmp/sandq-chaos.txt 2>/dev/null; exit $$status
+	SANDQ_IMAGE_DIR=$(IMAGE_DIR) SANDQ_CHAOS_FULL=1 go test -count=1 -v -timeout 60m ./test/chaos/ 2>&1 | tee /tmp/sandq-chaos.log | grep -E '^(\s*--- |PASS|FAIL|ok |panic|.*\.go:[0-9]+)' ; status=$${PIPESTATUS[0]}; cat /tmp/sandq-chaos.txt 2>/dev/null; exit $$status
 
 demo: deps image-analysis
 	scripts/demo.sh

@@ -21,7 +21,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/storage"
 )

@@ -10,7 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sandq/sandq/bench"
+	"github.com/sandq/sandq/internal/bench"
 )
 
 func benchCommand() *cli.Command {

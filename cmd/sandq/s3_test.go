@@ -8,7 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/storage"
 )
 

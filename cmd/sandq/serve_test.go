@@ -15,7 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sandq/sandq/api"
-	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/internal/devstack"
 )
 
 // TestServeDashboardNeverOpenImplicitly runs `sandq serve` on loopback, as

@@ -16,7 +16,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"

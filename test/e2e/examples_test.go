@@ -72,7 +72,7 @@ func (e *examplesWorker) run(t *testing.T, sub jobs.Submission) *jobs.Result {
 // example is a file of examples/ as a job file named by its base name.
 func example(t *testing.T, name string) jobs.File {
 	t.Helper()
-	f, err := jobs.LocalFile(filepath.Join("..", "examples", name), name)
+	f, err := jobs.LocalFile(filepath.Join("..", "..", "examples", name), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ python3 -m venv /work/venv
 		// generator makes on this image, byte for byte.
 		r := e.run(t, jobs.Submission{Script: example(t, "make_example_inputs.py"), Inputs: []jobs.File{example(t, "shop.sql")}})
 		for name, b := range outputs(t, r, "actuals.csv", "budget.xlsx", "shop.db") {
-			committed, err := os.ReadFile(filepath.Join("..", "examples", name))
+			committed, err := os.ReadFile(filepath.Join("..", "..", "examples", name))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -183,7 +183,7 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 	}
 
 	// The dev stack's network policy lets default-queue jobs reach npm.
-	res, err = exec.Command(sandqBin, append(global, "enqueue", "../examples/npm_install.sh", "--network", "npm", "--wait", "--json")...).Output()
+	res, err = exec.Command(sandqBin, append(global, "enqueue", "../../examples/npm_install.sh", "--network", "npm", "--wait", "--json")...).Output()
 	r = jobs.Result{}
 	if err != nil || json.Unmarshal(res, &r) != nil || r.Status != jobs.StatusSucceeded || r.Egress == nil {
 		t.Fatalf("npm example against sandq dev: %v\n%s", err, res)

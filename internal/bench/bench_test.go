@@ -21,7 +21,7 @@ import (
 // MinIO, image or root fails it.
 func TestQuickBenchmark(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "sandq")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/sandq").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/sandq").CombinedOutput(); err != nil {
 		t.Fatalf("build sandq: %v\n%s", err, out)
 	}
 	imageDir := os.Getenv("SANDQ_IMAGE_DIR")

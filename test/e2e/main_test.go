@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"

@@ -39,7 +39,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandq/sandq/devstack"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"
@@ -133,7 +133,7 @@ func setup() error {
 	env.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
 	env.bin = filepath.Join(env.dir, "sandq")
-	if out, err := exec.Command("go", "build", "-o", env.bin, "../cmd/sandq").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", env.bin, "../../cmd/sandq").CombinedOutput(); err != nil {
 		return fmt.Errorf("build sandq: %v: %s", err, out)
 	}
 	env.secretKey = "chaos-secret-" + jobs.NewJobID()

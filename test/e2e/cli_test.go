@@ -34,7 +34,7 @@ func sandq(t *testing.T, args ...string) (string, string, int) {
 			return
 		}
 		sandqBin = filepath.Join(dir, "sandq")
-		out, err := exec.Command("go", "build", "-o", sandqBin, "../cmd/sandq").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", sandqBin, "../../cmd/sandq").CombinedOutput()
 		if err != nil {
 			buildErr = errors.New(string(out))
 		}
@@ -60,7 +60,7 @@ func sandq(t *testing.T, args ...string) (string, string, int) {
 }
 
 func TestCLIEnqueueWaitJSONOnTheExample(t *testing.T) {
-	out, errOut, code := sandq(t, "enqueue", "../examples/sales_summary.py", "--input", "../examples/sales.csv", "--wait", "--json")
+	out, errOut, code := sandq(t, "enqueue", "../../examples/sales_summary.py", "--input", "../../examples/sales.csv", "--wait", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
