@@ -20,8 +20,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sandq/sandq/api"
-	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"

@@ -16,8 +16,8 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
