@@ -18,7 +18,23 @@ const (
 )
 
 func main() {
-	app := &cli.App{
+	app := newApp()
+	if err := app.Run(permuteArgs(app, os.Args)); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			if msg := err.Error(); msg != "" {
+				fmt.Fprintln(os.Stderr, "sandq:", msg)
+			}
+			os.Exit(ec.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "sandq:", err)
+		os.Exit(exitError)
+	}
+}
+
+// newApp returns the command line: every command and flag sandq has.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "sandq",
 		Usage: "run untrusted analysis scripts in fresh gVisor sandboxes, queued in Redis, outputs in S3",
 		Flags: globalFlags(),
@@ -37,17 +53,6 @@ func main() {
 			s3Command(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {},
-	}
-	if err := app.Run(permuteArgs(app, os.Args)); err != nil {
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			if msg := err.Error(); msg != "" {
-				fmt.Fprintln(os.Stderr, "sandq:", msg)
-			}
-			os.Exit(ec.ExitCode())
-		}
-		fmt.Fprintln(os.Stderr, "sandq:", err)
-		os.Exit(exitError)
 	}
 }
 
