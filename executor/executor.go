@@ -6,6 +6,9 @@
 // new runsc container, enforces the limits and waits for it; Outputs lists the
 // regular files it wrote, once the container is gone; Release tears everything
 // down, also after a cancellation.
+//
+// RunscRunner is the Runner that runs each sandbox in gVisor; WarmRunner wraps
+// it with a pool of sandboxes created ahead of their jobs.
 package executor
 
 import (
@@ -105,7 +108,7 @@ type Outcome struct {
 	// started, FinishedAt when the container was gone.
 	CreatedAt, StartedAt, FinishedAt time.Time
 	// Warm is set when the container was created ahead of its job by a
-	// WarmPool.
+	// WarmRunner.
 	Warm bool
 }
 

@@ -11,10 +11,12 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sandq/sandq/internal/runsc"
 )
 
 // A sandbox's boot process logs how its application exited ("application
-// exiting with ...", see bootExitStatus) the moment it does, then takes
+// exiting with ...", see runsc.BootExitStatus) the moment it does, then takes
 // about a second more to tear itself down before its process ends. The
 // exit watcher reports the status from that log line as soon as it is
 // written, without a `runsc wait` process per sandbox: it watches the log
@@ -161,7 +163,7 @@ func (w *exitWatch) scan() {
 		i := bytes.LastIndexByte(b, '\n')
 		w.partial[p] = append([]byte(nil), b[i+1:]...)
 		for _, line := range strings.Split(string(b[:i+1]), "\n") {
-			if status, ok := exitStatusLine(line); ok {
+			if status, ok := runsc.ExitStatusLine(line); ok {
 				w.status, w.found = status, true
 			}
 		}

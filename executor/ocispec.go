@@ -1,8 +1,37 @@
 package executor
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
+
+// WriteBundle checks spec as Prepare does, makes bundleDir and writes there
+// the OCI runtime spec (config.json) of a container that runs spec exactly
+// as a sandbox's container does, without network: inputsDir, jobDir and
+// outputsDir are mounted at InputsMount, JobMount and OutputsMount, and
+// cgroupsPath is its cgroup. It is for running a sandbox's container alone,
+// without the rest of a sandbox (the bench's bare runner).
+func WriteBundle(bundleDir string, spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath string) error {
+	if err := checkSpec(spec); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(bundleDir, 0o700); err != nil {
+		return err
+	}
+	return writeBundle(bundleDir, ociSpec(spec, inputsDir, jobDir, outputsDir, cgroupsPath, ""))
+}
+
+// writeBundle writes an OCI runtime spec as bundleDir/config.json.
+func writeBundle(bundleDir string, s *specs.Spec) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(bundleDir, "config.json"), b, 0o600)
+}
 
 // ociSpec is the OCI runtime spec of one sandbox: the image as root (runsc
 // layers a size-capped overlay over it, so the image is never written), the job's

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sandq/sandq/internal/runsc"
 )
 
 // MinRunscDate is the oldest runsc a worker runs with, as the date of the
@@ -179,7 +181,7 @@ func readPrivileges(cgroupParent string) (privileges, error) {
 	if !found {
 		return p, errors.New("read capabilities: no CapEff in /proc/self/status")
 	}
-	v1, v2, err := cgroupRoots()
+	v1, v2, err := runsc.CgroupRoots()
 	if err != nil {
 		return p, fmt.Errorf("find cgroup mounts: %w", err)
 	}

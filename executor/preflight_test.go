@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // A test binary started with privilegeChildEnv set is a worker start under
@@ -72,6 +74,7 @@ func TestParseRunscVersion(t *testing.T) {
 // TestInstalledAndPinnedRunscPass: the runsc on this host, and the version
 // scripts/install-deps.sh pins, satisfy MinRunscDate.
 func TestInstalledAndPinnedRunscPass(t *testing.T) {
+	testenv.NeedRunsc(t)
 	oldest, err := time.Parse(time.DateOnly, MinRunscDate)
 	if err != nil {
 		t.Fatalf("MinRunscDate %q: %v", MinRunscDate, err)
@@ -112,6 +115,7 @@ func fakeRunsc(t *testing.T, body string) string {
 // refused with ErrRunsc and a message naming the problem, before anything
 // is made in the state directory.
 func TestStartRefusedWithUnusableRunsc(t *testing.T) {
+	testenv.NeedRoot(t)
 	cases := []struct {
 		name, runsc string
 		want        []string
@@ -151,6 +155,7 @@ func TestStartRefusedWithUnusableRunsc(t *testing.T) {
 }
 
 func TestCheckPrivileges(t *testing.T) {
+	testenv.NeedRoot(t)
 	if err := CheckPrivileges("/sandq"); err != nil {
 		t.Fatalf("this host (tests run as root) is refused: %v", err)
 	}
@@ -203,6 +208,7 @@ func TestCheckPrivileges(t *testing.T) {
 // test binary) that lacks CAP_SYS_ADMIN, and one that is not root, both
 // through setpriv.
 func TestStartRefusedWithoutPrivileges(t *testing.T) {
+	testenv.NeedRoot(t)
 	setpriv, err := exec.LookPath("setpriv")
 	if err != nil {
 		t.Fatalf("setpriv (util-linux) is needed: %v", err)

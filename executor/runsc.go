@@ -22,6 +22,8 @@ import (
 
 	"github.com/sandq/sandq/executor/egress"
 	"github.com/sandq/sandq/executor/jobnet"
+	"github.com/sandq/sandq/internal/cleanup"
+	"github.com/sandq/sandq/internal/runsc"
 )
 
 // RunscConfig configures the gVisor runner.
@@ -55,16 +57,16 @@ type NetworkConfig struct {
 // WithDefaults fills unset fields.
 func (c RunscConfig) WithDefaults() RunscConfig {
 	if c.Runsc == "" {
-		c.Runsc = "runsc"
+		c.Runsc = DefaultRunsc
 	}
 	if c.Platform == "" {
-		c.Platform = "systrap"
+		c.Platform = DefaultPlatform
 	}
 	if c.StateDir == "" {
-		c.StateDir = "/var/lib/sandq"
+		c.StateDir = DefaultStateDir
 	}
 	if c.CgroupParent == "" {
-		c.CgroupParent = "/sandq"
+		c.CgroupParent = DefaultCgroupParent
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -89,14 +91,17 @@ type RunscRunner struct {
 
 	net   *jobnet.Manager // nil when the host cannot make job networks
 	proxy *egress.Proxy   // nil without Network configured
+	// cleanup tears down the worker directory, lock, job networks and
+	// proxy, in reverse order of their making.
+	cleanup cleanup.Stack
 }
 
 var _ Runner = (*RunscRunner)(nil)
 
 // NewRunscRunner checks the host (CheckPrivileges) and runsc (CheckRunsc),
 // claims a worker directory and sweeps what dead workers on this host left
-// behind.
-func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) {
+// behind. On error, nothing it made is left.
+func NewRunscRunner(ctx context.Context, cfg RunscConfig) (_ *RunscRunner, err error) {
 	cfg = cfg.WithDefaults()
 	// No sandbox is weaker than the one asked for: without the privileges,
 	// or with a runsc that is missing or too old, the worker does not start.
@@ -107,39 +112,47 @@ func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) 
 	if err != nil {
 		return nil, err
 	}
-	bin := ver.Path
-	cfg.Logger.Info("runsc", "path", bin, "version", ver.Version, "date", ver.Date.Format(time.DateOnly))
+	cfg.Logger.Info("runsc", "path", ver.Path, "version", ver.Version, "date", ver.Date.Format(time.DateOnly))
 	workers := filepath.Join(cfg.StateDir, "workers")
 	if err := os.MkdirAll(workers, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	id := "w" + randomHex(6)
-	dir := filepath.Join(workers, id)
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	r := &RunscRunner{cfg: cfg, runsc: ver.Path, workerID: id, dir: filepath.Join(workers, id), logger: cfg.Logger.With("worker_dir", id), live: map[string]*runscSandbox{}}
+	// What is made from here is torn down by Close, or at once on error.
+	defer r.cleanup.ReleaseOnError(ctx, &err)
+	if err := os.Mkdir(r.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("worker dir: %w", err)
 	}
-	lock, err := lockDir(dir)
-	if err != nil {
-		os.RemoveAll(dir)
+	// The directory is cleaned while the lock is held, so that a starting
+	// worker never sweeps it at the same time.
+	r.cleanup.Add("worker dir", func(ctx context.Context) error {
+		err := runsc.CleanDir(ctx, r.runsc, r.dir, r.cgroupDir())
+		if r.lock != nil {
+			err = errors.Join(err, r.lock.Close())
+		}
+		return err
+	})
+	if r.lock, err = lockDir(r.dir); err != nil {
 		return nil, err
 	}
-	r := &RunscRunner{cfg: cfg, runsc: bin, workerID: id, dir: dir, lock: lock, logger: cfg.Logger.With("worker_dir", id), live: map[string]*runscSandbox{}}
 	var pool netip.Prefix
 	if cfg.Network != nil {
 		pool = cfg.Network.Pool
 	}
-	r.net, err = jobnet.New(jobnet.Config{Pool: pool, WorkerID: id, LockPath: lock.Name()})
-	if err != nil {
+	if nets, err := jobnet.New(jobnet.Config{Pool: pool, WorkerID: id, LockPath: r.lock.Name()}); err != nil {
 		if cfg.Network != nil {
-			lock.Close()
-			os.RemoveAll(dir)
 			return nil, fmt.Errorf("job networks: %w", err)
 		}
 		// Only sweeping dead workers' networks needs it then.
 		r.logger.Warn("job networks unavailable on this host", "err", err)
-	}
-	if r.net != nil {
-		r.net.Watch(2*time.Second, func(err error) {
+	} else {
+		r.net = nets
+		r.cleanup.Add("job networks", func(context.Context) error {
+			nets.Close()
+			return nets.SweepWorker(id)
+		})
+		nets.Watch(2*time.Second, func(err error) {
 			r.logger.Error("job network firewall", "err", err)
 		})
 	}
@@ -149,10 +162,9 @@ func NewRunscRunner(ctx context.Context, cfg RunscConfig) (*RunscRunner, error) 
 			pc.Logger = cfg.Logger
 		}
 		if r.proxy, err = egress.New(pc); err != nil {
-			lock.Close()
-			os.RemoveAll(dir)
 			return nil, fmt.Errorf("egress proxy: %w", err)
 		}
+		r.cleanup.Add("egress proxy", func(context.Context) error { return r.proxy.Close() })
 	}
 	if err := r.Sweep(ctx); err != nil {
 		r.logger.Warn("sweeping dead workers' leftovers", "err", err)
@@ -168,7 +180,7 @@ func (r *RunscRunner) RunscRoot() string { return filepath.Join(r.dir, "runsc") 
 
 // Containers lists the runsc containers of this runner that exist now.
 func (r *RunscRunner) Containers(ctx context.Context) ([]string, error) {
-	return listContainers(ctx, r.runsc, r.RunscRoot())
+	return runsc.List(ctx, r.runsc, r.RunscRoot())
 }
 
 // Close kills what is still running, removes this runner's directory and
@@ -184,15 +196,7 @@ func (r *RunscRunner) Close(ctx context.Context) error {
 	for _, sb := range live {
 		errs = append(errs, sb.Release(ctx))
 	}
-	if r.net != nil {
-		r.net.Close()
-		errs = append(errs, r.net.SweepWorker(r.workerID))
-	}
-	errs = append(errs, cleanWorkerDir(ctx, r.runsc, r.dir, r.cgroupDir()))
-	if r.proxy != nil {
-		errs = append(errs, r.proxy.Close())
-	}
-	errs = append(errs, r.lock.Close())
+	errs = append(errs, r.cleanup.Release(ctx))
 	return errors.Join(errs...)
 }
 
@@ -208,15 +212,11 @@ func (r *RunscRunner) Prepare(ctx context.Context, spec Spec) (_ Sandbox, err er
 	id := "sandq-" + randomHex(8)
 	sb := &runscSandbox{r: r, id: id, spec: spec, dir: filepath.Join(r.dir, "sandboxes", id)}
 	sb.logger = r.logger.With("sandbox", id, "job_id", spec.Name)
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, sb.cleanup.release(ctx))
-		}
-	}()
+	defer sb.cleanup.ReleaseOnError(ctx, &err)
 	if err := os.MkdirAll(sb.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: scratch dir: %w", ErrSandbox, err)
 	}
-	sb.cleanup.add("scratch dir", func(context.Context) error { return os.RemoveAll(sb.dir) })
+	sb.cleanup.Add("scratch dir", func(context.Context) error { return os.RemoveAll(sb.dir) })
 	for _, d := range []string{"bundle", "inputs", "job", "outputs", "logs", "overlay"} {
 		mode := os.FileMode(0o755)
 		if d == "bundle" || d == "logs" || d == "overlay" {
@@ -231,7 +231,7 @@ func (r *RunscRunner) Prepare(ctx context.Context, spec Spec) (_ Sandbox, err er
 	if err := unix.Mount("sandq-outputs", outputs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, opts); err != nil {
 		return nil, fmt.Errorf("%w: mount outputs tmpfs: %w", ErrSandbox, err)
 	}
-	sb.cleanup.add("outputs mount", func(context.Context) error { return unmount(outputs) })
+	sb.cleanup.Add("outputs mount", func(context.Context) error { return runsc.Unmount(outputs) })
 	if spec.Egress != nil {
 		if r.proxy == nil || r.net == nil {
 			return nil, errors.New("this worker has no network configured; a job with egress cannot run here")
@@ -240,12 +240,12 @@ func (r *RunscRunner) Prepare(ctx context.Context, spec Spec) (_ Sandbox, err er
 		if err != nil {
 			return nil, fmt.Errorf("%w: network: %w", ErrSandbox, err)
 		}
-		sb.cleanup.add("network", func(context.Context) error { return n.Release() })
+		sb.cleanup.Add("network", func(context.Context) error { return n.Release() })
 		sess, err := r.proxy.Register(spec.Name, n.Proxy, n.Sandbox, spec.Egress.Policy, spec.Egress.Limits)
 		if err != nil {
 			return nil, fmt.Errorf("%w: egress proxy: %w", ErrSandbox, err)
 		}
-		sb.cleanup.add("proxy session", func(context.Context) error { sess.Close(); return nil })
+		sb.cleanup.Add("proxy session", func(context.Context) error { sess.Close(); return nil })
 		sb.net, sb.session = n, sess
 		// The proxy is the only way out (anything else is refused at
 		// once by the firewall): every variable tools read for a proxy
@@ -259,7 +259,7 @@ func (r *RunscRunner) Prepare(ctx context.Context, spec Spec) (_ Sandbox, err er
 	r.mu.Lock()
 	r.live[id] = sb
 	r.mu.Unlock()
-	sb.cleanup.add("registry", func(context.Context) error {
+	sb.cleanup.Add("registry", func(context.Context) error {
 		r.mu.Lock()
 		delete(r.live, id)
 		r.mu.Unlock()
@@ -304,7 +304,7 @@ type runscSandbox struct {
 	spec    Spec
 	dir     string
 	logger  *slog.Logger
-	cleanup cleanupStack
+	cleanup cleanup.Stack
 	// mu guards created, ran and logs: Create may run beside the caller's
 	// other preparations.
 	mu        sync.Mutex
@@ -312,7 +312,7 @@ type runscSandbox struct {
 	createdAt time.Time
 	ran       bool
 	logs      *sandboxLogs
-	// warm is set when a WarmPool gave the sandbox to its job.
+	// warm is set when a WarmRunner gave the sandbox to its job.
 	warm bool
 	// deleted is set once Run has deleted the container, so Release does
 	// not call runsc for it again.
@@ -332,13 +332,13 @@ func (s *runscSandbox) cgroupPath() string { return filepath.Join(s.r.cgroupDir(
 
 // flags are runsc's global flags for this sandbox, the same on every call.
 func (s *runscSandbox) flags() []string {
-	return sandboxFlags(s.r.RunscRoot(), s.r.cfg.Platform, filepath.Join(s.dir, "overlay"), s.spec.Limits.Disk, s.net != nil, s.r.cfg.ExtraFlags)
+	return runsc.Flags(s.r.RunscRoot(), s.r.cfg.Platform, filepath.Join(s.dir, "overlay"), s.spec.Limits.Disk, s.net != nil, s.r.cfg.ExtraFlags)
 }
 
 func (s *runscSandbox) runsc(ctx context.Context, timeout time.Duration, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return runscOutput(runscCommand(ctx, s.r.runsc, s.flags(), args...), args[0])
+	return runsc.Output(runsc.Command(ctx, s.r.runsc, s.flags(), args...), args[0])
 }
 
 // sandboxLogs captures a container's stdout and stderr from pipes whose
@@ -350,25 +350,33 @@ type sandboxLogs struct {
 }
 
 func (s *runscSandbox) openLogs() (_ *sandboxLogs, outW, errW *os.File, err error) {
+	var made cleanup.Stack
+	defer made.ReleaseOnError(context.Background(), &err)
 	lim := s.spec.Limits
+	capture := func(name string) (*LogCapture, error) {
+		c, err := NewLogCapture(filepath.Join(s.dir, "logs", name+".log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail)
+		if err == nil {
+			made.Add(name+" log", func(context.Context) error { return c.Close() })
+		}
+		return c, err
+	}
+	pipe := func(name string) (r, w *os.File, err error) {
+		if r, w, err = os.Pipe(); err == nil {
+			made.Add(name+" pipe", func(context.Context) error { return errors.Join(r.Close(), w.Close()) })
+		}
+		return r, w, err
+	}
 	l := &sandboxLogs{}
-	if l.stdout, err = NewLogCapture(filepath.Join(s.dir, "logs", "stdout.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail); err != nil {
+	if l.stdout, err = capture("stdout"); err != nil {
 		return nil, nil, nil, err
 	}
-	if l.stderr, err = NewLogCapture(filepath.Join(s.dir, "logs", "stderr.log"), lim.LogBytes-lim.LogBytes/8, lim.LogBytes/8, lim.LogTail); err != nil {
-		l.stdout.Close()
+	if l.stderr, err = capture("stderr"); err != nil {
 		return nil, nil, nil, err
 	}
-	if l.outR, outW, err = os.Pipe(); err != nil {
-		l.stdout.Close()
-		l.stderr.Close()
+	if l.outR, outW, err = pipe("stdout"); err != nil {
 		return nil, nil, nil, err
 	}
-	if l.errR, errW, err = os.Pipe(); err != nil {
-		l.outR.Close()
-		outW.Close()
-		l.stdout.Close()
-		l.stderr.Close()
+	if l.errR, errW, err = pipe("stderr"); err != nil {
 		return nil, nil, nil, err
 	}
 	drain := func(r *os.File, w *LogCapture) {
@@ -413,6 +421,9 @@ func (l *sandboxLogs) finish(logger *slog.Logger, out *Outcome) {
 func (s *runscSandbox) Create(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.warm && !s.ran {
+		return nil // created ahead of its job
+	}
 	if s.created || s.ran {
 		return errors.New("sandbox already created: a sandbox runs one job once")
 	}
@@ -422,12 +433,7 @@ func (s *runscSandbox) Create(ctx context.Context) error {
 	if s.net != nil {
 		netns = s.net.Netns
 	}
-	spec := ociSpec(s.spec, s.InputsDir(), s.JobDir(), s.OutputsDir(), s.cgroupPath(), netns)
-	b, err := json.Marshal(spec)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(s.bundleDir(), "config.json"), b, 0o600); err != nil {
+	if err := writeBundle(s.bundleDir(), ociSpec(s.spec, s.InputsDir(), s.JobDir(), s.OutputsDir(), s.cgroupPath(), netns)); err != nil {
 		return fmt.Errorf("%w: bundle: %w", ErrSandbox, err)
 	}
 	logs, outW, errW, err := s.openLogs()
@@ -435,13 +441,13 @@ func (s *runscSandbox) Create(ctx context.Context) error {
 		return err
 	}
 	// From here a container may exist: delete it whatever happens.
-	s.cleanup.add("container", func(ctx context.Context) error {
+	s.cleanup.Add("container", func(ctx context.Context) error {
 		if s.deleted {
 			return nil
 		}
 		return s.delete(ctx)
 	})
-	create := runscCommand(context.Background(), s.r.runsc, append(s.flags(), bootLogFlags(s.bootLogDir())...), "create", "--pid-file", s.pidFile(), "--bundle", s.bundleDir(), s.id)
+	create := runsc.Command(context.Background(), s.r.runsc, append(s.flags(), runsc.BootLogFlags(s.bootLogDir())...), "create", "--pid-file", s.pidFile(), "--bundle", s.bundleDir(), s.id)
 	create.Stdin = nil
 	create.Stdout = outW
 	create.Stderr = errW
@@ -558,8 +564,8 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	}
 	if res.err != nil && !out.TimedOut && out.Interrupted == nil && !out.OOMKilled {
 		// With runsc wait: the job ended before wait reached the sandbox
-		// (see bootlog.go); the sandbox's own log says how.
-		if status, ok := bootExitStatus(s.bootLogDir()); ok {
+		// (see runsc.BootExitStatus); the sandbox's own log says how.
+		if status, ok := runsc.BootExitStatus(s.bootLogDir()); ok {
 			s.logger.Debug("exit status read from the sandbox's log", "status", status, "wait_err", res.err)
 			res = waitResult{status, nil}
 		} else {
@@ -627,15 +633,10 @@ func (s *runscSandbox) kill(ctx context.Context) {
 
 func (s *runscSandbox) delete(ctx context.Context) error {
 	_, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "delete", "--force", s.id)
-	if err != nil && isNotExist(err) {
+	if err != nil && runsc.IsNotExist(err) {
 		return nil
 	}
 	return err
-}
-
-func isNotExist(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "does not exist") || strings.Contains(msg, "no such file or directory") || strings.Contains(msg, "not found")
 }
 
 // Outputs lists the regular files in the outputs filesystem. It refuses to
@@ -649,7 +650,7 @@ func (s *runscSandbox) Outputs() (*Collection, error) {
 
 // Release removes the container, the outputs mount and the scratch space.
 func (s *runscSandbox) Release(ctx context.Context) error {
-	return s.cleanup.release(ctx)
+	return s.cleanup.Release(ctx)
 }
 
 func randomHex(n int) string {

@@ -11,21 +11,21 @@ import (
 	"time"
 
 	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/internal/runsc"
+	"github.com/sandq/sandq/internal/testenv"
 )
 
-// testImage is the image `make test` builds; its absence fails the test.
+// testImage is the image `make test` builds, for tests that start
+// sandboxes: they need root and runsc too. They skip under -short and fail
+// otherwise.
 func testImage(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("SANDQ_IMAGE_DIR")
-	if dir == "" {
-		dir = "/var/lib/sandq/images"
-	}
-	p := filepath.Join(dir, "default", "rootfs")
-	if _, err := os.Stat(filepath.Join(p, "bin")); err != nil {
-		t.Fatalf("image missing (run `make test`, which builds it): %v", err)
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("sandbox tests must run as root")
+	testenv.NeedRunsc(t)
+	img := testenv.NeedImage(t)
+	p, err := image.Path(img.Dir, img.Name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return p
 }
@@ -119,7 +119,7 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 		t.Fatalf("the networked sandbox has netns %v ifaces %v rules %v", netns, ifaces, rules)
 	}
 	deadDir := dead.dir
-	mounts, _ := mountsUnder(deadDir)
+	mounts, _ := runsc.MountsUnder(deadDir)
 	if len(mounts) == 0 {
 		t.Fatal("the sandbox has no outputs mount to leave behind")
 	}
@@ -149,7 +149,7 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 	if !goneWithin(sb.ID(), 5*time.Second) {
 		t.Errorf("dead worker's sandbox %s still running", sb.ID())
 	}
-	if m, _ := mountsUnder(deadDir); len(m) != 0 {
+	if m, _ := runsc.MountsUnder(deadDir); len(m) != 0 {
 		t.Errorf("dead worker's mounts left: %v", m)
 	}
 	for _, cg := range cgroups {

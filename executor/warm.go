@@ -16,31 +16,37 @@ import (
 
 // LaunchFile is the file a warm sandbox runs, in JobDir (JobMount inside).
 // A warm sandbox's process is fixed when it is created, before its job is
-// known: it runs `/bin/sh JobMount/LaunchFile`, and Take writes there a
-// script that sets exactly the job's environment and execs the job's own
-// command (see launcher). The shell replaces itself, so the job's process
-// is the sandbox's first, as in a cold sandbox; the file stays visible to
-// the job, read-only.
+// known: it runs `/bin/sh JobMount/LaunchFile`, and WarmRunner.Prepare
+// writes there a script that sets exactly the job's environment and execs
+// the job's own command (see launcher). The shell replaces itself, so the
+// job's process is the sandbox's first, as in a cold sandbox; the file
+// stays visible to the job, read-only.
 const LaunchFile = ".sandq-launch"
 
-// MaxWarm bounds a pool's size.
+// MaxWarm bounds a WarmRunner's pool.
 const MaxWarm = 64
 
-// WarmPool keeps sandboxes created ahead of demand: scratch space, outputs
-// tmpfs, log capture and `runsc create` done, not started. Each serves one
-// job once (Take), like any sandbox, and is released after it; the pool
-// makes another in its place when told to (Refill). Only jobs of the pool's shape fit: the same
-// image, user, limits (the timeout aside) and no network, because the
-// container's cgroup limits, disk overlay, outputs tmpfs and the memory
+// WarmRunner is a Runner that keeps a pool of sandboxes created ahead of
+// demand by the runner it wraps: scratch space, outputs tmpfs, log capture
+// and `runsc create` done, not started. Prepare hands a job one of them
+// when the job fits the pool's shape and one is ready, and otherwise
+// prepares one with the wrapped runner. Only jobs of the pool's shape fit:
+// the same image, user, limits (the timeout aside) and no network, because
+// the container's cgroup limits, disk overlay, outputs tmpfs and the memory
 // size the guest sees are fixed at create.
-type WarmPool struct {
-	r      *RunscRunner
+//
+// Each sandbox serves one job once, like any sandbox. When a sandbox that
+// Prepare handed out is released, the pool makes another in place of those
+// taken: so making the next one (a runsc create, CPU-heavy) does not
+// compete with the job that took the last one while it starts and runs.
+type WarmRunner struct {
+	base   warmBase
 	shape  Spec
 	size   int
 	logger *slog.Logger
 
 	mu       sync.Mutex
-	ready    []*runscSandbox
+	ready    []Sandbox
 	making   int
 	closed   bool
 	wake     chan struct{}
@@ -51,10 +57,34 @@ type WarmPool struct {
 	failures atomic.Int64
 }
 
-// NewWarmPool checks shape and returns a pool of size sandboxes of that
-// shape; Start begins filling it. shape's Name, Args, Env and timeout are
-// not used. The image must have /bin/sh and /usr/bin/env.
-func (r *RunscRunner) NewWarmPool(shape Spec, size int) (*WarmPool, error) {
+var _ Runner = (*WarmRunner)(nil)
+
+// warmBase is what a WarmRunner needs of the runner it wraps besides
+// Prepare: handing a sandbox it created for the pool's shape to a job.
+// RunscRunner is one.
+type warmBase interface {
+	Runner
+	// adopt gives sb, prepared by this runner for the pool's shape and
+	// created, to the job of spec, whose launcher is in its JobDir: the
+	// sandbox takes the job's name, arguments, environment and timeout,
+	// counts its set-up from now and reports Warm.
+	adopt(sb Sandbox, spec Spec) error
+	warmLogger() *slog.Logger
+}
+
+// NewWarmRunner checks shape and returns a runner that keeps size
+// sandboxes of that shape ready, made by base, which must be a
+// RunscRunner; Start begins filling the pool. shape's Name, Args, Env and
+// timeout are not used. The image must have /bin/sh and /usr/bin/env.
+//
+// Close releases the pooled sandboxes; it does not close base, which the
+// caller still owns, and sandboxes already handed out are their jobs' to
+// release.
+func NewWarmRunner(base Runner, shape Spec, size int) (*WarmRunner, error) {
+	b, ok := base.(warmBase)
+	if !ok {
+		return nil, errors.New("warm sandboxes need the runsc runner")
+	}
 	if size < 1 || size > MaxWarm {
 		return nil, fmt.Errorf("warm sandboxes: %d: want 1 to %d", size, MaxWarm)
 	}
@@ -72,7 +102,7 @@ func (r *RunscRunner) NewWarmPool(shape Spec, size int) (*WarmPool, error) {
 	if err := checkLauncherTools(shape.Image); err != nil {
 		return nil, fmt.Errorf("warm sandboxes: %w", err)
 	}
-	return &WarmPool{r: r, shape: shape, size: size, logger: r.logger.With("warm_pool", size), wake: make(chan struct{}, 1), done: make(chan struct{})}, nil
+	return &WarmRunner{base: b, shape: shape, size: size, logger: b.warmLogger().With("warm_pool", size), wake: make(chan struct{}, 1), done: make(chan struct{})}, nil
 }
 
 // checkLauncherTools refuses an image without the shell and env a warm
@@ -93,15 +123,15 @@ func checkLauncherTools(rootfs string) error {
 }
 
 // Start fills the pool in the background until Close.
-func (p *WarmPool) Start() {
+func (p *WarmRunner) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.stop = cancel
 	go p.fill(ctx)
 }
 
 // fill makes sandboxes until the pool holds size of them, then waits to be
-// woken by Refill. Failures back off from 1s to 30s.
-func (p *WarmPool) fill(ctx context.Context) {
+// woken by a release. Failures back off from 1s to 30s.
+func (p *WarmRunner) fill(ctx context.Context) {
 	defer close(p.done)
 	backoff := time.Second
 	for {
@@ -147,21 +177,20 @@ func (p *WarmPool) fill(ctx context.Context) {
 }
 
 // make prepares and creates one sandbox of the pool's shape.
-func (p *WarmPool) make(ctx context.Context) (*runscSandbox, error) {
-	s, err := p.r.Prepare(ctx, p.shape)
+func (p *WarmRunner) make(ctx context.Context) (Sandbox, error) {
+	sb, err := p.base.Prepare(ctx, p.shape)
 	if err != nil {
 		return nil, err
 	}
-	sb := s.(*runscSandbox)
 	if err := sb.Create(ctx); err != nil {
 		return nil, errors.Join(err, sb.Release(ctx))
 	}
 	return sb, nil
 }
 
-// Fits reports whether a job of spec may run in one of the pool's
+// fits reports whether a job of spec may run in one of the pool's
 // sandboxes: its shape matches, and its environment sets HOME.
-func (p *WarmPool) Fits(spec Spec) bool {
+func (p *WarmRunner) fits(spec Spec) bool {
 	a, b := spec.Limits, p.shape.Limits
 	a.Timeout, b.Timeout = 0, 0
 	if spec.Egress != nil || spec.Image != p.shape.Image || spec.UID != p.shape.UID || spec.GID != p.shape.GID || a != b {
@@ -180,15 +209,31 @@ func (p *WarmPool) Fits(spec Spec) bool {
 	return slices.ContainsFunc(spec.Env, func(kv string) bool { return strings.HasPrefix(kv, "HOME=") })
 }
 
-// Take returns a warm sandbox for a job of spec, its launcher written, or
-// false when none is ready or the job does not fit. The sandbox's Outcome
-// counts its set-up from now (CreatedAt), and reports Warm.
-func (p *WarmPool) Take(spec Spec) (Sandbox, bool) {
-	if !p.Fits(spec) {
-		return nil, false
+// Prepare returns a warm sandbox for a job of spec, its launcher written,
+// when the job fits the pool's shape and one is ready; its Create does
+// nothing (the container exists), and its Outcome counts its set-up from
+// now (CreatedAt) and reports Warm. Otherwise it returns the wrapped
+// runner's Prepare. Releasing either has the pool make up for what was
+// taken.
+func (p *WarmRunner) Prepare(ctx context.Context, spec Spec) (Sandbox, error) {
+	if sb := p.take(spec); sb != nil {
+		return &handedOut{Sandbox: sb, pool: p, warm: true}, nil
+	}
+	sb, err := p.base.Prepare(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return &handedOut{Sandbox: sb, pool: p}, nil
+}
+
+// take returns a ready sandbox given to the job of spec, or nil when none
+// is ready or the job does not fit.
+func (p *WarmRunner) take(spec Spec) Sandbox {
+	if !p.fits(spec) {
+		return nil
 	}
 	p.mu.Lock()
-	var sb *runscSandbox
+	var sb Sandbox
 	if n := len(p.ready); n > 0 && !p.closed {
 		sb = p.ready[0]
 		p.ready = p.ready[1:]
@@ -196,29 +241,45 @@ func (p *WarmPool) Take(spec Spec) (Sandbox, bool) {
 	p.mu.Unlock()
 	if sb == nil {
 		p.misses.Add(1)
-		return nil, false
+		return nil
 	}
-	if err := os.WriteFile(filepath.Join(sb.JobDir(), LaunchFile), []byte(launcher(spec.Args, spec.Env, p.shape.Env)), 0o644); err != nil {
-		p.logger.Error("writing a warm sandbox's launcher", "sandbox", sb.id, "err", err)
+	err := os.WriteFile(filepath.Join(sb.JobDir(), LaunchFile), []byte(launcher(spec.Args, spec.Env, p.shape.Env)), 0o644)
+	if err == nil {
+		err = p.base.adopt(sb, spec)
+	}
+	if err != nil {
+		p.logger.Error("handing a warm sandbox to its job", "sandbox", sb.ID(), "err", err)
 		sb.Release(context.Background())
 		p.misses.Add(1)
-		return nil, false
+		p.refill()
+		return nil
 	}
-	sb.mu.Lock()
-	sb.spec.Name, sb.spec.Args, sb.spec.Env, sb.spec.Limits.Timeout = spec.Name, spec.Args, spec.Env, spec.Limits.Timeout
-	sb.logger = p.r.logger.With("sandbox", sb.id, "job_id", spec.Name)
-	sb.createdAt = time.Now()
-	sb.warm = true
-	sb.mu.Unlock()
 	p.hits.Add(1)
-	return sb, true
+	return sb
 }
 
-// Refill has the pool make sandboxes in place of those taken. The worker
-// calls it when a job's sandbox is gone, so that making the next one (a
-// runsc create, CPU-heavy) does not compete with the job that took the last
-// one while it starts and runs.
-func (p *WarmPool) Refill() {
+// handedOut is a sandbox the WarmRunner's Prepare returned: releasing it
+// has the pool refill.
+type handedOut struct {
+	Sandbox
+	pool *WarmRunner
+	warm bool
+}
+
+func (s *handedOut) Release(ctx context.Context) error {
+	err := s.Sandbox.Release(ctx)
+	s.pool.refill()
+	return err
+}
+
+// IsWarm reports whether sb was created ahead of its job by a WarmRunner.
+func IsWarm(sb Sandbox) bool {
+	h, ok := sb.(*handedOut)
+	return ok && h.warm
+}
+
+// refill wakes the pool to make sandboxes in place of those taken.
+func (p *WarmRunner) refill() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
@@ -285,21 +346,22 @@ func shellQuote(s string) string {
 }
 
 // Ready is how many warm sandboxes wait for a job.
-func (p *WarmPool) Ready() int {
+func (p *WarmRunner) Ready() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.ready)
 }
 
-// Stats are the pool's takes that found a sandbox (hits), those that found
-// none ready (misses; jobs that do not fit are not counted) and the
-// sandboxes it failed to make.
-func (p *WarmPool) Stats() (hits, misses, failures int64) {
+// Stats are the jobs that found a warm sandbox ready (hits), those of the
+// pool's shape that found none ready (misses; jobs that do not fit are not
+// counted) and the sandboxes the pool failed to make.
+func (p *WarmRunner) Stats() (hits, misses, failures int64) {
 	return p.hits.Load(), p.misses.Load(), p.failures.Load()
 }
 
-// Close stops filling and releases the sandboxes still waiting.
-func (p *WarmPool) Close(ctx context.Context) error {
+// Close stops filling and releases the sandboxes still waiting. It does
+// not close the wrapped runner; Prepare then always uses it.
+func (p *WarmRunner) Close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closed = true
 	ready := p.ready
@@ -315,3 +377,21 @@ func (p *WarmPool) Close(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// adopt gives one of this runner's sandboxes, created for a WarmRunner's
+// shape, to the job of spec (see warmBase).
+func (r *RunscRunner) adopt(s Sandbox, spec Spec) error {
+	sb, ok := s.(*runscSandbox)
+	if !ok || sb.r != r {
+		return fmt.Errorf("sandbox %s is not this runner's", s.ID())
+	}
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	sb.spec.Name, sb.spec.Args, sb.spec.Env, sb.spec.Limits.Timeout = spec.Name, spec.Args, spec.Env, spec.Limits.Timeout
+	sb.logger = r.logger.With("sandbox", sb.id, "job_id", spec.Name)
+	sb.createdAt = time.Now()
+	sb.warm = true
+	return nil
+}
+
+func (r *RunscRunner) warmLogger() *slog.Logger { return r.logger }

@@ -12,9 +12,13 @@ import (
 	"time"
 
 	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/internal/runsc"
 )
 
-func TestWarmPoolRefusesBadShapes(t *testing.T) {
+// otherRunner is a Runner that is not the runsc one.
+type otherRunner struct{ Runner }
+
+func TestWarmRunnerRefusesBadShapes(t *testing.T) {
 	r, image := testRunner(t)
 	ctx := context.Background()
 	// An image with /bin and a file in /tmp, but no shell or env.
@@ -30,17 +34,19 @@ func TestWarmPoolRefusesBadShapes(t *testing.T) {
 	zeroMemory.Limits.Memory = 0
 	for _, c := range []struct {
 		name  string
+		base  Runner
 		shape Spec
 		size  int
 		want  string
 	}{
-		{"size 0", sleeper(image), 0, "want 1 to 64"},
-		{"size 65", sleeper(image), 65, "want 1 to 64"},
-		{"network", networked, 1, "has a network"},
-		{"no shell or env in the image", noEnv, 1, "no executable /bin/sh"},
-		{"bad limits", zeroMemory, 1, "limits must all be positive"},
+		{"size 0", r, sleeper(image), 0, "want 1 to 64"},
+		{"size 65", r, sleeper(image), 65, "want 1 to 64"},
+		{"network", r, networked, 1, "has a network"},
+		{"no shell or env in the image", r, noEnv, 1, "no executable /bin/sh"},
+		{"bad limits", r, zeroMemory, 1, "limits must all be positive"},
+		{"another runner", otherRunner{r}, sleeper(image), 1, "warm sandboxes need the runsc runner"},
 	} {
-		if _, err := r.NewWarmPool(c.shape, c.size); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := NewWarmRunner(c.base, c.shape, c.size); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
 		}
 	}
@@ -50,7 +56,7 @@ func TestWarmPoolRefusesBadShapes(t *testing.T) {
 }
 
 // waitReady waits until the pool holds n sandboxes.
-func waitReady(t *testing.T, p *WarmPool, n int) {
+func waitReady(t *testing.T, p *WarmRunner, n int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for p.Ready() != n {
@@ -62,12 +68,12 @@ func waitReady(t *testing.T, p *WarmPool, n int) {
 }
 
 // A warm sandbox runs its job with the job's own arguments and exactly its
-// environment, is used once, and is replaced; jobs of another shape get
-// none; Close leaves nothing.
-func TestWarmPool(t *testing.T) {
+// environment, is used once, and is replaced once released; jobs of another
+// shape get a cold one from the wrapped runner; Close leaves nothing.
+func TestWarmRunner(t *testing.T) {
 	r, image := testRunner(t)
 	ctx := context.Background()
-	pool, err := r.NewWarmPool(sleeper(image), 2)
+	pool, err := NewWarmRunner(r, sleeper(image), 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +84,8 @@ func TestWarmPool(t *testing.T) {
 		t.Fatalf("containers %v, want the pool's 2", ids)
 	}
 
-	// Jobs that do not fit get nothing, and take nothing.
+	// Jobs that do not fit get a cold sandbox, or the wrapped runner's
+	// refusal, and take nothing.
 	bigger := sleeper(image)
 	bigger.Limits.Memory *= 2
 	networked := sleeper(image)
@@ -87,12 +94,25 @@ func TestWarmPool(t *testing.T) {
 	launchNamed.Args = []string{"/bin/sh", JobMount + "/" + LaunchFile}
 	otherImage := sleeper(image + "/")
 	for name, s := range map[string]Spec{"more memory": bigger, "network": networked, "script named like the launcher": launchNamed, "another image": otherImage} {
-		if _, ok := pool.Take(s); ok {
-			t.Errorf("%s: Take gave a sandbox", name)
+		sb, err := pool.Prepare(ctx, s)
+		if name == "network" {
+			if err == nil || !strings.Contains(err.Error(), "no network configured") {
+				t.Errorf("%s: Prepare = %v, want the runsc runner's refusal", name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if IsWarm(sb) {
+			t.Errorf("%s: Prepare gave a warm sandbox", name)
+		}
+		if err := sb.Release(ctx); err != nil {
+			t.Fatal(err)
 		}
 	}
 	if pool.Ready() != 2 {
-		t.Fatalf("ill-fitting takes changed the pool: %d ready", pool.Ready())
+		t.Fatalf("ill-fitting jobs changed the pool: %d ready", pool.Ready())
 	}
 
 	// The job's command is env itself: its stdout is its environment,
@@ -104,10 +124,12 @@ func TestWarmPool(t *testing.T) {
 	job.Limits.Timeout = time.Minute
 	noHome := job
 	noHome.Env = job.Env[2:]
-	if _, ok := pool.Take(noHome); ok {
-		t.Fatal("a job without HOME took a warm sandbox")
+	if sb, err := pool.Prepare(ctx, noHome); err != nil || IsWarm(sb) {
+		t.Fatalf("a job without HOME: %v, warm %v", err, err == nil && IsWarm(sb))
+	} else {
+		sb.Release(ctx)
 	}
-	envOf := func(sb Sandbox) []string {
+	run := func(sb Sandbox) *Outcome {
 		t.Helper()
 		out, err := sb.Run(ctx)
 		if err != nil {
@@ -116,6 +138,9 @@ func TestWarmPool(t *testing.T) {
 		if out.ExitCode == nil || *out.ExitCode != 0 {
 			t.Fatalf("exit %v stderr %q", out.ExitCode, out.Stderr.Tail)
 		}
+		return out
+	}
+	envOf := func(out *Outcome) []string {
 		lines := strings.Split(strings.TrimSuffix(string(out.Stdout.Tail), "\n"), "\n")
 		slices.Sort(lines)
 		return lines
@@ -124,49 +149,57 @@ func TestWarmPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	coldEnv := envOf(cold)
+	coldOut := run(cold)
+	coldEnv := envOf(coldOut)
 	cold.Release(ctx)
 	want := strings.Split(strings.Join(job.Env, "\n"), "\n")
 	slices.Sort(want)
-	if !slices.Equal(coldEnv, want) {
-		t.Fatalf("a cold sandbox's environment:\n%q\nwant:\n%q", coldEnv, want)
+	if !slices.Equal(coldEnv, want) || coldOut.Warm {
+		t.Fatalf("a cold sandbox's environment (warm %v):\n%q\nwant:\n%q", coldOut.Warm, coldEnv, want)
 	}
-	sb, ok := pool.Take(job)
-	if !ok {
-		t.Fatal("Take found no warm sandbox")
+	sb, err := pool.Prepare(ctx, job)
+	if err != nil {
+		t.Fatal(err)
 	}
 	defer sb.Release(ctx)
-	if got := envOf(sb); !slices.Equal(got, coldEnv) {
+	if !IsWarm(sb) {
+		t.Fatal("Prepare gave no warm sandbox")
+	}
+	// As the worker does for every sandbox: the container exists already.
+	if err := sb.Create(ctx); err != nil {
+		t.Fatalf("Create of a warm sandbox: %v", err)
+	}
+	out := run(sb)
+	if got := envOf(out); !slices.Equal(got, coldEnv) {
 		t.Fatalf("a warm sandbox's environment:\n%q\nwant, as a cold one's:\n%q", got, coldEnv)
 	}
-	if !sb.(*runscSandbox).warm {
-		t.Fatal("the sandbox is not marked warm")
+	if !out.Warm {
+		t.Fatal("the outcome does not say the sandbox was warm")
 	}
 	if _, err := sb.Run(ctx); err == nil {
 		t.Fatal("a warm sandbox ran twice")
-	}
-	if err := sb.Release(ctx); err != nil {
-		t.Fatal(err)
 	}
 	hits, misses, failures := pool.Stats()
 	if hits != 1 || misses != 0 || failures != 0 {
 		t.Errorf("stats: %d hits, %d misses, %d failures", hits, misses, failures)
 	}
-	// The pool makes no new sandbox until told to: the worker does so
-	// when a job's sandbox is gone.
+	// The pool makes no new sandbox until the one taken is released: the
+	// worker releases it when the job is done.
 	time.Sleep(500 * time.Millisecond)
 	if n := pool.Ready(); n != 1 {
-		t.Fatalf("%d ready before Refill, want 1", n)
+		t.Fatalf("%d ready before the release, want 1", n)
 	}
-	pool.Refill()
+	if err := sb.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
 	waitReady(t, pool, 2)
 
 	// Arguments with spaces and quotes reach the script as they were; the
 	// script arrived after the container was created.
 	job.Args = []string{"/bin/sh", JobMount + "/my job.sh", "it's", "a b", ""}
-	sb, ok = pool.Take(job)
-	if !ok {
-		t.Fatal("Take found no warm sandbox")
+	sb, err = pool.Prepare(ctx, job)
+	if err != nil || !IsWarm(sb) {
+		t.Fatalf("Prepare found no warm sandbox: %v", err)
 	}
 	defer sb.Release(ctx)
 	script := "printf '%s|' \"$0\" \"$#\" \"$@\" > " + OutputsMount + "/args.txt\n"
@@ -191,22 +224,23 @@ func TestWarmPool(t *testing.T) {
 	}
 	sb.Release(ctx)
 
-	// Empty pool: a take misses.
+	// Empty pool: a job of the shape misses, and gets a cold sandbox.
 	drain := []Sandbox{}
-	pool.Refill()
 	waitReady(t, pool, 2)
 	for range 2 {
-		s, ok := pool.Take(job)
-		if !ok {
-			t.Fatal("Take found no warm sandbox")
+		s, err := pool.Prepare(ctx, job)
+		if err != nil || !IsWarm(s) {
+			t.Fatalf("Prepare found no warm sandbox: %v", err)
 		}
 		drain = append(drain, s)
 	}
 	pool.mu.Lock()
 	pool.closed = true // stop refills for the check
 	pool.mu.Unlock()
-	if _, ok := pool.Take(job); ok {
-		t.Fatal("Take gave a sandbox from an empty pool")
+	if s, err := pool.Prepare(ctx, job); err != nil || IsWarm(s) {
+		t.Fatalf("Prepare on an empty pool: %v, warm %v", err, err == nil && IsWarm(s))
+	} else {
+		s.Release(ctx)
 	}
 	if _, misses, _ := pool.Stats(); misses != 1 {
 		t.Errorf("misses %d, want 1", misses)
@@ -222,7 +256,7 @@ func TestWarmPool(t *testing.T) {
 	if ids, _ := r.Containers(ctx); len(ids) != 0 {
 		t.Fatalf("containers left after Close: %v", ids)
 	}
-	if m, _ := mountsUnder(filepath.Join(r.dir, "sandboxes")); len(m) != 0 {
+	if m, _ := runsc.MountsUnder(filepath.Join(r.dir, "sandboxes")); len(m) != 0 {
 		t.Fatalf("mounts left after Close: %v", m)
 	}
 }

@@ -38,6 +38,8 @@ import (
 	acl "github.com/stripe/smokescreen/pkg/smokescreen/acl/v1"
 	"github.com/stripe/smokescreen/pkg/smokescreen/conntrack"
 	"github.com/stripe/smokescreen/pkg/smokescreen/hostport"
+
+	"github.com/sandq/sandq/internal/hostpattern"
 	"github.com/stripe/smokescreen/pkg/smokescreen/metrics"
 )
 
@@ -521,9 +523,9 @@ func (s *Session) decide(r *http.Request, host, connectProxy string) (string, in
 	if connectProxy != "" {
 		return host, port, false, "chaining to another proxy (" + upstreamProxyHeader + ") is not allowed"
 	}
-	name, err := NormalizeHost(host)
+	name, err := hostpattern.NormalizeHost(host)
 	switch {
-	case errors.Is(err, ErrIPLiteral):
+	case errors.Is(err, hostpattern.ErrIPLiteral):
 		return host, port, false, ipLiteralReason(host)
 	case err != nil:
 		return host, port, false, fmt.Sprintf("host %q is not a valid name", host)
@@ -572,7 +574,7 @@ func (p *Proxy) onReject(sctx *smokescreen.SmokescreenContext, resp *http.Respon
 			// The policy allowed the name; smokescreen refused the
 			// addresses it resolves to.
 			reason = fmt.Sprintf("host %q resolves only to addresses this proxy does not reach (%s)", host, strings.TrimSuffix(smokeReason, ". "))
-		case looksLikeIP(strings.ToLower(host)):
+		case hostpattern.IsIPLiteral(host):
 			reason = ipLiteralReason(host)
 		default:
 			if smokeReason == "" {
@@ -667,9 +669,9 @@ func recordFromDial(ctx context.Context) *record {
 	return recordFrom(pctx.Req.Context())
 }
 
-// hostAddrs lists this host's global unicast addresses (HostAddrs).
+// hostAddrs lists this host's global unicast addresses (hostpattern.HostAddrs).
 func hostAddrs(logger *slog.Logger) []string {
-	addrs, err := HostAddrs()
+	addrs, err := hostpattern.HostAddrs()
 	if err != nil {
 		logger.Warn("listing the host's addresses to refuse them", "err", err)
 		return nil

@@ -3,7 +3,6 @@ package egress
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -21,21 +20,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sandq/sandq/internal/hostpattern"
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // testResolver maps test names to loopback, like a hosts file.
-type testResolver map[string][]net.IP
-
-func (r testResolver) LookupIP(_ context.Context, _ string, host string) ([]net.IP, error) {
-	if ips, ok := r[strings.ToLower(strings.TrimSuffix(host, "."))]; ok {
-		return ips, nil
-	}
-	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
-}
-
-func (testResolver) LookupPort(ctx context.Context, network, service string) (int, error) {
-	return net.DefaultResolver.LookupPort(ctx, network, service)
-}
+type testResolver = testenv.Resolver
 
 var loopback = []net.IP{net.IPv4(127, 0, 0, 1)}
 
@@ -448,7 +439,7 @@ func TestIPLiteralsRefused(t *testing.T) {
 
 	// A policy cannot name an IP address in the first place.
 	_, err := p.Register("job-ip", anyLoopback, netip.MustParseAddr("127.0.0.9"), Policy{Hosts: []string{"127.0.0.1"}}, Limits{})
-	if !errors.Is(err, ErrIPLiteral) || !strings.Contains(err.Error(), "Policy.Hosts[0]") {
+	if !errors.Is(err, hostpattern.ErrIPLiteral) || !strings.Contains(err.Error(), "Policy.Hosts[0]") {
 		t.Errorf("Register with an IP in Hosts = %v, want ErrIPLiteral naming the field", err)
 	}
 }
@@ -1059,19 +1050,4 @@ func TestSmokescreenLogsRouted(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+type syncBuffer = testenv.SyncBuffer

@@ -123,9 +123,7 @@ func readChars(t *testing.T) int64 {
 // early and leaves nothing behind. A low cap keeps the test's disk use
 // small.
 func TestImportGzipBombs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	const limit = 4 << 20
 	const bomb = 1 << 30 // 1 GiB of zeros, about 1 MiB gzipped
 
@@ -201,9 +199,7 @@ func TestImportGzipBombs(t *testing.T) {
 // TestImportCountsArchiveEntries: the entries of an image archive itself
 // (not only of its layers) count against the entry cap.
 func TestImportCountsArchiveEntries(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	good := writeLayout(t, imageOf(t, base(t)))
 	var buf bytes.Buffer
 	buf.Write(tarEntriesOf(t, good))
@@ -291,9 +287,7 @@ func gnuSparseHeader(name string, realSize int64) []byte {
 // layer's stream but are written out whole; they count against the size
 // cap, so many small-looking sparse files cannot fill the disk.
 func TestImportChargesSparseFiles(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	var raw bytes.Buffer
 	for i := range 10 {
 		raw.Write(gnuSparseHeader(fmt.Sprintf("s%d", i), 3<<20))
@@ -331,9 +325,7 @@ func TestImportChargesSparseFiles(t *testing.T) {
 // than a JSON document of an image may be (each is read whole into
 // memory). Nothing is left behind.
 func TestImportRefusesLayoutLinksAndHugeDocuments(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	img := imageOf(t, base(t), layerOf(t, file("secret-from-the-host", "x")))
 	layerDigest := func(t *testing.T) string {
 		ls, err := img.Layers()

@@ -61,9 +61,7 @@ func manifestDiff(t *testing.T, a, b string) (onlyA, onlyB []string) {
 // recorded beside each, is the digest of the tree, and is the same for both
 // builds; building again is skipped and keeps it.
 func TestBuildDigestRecordedAndStable(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image builds must run as root")
-	}
+	needRoot(t, "image builds")
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		t.Fatalf("debootstrap is not installed (scripts/install-deps.sh installs it): %v", err)
 	}

@@ -167,8 +167,8 @@ func hardenEntry(dirfd int, name string, st *unix.Stat_t, isDir bool, s *hardenS
 }
 
 // prepareDir makes the image directory dir, 0700 and root's, or checks
-// one that exists: owned by root (another owner could swap an image for
-// anything), and tightened to 0700 when an older sandq left it open. Its
+// one that exists: owned by root or the running user (another owner could
+// swap an image for anything), and tightened to 0700 when an older sandq left it open. Its
 // parents are made 0755 when missing.
 func prepareDir(dir string, logger *slog.Logger) error {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
@@ -180,8 +180,10 @@ func prepareDir(dir string, logger *slog.Logger) error {
 	return tighten(dir, dir, "image directory", logger)
 }
 
-// tighten checks that directory p (shown as name) is root's and makes it
-// 0700.
+// tighten checks that directory p (shown as name) is root's, or the
+// running user's (the only other user who could replace what is in it
+// without root: a worker always runs as root, a test may not), and makes
+// it 0700.
 func tighten(p, name, what string, logger *slog.Logger) error {
 	var st unix.Stat_t
 	if err := unix.Stat(p, &st); err != nil {
@@ -190,7 +192,7 @@ func tighten(p, name, what string, logger *slog.Logger) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return fmt.Errorf("%s %s is not a directory", what, name)
 	}
-	if st.Uid != 0 {
+	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
 		return fmt.Errorf("%s %s is owned by uid %d, not root: another user could replace the images in it; make it root's (chown root: %s)", what, name, st.Uid, name)
 	}
 	if st.Mode&0o7777 == 0o700 {

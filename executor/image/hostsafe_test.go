@@ -99,9 +99,7 @@ func wantPerm(t *testing.T, p string, want fs.FileMode) {
 // other user of the worker host can reach what is inside. The digest stays
 // the digest of the tree, the same for the same archive.
 func TestImportLeavesNoPrivilegesOnTheHost(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	img := imageOf(t, base(t), hostileModes(t))
 	layoutDir := writeLayout(t, img)
 	dockerTar := filepath.Join(t.TempDir(), "docker.tar")
@@ -176,9 +174,7 @@ func TestImportLeavesNoPrivilegesOnTheHost(t *testing.T) {
 // up-to-date image writes nothing; an image directory that is not root's
 // is refused.
 func TestHardenFixesImagesOfOlderSandq(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	archive := writeLayout(t, imageOf(t, base(t), hostileModes(t)))
 	imageDir := t.TempDir()
 	fresh, err := Import(context.Background(), importOpts(t, imageDir, archive, "fresh"))
@@ -311,9 +307,7 @@ func getxattr(p, attr string) ([]byte, error) {
 // (nobody) must not get euid 0 from it: before sandq hardened images, it
 // did.
 func TestLocalUserCannotUseAnImportedSetuidBinary(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	id, err := os.ReadFile("/usr/bin/id")
 	if err != nil {
 		t.Fatal(err)

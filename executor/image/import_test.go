@@ -126,10 +126,20 @@ func mustBeEmpty(t *testing.T, dir string) {
 	}
 }
 
-func TestImportHonoursWhiteouts(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
+// needRoot skips the test under -short (the fast tier, which any user
+// runs) and fails it unless it runs as root: what needs root.
+func needRoot(t *testing.T, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("skipped under -short: %s must run as root", what)
 	}
+	if os.Geteuid() != 0 {
+		t.Fatalf("%s must run as root", what)
+	}
+}
+
+func TestImportHonoursWhiteouts(t *testing.T) {
+	needRoot(t, "image import")
 	lower := layerOf(t,
 		dir("etc/"), file("etc/keep", "old"), file("etc/gone", "whited out"),
 		dir("opaque/"), file("opaque/old", "hidden"), dir("opaque/sub/"), file("opaque/sub/old", "hidden too"),
@@ -256,9 +266,7 @@ func TestImportHonoursWhiteouts(t *testing.T) {
 // error naming the entry, nothing is written outside, and nothing is left
 // in the image directory.
 func TestImportRefusesEscapes(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	outside := t.TempDir()
 	victim := filepath.Join(outside, "victim")
 	if err := os.WriteFile(victim, []byte("intact"), 0o644); err != nil {
@@ -323,9 +331,7 @@ func TestImportRefusesEscapes(t *testing.T) {
 // TestImportFinishingRefusesLinks: the files sandq writes into an imported
 // image are never written through a symbolic link the image planted.
 func TestImportFinishingRefusesLinks(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	outside := filepath.Join(t.TempDir(), "passwd")
 	os.WriteFile(outside, []byte("intact\n"), 0o644)
 	for _, c := range []struct{ name, target string }{{"absolute", outside}, {"inside", "group"}} {
@@ -345,9 +351,7 @@ func TestImportFinishingRefusesLinks(t *testing.T) {
 }
 
 func TestImportCaps(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	archive := writeLayout(t, imageOf(t, base(t), layerOf(t, file("big", strings.Repeat("x", 64<<10)))))
 	imageDir := t.TempDir()
 	t.Run("size", func(t *testing.T) {
@@ -378,9 +382,7 @@ func TestImportCaps(t *testing.T) {
 }
 
 func TestImportRefusesUnsupportedEntriesAndNames(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	imageDir := t.TempDir()
 	archive := writeLayout(t, imageOf(t, base(t), layerOf(t, entry{name: "odd", typ: 'V'})))
 	_, err := Import(context.Background(), importOpts(t, imageDir, archive, "odd"))
@@ -398,9 +400,7 @@ func TestImportRefusesUnsupportedEntriesAndNames(t *testing.T) {
 }
 
 func TestImportExistingNameAndRemove(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	imageDir := t.TempDir()
 	one := writeLayout(t, imageOf(t, base(t), layerOf(t, file("version", "1"))))
 	two := writeLayout(t, imageOf(t, base(t), layerOf(t, file("version", "2"))))
@@ -444,9 +444,7 @@ func TestImportExistingNameAndRemove(t *testing.T) {
 }
 
 func TestImportPicksThePlatform(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	needRoot(t, "image import")
 	amd := imageOf(t, base(t), layerOf(t, file("arch", "amd64")))
 	arm := imageOf(t, base(t), layerOf(t, file("arch", "arm64")))
 	idx := mutate.AppendManifests(empty.Index,

@@ -104,9 +104,7 @@ func TestOverlayStamp(t *testing.T) {
 // root with mode 0755, existing ones kept as they were, and nothing written
 // through a symbolic link.
 func TestApplyOverlay(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("needs root (the overlay is chowned to root)")
-	}
+	needRoot(t, "applying an overlay (it is chowned to root)")
 	rootfs := t.TempDir()
 	writeTree(t, rootfs, map[string]os.FileMode{"etc/a.conf": 0o600, "usr/bin/true": 0o755})
 	if err := os.Chmod(filepath.Join(rootfs, "etc"), 0o750); err != nil {
@@ -172,9 +170,7 @@ func TestApplyOverlay(t *testing.T) {
 // file is in the image, owned by root, listed in image.json, and part of
 // the digest; building again with the same overlay is skipped.
 func TestBuildWithOverlay(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image builds must run as root")
-	}
+	needRoot(t, "image builds")
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		t.Fatalf("debootstrap is not installed (scripts/install-deps.sh installs it): %v", err)
 	}

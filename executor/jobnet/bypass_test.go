@@ -2,95 +2,37 @@ package jobnet
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
-	"strings"
 	"testing"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+
+	"github.com/sandq/sandq/internal/testenv"
 )
 
-// attempt is the script a job's namespace runs: one line per target
-// (tcp|udp:host:port), "<kind> <target> <outcome> <seconds>".
-const attempt = `
-import socket, sys, time
-for arg in sys.argv[1:]:
-    kind, host, port = arg.split(":")
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-    s.settimeout(4)
-    t = time.monotonic()
-    try:
-        s.connect((host, int(port)))
-        if kind == "udp":
-            s.send(b"x")
-            s.recv(16)
-        out = "connected"
-    except Exception as e:
-        out = type(e).__name__
-    print(kind, host + ":" + port, out, "%.3f" % (time.monotonic() - t))
-    s.close()
-`
-
-// attempts runs attempt in netns and returns its lines by target.
+// attempts runs testenv.BypassProbe (a 4s timeout a target) in netns and
+// returns its lines by target.
 func attempts(t *testing.T, netns string, targets ...string) map[string][]string {
 	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", netns, "python3", "-c", attempt}, targets...)...).CombinedOutput()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", netns, "python3", "-c", testenv.BypassProbe, "4"}, targets...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("attempts from %s: %v\n%s", netns, err, out)
 	}
-	got := map[string][]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 4 {
-			got[f[0]+":"+f[1]] = f[2:]
-		}
-	}
-	return got
+	return testenv.ProbeResults(string(out))
 }
 
-// standIn makes a stand-in host: a network namespace of its own behind a
-// veth pair on 10.201.9.0/30 (the host side .1, the stand-in .2, routed
-// from the host), with a TCP listener on port 9999. It stands for any
-// address beyond the host that a job might try to reach directly.
+// standIn makes a stand-in host (testenv.StandInHost): a network
+// namespace of its own behind a veth pair on 10.201.9.0/30 (the host side
+// .1, the stand-in .2, routed from the host), with a TCP listener on port
+// 9999. It stands for any address beyond the host that a job might try to
+// reach directly.
 func standIn(t *testing.T) netip.Addr {
 	t.Helper()
-	ctx := context.Background()
-	const ns, hostIf, peerIf = "sandq-test-standin", "tstin0h", "tstin0n"
-	ip(ctx, "netns", "delete", ns)
-	ip(ctx, "link", "delete", hostIf)
-	if err := ip(ctx, "netns", "add", ns); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ip(context.Background(), "netns", "delete", ns) })
-	if err := ipBatch(ctx, "",
-		fmt.Sprintf("link add %s type veth peer name %s netns %s", hostIf, peerIf, ns),
-		"addr add 10.201.9.1/30 dev "+hostIf,
-		"link set "+hostIf+" up",
-	); err != nil {
-		t.Fatal(err)
-	}
-	if err := ipBatch(ctx, ns, "link set lo up", "addr add 10.201.9.2/30 dev "+peerIf, "link set "+peerIf+" up", "route add default via 10.201.9.1"); err != nil {
-		t.Fatal(err)
-	}
-	srv := exec.Command("ip", "netns", "exec", ns, "python3", "-c",
-		`import socket, sys
-s = socket.socket(); s.bind(("0.0.0.0", 9999)); s.listen()
-print("listening", flush=True)
-while True:
-    s.accept()[0].close()`)
-	stdout, _ := srv.StdoutPipe()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	buf := make([]byte, 16)
-	if n, _ := stdout.Read(buf); !strings.Contains(string(buf[:n]), "listening") {
-		t.Fatalf("the stand-in host's listener did not start: %q", buf[:n])
-	}
-	return netip.MustParseAddr("10.201.9.2")
+	addr, _ := testenv.StandInHost(t, testenv.StandInNet{Name: "sandq-test-standin", HostIf: "tstin0h", PeerIf: "tstin0n", Subnet: netip.MustParsePrefix("10.201.9.0/30")})
+	return addr
 }
 
 // TestBypassIsRefusedAtOnce: whatever a job sends that is not for its proxy
@@ -98,6 +40,7 @@ while True:
 // addressed to the host or beyond it, instead of being dropped silently
 // until the job's own timeout.
 func TestBypassIsRefusedAtOnce(t *testing.T) {
+	testenv.NeedNetns(t)
 	ctx := context.Background()
 	far := standIn(t)
 	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.6.0/24"), Dir: t.TempDir(), WorkerID: "wbypass"})
@@ -196,6 +139,7 @@ func TestBypassIsRefusedAtOnce(t *testing.T) {
 // after the refusals (it is never reached), but never before them, and the
 // two versions do not undo each other's rules on every check.
 func TestBaseRulesBesideAnEarlierVersion(t *testing.T) {
+	testenv.NeedNetns(t)
 	ctx := context.Background()
 	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.8.0/24"), Dir: t.TempDir(), WorkerID: "wolder"})
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
+
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // reach reports whether a TCP connection from inside netns to addr succeeds
@@ -27,37 +29,18 @@ func reach(t *testing.T, netns string, addr string) bool {
 
 func listen(t *testing.T, addr string) {
 	t.Helper()
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	testenv.Listen(t, addr)
 }
 
-// hostAddr is one of the host's own non-loopback IPv4 addresses.
+// hostAddr is one of the host's own non-loopback IPv4 addresses, not one
+// of these tests' own pools.
 func hostAddr(t *testing.T) string {
 	t.Helper()
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		// Not loopback, nor an address of these tests' own pools.
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !strings.HasPrefix(ipn.IP.String(), "10.201.") {
-			return ipn.IP.String()
-		}
-	}
-	t.Fatal("no non-loopback IPv4 address on this host")
-	return ""
+	return testenv.HostAddress(t, netip.MustParsePrefix("10.201.0.0/16"))
 }
 
 func TestJobNetworkReachesOnlyItsProxyPort(t *testing.T) {
+	testenv.NeedNetns(t)
 	ctx := context.Background()
 	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.0.0/24"), Dir: t.TempDir(), WorkerID: "wtest1"})
 	if err != nil {
@@ -123,6 +106,7 @@ func TestJobNetworkReachesOnlyItsProxyPort(t *testing.T) {
 }
 
 func TestSweepWorkerRemovesADeadWorkersNetworks(t *testing.T) {
+	testenv.NeedNetns(t)
 	ctx := context.Background()
 	state := t.TempDir()
 	dead, err := New(Config{Pool: netip.MustParsePrefix("10.201.1.0/24"), Dir: state, WorkerID: "wdead1"})
@@ -160,6 +144,7 @@ func TestSweepWorkerRemovesADeadWorkersNetworks(t *testing.T) {
 }
 
 func TestPoolExhaustionIsAClearError(t *testing.T) {
+	testenv.NeedNetns(t)
 	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.2.0/29"), Dir: t.TempDir(), WorkerID: "wpool1"})
 	if err != nil {
 		t.Fatal(err)
@@ -202,6 +187,7 @@ func heldLock(t *testing.T) (path string, release func()) {
 }
 
 func TestSweepDeadFindsDeadOwnersByTheirLock(t *testing.T) {
+	testenv.NeedNetns(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	pool := netip.MustParsePrefix("10.201.3.0/24")
@@ -243,6 +229,7 @@ func TestSweepDeadFindsDeadOwnersByTheirLock(t *testing.T) {
 }
 
 func TestEnsureRestoresAFlushedFirewall(t *testing.T) {
+	testenv.NeedNetns(t)
 	ctx := context.Background()
 	m, err := New(Config{Pool: netip.MustParsePrefix("10.201.4.0/24"), Dir: t.TempDir(), WorkerID: "wflush"})
 	if err != nil {
@@ -292,6 +279,7 @@ func TestEnsureRestoresAFlushedFirewall(t *testing.T) {
 }
 
 func TestAddressesInUseAreSkippedAcrossLeaseDirs(t *testing.T) {
+	testenv.NeedNetns(t)
 	ctx := context.Background()
 	pool := netip.MustParsePrefix("10.201.5.0/24")
 	a, err := New(Config{Pool: pool, Dir: t.TempDir(), WorkerID: "wdir1"})
@@ -320,6 +308,7 @@ func TestAddressesInUseAreSkippedAcrossLeaseDirs(t *testing.T) {
 // Close stops Watch even when it lands while Watch is re-checking the
 // firewall: with a 1ms interval it nearly always does.
 func TestCloseStopsWatchMidCheck(t *testing.T) {
+	testenv.NeedNetns(t)
 	for i := range 20 {
 		m, err := New(Config{Pool: netip.MustParsePrefix("10.201.3.0/24"), Dir: t.TempDir(), WorkerID: fmt.Sprintf("wwatch%d", i)})
 		if err != nil {

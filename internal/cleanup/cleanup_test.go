@@ -1,4 +1,4 @@
-package executor
+package cleanup
 
 import (
 	"context"
@@ -28,15 +28,15 @@ func TestCleanupStack(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var c cleanupStack
+			var c Stack
 			var ran []string
 			for _, name := range tt.steps {
-				c.add(name, func(ctx context.Context) error {
+				c.Add(name, func(ctx context.Context) error {
 					ran = append(ran, name)
 					return tt.fail[name]
 				})
 			}
-			err := c.release(context.Background())
+			err := c.Release(context.Background())
 
 			var want []string
 			for i := len(tt.steps) - 1; i >= 0; i-- {
@@ -78,19 +78,19 @@ func TestCleanupStack(t *testing.T) {
 }
 
 func TestCleanupStackReleaseTwice(t *testing.T) {
-	var c cleanupStack
+	var c Stack
 	counts := map[string]int{}
 	boom := errors.New("boom")
 	for _, name := range []string{"a", "b"} {
-		c.add(name, func(ctx context.Context) error {
+		c.Add(name, func(ctx context.Context) error {
 			counts[name]++
 			return boom
 		})
 	}
-	if err := c.release(context.Background()); !errors.Is(err, boom) {
+	if err := c.Release(context.Background()); !errors.Is(err, boom) {
 		t.Fatalf("first release = %v, want boom", err)
 	}
-	if err := c.release(context.Background()); err != nil {
+	if err := c.Release(context.Background()); err != nil {
 		t.Errorf("second release = %v, want nil", err)
 	}
 	if counts["a"] != 1 || counts["b"] != 1 {
@@ -99,11 +99,11 @@ func TestCleanupStackReleaseTwice(t *testing.T) {
 }
 
 func TestCleanupStackConcurrentRelease(t *testing.T) {
-	var c cleanupStack
+	var c Stack
 	var mu sync.Mutex
 	count := 0
 	for range 10 {
-		c.add("step", func(ctx context.Context) error {
+		c.Add("step", func(ctx context.Context) error {
 			mu.Lock()
 			count++
 			mu.Unlock()
@@ -112,7 +112,7 @@ func TestCleanupStackConcurrentRelease(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	for range 8 {
-		wg.Go(func() { c.release(context.Background()) })
+		wg.Go(func() { c.Release(context.Background()) })
 	}
 	wg.Wait()
 	if count != 10 {
@@ -133,10 +133,10 @@ func TestCleanupStackContext(t *testing.T) {
 			if ctx.Err() == nil {
 				t.Fatal("test setup: context is live")
 			}
-			var c cleanupStack
+			var c Stack
 			ran := 0
 			for range 2 {
-				c.add("check", func(ctx context.Context) error {
+				c.Add("check", func(ctx context.Context) error {
 					ran++
 					if err := ctx.Err(); err != nil {
 						t.Errorf("step ctx.Err() = %v, want nil", err)
@@ -157,12 +157,44 @@ func TestCleanupStackContext(t *testing.T) {
 					return nil
 				})
 			}
-			if err := c.release(ctx); err != nil {
+			if err := c.Release(ctx); err != nil {
 				t.Errorf("release = %v", err)
 			}
 			if ran != 2 {
 				t.Errorf("%d steps ran, want 2", ran)
 			}
 		})
+	}
+}
+
+// ReleaseOnError unwinds a failed set-up, joining the steps' errors to the
+// set-up's, and leaves a successful one's stack armed.
+func TestCleanupStackReleaseOnError(t *testing.T) {
+	failed := errors.New("set-up failed")
+	boom := errors.New("boom")
+	setUp := func(c *Stack, fail bool) (err error) {
+		defer c.ReleaseOnError(context.Background(), &err)
+		c.Add("a", func(context.Context) error { return nil })
+		c.Add("b", func(context.Context) error { return boom })
+		if fail {
+			return failed
+		}
+		return nil
+	}
+	var c Stack
+	err := setUp(&c, true)
+	if !errors.Is(err, failed) || !errors.Is(err, boom) || !strings.Contains(err.Error(), "cleanup b: boom") {
+		t.Errorf("failed set-up = %v, want its error joined with cleanup b's", err)
+	}
+	if err := c.Release(context.Background()); err != nil {
+		t.Errorf("Release after the unwinding = %v, want nil (the steps ran)", err)
+	}
+
+	var ok Stack
+	if err := setUp(&ok, false); err != nil {
+		t.Fatalf("successful set-up = %v", err)
+	}
+	if err := ok.Release(context.Background()); !errors.Is(err, boom) {
+		t.Errorf("Release of a successful set-up's stack = %v, want its steps to run now", err)
 	}
 }

@@ -1,4 +1,4 @@
-package executor
+package barerunsc
 
 import (
 	"context"
@@ -9,6 +9,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/internal/runsc"
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // bareDirs makes a bare container's job, inputs and outputs directories
@@ -35,10 +40,15 @@ func bareDirs(t *testing.T, script string) (job, inputs, outputs string) {
 }
 
 func TestBareRunnerRunsASandboxsContainer(t *testing.T) {
-	image := testImage(t)
+	testenv.NeedRunsc(t)
+	img := testenv.NeedImage(t)
+	rootfs, err := image.Path(img.Dir, img.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	dir := filepath.Join(t.TempDir(), "bare")
-	b, err := NewBareRunner(BareConfig{Dir: dir})
+	b, err := New(Config{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,11 +58,13 @@ func TestBareRunnerRunsASandboxsContainer(t *testing.T) {
 			b.Close(ctx)
 		}
 	})
-	spec := sleeper(image)
-	spec.Env = []string{"PATH=/bin:/usr/bin"}
+	spec := executor.Spec{
+		Name: "bare-test", Image: rootfs, Env: []string{"PATH=/bin:/usr/bin"}, UID: 1000, GID: 1000,
+		Limits: executor.Limits{Timeout: 10 * time.Minute, Memory: 128 << 20, Disk: 32 << 20, OutputBytes: 1 << 20, OutputFiles: 10, Pids: 64, LogBytes: 1 << 20, LogTail: 1024},
+	}
 
 	// The flags are a sandbox's without network.
-	want := sandboxFlags(b.Root(), "systrap", "/o", spec.Limits.Disk, false, nil)
+	want := runsc.Flags(b.Root(), "systrap", "/o", spec.Limits.Disk, false, nil)
 	if got := b.Flags("/o", spec.Limits.Disk); !slices.Equal(got, want) || !slices.Contains(got, "--network=none") {
 		t.Errorf("flags %v, want %v", got, want)
 	}
@@ -62,7 +74,7 @@ func TestBareRunnerRunsASandboxsContainer(t *testing.T) {
 	// reaches the sandbox before it ends).
 	job, inputs, outputs := bareDirs(t, "cat /mnt/inputs/in.txt > /mnt/outputs/out.txt\nid -u >> /mnt/outputs/out.txt\nsleep 1\nexit 3\n")
 	spec.Args = []string{"/bin/bash", "/mnt/job/job.sh"}
-	res, err := b.Run(ctx, BareContainer{ID: "bare-test-1", Spec: spec, InputsDir: inputs, JobDir: job, OutputsDir: outputs})
+	res, err := b.Run(ctx, Container{ID: "bare-test-1", Spec: spec, InputsDir: inputs, JobDir: job, OutputsDir: outputs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +92,7 @@ func TestBareRunnerRunsASandboxsContainer(t *testing.T) {
 	// the status then comes from its boot log, as a sandbox's does.
 	for i := range 3 {
 		job, inputs, outputs = bareDirs(t, "exit 7\n")
-		res, err = b.Run(ctx, BareContainer{ID: fmt.Sprintf("bare-fast-%d", i), Spec: spec, InputsDir: inputs, JobDir: job, OutputsDir: outputs})
+		res, err = b.Run(ctx, Container{ID: fmt.Sprintf("bare-fast-%d", i), Spec: spec, InputsDir: inputs, JobDir: job, OutputsDir: outputs})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +103,7 @@ func TestBareRunnerRunsASandboxsContainer(t *testing.T) {
 
 	// One runsc run.
 	job, inputs, outputs = bareDirs(t, "echo one-shot > /mnt/outputs/out.txt\n")
-	res, err = b.RunOneShot(ctx, BareContainer{ID: "bare-test-2", Spec: spec, InputsDir: inputs, JobDir: job, OutputsDir: outputs})
+	res, err = b.RunOneShot(ctx, Container{ID: "bare-test-2", Spec: spec, InputsDir: inputs, JobDir: job, OutputsDir: outputs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +114,15 @@ func TestBareRunnerRunsASandboxsContainer(t *testing.T) {
 		t.Errorf("one-shot output %q, %v", b, err)
 	}
 
+	// A spec a sandbox would refuse is refused before anything is made.
+	bad := spec
+	bad.Limits.Memory = 0
+	if _, err := b.Run(ctx, Container{ID: "bare-bad", Spec: bad, InputsDir: inputs, JobDir: job, OutputsDir: outputs}); err == nil || !strings.Contains(err.Error(), "limits must all be positive") {
+		t.Errorf("a spec with no memory limit: %v, want the sandbox's refusal", err)
+	}
+
 	// Nothing is left: no container, no bundle, no cgroup, no directory.
-	ids, err := listContainers(ctx, "runsc", b.Root())
+	ids, err := runsc.List(ctx, "runsc", b.Root())
 	if err != nil || len(ids) != 0 {
 		t.Errorf("containers left: %v %v", ids, err)
 	}
@@ -118,7 +137,7 @@ func TestBareRunnerRunsASandboxsContainer(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("runner directory left: %v", err)
 	}
-	v1, v2, _ := cgroupRoots()
+	v1, v2, _ := runsc.CgroupRoots()
 	for _, root := range append([]string{v2}, v1["memory"], v1["pids"]) {
 		if root == "" {
 			continue

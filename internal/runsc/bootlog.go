@@ -1,11 +1,10 @@
-package executor
+package runsc
 
 import (
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 )
 
@@ -15,25 +14,23 @@ import (
 // within tens of milliseconds of runsc start, on a loaded host — the
 // sandbox has exited too and wait fails with "exit status is unavailable".
 // The sandbox's own boot process logs the status just before it exits; with
-// bootLogFlags on runsc create, that log is kept in the sandbox's scratch
-// space, and bootExitStatus reads the status back from it. Sandboxes no
-// longer run runsc wait at all (exitwatch.go reads the log as it is
-// written); the bare runner and the fallback still do.
+// BootLogFlags on runsc create, that log is kept in the sandbox's scratch
+// space, and BootExitStatus reads the status back from it. Sandboxes no
+// longer run runsc wait at all (the executor's exit watch reads the log as
+// it is written, with ExitStatusLine); the bare runner and the fallback
+// still do.
 
-// A job that hits its tasks limit can take the sandbox down without any
-// status (pidsLimitHits tells it from a failure of the machinery).
-
-// bootLogFlags are global runsc flags for runsc create: the boot process
+// BootLogFlags are global runsc flags for runsc create: the boot process
 // (only it) writes its info-level log into dir.
-func bootLogFlags(dir string) []string {
+func BootLogFlags(dir string) []string {
 	return []string{"--debug-log=" + dir + string(filepath.Separator), "--debug-command=boot"}
 }
 
-// bootExitStatus is the application's exit status as the boot log in dir
+// BootExitStatus is the application's exit status as the boot log in dir
 // states it ("application exiting with exit status 3" or "... killed by
 // signal 9"), in runsc wait's terms: the exit code, or 128+n for signal n
-// (see exitStatusLine).
-func bootExitStatus(dir string) (int, bool) {
+// (see ExitStatusLine).
+func BootExitStatus(dir string) (int, bool) {
 	logs, _ := filepath.Glob(filepath.Join(dir, "*.boot.txt"))
 	for _, p := range logs {
 		f, err := os.Open(p)
@@ -44,7 +41,7 @@ func bootExitStatus(dir string) (int, bool) {
 		f.Close()
 		status, found := 0, false
 		for _, line := range strings.Split(string(b), "\n") {
-			if n, ok := exitStatusLine(line); ok {
+			if n, ok := ExitStatusLine(line); ok {
 				status, found = n, true
 			}
 		}
@@ -55,10 +52,10 @@ func bootExitStatus(dir string) (int, bool) {
 	return 0, false
 }
 
-// exitStatusLine parses a boot log line that states the application's exit
+// ExitStatusLine parses a boot log line that states the application's exit
 // status. Only a line whose message is that statement counts: the log also
 // quotes the job's own arguments (its "EXEC:" line), which the job chooses.
-func exitStatusLine(line string) (int, bool) {
+func ExitStatusLine(line string) (int, bool) {
 	const marker = "application exiting with "
 	// glog: "I1126 01:15:51.429743       1 boot.go:779] message"
 	head, msg, ok := strings.Cut(line, "] ")
@@ -74,30 +71,4 @@ func exitStatusLine(line string) (int, bool) {
 		return 128 + n, true
 	}
 	return 0, false
-}
-
-// pidsLimitHits reads how often a cgroup's pids limit refused a new task
-// (the "max" count of pids.events, cgroup v1 or v2).
-func pidsLimitHits(cgroupPath string) int {
-	v1, v2, err := cgroupRoots()
-	if err != nil {
-		return 0
-	}
-	var file string
-	if p, ok := v1["pids"]; ok {
-		file = filepath.Join(p, cgroupPath, "pids.events")
-	} else if v2 != "" {
-		file = filepath.Join(v2, cgroupPath, "pids.events")
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "max "); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	return 0
 }

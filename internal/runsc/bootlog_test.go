@@ -1,4 +1,4 @@
-package executor
+package runsc
 
 import (
 	"os"
@@ -29,12 +29,12 @@ func TestBootExitStatus(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "runsc.log.20261126-011551.253247.boot.txt"), []byte(c.log), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		status, ok := bootExitStatus(dir)
+		status, ok := BootExitStatus(dir)
 		if status != c.status || ok != c.ok {
 			t.Errorf("%q: %d %v, want %d %v", c.log, status, ok, c.status, c.ok)
 		}
 	}
-	if _, ok := bootExitStatus(filepath.Join(t.TempDir(), "missing")); ok {
+	if _, ok := BootExitStatus(filepath.Join(t.TempDir(), "missing")); ok {
 		t.Error("a missing log gave a status")
 	}
 }
