@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/internal/hostpattern"
 )
 
 // hostSet is the set of names (the Host header) a server answers to: a
@@ -81,9 +81,9 @@ func splitHost(h string) (name, port string, ok bool) {
 		}
 		return ip.Unmap().String(), port, true
 	}
-	// Names follow the proxy's rules; other spellings of an IP address
-	// ("0x7f.1") are refused.
-	name, err := egress.NormalizeHost(name)
+	// Names follow the proxy's rules (hostpattern); other spellings of an
+	// IP address ("0x7f.1") are refused.
+	name, err := hostpattern.NormalizeHost(name)
 	if err != nil {
 		return "", "", false
 	}
@@ -122,7 +122,7 @@ func DefaultHosts(listen string, addr net.Addr) []string {
 	if !tcp.IP.IsUnspecified() {
 		return append(out, net.JoinHostPort(tcp.IP.String(), port))
 	}
-	addrs, _ := egress.HostAddrs()
+	addrs, _ := hostpattern.HostAddrs()
 	for _, a := range addrs {
 		out = append(out, net.JoinHostPort(a.String(), port))
 	}

@@ -14,7 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/internal/hostpattern"
+	"github.com/sandq/sandq/internal/keys"
 )
 
 // builtinGroups are the host groups every deployment starts with: the
@@ -36,7 +37,8 @@ const (
 // per queue the most a job may have and what "default" means.
 type EgressConfig struct {
 	// Groups maps a group name to host patterns: exact hosts or "*."
-	// suffix globs. Built-in groups are present unless overridden.
+	// suffix globs (the language of internal/hostpattern). Built-in
+	// groups are present unless overridden.
 	Groups map[string][]string `json:"groups,omitempty"`
 	// Queues: a queue not listed allows no network at all.
 	Queues map[string]QueueEgress `json:"queues,omitempty"`
@@ -135,14 +137,14 @@ func (c EgressConfig) WithDefaults() EgressConfig {
 
 // Validate checks group patterns, queue policies and ports.
 func (c EgressConfig) Validate() error {
-	for name, hosts := range c.Groups {
+	for name := range c.Groups {
 		if name == NetworkNone || name == NetworkDefault || strings.ContainsAny(name, ".*,") || name == "" {
 			return fmt.Errorf("egress group %q: a group name is a plain word, not none or default", name)
 		}
-		for _, h := range hosts {
-			if _, err := normalizePattern(h); err != nil {
-				return fmt.Errorf("egress group %s: %w", name, err)
-			}
+		// A group's patterns are checked as for a job that asks for it;
+		// the error reads "egress group NAME: host pattern ...".
+		if _, err := c.expand([]string{name}); err != nil {
+			return fmt.Errorf("egress %w", err)
 		}
 	}
 	for q, p := range c.Queues {
@@ -182,20 +184,18 @@ func (c EgressConfig) Validate() error {
 	return nil
 }
 
-// egressKey is a Redis hash: per queue, the policy its workers enforce.
-const egressKey = "sandq:egress"
-
-// publishedEgress is one queue's entry in egressKey.
+// publishedEgress is one queue's entry in keys.Egress: the policy its
+// workers enforce.
 type publishedEgress struct {
 	Groups map[string][]string `json:"groups"`
 	Queue  QueueEgress         `json:"queue"`
 	Ports  []int               `json:"ports"`
 }
 
-// publish writes the policy of each served queue that has one, for
+// Publish writes the policy of each served queue that has one, for
 // producers to check jobs against. It warns when it replaces a different
 // policy: the workers of a queue should share one.
-func (c EgressConfig) publish(ctx context.Context, rdb redis.UniversalClient, queues map[string]int, logger *slog.Logger) error {
+func (c EgressConfig) Publish(ctx context.Context, rdb redis.UniversalClient, queues map[string]int, logger *slog.Logger) error {
 	for q := range queues {
 		p, ok := c.Queues[q]
 		if !ok {
@@ -205,11 +205,11 @@ func (c EgressConfig) publish(ctx context.Context, rdb redis.UniversalClient, qu
 		if err != nil {
 			return err
 		}
-		old, err := rdb.HGet(ctx, egressKey, q).Bytes()
+		old, err := rdb.HGet(ctx, keys.Egress, q).Bytes()
 		if err == nil && string(old) != string(b) {
 			logger.Warn("replacing a different network policy published for this queue; give its workers one policy", "queue", q)
 		}
-		if err := rdb.HSet(ctx, egressKey, q, b).Err(); err != nil {
+		if err := rdb.HSet(ctx, keys.Egress, q, b).Err(); err != nil {
 			return err
 		}
 	}
@@ -271,24 +271,26 @@ func (c EgressConfig) ResolveNetwork(q string, asked []string) (*NetworkPolicy, 
 func (c EgressConfig) expand(entries []string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, e := range entries {
-		if hosts, ok := c.Groups[e]; ok {
-			for _, h := range hosts {
-				p, err := normalizePattern(h)
-				if err != nil {
-					return nil, fmt.Errorf("group %s: %w", e, err)
-				}
-				out[p] = "group " + e
+		hosts, group := c.Groups[e]
+		if !group {
+			if !strings.Contains(e, ".") {
+				return nil, fmt.Errorf("unknown group %q", e)
 			}
-			continue
+			hosts = []string{e}
 		}
-		if !strings.Contains(e, ".") {
-			return nil, fmt.Errorf("unknown group %q", e)
+		for _, h := range hosts {
+			p, err := hostpattern.Normalize(h)
+			switch {
+			case err != nil && group:
+				return nil, fmt.Errorf("group %s: host pattern %q: %w", e, h, err)
+			case err != nil:
+				return nil, fmt.Errorf("host pattern %q: %w", h, err)
+			case group:
+				out[p] = "group " + e
+			default:
+				out[p] = "host " + p
+			}
 		}
-		p, err := normalizePattern(e)
-		if err != nil {
-			return nil, err
-		}
-		out[p] = "host " + p
 	}
 	return out, nil
 }
@@ -299,7 +301,7 @@ func within(asked, max map[string]string) error {
 	for _, p := range sortedKeys(asked) {
 		covered := false
 		for m := range max {
-			if covers(m, p) {
+			if hostpattern.Covers(m, p) {
 				covered = true
 				break
 			}
@@ -312,39 +314,6 @@ func within(asked, max map[string]string) error {
 		}
 	}
 	return nil
-}
-
-// covers reports whether max pattern m allows everything pattern p does.
-func covers(m, p string) bool {
-	if m == p {
-		return true
-	}
-	if !strings.HasPrefix(m, "*.") {
-		return false
-	}
-	if strings.HasPrefix(p, "*.") {
-		return strings.HasSuffix(p[1:], m[1:])
-	}
-	return egress.Match(m, p)
-}
-
-// normalizePattern checks a host pattern: a host name, or "*." and one.
-func normalizePattern(p string) (string, error) {
-	glob := strings.HasPrefix(p, "*.")
-	h, err := egress.NormalizeHost(strings.TrimPrefix(p, "*."))
-	if err != nil {
-		return "", fmt.Errorf("host pattern %q: %w", p, err)
-	}
-	if strings.Contains(h, "*") {
-		return "", fmt.Errorf("host pattern %q: only a leading *. is allowed", p)
-	}
-	if glob {
-		if !strings.Contains(h, ".") {
-			return "", fmt.Errorf("host pattern %q: a glob must keep at least two labels", p)
-		}
-		return "*." + h, nil
-	}
-	return h, nil
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sandq/sandq/executor/egress"
+	"github.com/sandq/sandq/internal/hostpattern"
 )
 
 // Guard keeps webhooks away from the worker's own networks (SSRF): a job's
@@ -45,7 +45,7 @@ import (
 type Guard struct {
 	AllowPrivate bool
 	// HostAddrs lists the addresses of the host the guard runs on; nil is
-	// egress.HostAddrs, listed again at each check (addresses change).
+	// hostpattern.HostAddrs, listed again at each check (addresses change).
 	HostAddrs func() ([]netip.Addr, error)
 }
 
@@ -54,8 +54,8 @@ var ErrBlockedAddress = errors.New("address not allowed for webhooks")
 
 // ErrIPSpelling is wrapped by the refusal of a host that is an IP address
 // written in a form other than a dotted quad or a bracketed IPv6 address.
-// It is the egress proxy's own egress.ErrIPLiteral.
-var ErrIPSpelling = egress.ErrIPLiteral
+// It is hostpattern.ErrIPLiteral, the egress proxy's refusal too.
+var ErrIPSpelling = hostpattern.ErrIPLiteral
 
 // refusedKinds is what a refusal of a host name says instead of the address.
 const refusedKinds = "loopback, private, link-local, shared, reserved, multicast, or one of this worker's own"
@@ -150,7 +150,7 @@ func (g Guard) hostAddrs() ([]netip.Addr, error) {
 	if g.HostAddrs != nil {
 		return g.HostAddrs()
 	}
-	return egress.HostAddrs()
+	return hostpattern.HostAddrs()
 }
 
 // blocked says why a is refused, or "" when it may be dialed; own are the
@@ -238,8 +238,8 @@ func checkHost(u *url.URL) (netip.Addr, error) {
 		// netip takes only four decimal octets without leading zeros.
 		return a, nil
 	}
-	if _, err := egress.NormalizeHost(host); err != nil {
-		if errors.Is(err, egress.ErrIPLiteral) {
+	if _, err := hostpattern.NormalizeHost(host); err != nil {
+		if errors.Is(err, hostpattern.ErrIPLiteral) {
 			return netip.Addr{}, checkErrorf(ErrIPSpelling, "webhook host %q is an IP address in a non-standard spelling (one number, hex, octal, leading zeros, fewer than four parts or a trailing dot): write an IPv4 address as four decimal numbers like 192.0.2.1, an IPv6 address in brackets like [2001:db8::1], or use a host name", host)
 		}
 		return netip.Addr{}, fmt.Errorf("webhook host is not a valid host name: %w", err)
