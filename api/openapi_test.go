@@ -188,7 +188,7 @@ var documentedTypes = map[string]reflect.Type{
 	"EgressEvent":    reflect.TypeFor[jobs.EgressEvent](),
 	"Timings":        reflect.TypeFor[jobs.Timings](),
 	"WebhookRef":     reflect.TypeFor[jobs.WebhookRef](),
-	"WebhookStatus":  reflect.TypeFor[jobs.WebhookStatus](),
+	"WebhookStatus":  reflect.TypeFor[webhook.Status](),
 	"WebhookAttempt": reflect.TypeFor[webhook.Attempt](),
 }
 
@@ -427,7 +427,7 @@ func TestOpenAPIValuesValidate(t *testing.T) {
 		Destinations: []jobs.EgressDestination{{Host: "a.example", Port: 443, Allowed: 1}}, OtherDestinations: &jobs.EgressOther{Destinations: 2, Count: 3, Allowed: 3},
 		Refusals: []jobs.EgressRefusal{{Host: "b.example", Port: 443, Count: 1}}, OtherRefusals: &jobs.EgressOther{Destinations: 1, Count: 1},
 		Bypass: &jobs.EgressBypass{Attempts: 1, Bytes: 60}})
-	check("WebhookStatus", &jobs.WebhookStatus{URL: "https://example.com/h", ID: "msg_j1", State: "unknown", Attempts: []webhook.Attempt{}})
+	check("WebhookStatus", &webhook.Status{URL: "https://example.com/h", ID: "msg_j1", State: "unknown", Attempts: []webhook.Attempt{}})
 	check("ErrorBody", errorBody{apiError(404, "not_found", "", "no such job")})
 	check("Spec", Spec{})
 	check("Spec", Spec{Runtime: "python", Limits: jobs.LimitRequest{TimeoutSeconds: 10}})

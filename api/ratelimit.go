@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sandq/sandq/internal/keys"
 )
 
 // gcra is a generic cell rate limiter kept in Redis, so that every API
@@ -37,7 +38,7 @@ func allow(ctx context.Context, rdb redis.Scripter, tenant string, t Tenant) (ti
 		return 0, nil
 	}
 	interval := int64(math.Ceil(1e6 / t.RatePerSecond))
-	wait, err := gcra.Run(ctx, rdb, []string{"sandq:ratelimit:" + tenant}, interval, max(t.Burst, 1)).Int64()
+	wait, err := gcra.Run(ctx, rdb, []string{keys.RateLimit(tenant)}, interval, max(t.Burst, 1)).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("rate limit: %w", err)
 	}

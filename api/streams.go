@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sandq/sandq/internal/keys"
 )
 
 // A tenant's open event streams are counted in Redis, so that every API
@@ -24,8 +25,6 @@ const (
 	streamRenewEvery = 10 * time.Second
 	streamRetryAfter = 5 * time.Second
 )
-
-func streamsKey(tenant string) string { return "sandq:streams:" + tenant }
 
 // streamLeaseScript takes (ARGV[3] "new") or renews ("renew") a stream's
 // lease. KEYS[1] is the tenant's set; ARGV[1] the cap (negative: none),
@@ -58,7 +57,7 @@ type streamSlot struct {
 func (s *Server) openStream(ctx context.Context, p *principal) (*streamSlot, *Error) {
 	b := make([]byte, 12)
 	rand.Read(b)
-	sl := &streamSlot{rdb: s.rdb, key: streamsKey(p.tenant), id: hex.EncodeToString(b), max: p.t.MaxStreams}
+	sl := &streamSlot{rdb: s.rdb, key: keys.Streams(p.tenant), id: hex.EncodeToString(b), max: p.t.MaxStreams}
 	if sl.max < 0 {
 		return sl, nil
 	}

@@ -2,17 +2,14 @@ package jobs
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"time"
 
-	"golang.org/x/sync/semaphore"
+	"github.com/sandq/sandq/internal/bytesize"
 )
 
 // MemoryBudget is how much of the host's memory a worker's sandboxes may
@@ -74,35 +71,22 @@ func (b MemoryBudget) validate() error {
 	return nil
 }
 
-// resolve is the budget in bytes on a host with total bytes of memory. It
+// Resolve is the budget in bytes on a host with total bytes of memory. It
 // refuses a budget over the host's memory, and one that the largest memory
 // limit a job may ask for does not fit in: such a job would wait forever.
-func (b MemoryBudget) resolve(total, maxJob int64) (int64, error) {
+func (b MemoryBudget) Resolve(total, maxJob int64) (int64, error) {
 	n := b.Bytes
 	if n == 0 {
 		n = int64(b.Fraction * float64(total))
 	}
 	if n > total {
-		return 0, fmt.Errorf("worker memory budget %s is over the host's memory, %s: lower --memory-budget", roughSize(n), roughSize(total))
+		return 0, fmt.Errorf("worker memory budget %s is over the host's memory, %s: lower --memory-budget", bytesize.Rough(n), bytesize.Rough(total))
 	}
 	if maxJob > n {
 		return 0, fmt.Errorf("the maximum memory limit of a job, %s, is over the worker's memory budget of %s (%s of the host's %s): a job asking for it could never start; lower --max-memory or raise --memory-budget",
-			roughSize(maxJob), roughSize(n), b, roughSize(total))
+			bytesize.Rough(maxJob), bytesize.Rough(n), b, bytesize.Rough(total))
 	}
 	return n, nil
-}
-
-// roughSize prints a size exactly in GiB or MiB when it can, else to a
-// tenth of one.
-func roughSize(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0, n < 1<<30 && n%(1<<20) == 0:
-		return FormatSize(n)
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
-	default:
-		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
-	}
 }
 
 // HostMemory is the host's memory (MemTotal in /proc/meminfo), in bytes.
@@ -128,74 +112,4 @@ func HostMemory() (int64, error) {
 		return 0, fmt.Errorf("host memory: %w", err)
 	}
 	return 0, errors.New("host memory: no MemTotal in /proc/meminfo")
-}
-
-// memoryBudget hands out a worker's memory budget to the jobs it runs: a job
-// reserves its memory limit before its sandbox is made and gives it back
-// once the sandbox is gone. Reservations are served first come, first
-// served, so a large job is not starved by small ones behind it.
-type memoryBudget struct {
-	total    int64
-	sem      *semaphore.Weighted
-	reserved atomic.Int64
-	waiting  atomic.Int64
-}
-
-func newMemoryBudget(total int64) *memoryBudget {
-	return &memoryBudget{total: total, sem: semaphore.NewWeighted(total)}
-}
-
-// reserve waits until n bytes of the budget are free and takes them, or
-// until ctx ends. On success the caller must call the returned release.
-func (b *memoryBudget) reserve(ctx context.Context, n int64) (release func(), err error) {
-	if n > b.total {
-		// The worker refuses to start with a maximum over its budget; this
-		// only guards against waiting forever.
-		return nil, fmt.Errorf("the job's memory limit %s is over this worker's memory budget of %s", FormatSize(n), FormatSize(b.total))
-	}
-	if err := context.Cause(ctx); err != nil {
-		return nil, err
-	}
-	if !b.sem.TryAcquire(n) {
-		b.waiting.Add(1)
-		err = b.sem.Acquire(ctx, n)
-		b.waiting.Add(-1)
-		if err != nil {
-			return nil, fmt.Errorf("waiting for %s of the worker's memory budget: %w", FormatSize(n), err)
-		}
-	}
-	b.reserved.Add(n)
-	var once atomic.Bool
-	return func() {
-		if once.CompareAndSwap(false, true) {
-			b.reserved.Add(-n)
-			b.sem.Release(n)
-		}
-	}, nil
-}
-
-// errMemoryBusy: a job waited for room in the memory budget as long as its
-// attempt allows. It goes back to the queue, the attempt not counted (see
-// the worker's IsFailure), and runs when there is room, here or elsewhere;
-// on its last attempt it ends error instead.
-var errMemoryBusy = errors.New("no room in the worker's memory budget")
-
-// reserveMemory reserves the job's memory limit in the worker's budget,
-// waiting for room until ctx ends or until the attempt has only the job's
-// timeout and half the finish allowance left (asynq would fail the attempt
-// at its deadline); then it gives up with errMemoryBusy.
-func (h *Handler) reserveMemory(ctx context.Context, job *Job) (func(), error) {
-	wctx := ctx
-	if d, ok := ctx.Deadline(); ok {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithDeadline(ctx, d.Add(-(job.Limits.Timeout + h.cfg.FinishAllowance/2)))
-		defer cancel()
-	}
-	start := time.Now()
-	release, err := h.budget.reserve(wctx, job.Limits.Memory)
-	if err != nil && ctx.Err() == nil && errors.Is(wctx.Err(), context.DeadlineExceeded) {
-		return nil, fmt.Errorf("%w: waited %s for %s of %s, with %s reserved by running jobs",
-			errMemoryBusy, time.Since(start).Round(time.Millisecond), FormatSize(job.Limits.Memory), FormatSize(h.budget.total), FormatSize(h.budget.reserved.Load()))
-	}
-	return release, err
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sandq/sandq/internal/keys"
+	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -119,7 +121,7 @@ func (c *Client) resolveNetwork(ctx context.Context, queue string, asked []strin
 	if len(asked) == 0 || (len(asked) == 1 && asked[0] == NetworkNone) {
 		return nil, nil
 	}
-	b, err := c.rdb.HGet(ctx, egressKey, queue).Bytes()
+	b, err := c.rdb.HGet(ctx, keys.Egress, queue).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, &FieldError{Field: "network", Msg: fmt.Sprintf("queue %q allows no network (no worker serving it has a network policy for it)", queue)}
 	}
@@ -161,14 +163,14 @@ type JobStatus struct {
 	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
 	Result        *Result   `json:"result,omitempty"`
 	// Webhook is the job's webhook delivery, once the job is done.
-	Webhook *WebhookStatus `json:"webhook_delivery,omitempty"`
+	Webhook *webhook.Status `json:"webhook_delivery,omitempty"`
 }
 
 // StatusDoc is what `sandq status --json` prints for a finished job: the
 // result document (what the webhook carries) and the delivery log.
 type StatusDoc struct {
 	*Result
-	WebhookDelivery *WebhookStatus `json:"webhook_delivery,omitempty"`
+	WebhookDelivery *webhook.Status `json:"webhook_delivery,omitempty"`
 }
 
 // Status finds a job in any queue, whoever owns it: for direct producers
@@ -212,7 +214,7 @@ func (c *Client) statusIn(ctx context.Context, queue, id string, tenant *string)
 		return nil, fmt.Errorf("job %s: %w", id, err)
 	}
 	if tenant != nil {
-		if owner, ok := ownerOf(info.Payload); !ok || owner != *tenant {
+		if owner, ok := OwnerOf(info.Payload); !ok || owner != *tenant {
 			return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
 		}
 	}
@@ -256,7 +258,7 @@ func (t TenantJobs) Cancel(ctx context.Context, id string) (CancelOutcome, error
 
 func statusOf(info *asynq.TaskInfo) *JobStatus {
 	st := &JobStatus{ID: info.ID, Queue: info.Queue, Retried: info.Retried, MaxRetry: info.MaxRetry, LastError: info.LastErr}
-	if job, err := parseJob(info.Payload); err == nil {
+	if job, err := ParseJob(info.Payload); err == nil {
 		st.Tenant = job.Tenant
 	}
 	switch info.State {
@@ -348,7 +350,7 @@ func (c *Client) cancel(ctx context.Context, st *JobStatus) (CancelOutcome, erro
 	}
 	// The marker is set first: a worker that picks the job up from now on
 	// ends it canceled without running it.
-	if err := c.rdb.Set(ctx, cancelKey(id), "1", cancelMarkerTTL).Err(); err != nil {
+	if err := c.rdb.Set(ctx, keys.Cancel(id), "1", cancelMarkerTTL).Err(); err != nil {
 		return "", fmt.Errorf("cancel %s: %w", id, err)
 	}
 	if st.State != StateActive && c.hasWebhook(ctx, st.Queue, id) {
@@ -366,9 +368,9 @@ func (c *Client) cancel(ctx context.Context, st *JobStatus) (CancelOutcome, erro
 	if st.State != StateActive {
 		err := c.insp.DeleteTask(st.Queue, id)
 		if err == nil {
-			c.rdb.Del(context.WithoutCancel(ctx), cancelKey(id))
+			c.rdb.Del(context.WithoutCancel(ctx), keys.Cancel(id))
 			if st.Tenant != "" {
-				releaseOpen(context.WithoutCancel(ctx), c.rdb, &Job{ID: id, Queue: st.Queue, Tenant: st.Tenant})
+				ReleaseOpen(context.WithoutCancel(ctx), c.rdb, &Job{ID: id, Queue: st.Queue, Tenant: st.Tenant})
 			}
 			if st.State == StatePending || st.State == StateScheduled || st.State == StateRetry {
 				c.removeJobObjects(ctx, id)
@@ -380,7 +382,7 @@ func (c *Client) cancel(ctx context.Context, st *JobStatus) (CancelOutcome, erro
 			return "", fmt.Errorf("%w: %s ended %s", ErrJobFinished, id, now.Result.Status)
 		}
 	}
-	if err := c.rdb.Publish(ctx, cancelChannel, id).Err(); err != nil {
+	if err := c.rdb.Publish(ctx, keys.CancelChannel, id).Err(); err != nil {
 		return "", fmt.Errorf("cancel %s: %w", id, err)
 	}
 	return CancelSignalled, nil
@@ -393,7 +395,7 @@ func (c *Client) hasWebhook(ctx context.Context, queue, id string) bool {
 	if err != nil {
 		return false
 	}
-	if job, err := parseJob(info.Payload); err == nil && job.Webhook != "" {
+	if job, err := ParseJob(info.Payload); err == nil && job.Webhook != "" {
 		return true
 	}
 	return c.webhookPolicy(ctx, queue).HasDefault
@@ -404,3 +406,9 @@ func (c *Client) removeJobObjects(ctx context.Context, id string) {
 		c.logger.Warn("removing a cancelled job's files", "job_id", id, "err", err)
 	}
 }
+
+// Cancellation crosses processes through Redis: the producer sets a marker
+// (seen by a worker that has yet to start the job) and publishes the job ID
+// (seen by the worker running it). asynq's own CancelProcessing is not used:
+// it would hand the task back for a retry instead of ending it.
+const cancelMarkerTTL = 7 * 24 * time.Hour

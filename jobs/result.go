@@ -78,9 +78,10 @@ type Result struct {
 	Webhook *WebhookRef `json:"webhook,omitempty"`
 	Worker  string      `json:"worker,omitempty"`
 
-	// uploadedBytes is what this attempt stored (outputs and logs), counted
-	// before a size cap cuts the lists; for the metrics only.
-	uploadedBytes int64
+	// UploadedBytes is what this attempt stored (outputs and logs), counted
+	// before a size cap cuts the lists: for the worker's metrics, not part
+	// of the document.
+	UploadedBytes int64 `json:"-"`
 }
 
 // LimitsDoc is the limits a job ran under.
@@ -92,7 +93,8 @@ type LimitsDoc struct {
 	OutputFiles    int     `json:"output_files"`
 }
 
-func limitsDoc(l Limits) LimitsDoc {
+// NewLimitsDoc is the result's account of a job's limits.
+func NewLimitsDoc(l Limits) LimitsDoc {
 	return LimitsDoc{TimeoutSeconds: l.Timeout.Seconds(), MemoryBytes: l.Memory, DiskBytes: l.Disk, OutputBytes: l.OutputBytes, OutputFiles: l.OutputFiles}
 }
 

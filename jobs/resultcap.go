@@ -1,64 +1,14 @@
 package jobs
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"unicode/utf8"
-
-	"github.com/sandq/sandq/storage"
 )
 
-// manifestName is the object, beside a run's outputs/ and logs/, that holds
+// ManifestName is the object, beside a run's outputs/ and logs/, that holds
 // the whole lists of a trimmed result.
-const manifestName = "manifest.json"
-
-// resultSlack is the room capResult leaves under the cap.
-const resultSlack = 1 << 10
-
-// capResult bounds the result of a job that ran to the worker's result
-// size cap. Over it, the whole lists go to a manifest object under the
-// run's prefix first, linked from the result, so nothing of a legitimate
-// job with thousands of outputs is lost; then the result's lists are cut.
-func (h *Handler) capResult(ctx context.Context, res *Result, prefix string) error {
-	// Room for what is written after (the upload timings), so that
-	// writeResult never has to cut a result that has no manifest.
-	limit := h.cfg.MaxResultBytes - resultSlack
-	size := jsonSize(res)
-	if h.cfg.MaxResultBytes <= 0 || size <= limit {
-		return nil
-	}
-	m := Manifest{ID: res.ID, Outputs: res.Outputs, SkippedOutputs: res.SkippedOutputs, SkippedOutputsOmitted: res.SkippedOutputsOmitted}
-	if m.SkippedOutputs == nil {
-		m.SkippedOutputs = []SkippedDoc{}
-	}
-	if res.Egress != nil {
-		m.EgressRequests = res.Egress.Requests
-		m.EgressDestinations = res.Egress.Destinations
-		m.EgressRefusals = res.Egress.Refusals
-	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("result manifest: %w", err)
-	}
-	key := prefix + manifestName
-	const ctype = "application/json"
-	if _, err := h.store.Put(ctx, key, bytes.NewReader(b), int64(len(b)), storage.PutOptions{ContentType: ctype}); err != nil {
-		return fmt.Errorf("upload the result manifest: %w", err)
-	}
-	link, err := h.store.Presign(ctx, key, h.cfg.LinkExpiry, storage.LinkOptions{ContentType: ctype})
-	if err != nil {
-		return fmt.Errorf("link the result manifest: %w", err)
-	}
-	res.Trimmed = &TrimmedDoc{
-		Reason:   fmt.Sprintf("the result document was %d bytes, over the worker's cap of %d: lists were cut from their end; the manifest has them whole", size, h.cfg.MaxResultBytes),
-		Manifest: &ManifestRef{URL: link.URL, ExpiresAt: link.ExpiresAt, Key: key},
-	}
-	fitResult(res, limit)
-	res.Trimmed.MaxBytes = h.cfg.MaxResultBytes
-	return nil
-}
+const ManifestName = "manifest.json"
 
 // DefaultMaxResultBytes is the default of Config.MaxResultBytes: about 2000
 // outputs of ordinary names with their links.
@@ -71,8 +21,8 @@ const MinMaxResultBytes = 64 << 10
 // cut egress requests instead.
 const MinOutputsListed = 100
 
-// jsonSize is the length of v's JSON.
-func jsonSize(v any) int64 {
+// JSONSize is the length of v's JSON.
+func JSONSize(v any) int64 {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0
@@ -80,16 +30,16 @@ func jsonSize(v any) int64 {
 	return int64(len(b))
 }
 
-// fitResult cuts r's lists, from their end, until its JSON is at most
+// FitResult cuts r's lists, from their end, until its JSON is at most
 // maxBytes, and says what it cut in r.Trimmed (see TrimmedDoc for the
 // order). It reports whether it cut anything. Whatever cannot be cut
 // (identifiers, reasons, the egress policy) stays, so a document made only
 // of those may remain over the cap.
-func fitResult(r *Result, maxBytes int64) bool {
+func FitResult(r *Result, maxBytes int64) bool {
 	if maxBytes <= 0 {
 		return false
 	}
-	size := jsonSize(r)
+	size := JSONSize(r)
 	if size <= maxBytes {
 		return false
 	}
@@ -101,7 +51,7 @@ func fitResult(r *Result, maxBytes int64) bool {
 	if t.Reason == "" {
 		t.Reason = fmt.Sprintf("the result document was %d bytes, over the worker's cap of %d: lists were cut from their end", size, maxBytes)
 	}
-	over := func() int64 { return jsonSize(r) - maxBytes }
+	over := func() int64 { return JSONSize(r) - maxBytes }
 	stages := []func() bool{
 		func() bool {
 			return cutWhere(&r.SkippedOutputs, func(int, SkippedDoc) bool { return true }, over, &t.SkippedOutputs)
@@ -148,7 +98,7 @@ func cutWhere[T any](list *[]T, drop func(int, T) bool, over func() int64, n *in
 		for i := len(*list) - 1; i >= 0 && freed < excess; i-- {
 			if drop(i, (*list)[i]) {
 				gone[i] = true
-				freed += jsonSize((*list)[i]) + 1
+				freed += JSONSize((*list)[i]) + 1
 			}
 		}
 		if len(gone) == 0 {
@@ -230,7 +180,7 @@ func foldLast[T any](list *[]T, over func() int64, n *int, add func(T)) bool {
 		// A little more than the excess: the totals grow a few digits.
 		for freed := int64(0); len(*list) > 0 && freed < excess+32; {
 			last := len(*list) - 1
-			freed += jsonSize((*list)[last]) + 1
+			freed += JSONSize((*list)[last]) + 1
 			add((*list)[last])
 			var zero T
 			(*list)[last] = zero

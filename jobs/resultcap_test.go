@@ -40,7 +40,7 @@ func bigResult(outputs, refused int) *Result {
 	return r
 }
 
-// checkFit checks r after fitResult against its original: under the cap,
+// checkFit checks r after FitResult against its original: under the cap,
 // every list a prefix (in order) of the original with the cut counted.
 func checkFit(t *testing.T, orig, r *Result, maxBytes int64) {
 	t.Helper()
@@ -113,19 +113,19 @@ func allowed(r *Result) int {
 // as needed, and says what it cut.
 func TestFitResult(t *testing.T) {
 	orig := bigResult(3000, 1000)
-	full := jsonSize(orig)
+	full := JSONSize(orig)
 	t.Logf("full result: %d bytes", full)
 
 	t.Run("under the cap", func(t *testing.T) {
 		r := clone(t, orig)
-		if fitResult(r, full) || r.Trimmed != nil || !reflect.DeepEqual(r, clone(t, orig)) {
+		if FitResult(r, full) || r.Trimmed != nil || !reflect.DeepEqual(r, clone(t, orig)) {
 			t.Errorf("a result at the cap was changed: %+v", r.Trimmed)
 		}
 	})
 	t.Run("skipped list only", func(t *testing.T) {
 		r := clone(t, orig)
-		max := full - jsonSize(orig.SkippedOutputs)/2
-		if !fitResult(r, max) {
+		max := full - JSONSize(orig.SkippedOutputs)/2
+		if !FitResult(r, max) {
 			t.Fatal("not cut")
 		}
 		checkFit(t, orig, r, max)
@@ -137,8 +137,8 @@ func TestFitResult(t *testing.T) {
 		r := clone(t, orig)
 		first := clone(t, orig)
 		first.SkippedOutputs, first.Outputs = nil, first.Outputs[:MinOutputsListed]
-		max := jsonSize(first) - jsonSize(orig.Egress.Requests)/2
-		fitResult(r, max)
+		max := JSONSize(first) - JSONSize(orig.Egress.Requests)/2
+		FitResult(r, max)
 		checkFit(t, orig, r, max)
 		if tr := r.Trimmed; tr.SkippedOutputs != 100 || len(r.Outputs) != MinOutputsListed || tr.EgressRequests == 0 || tr.LogTailBytes != 0 {
 			t.Errorf("cut %+v, %d outputs left; want all skipped, outputs down to %d, then egress requests", tr, len(r.Outputs), MinOutputsListed)
@@ -150,7 +150,7 @@ func TestFitResult(t *testing.T) {
 	t.Run("down to the log tails", func(t *testing.T) {
 		r := clone(t, orig)
 		max := int64(MinMaxResultBytes) / 4
-		fitResult(r, max)
+		FitResult(r, max)
 		checkFit(t, orig, r, max)
 		if tr := r.Trimmed; len(r.Outputs) != 0 || len(r.Egress.Requests) != 0 || tr.LogTailBytes == 0 || r.Stdout.Tail == "" {
 			t.Errorf("cut %+v; %d outputs, %d requests, stdout tail %d bytes left", tr, len(r.Outputs), len(r.Egress.Requests), len(r.Stdout.Tail))
@@ -159,9 +159,9 @@ func TestFitResult(t *testing.T) {
 	t.Run("idempotent", func(t *testing.T) {
 		r := clone(t, orig)
 		max := full / 3
-		fitResult(r, max)
+		FitResult(r, max)
 		again := clone(t, r)
-		fitResult(again, max)
+		FitResult(again, max)
 		if a, b := mustJSON(t, r), mustJSON(t, again); a != b {
 			t.Errorf("a fitted result was cut again: %+v then %+v", r.Trimmed, again.Trimmed)
 		}
@@ -185,13 +185,13 @@ func TestFitResultFoldsEgressTotals(t *testing.T) {
 		allowed, refused, bytesIn = allowed+2, refused+3, bytesIn+1000
 	}
 	const limit = 64 << 10
-	if size := jsonSize(r); size <= limit {
+	if size := JSONSize(r); size <= limit {
 		t.Fatalf("the audit is only %d bytes; the test needs it over %d", size, limit)
 	}
-	if !fitResult(r, limit) {
-		t.Fatal("fitResult cut nothing")
+	if !FitResult(r, limit) {
+		t.Fatal("FitResult cut nothing")
 	}
-	if size := jsonSize(r); size > limit {
+	if size := JSONSize(r); size > limit {
 		t.Errorf("result is %d bytes after fitting, cap %d", size, limit)
 	}
 	gotAllowed, gotRefused, gotIn := 0, 0, int64(0)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -29,13 +30,20 @@ var runtimeByExt = map[string]string{
 	".sh": RuntimeShell, ".bash": RuntimeShell,
 }
 
-// interpreter is the argv prefix of each runtime inside the image.
-var interpreter = map[string][]string{
+// interpreters are the argv prefix of each runtime inside the image.
+var interpreters = map[string][]string{
 	// Not -u: unbuffered text I/O in CPython drops the rest of a write that
 	// a pipe accepts only partly, and gVisor's host pipes do that.
 	RuntimePython: {"/usr/bin/python3"},
 	RuntimeNode:   {"/usr/bin/node"},
 	RuntimeShell:  {"/bin/bash"},
+}
+
+// Interpreter is the argv prefix that runs a script of runtime inside the
+// image; ok is false for a runtime sandq does not know.
+func Interpreter(runtime string) (argv []string, ok bool) {
+	argv, ok = interpreters[runtime]
+	return slices.Clone(argv), ok
 }
 
 // ResolveRuntime names the runtime for a script: the one asked for (any

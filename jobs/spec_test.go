@@ -74,7 +74,7 @@ func TestResolveRuntime(t *testing.T) {
 			if got != tt.want {
 				t.Errorf("ResolveRuntime(%q, %q) = %q, want %q", tt.asked, tt.script, got, tt.want)
 			}
-			if _, ok := interpreter[got]; !ok {
+			if _, ok := Interpreter(got); !ok {
 				t.Errorf("runtime %q has no interpreter", got)
 			}
 		})

@@ -12,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sandq/sandq/internal/keys"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -292,7 +293,7 @@ func (d *Draft) addFiles(ctx context.Context, script File, inputs []File) error 
 	}
 	refs := make([]FileRef, len(ups))
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(transfers)
+	g.SetLimit(Transfers)
 	for i, u := range ups {
 		g.Go(func() error {
 			r, err := u.file.Open()
@@ -372,7 +373,7 @@ func (c *Client) existingJob(tenant, queue, id string) (*Enqueued, error) {
 	case err != nil:
 		return nil, fmt.Errorf("look up idempotency key: %w", err)
 	}
-	if owner, ok := ownerOf(info.Payload); !ok || owner != tenant {
+	if owner, ok := OwnerOf(info.Payload); !ok || owner != tenant {
 		c.logger.Error("an idempotency key's job ID is held by a job of another owner; submission refused",
 			"job_id", id, "queue", queue, "tenant", tenant, "owner", owner)
 		return nil, ErrIdempotencyKeyUnavailable
@@ -392,14 +393,14 @@ func (d *Draft) Commit(ctx context.Context) (*Enqueued, error) {
 		d.Abort(ctx)
 		return nil, &FieldError{Field: "script", Msg: "no script was given"}
 	}
-	payload, err := d.job.marshal()
+	payload, err := d.job.Marshal()
 	if err != nil {
 		d.Abort(ctx)
 		return nil, err
 	}
 	job := d.job
 	for attempt := 0; ; attempt++ {
-		_, err = d.c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), d.c.cfg.jobTaskOptions(job)...)
+		_, err = d.c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), d.c.cfg.TaskOptions(job)...)
 		if !errors.Is(err, asynq.ErrTaskIDConflict) {
 			break
 		}
@@ -446,10 +447,10 @@ func (d *Draft) Abort(ctx context.Context) {
 		}
 	}
 	if d.job.Tenant != "" {
-		d.c.rdb.Del(ctx, reservationKey(d.job.Queue, d.job.ID))
+		d.c.rdb.Del(ctx, keys.Reservation(d.job.Queue, d.job.ID))
 	}
 	if d.reserved {
-		if err := d.c.rdb.SRem(ctx, tenantOpenKey(d.job.Tenant), d.member).Err(); err != nil {
+		if err := d.c.rdb.SRem(ctx, keys.TenantOpen(d.job.Tenant), d.member).Err(); err != nil {
 			d.c.logger.Error("releasing a tenant's reservation", "job_id", d.job.ID, "err", err)
 		}
 	}

@@ -15,6 +15,10 @@ import (
 // TypeRun is the asynq task type of a job.
 const TypeRun = "job:run"
 
+// Transfers is how many files one job uploads (producer) or downloads and
+// uploads (worker) at once.
+const Transfers = 8
+
 // Job is the payload of a job:run task: everything a worker needs to run it.
 type Job struct {
 	ID      string `json:"id"`
@@ -46,12 +50,15 @@ type FileRef struct {
 	SHA256 string `json:"sha256"`
 }
 
-func (j *Job) marshal() ([]byte, error) {
+// Marshal is the job as a task payload.
+func (j *Job) Marshal() ([]byte, error) {
 	j.TimeoutSeconds = j.Limits.Timeout.Seconds()
 	return json.Marshal(j)
 }
 
-func parseJob(b []byte) (*Job, error) {
+// ParseJob reads a task payload; it refuses one without an ID, a script
+// or a timeout.
+func ParseJob(b []byte) (*Job, error) {
 	var j Job
 	if err := json.Unmarshal(b, &j); err != nil {
 		return nil, fmt.Errorf("job payload: %w", err)
@@ -86,9 +93,9 @@ func IdempotentJobID(tenant, queue, key string) string {
 	return "k-" + hex.EncodeToString(h[:16])
 }
 
-// ownerOf returns the tenant of a job:run task's payload; ok is false for
+// OwnerOf returns the tenant of a job:run task's payload; ok is false for
 // a payload that is not a job's.
-func ownerOf(payload []byte) (tenant string, ok bool) {
+func OwnerOf(payload []byte) (tenant string, ok bool) {
 	var p struct {
 		ID     string `json:"id"`
 		Tenant string `json:"tenant"`
@@ -109,8 +116,8 @@ func CheckJobID(id string) error {
 	return nil
 }
 
-// jobTaskOptions are the asynq options of a job's task.
-func (c Config) jobTaskOptions(j *Job) []asynq.Option {
+// TaskOptions are the asynq options of a job's task.
+func (c Config) TaskOptions(j *Job) []asynq.Option {
 	return []asynq.Option{
 		asynq.TaskID(j.ID),
 		asynq.Queue(j.Queue),

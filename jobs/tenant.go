@@ -10,29 +10,21 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+	"github.com/sandq/sandq/internal/keys"
 )
 
-// A tenant's jobs are indexed in Redis beside asynq's own keys:
-//
-//	sandq:tenant:<t>:jobs  sorted set of "queue id", scored by submission
-//	                       time in ms: what the API lists
-//	sandq:tenant:<t>:open  set of "queue id" of unfinished jobs: what the
-//	                       cap on pending jobs counts
-//
-// The worker removes a job from the open set when it writes its result;
+// A tenant's jobs are indexed in Redis beside asynq's own keys
+// (keys.TenantJobs, keys.TenantOpen). The worker removes a job from the open set when it writes its result;
 // entries whose task is gone (retention ended, or asynq archived it without
 // a result) are pruned when found.
-func tenantJobsKey(t string) string { return "sandq:tenant:" + t + ":jobs" }
-func tenantOpenKey(t string) string { return "sandq:tenant:" + t + ":open" }
-func tenantSeqKey(t string) string  { return "sandq:tenant:" + t + ":seq" }
 
 // reserve adds the job to its tenant's open set, refusing it if that makes
 // more than max (0: no cap).
 func (d *Draft) reserve(ctx context.Context, tenant string, max int) error {
-	key := tenantOpenKey(tenant)
+	key := keys.TenantOpen(tenant)
 	d.member = openMember(d.job.Queue, d.job.ID)
 	// The reservation key marks it as in flight for pruneOpen.
-	err := d.c.rdb.Set(ctx, reservationKey(d.job.Queue, d.job.ID), "1", ReservationTTL).Err()
+	err := d.c.rdb.Set(ctx, keys.Reservation(d.job.Queue, d.job.ID), "1", ReservationTTL).Err()
 	var added int64
 	if err == nil {
 		added, err = d.c.rdb.SAdd(ctx, key, d.member).Result()
@@ -64,7 +56,7 @@ func (d *Draft) reserve(ctx context.Context, tenant string, max int) error {
 
 // pruneOpen removes from a tenant's open set the jobs that have ended.
 func (c *Client) pruneOpen(ctx context.Context, tenant string) error {
-	key := tenantOpenKey(tenant)
+	key := keys.TenantOpen(tenant)
 	members, err := c.rdb.SMembers(ctx, key).Result()
 	if err != nil {
 		return err
@@ -91,7 +83,7 @@ func (c *Client) pruneOpen(ctx context.Context, tenant string) error {
 		default:
 			// A task under the ID that is not the tenant's is not one of
 			// its unfinished jobs.
-			if owner, ok := ownerOf(info.Payload); !ok || owner != tenant {
+			if owner, ok := OwnerOf(info.Payload); !ok || owner != tenant {
 				c.rdb.SRem(ctx, key, m)
 			}
 		}
@@ -105,7 +97,7 @@ func (c *Client) pruneOpen(ctx context.Context, tenant string) error {
 func (c *Client) reservationStale(ctx context.Context, queue, id string) bool {
 	// Job IDs carry no time, so Begin marks each reservation with a key
 	// that lives as long as an upload may take.
-	n, err := c.rdb.Exists(ctx, reservationKey(queue, id)).Result()
+	n, err := c.rdb.Exists(ctx, keys.Reservation(queue, id)).Result()
 	return err == nil && n == 0
 }
 
@@ -114,13 +106,11 @@ func (c *Client) reservationStale(ctx context.Context, queue, id string) bool {
 // API's body timeout must not exceed it.
 const ReservationTTL = 2 * time.Hour
 
-func reservationKey(queue, id string) string { return "sandq:reserving:" + queue + ":" + id }
-
 // indexTenantJob records an enqueued job in its tenant's list, and trims
 // entries older than twice the result retention.
 func (c *Client) indexTenantJob(ctx context.Context, job *Job) {
-	key := tenantJobsKey(job.Tenant)
-	seq, err := c.rdb.Incr(ctx, tenantSeqKey(job.Tenant)).Result()
+	key := keys.TenantJobs(job.Tenant)
+	seq, err := c.rdb.Incr(ctx, keys.TenantSeq(job.Tenant)).Result()
 	if err == nil {
 		// Scores are unique and increase with time: milliseconds times
 		// 1000 plus a sequence number, exact in a float64 until 2255.
@@ -129,7 +119,7 @@ func (c *Client) indexTenantJob(ctx context.Context, job *Job) {
 		_, err = c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.ZAdd(ctx, key, redis.Z{Score: float64(score), Member: openMember(job.Queue, job.ID)})
 			p.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(old, 10))
-			p.Del(ctx, reservationKey(job.Queue, job.ID))
+			p.Del(ctx, keys.Reservation(job.Queue, job.ID))
 			return nil
 		})
 	}
@@ -138,12 +128,12 @@ func (c *Client) indexTenantJob(ctx context.Context, job *Job) {
 	}
 }
 
-// releaseOpen takes a finished job out of its tenant's open set.
-func releaseOpen(ctx context.Context, rdb redis.UniversalClient, job *Job) error {
+// ReleaseOpen takes a finished job out of its tenant's open set.
+func ReleaseOpen(ctx context.Context, rdb redis.UniversalClient, job *Job) error {
 	if job.Tenant == "" {
 		return nil
 	}
-	return rdb.SRem(ctx, tenantOpenKey(job.Tenant), openMember(job.Queue, job.ID)).Err()
+	return rdb.SRem(ctx, keys.TenantOpen(job.Tenant), openMember(job.Queue, job.ID)).Err()
 }
 
 // ListFilter selects a tenant's jobs.
@@ -170,7 +160,7 @@ func (t TenantJobs) List(ctx context.Context, f ListFilter) ([]*JobStatus, strin
 	if f.Limit <= 0 {
 		f.Limit = 50
 	}
-	key := tenantJobsKey(tenant)
+	key := keys.TenantJobs(tenant)
 	max := "+inf"
 	if f.Cursor != "" {
 		if _, err := strconv.ParseUint(f.Cursor, 10, 64); err != nil {
@@ -210,7 +200,7 @@ func (t TenantJobs) List(ctx context.Context, f ListFilter) ([]*JobStatus, strin
 			if err != nil {
 				return nil, "", fmt.Errorf("job %s: %w", id, err)
 			}
-			if owner, ok := ownerOf(info.Payload); !ok || owner != tenant {
+			if owner, ok := OwnerOf(info.Payload); !ok || owner != tenant {
 				c.rdb.ZRem(ctx, key, m)
 				continue
 			}

@@ -67,3 +67,16 @@ func Format(n int64) string {
 	}
 	return fmt.Sprintf("%dB", n)
 }
+
+// Rough prints a size exactly in GiB or MiB when it can, else to a tenth
+// of one: for messages about memory.
+func Rough(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0, n < 1<<30 && n%(1<<20) == 0:
+		return Format(n)
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+	default:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	}
+}

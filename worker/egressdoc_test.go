@@ -1,4 +1,4 @@
-package jobs
+package worker
 
 import (
 	"encoding/json"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/sandq/sandq/executor/egress"
 	"github.com/sandq/sandq/executor/jobnet"
+	"github.com/sandq/sandq/jobs"
 )
 
 // TestEgressDocCarriesTheWholeAudit: the result's egress section has the
@@ -27,23 +28,23 @@ func TestEgressDocCarriesTheWholeAudit(t *testing.T) {
 		Refusals:          []egress.Refusal{{Host: "evil.example", Port: 443, Count: 1000, Reason: "not in the allowlist", Destinations: 1}},
 		OtherRefusals:     &egress.Refusal{Count: 500, Destinations: 400},
 	}
-	d := egressDoc(&NetworkPolicy{Asked: []string{"x"}, Hosts: []string{"ok.example"}, Ports: []int{80}}, a, &jobnet.Bypass{Packets: 7, Bytes: 420})
+	d := egressDoc(&jobs.NetworkPolicy{Asked: []string{"x"}, Hosts: []string{"ok.example"}, Ports: []int{80}}, a, &jobnet.Bypass{Packets: 7, Bytes: 420})
 	if d.Allowed != 3 || d.Refused != 1500 || d.Failed != 1 || d.BytesOut != 700 || d.BytesIn != 9000 || d.RequestsUnlisted != 504 {
 		t.Errorf("counts: %+v", d)
 	}
-	if len(d.Requests) != 2 || d.Requests[1] != (EgressEvent{Time: at, Host: "ok.example", Port: 80, Method: "GET", Decision: EgressAllowed, Reason: "matches", BytesOut: 600, BytesIn: 8000}) {
+	if len(d.Requests) != 2 || d.Requests[1] != (jobs.EgressEvent{Time: at, Host: "ok.example", Port: 80, Method: "GET", Decision: jobs.EgressAllowed, Reason: "matches", BytesOut: 600, BytesIn: 8000}) {
 		t.Errorf("requests: %+v", d.Requests)
 	}
-	if len(d.Destinations) != 1 || d.Destinations[0] != (EgressDestination{Host: "ok.example", Port: 80, Allowed: 2, Failed: 1, BytesOut: 650, BytesIn: 8500}) {
+	if len(d.Destinations) != 1 || d.Destinations[0] != (jobs.EgressDestination{Host: "ok.example", Port: 80, Allowed: 2, Failed: 1, BytesOut: 650, BytesIn: 8500}) {
 		t.Errorf("destinations: %+v", d.Destinations)
 	}
-	if o := d.OtherDestinations; o == nil || *o != (EgressOther{Destinations: 1, Count: 1, Allowed: 1, BytesOut: 50, BytesIn: 500}) {
+	if o := d.OtherDestinations; o == nil || *o != (jobs.EgressOther{Destinations: 1, Count: 1, Allowed: 1, BytesOut: 50, BytesIn: 500}) {
 		t.Errorf("other destinations: %+v", o)
 	}
-	if len(d.Refusals) != 1 || d.Refusals[0].Count != 1000 || d.OtherRefusals == nil || *d.OtherRefusals != (EgressOther{Destinations: 400, Count: 500}) {
+	if len(d.Refusals) != 1 || d.Refusals[0].Count != 1000 || d.OtherRefusals == nil || *d.OtherRefusals != (jobs.EgressOther{Destinations: 400, Count: 500}) {
 		t.Errorf("refusals: %+v, other %+v", d.Refusals, d.OtherRefusals)
 	}
-	if d.Bypass == nil || *d.Bypass != (EgressBypass{Attempts: 7, Bytes: 420}) {
+	if d.Bypass == nil || *d.Bypass != (jobs.EgressBypass{Attempts: 7, Bytes: 420}) {
 		t.Errorf("bypass: %+v", d.Bypass)
 	}
 	b, err := json.Marshal(d)
@@ -57,7 +58,7 @@ func TestEgressDocCarriesTheWholeAudit(t *testing.T) {
 	}
 
 	// Without an audit or a bypass count: empty lists, no bypass.
-	d = egressDoc(&NetworkPolicy{}, nil, nil)
+	d = egressDoc(&jobs.NetworkPolicy{}, nil, nil)
 	if d.Requests == nil || d.Destinations == nil || d.Refusals == nil || d.Bypass != nil {
 		t.Errorf("empty audit: %+v", d)
 	}

@@ -1,4 +1,4 @@
-package jobs
+package worker
 
 import (
 	"net/http"
@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/jobs"
 )
 
 // Metrics are a worker's Prometheus metrics: sandq's own, asynq's queue
@@ -81,7 +82,7 @@ func (m *Metrics) workerGauges(running func() int, concurrency int) {
 }
 
 // memoryGauges registers the memory budget gauges of a worker.
-func (m *Metrics) warmGauges(p *executor.WarmPool) {
+func (m *Metrics) warmGauges(p *executor.WarmRunner) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_warm_sandboxes_ready", Help: "Sandboxes created ahead of demand that wait for a job."},
 			func() float64 { return float64(p.Ready()) }),
@@ -106,7 +107,7 @@ func (m *Metrics) memoryGauges(b *memoryBudget) {
 }
 
 // observe records a finished job.
-func (m *Metrics) observe(res *Result) {
+func (m *Metrics) observe(res *jobs.Result) {
 	if m == nil || res == nil {
 		return
 	}
@@ -120,12 +121,12 @@ func (m *Metrics) observe(res *Result) {
 		m.sandboxStart.Observe(float64(res.Timings.SandboxStartMS) / 1000)
 	}
 	// Counted at upload: a result over its size cap lists fewer outputs.
-	m.uploadedBytes.Add(float64(res.uploadedBytes))
+	m.uploadedBytes.Add(float64(res.UploadedBytes))
 	if e := res.Egress; e != nil {
 		// The counts, not the listed requests: the list is capped.
-		m.egressRequests.WithLabelValues(EgressAllowed).Add(float64(e.Allowed))
-		m.egressRequests.WithLabelValues(EgressRefused).Add(float64(e.Refused))
-		m.egressRequests.WithLabelValues(EgressFailed).Add(float64(e.Failed))
+		m.egressRequests.WithLabelValues(jobs.EgressAllowed).Add(float64(e.Allowed))
+		m.egressRequests.WithLabelValues(jobs.EgressRefused).Add(float64(e.Refused))
+		m.egressRequests.WithLabelValues(jobs.EgressFailed).Add(float64(e.Failed))
 		if e.Bypass != nil {
 			m.egressBypass.Add(float64(e.Bypass.Attempts))
 		}

@@ -1,4 +1,4 @@
-package jobs
+package worker
 
 import (
 	"context"
@@ -14,27 +14,30 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/internal/cleanup"
+	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
 )
 
 // Worker is an asynq server running jobs in sandboxes.
 type Worker struct {
-	cfg      Config
+	cfg      jobs.Config
 	srv      *asynq.Server
 	webhooks *asynq.Server
 	handler  *Handler
 	// webhookHandler delivers webhook:deliver tasks.
-	webhookHandler *WebhookHandler
+	webhookHandler *webhook.Handler
 	rdb            redis.UniversalClient
 	logger         *slog.Logger
 	stopListen     context.CancelFunc
 	listening      chan struct{}
 }
 
-// NewWorker builds a worker; Start runs it. It refuses a config whose image
+// New builds a worker; Start runs it. It refuses a config whose image
 // is missing, or whose largest job memory limit does not fit the memory
 // budget (such a job could never start).
-func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger *slog.Logger) (*Worker, error) {
+func New(cfg jobs.Config, runner executor.Runner, store *storage.Store, logger *slog.Logger) (*Worker, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -45,11 +48,11 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	if err := cfg.CheckImages(logger); err != nil {
 		return nil, err
 	}
-	hostMem, err := HostMemory()
+	hostMem, err := jobs.HostMemory()
 	if err != nil {
 		return nil, err
 	}
-	budget, err := cfg.Worker.MemoryBudget.resolve(hostMem, cfg.MaxLimits.Memory)
+	budget, err := cfg.Worker.MemoryBudget.Resolve(hostMem, cfg.MaxLimits.Memory)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +62,7 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	}
 	host, _ := os.Hostname()
 	name := fmt.Sprintf("%s:%d", host, os.Getpid())
-	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, budget: newMemoryBudget(budget), logger: logger, name: name, now: time.Now, handBack: make(chan struct{}),
+	h := &Handler{cfg: cfg, runner: runner, store: store, rdb: rdb, jobs: &running{}, budget: newMemoryBudget(budget), logger: logger, name: name, now: time.Now, sleep: time.Sleep, requeued: make(chan struct{}),
 		client: asynq.NewClientFromRedisClient(rdb), insp: asynq.NewInspectorFromRedisClient(rdb)}
 	w := &Worker{cfg: cfg, handler: h, rdb: rdb, logger: logger}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
@@ -72,8 +75,9 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 		// only wait to be requeued, which asynq does after this timeout.
 		ShutdownTimeout: time.Second,
 		RetryDelayFunc:  retryDelay,
-		// A job handed back for want of memory has not had an attempt.
-		IsFailure: func(err error) bool { return !errors.Is(err, errMemoryBusy) },
+		// A job handed back for want of memory has not had an attempt; one
+		// handed back to queue its webhook has had it already.
+		IsFailure: func(err error) bool { return !errors.Is(err, errMemoryBusy) && !errors.Is(err, errWebhookPending) },
 		Logger:    slogAdapter{logger.With("component", "asynq")},
 		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
 			id, _ := asynq.GetTaskID(ctx)
@@ -89,11 +93,12 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 	h.metrics.workerGauges(h.jobs.count, cfg.Worker.Concurrency)
 	h.metrics.memoryGauges(h.budget)
 	if n := cfg.Worker.WarmSandboxes; n > 0 {
-		if h.warm, err = h.newWarmPool(n); err != nil {
+		if h.warm, err = h.newWarmRunner(n); err != nil {
 			rdb.Close()
 			return nil, err
 		}
 		h.metrics.warmGauges(h.warm)
+		h.runner = h.warm
 	}
 	// Deliveries have their own server and queue, so that jobs and events
 	// fail independently and long jobs never hold up an event.
@@ -102,10 +107,11 @@ func NewWorker(cfg Config, runner executor.Runner, store *storage.Store, logger 
 }
 
 // retryDelay backs off exponentially with jitter, from about 1s to 5m; a job
-// handed back for want of memory comes back after 1-2s.
+// handed back for want of memory, or to queue its webhook, comes back after
+// 1-2s.
 func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	if errors.Is(err, errMemoryBusy) {
-		// Soon, and spread: room may free up any moment.
+	if errors.Is(err, errMemoryBusy) || errors.Is(err, errWebhookPending) {
+		// Soon, and spread: room (or Redis) may come back any moment.
 		return time.Second + time.Duration(rand.Int64N(int64(time.Second)))
 	}
 	d := time.Second << min(n, 9)
@@ -117,27 +123,17 @@ func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 func (w *Worker) Mux() *asynq.ServeMux {
 	mux := asynq.NewServeMux()
 	mux.Use(recoverMiddleware(w.logger), logMiddleware(w.logger))
-	mux.Handle(TypeRun, w.handler)
+	mux.Handle(jobs.TypeRun, w.handler)
 	return mux
-}
-
-// ObjectExpiryDays is how long the object store keeps job files (the expiry
-// rule of storage.ObjectPrefix): a day more than the longer of the result
-// retention and the link expiry, in whole days, so files outlive neither
-// the job's result nor its links by more than a day.
-func (c Config) ObjectExpiryDays() int {
-	c = c.WithDefaults()
-	keep := max(c.ResultRetention, c.LinkExpiry)
-	return int((keep+24*time.Hour-1)/(24*time.Hour)) + 1
 }
 
 // Start begins processing jobs. It refuses a Redis that may evict keys
 // (CheckRedisEviction).
-func (w *Worker) Start(ctx context.Context) error {
+func (w *Worker) Start(ctx context.Context) (err error) {
 	if err := w.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
 	}
-	if err := CheckRedisEviction(ctx, w.rdb); err != nil {
+	if err := jobs.CheckRedisEviction(ctx, w.rdb); err != nil {
 		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
 	}
 	// Job files outlive neither the job's retention nor its links by more
@@ -151,12 +147,15 @@ func (w *Worker) Start(ctx context.Context) error {
 	if set {
 		w.logger.Info("set the expiry rule of job files", "prefix", storage.ObjectPrefix, "days", days)
 	}
-	if err := w.cfg.Egress.publish(ctx, w.rdb, w.cfg.Worker.Queues, w.logger); err != nil {
+	if err := w.cfg.Egress.Publish(ctx, w.rdb, w.cfg.Worker.Queues, w.logger); err != nil {
 		return fmt.Errorf("publish the network policy: %w", err)
 	}
-	if err := w.cfg.publishImages(ctx, w.rdb); err != nil {
+	if err := w.cfg.PublishImages(ctx, w.rdb); err != nil {
 		return err
 	}
+	// What is started is stopped again, last first, if a later step fails.
+	var started cleanup.Stack
+	defer started.ReleaseOnError(ctx, &err)
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.stopListen = cancel
 	w.listening = make(chan struct{})
@@ -164,29 +163,31 @@ func (w *Worker) Start(ctx context.Context) error {
 		defer close(w.listening)
 		listenCancels(lctx, w.rdb, w.handler.jobs, w.logger)
 	}()
-	if err := w.cfg.Webhook.publish(ctx, w.rdb, w.cfg.Worker.Queues); err != nil {
+	started.Add("cancel listener", func(context.Context) error {
 		cancel()
+		<-w.listening
+		w.stopListen = nil
+		return nil
+	})
+	if err := w.cfg.Webhook.Publish(ctx, w.rdb, w.cfg.Worker.Queues); err != nil {
 		return fmt.Errorf("publish the webhook policy: %w", err)
 	}
 	if w.handler.warm != nil {
 		w.handler.warm.Start()
+		started.Add("warm sandboxes", func(context.Context) error { w.closeWarm(); return nil })
 	}
 	if err := w.srv.Start(w.Mux()); err != nil {
-		cancel()
-		w.closeWarm()
 		return fmt.Errorf("start worker: %w", err)
 	}
+	started.Add("job server", func(context.Context) error { w.srv.Shutdown(); return nil })
 	wmux := asynq.NewServeMux()
 	wmux.Use(recoverMiddleware(w.logger))
-	wmux.Handle(TypeWebhook, w.webhookHandler)
+	wmux.Handle(webhook.TaskType, w.webhookHandler)
 	if err := w.webhooks.Start(wmux); err != nil {
-		w.srv.Shutdown()
-		cancel()
-		w.closeWarm()
 		return fmt.Errorf("start webhook deliveries: %w", err)
 	}
 	w.logger.Info("worker started", "concurrency", w.cfg.Worker.Concurrency, "queues", w.cfg.Worker.Queues, "image", w.cfg.ImagePath(),
-		"memory_budget", FormatSize(w.handler.budget.total))
+		"memory_budget", jobs.FormatSize(w.handler.budget.total))
 	return nil
 }
 
@@ -220,7 +221,7 @@ func (w *Worker) Shutdown() {
 		}
 	}
 	w.srv.Shutdown()
-	close(w.handler.handBack)
+	close(w.handler.requeued)
 	// Sandboxes of jobs that finished are being torn down still.
 	w.handler.tearing.Wait()
 	w.webhooks.Shutdown()

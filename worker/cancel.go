@@ -1,4 +1,4 @@
-package jobs
+package worker
 
 import (
 	"context"
@@ -8,18 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sandq/sandq/internal/keys"
 )
-
-// Cancellation crosses processes through Redis: the producer sets a marker
-// (seen by a worker that has yet to start the job) and publishes the job ID
-// (seen by the worker running it). asynq's own CancelProcessing is not used:
-// it would hand the task back for a retry instead of ending it.
-const (
-	cancelChannel   = "sandq:cancel"
-	cancelMarkerTTL = 7 * 24 * time.Hour
-)
-
-func cancelKey(id string) string { return "sandq:cancel:" + id }
 
 // Causes of a running job's context ending.
 var (
@@ -77,7 +67,7 @@ func (r *running) count() int {
 // ends, resubscribing after connection losses.
 func listenCancels(ctx context.Context, rdb redis.UniversalClient, jobs *running, logger *slog.Logger) {
 	for ctx.Err() == nil {
-		sub := rdb.Subscribe(ctx, cancelChannel)
+		sub := rdb.Subscribe(ctx, keys.CancelChannel)
 		ch := sub.Channel()
 	loop:
 		for {

@@ -1,0 +1,202 @@
+// Package executortest provides a fake executor.Runner for tests of what
+// runs sandboxes (the worker's handler): its sandboxes are plain
+// directories, and each run ends as the test scripts it, without root,
+// runsc or a network. Outputs are collected by the real
+// executor.CollectOutputs, so what a fake job writes is uploaded as a real
+// one's would be.
+package executortest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sandq/sandq/executor"
+)
+
+// A Job is what a fake sandbox's run does: it may write into outputs (the
+// sandbox's outputs directory) and read the script and inputs, and returns
+// how the run ended and what it printed. It runs until it returns or ctx
+// ends; a Job that honours ctx lets cancellation and shutdown be tested.
+type Job func(ctx context.Context, sb *Sandbox) Run
+
+// Run is how a fake run ended.
+type Run struct {
+	// Outcome flags: ExitCode, Signal, TimedOut, OOMKilled, TaskLimited.
+	// Interrupted, the timestamps and the logs are filled in by the fake.
+	Outcome executor.Outcome
+	Stdout  string
+	Stderr  string
+	// Err fails the run itself (the sandbox machinery), not the job.
+	Err error
+}
+
+// Exit is a run that printed stdout and exited with code.
+func Exit(code int, stdout string) Job {
+	return func(context.Context, *Sandbox) Run {
+		return Run{Outcome: executor.Outcome{ExitCode: &code}, Stdout: stdout}
+	}
+}
+
+// Killed is a run killed as o says (TimedOut, OOMKilled or TaskLimited),
+// without an exit status.
+func Killed(o executor.Outcome) Job {
+	return func(context.Context, *Sandbox) Run {
+		o.Signal = "SIGKILL"
+		return Run{Outcome: o}
+	}
+}
+
+// Block is a run that lasts until its context ends (a cancellation or the
+// worker's shutdown), as a long job does.
+func Block(started chan<- string) Job {
+	return func(ctx context.Context, sb *Sandbox) Run {
+		if started != nil {
+			started <- sb.Spec.Name
+		}
+		<-ctx.Done()
+		return Run{}
+	}
+}
+
+// Runner is a fake executor.Runner. Its fields may not change while a
+// sandbox is in use.
+type Runner struct {
+	// Dir holds the sandboxes' directories.
+	Dir string
+	// Job is what every sandbox runs, unless ByName has the job's name
+	// (executor.Spec.Name, the job ID).
+	Job    Job
+	ByName map[string]Job
+	// PrepareErr, CreateErr fail those steps of every sandbox.
+	PrepareErr, CreateErr error
+
+	mu        sync.Mutex
+	prepared  []executor.Spec
+	released  atomic.Int64
+	sandboxes atomic.Int64
+}
+
+var _ executor.Runner = (*Runner)(nil)
+
+// SetJob sets what the sandbox of the job named name runs.
+func (r *Runner) SetJob(name string, j Job) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ByName == nil {
+		r.ByName = map[string]Job{}
+	}
+	r.ByName[name] = j
+}
+
+// Prepare makes a sandbox's directories.
+func (r *Runner) Prepare(ctx context.Context, spec executor.Spec) (executor.Sandbox, error) {
+	r.mu.Lock()
+	r.prepared = append(r.prepared, spec)
+	job := r.Job
+	if j, ok := r.ByName[spec.Name]; ok {
+		job = j
+	}
+	r.mu.Unlock()
+	if r.PrepareErr != nil {
+		return nil, r.PrepareErr
+	}
+	n := r.sandboxes.Add(1)
+	sb := &Sandbox{Spec: spec, r: r, job: job, id: fmt.Sprintf("fake-%d", n), dir: filepath.Join(r.Dir, fmt.Sprintf("sb-%d", n))}
+	for _, d := range []string{sb.InputsDir(), sb.JobDir(), sb.OutputsDir(), sb.logDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	return sb, nil
+}
+
+// Prepared are the specs of every sandbox asked for, in order.
+func (r *Runner) Prepared() []executor.Spec {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]executor.Spec(nil), r.prepared...)
+}
+
+// Live is how many sandboxes were made and not released.
+func (r *Runner) Live() int64 { return r.sandboxes.Load() - r.released.Load() }
+
+// Sandbox is a fake sandbox: directories on the host.
+type Sandbox struct {
+	Spec    executor.Spec
+	r       *Runner
+	job     Job
+	id, dir string
+	ran     bool
+}
+
+var _ executor.Sandbox = (*Sandbox)(nil)
+
+func (s *Sandbox) ID() string         { return s.id }
+func (s *Sandbox) InputsDir() string  { return filepath.Join(s.dir, "inputs") }
+func (s *Sandbox) JobDir() string     { return filepath.Join(s.dir, "job") }
+func (s *Sandbox) OutputsDir() string { return filepath.Join(s.dir, "outputs") }
+func (s *Sandbox) logDir() string     { return filepath.Join(s.dir, "logs") }
+
+// Create fails with the runner's CreateErr, if any.
+func (s *Sandbox) Create(ctx context.Context) error { return s.r.CreateErr }
+
+// Run runs the sandbox's Job.
+func (s *Sandbox) Run(ctx context.Context) (*executor.Outcome, error) {
+	if s.ran {
+		return nil, errors.New("fake sandbox: run twice")
+	}
+	s.ran = true
+	if s.job == nil {
+		return nil, errors.New("fake sandbox: the runner has no Job")
+	}
+	created := time.Now()
+	run := s.job(ctx, s)
+	if run.Err != nil {
+		return nil, run.Err
+	}
+	out := run.Outcome
+	out.CreatedAt, out.StartedAt, out.FinishedAt = created, created, time.Now()
+	if ctx.Err() != nil {
+		out.Interrupted = context.Cause(ctx)
+		out.ExitCode = nil
+		out.Signal = "SIGKILL"
+	}
+	var err error
+	if out.Stdout, err = s.log("stdout", run.Stdout); err != nil {
+		return nil, err
+	}
+	if out.Stderr, err = s.log("stderr", run.Stderr); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func (s *Sandbox) log(name, text string) (executor.LogSummary, error) {
+	p := filepath.Join(s.logDir(), name+".log")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		return executor.LogSummary{}, err
+	}
+	tail := text
+	if n := s.Spec.Limits.LogTail; n > 0 && len(tail) > n {
+		tail = tail[len(tail)-n:]
+	}
+	return executor.LogSummary{Path: p, Tail: []byte(tail), Bytes: int64(len(text))}, nil
+}
+
+// Outputs collects the outputs directory as a real sandbox's.
+func (s *Sandbox) Outputs() (*executor.Collection, error) {
+	l := s.Spec.Limits
+	return executor.CollectOutputs(s.OutputsDir(), l.OutputFiles, l.OutputBytes)
+}
+
+// Release removes the sandbox's directories.
+func (s *Sandbox) Release(ctx context.Context) error {
+	s.r.released.Add(1)
+	return os.RemoveAll(s.dir)
+}
