@@ -2,6 +2,8 @@
 #   make demo   install what is missing, build the analysis image, start the
 #               local stack on it, run the spreadsheet example
 #   make test   install what is missing, build both images, run every test
+#   make check  the fast tier: vet and `go test -short ./...`, as any user, with
+#               no root, runsc or images, in under a minute
 #   make chaos  the fault-injection suite at full size (make test runs a subset)
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:/usr/local/bin:$(PATH)
@@ -12,7 +14,7 @@ IMAGE_DIR  ?= /var/lib/sandq/images
 # nftables state that the end-to-end jobs rely on.
 GO_TEST_FLAGS ?= -count=1 -p 1 -timeout 40m
 
-.PHONY: deps build image image-analysis images test chaos demo vet clean
+.PHONY: deps build image image-analysis images check test chaos demo vet clean
 
 deps:
 	scripts/install-deps.sh
@@ -36,6 +38,11 @@ images: image image-analysis
 vet:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	go vet ./...
+
+# The fast tier: tests that need root, runsc, network namespaces or the
+# images skip under -short (and only then).
+check: vet
+	go test -short -count=1 ./...
 
 test: deps images vet
 	SANDQ_IMAGE_DIR=$(IMAGE_DIR) go test $(GO_TEST_FLAGS) -v ./... 2>&1 | tee /tmp/sandq-test.log | grep -E '^(\s*--- |PASS|FAIL|ok |panic|.*\.go:[0-9]+)' ; exit $${PIPESTATUS[0]}

@@ -3,6 +3,8 @@ package jobs
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -11,13 +13,14 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/storage"
 )
 
 // Config is one process's configuration, producer or worker. Zero fields
 // take the documented defaults in WithDefaults; Validate names what is wrong.
 type Config struct {
-	// Redis address host:port. Default 127.0.0.1:6379.
+	// Redis address host:port. Default DefaultRedisAddr.
 	RedisAddr     string
 	RedisUsername string
 	RedisPassword string
@@ -26,17 +29,18 @@ type Config struct {
 
 	Storage storage.Config
 
-	// Queue a job goes to when it names none. Default "default".
+	// Queue a job goes to when it names none. Default DefaultQueue.
 	Queue string
 
 	// DefaultLimits apply when a job asks for nothing; MaxLimits are the most
-	// a job may ask for. Defaults: 5m/2GiB/2GiB/512MiB/1000 and
-	// 1h/8GiB/10GiB/2GiB/10000.
+	// a job may ask for. Defaults: DefaultTimeout, DefaultMemory, ... and
+	// DefaultMaxTimeout, DefaultMaxMemory, ... (defaults.go).
 	DefaultLimits Limits
 	MaxLimits     Limits
 
-	// Input caps. Defaults: 100 inputs, 1 GiB each, 4 GiB in all, a 1 MiB
-	// script, 256 arguments in 64 KiB, 128 variables in 64 KiB.
+	// Input caps: inputs, bytes of each and of all, script bytes,
+	// arguments and environment variables. Defaults: DefaultMaxInputs,
+	// DefaultMaxInputSize, ... (defaults.go).
 	MaxInputs      int
 	MaxInputBytes  int64
 	MaxInputsTotal int64
@@ -47,21 +51,25 @@ type Config struct {
 	MaxEnvBytes    int
 
 	// MaxRetry is how often a job that could not run (status error) is
-	// retried. Default 3; NoRetry (-1) for none.
+	// retried. Default DefaultMaxRetry; NoRetry (-1) for none.
 	MaxRetry int
-	// ResultRetention keeps finished jobs and their results. Default 7 days.
+	// ResultRetention keeps finished jobs and their results. Default
+	// DefaultResultRetention.
 	ResultRetention time.Duration
-	// LinkExpiry is the life of presigned links. Default 24h, at most 7 days.
+	// LinkExpiry is the life of presigned links. Default DefaultLinkExpiry;
+	// at most storage.MaxLinkExpiry.
 	LinkExpiry time.Duration
 	// FinishAllowance is added to a job's timeout for download, upload and
-	// result writing before asynq gives up on it. Default 15m.
+	// result writing before asynq gives up on it. Default
+	// DefaultFinishAllowance.
 	FinishAllowance time.Duration
-	// PollInterval is how often wait polls a job's state. Default 200ms.
+	// PollInterval is how often wait polls a job's state. Default
+	// DefaultPollInterval.
 	PollInterval time.Duration
 	// MaxResultBytes caps a result document's JSON (workers). Over it, the
 	// whole lists go to a manifest object and the result's are cut (see
-	// TrimmedDoc). Default DefaultMaxResultBytes (2 MiB); at least
-	// MinMaxResultBytes (64 KiB).
+	// TrimmedDoc). Default DefaultMaxResultBytes; at least
+	// MinMaxResultBytes.
 	MaxResultBytes int64
 
 	Worker WorkerConfig
@@ -78,41 +86,45 @@ type Config struct {
 type WorkerConfig struct {
 	// Concurrency is how many jobs run at once. Default: number of CPUs.
 	Concurrency int
-	// Queues with priorities. Default {"default": 1}.
+	// Queues with priorities. Default DefaultQueues(): {"default": 1}.
 	Queues map[string]int
-	// StateDir holds sandbox scratch space and runsc state. Default /var/lib/sandq.
+	// StateDir holds sandbox scratch space and runsc state. Default
+	// executor.DefaultStateDir.
 	StateDir string
-	// Runsc binary. Default "runsc" on PATH.
+	// Runsc binary. Default executor.DefaultRunsc, on PATH.
 	Runsc string
-	// Platform for runsc. Default systrap.
+	// Platform for runsc. Default executor.DefaultPlatform.
 	Platform string
 	// ImageDir holds images, one directory each with a rootfs inside.
-	// Default /var/lib/sandq/images.
+	// Default StateDir/images: image.DefaultDir with the default StateDir.
 	ImageDir string
-	// Image is the image jobs run on unless they name one. Default "default".
+	// Image is the image jobs run on unless they name one. Default
+	// DefaultImage.
 	Image string
 	// Images are the other images jobs on this worker's queues may name.
 	Images []string
-	// UID and GID of the job's process. Default 1000:1000.
+	// UID and GID of the job's process. Default image.DefaultUID and
+	// image.DefaultGID: the images' user "sandbox".
 	UID, GID uint32
-	// Pids caps the tasks in one sandbox. Default 1024.
+	// Pids caps the tasks in one sandbox. Default DefaultPids.
 	Pids int64
-	// LogBytes caps each stored log stream. Default 16 MiB.
+	// LogBytes caps each stored log stream. Default DefaultLogSize.
 	LogBytes int64
-	// LogTail is how much of each stream's end the result carries. Default 8 KiB.
+	// LogTail is how much of each stream's end the result carries. Default
+	// DefaultLogTail.
 	LogTail int
 	// ShutdownGrace is how long a stopping worker lets running jobs finish
-	// before killing them and handing them back to the queue. Default 30s.
+	// before killing them and handing them back to the queue. Default
+	// DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 	// TaskCheckInterval is how often an idle worker polls for work (asynq
 	// sleeps half of it plus a random part of up to all of it). Default
-	// 10ms: about 100 cheap Redis calls a second per idle worker, for a
-	// job's wait in the queue of 5 to 15 ms instead of 50 to 150.
+	// DefaultTaskCheckInterval.
 	TaskCheckInterval time.Duration
 	// WarmSandboxes is how many sandboxes the worker keeps created ahead
 	// of demand for jobs of the default shape (default image and limits,
 	// no network): such a job skips runsc create. 0 (the default) turns
-	// it off. See executor.WarmPool.
+	// it off. See executor.WarmRunner.
 	WarmSandboxes int
 	// MemoryBudget caps the sum of the memory limits of the jobs running at
 	// once; jobs over it wait. Default DefaultMemoryBudget (75% of the
@@ -121,72 +133,49 @@ type WorkerConfig struct {
 	MemoryBudget MemoryBudget
 }
 
-// WithDefaults returns a copy with every unset field defaulted.
+// WithDefaults returns a copy with every unset field defaulted (see
+// defaults.go).
 func (c Config) WithDefaults() Config {
-	if c.RedisAddr == "" {
-		c.RedisAddr = "127.0.0.1:6379"
-	}
+	setString(&c.RedisAddr, DefaultRedisAddr)
 	c.Storage = c.Storage.WithDefaults()
-	if c.Queue == "" {
-		c.Queue = "default"
-	}
-	d := &c.DefaultLimits
-	setDur(&d.Timeout, 5*time.Minute)
-	set64(&d.Memory, 2<<30)
-	set64(&d.Disk, 2<<30)
-	set64(&d.OutputBytes, 512<<20)
-	setInt(&d.OutputFiles, 1000)
-	m := &c.MaxLimits
-	setDur(&m.Timeout, time.Hour)
-	set64(&m.Memory, 8<<30)
-	set64(&m.Disk, 10<<30)
-	set64(&m.OutputBytes, 2<<30)
-	setInt(&m.OutputFiles, 10000)
-	setInt(&c.MaxInputs, 100)
-	set64(&c.MaxInputBytes, 1<<30)
-	set64(&c.MaxInputsTotal, 4<<30)
-	set64(&c.MaxScriptBytes, 1<<20)
-	setInt(&c.MaxArgs, 256)
-	setInt(&c.MaxArgBytes, 64<<10)
-	setInt(&c.MaxEnv, 128)
-	setInt(&c.MaxEnvBytes, 64<<10)
-	setInt(&c.MaxRetry, 3)
-	setDur(&c.ResultRetention, 7*24*time.Hour)
-	setDur(&c.LinkExpiry, 24*time.Hour)
-	setDur(&c.FinishAllowance, 15*time.Minute)
-	setDur(&c.PollInterval, 200*time.Millisecond)
+	setString(&c.Queue, DefaultQueue)
+	setLimits(&c.DefaultLimits, Limits{Timeout: DefaultTimeout, Memory: DefaultMemory, Disk: DefaultDisk, OutputBytes: DefaultOutputSize, OutputFiles: DefaultOutputFiles})
+	setLimits(&c.MaxLimits, Limits{Timeout: DefaultMaxTimeout, Memory: DefaultMaxMemory, Disk: DefaultMaxDisk, OutputBytes: DefaultMaxOutputSize, OutputFiles: DefaultMaxOutputFiles})
+	setInt(&c.MaxInputs, DefaultMaxInputs)
+	set64(&c.MaxInputBytes, DefaultMaxInputSize)
+	set64(&c.MaxInputsTotal, DefaultMaxInputsSize)
+	set64(&c.MaxScriptBytes, DefaultMaxScriptSize)
+	setInt(&c.MaxArgs, DefaultMaxArgs)
+	setInt(&c.MaxArgBytes, DefaultMaxArgBytes)
+	setInt(&c.MaxEnv, DefaultMaxEnv)
+	setInt(&c.MaxEnvBytes, DefaultMaxEnvBytes)
+	setInt(&c.MaxRetry, DefaultMaxRetry)
+	setDur(&c.ResultRetention, DefaultResultRetention)
+	setDur(&c.LinkExpiry, DefaultLinkExpiry)
+	setDur(&c.FinishAllowance, DefaultFinishAllowance)
+	setDur(&c.PollInterval, DefaultPollInterval)
 	set64(&c.MaxResultBytes, DefaultMaxResultBytes)
 	w := &c.Worker
 	setInt(&w.Concurrency, runtime.NumCPU())
 	if len(w.Queues) == 0 {
-		w.Queues = map[string]int{"default": 1}
+		w.Queues = DefaultQueues()
 	}
-	if w.StateDir == "" {
-		w.StateDir = "/var/lib/sandq"
-	}
-	if w.Runsc == "" {
-		w.Runsc = "runsc"
-	}
-	if w.Platform == "" {
-		w.Platform = "systrap"
-	}
-	if w.ImageDir == "" {
-		w.ImageDir = filepath.Join(w.StateDir, "images")
-	}
-	if w.Image == "" {
-		w.Image = "default"
-	}
+	setString(&w.StateDir, executor.DefaultStateDir)
+	setString(&w.Runsc, executor.DefaultRunsc)
+	setString(&w.Platform, executor.DefaultPlatform)
+	setString(&w.ImageDir, filepath.Join(w.StateDir, "images"))
+	setString(&w.Image, DefaultImage)
 	if w.UID == 0 {
-		w.UID = 1000
+		w.UID = image.DefaultUID
 	}
 	if w.GID == 0 {
-		w.GID = 1000
+		w.GID = image.DefaultGID
 	}
-	set64(&w.Pids, 1024)
-	set64(&w.LogBytes, 16<<20)
-	setInt(&w.LogTail, 8<<10)
-	setDur(&w.ShutdownGrace, 30*time.Second)
-	setDur(&w.TaskCheckInterval, 10*time.Millisecond)
+	set64(&w.Pids, DefaultPids)
+	set64(&w.LogBytes, DefaultLogSize)
+	setInt(&w.LogTail, DefaultLogTail)
+	setDur(&w.ShutdownGrace, DefaultShutdownGrace)
+	setDur(&w.TaskCheckInterval, DefaultTaskCheckInterval)
 	if w.MemoryBudget == (MemoryBudget{}) {
 		w.MemoryBudget = DefaultMemoryBudget
 	}
@@ -277,9 +266,39 @@ func (c Config) ImagePath() string {
 	return filepath.Join(c.Worker.ImageDir, c.Worker.Image, "rootfs")
 }
 
+// RunscConfig is the sandbox runner's configuration for this worker
+// config: its runsc, platform and state directory, and, with network,
+// job networks from the egress policy's address pool.
+func (c Config) RunscConfig(logger *slog.Logger, network bool) (executor.RunscConfig, error) {
+	rc := executor.RunscConfig{Runsc: c.Worker.Runsc, Platform: c.Worker.Platform, StateDir: c.Worker.StateDir, Logger: logger}
+	if network {
+		pool, err := netip.ParsePrefix(c.Egress.Pool)
+		if err != nil {
+			return rc, fmt.Errorf("egress pool: %w", err)
+		}
+		rc.Network = &executor.NetworkConfig{Pool: pool}
+	}
+	return rc, nil
+}
+
 // RedisOpt is asynq's connection option for this config.
 func (c Config) RedisOpt() asynq.RedisClientOpt {
 	return asynq.RedisClientOpt{Addr: c.RedisAddr, Username: c.RedisUsername, Password: c.RedisPassword, DB: c.RedisDB}
+}
+
+// setLimits sets each zero field of l to def's.
+func setLimits(l *Limits, def Limits) {
+	setDur(&l.Timeout, def.Timeout)
+	set64(&l.Memory, def.Memory)
+	set64(&l.Disk, def.Disk)
+	set64(&l.OutputBytes, def.OutputBytes)
+	setInt(&l.OutputFiles, def.OutputFiles)
+}
+
+func setString(p *string, v string) {
+	if *p == "" {
+		*p = v
+	}
 }
 
 func setDur(p *time.Duration, v time.Duration) {

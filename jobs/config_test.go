@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -49,10 +51,11 @@ func TestConfigWithDefaults(t *testing.T) {
 		{"PollInterval", c.PollInterval, 200 * time.Millisecond},
 		{"Worker.Concurrency", c.Worker.Concurrency, runtime.NumCPU()},
 		{"Worker.Queues", len(c.Worker.Queues) == 1 && c.Worker.Queues["default"] == 1, true},
-		{"Worker.StateDir", c.Worker.StateDir, "/var/lib/sandq"},
-		{"Worker.Runsc", c.Worker.Runsc, "runsc"},
-		{"Worker.Platform", c.Worker.Platform, "systrap"},
-		{"Worker.ImageDir", c.Worker.ImageDir, "/var/lib/sandq/images"},
+		{"Worker.StateDir", c.Worker.StateDir, executor.DefaultStateDir},
+		{"Worker.Runsc", c.Worker.Runsc, executor.DefaultRunsc},
+		{"Worker.Platform", c.Worker.Platform, executor.DefaultPlatform},
+		// The worker finds images where `sandq image` puts them.
+		{"Worker.ImageDir", c.Worker.ImageDir, image.DefaultDir},
 		{"Worker.Image", c.Worker.Image, "default"},
 		{"Worker.UID", c.Worker.UID, uint32(1000)},
 		{"Worker.GID", c.Worker.GID, uint32(1000)},
@@ -61,7 +64,7 @@ func TestConfigWithDefaults(t *testing.T) {
 		{"Worker.LogTail", c.Worker.LogTail, 8 << 10},
 		{"Worker.ShutdownGrace", c.Worker.ShutdownGrace, 30 * time.Second},
 		{"Worker.TaskCheckInterval", c.Worker.TaskCheckInterval, 10 * time.Millisecond},
-		{"ImagePath", c.ImagePath(), "/var/lib/sandq/images/default/rootfs"},
+		{"ImagePath", c.ImagePath(), image.DefaultDir + "/default/rootfs"},
 	}
 	for _, ch := range checks {
 		t.Run(ch.name, func(t *testing.T) {

@@ -55,10 +55,13 @@ type Config struct {
 	Secure bool
 }
 
+// DefaultRegion is Config.Region's default.
+const DefaultRegion = "us-east-1"
+
 // WithDefaults returns a copy with unset fields defaulted.
 func (c Config) WithDefaults() Config {
 	if c.Region == "" {
-		c.Region = "us-east-1"
+		c.Region = DefaultRegion
 	}
 	if c.PublicEndpoint == "" {
 		c.PublicEndpoint = c.Endpoint

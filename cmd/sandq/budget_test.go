@@ -18,7 +18,7 @@ func TestMemoryBudgetFlag(t *testing.T) {
 		var gotErr error
 		app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{{
 			Name: "worker", Flags: workerFlags(),
-			Action: func(c *cli.Context) error { got, gotErr = loadConfig(c); return nil },
+			Action: func(c *cli.Context) error { got, gotErr = loadWorkerConfig(c); return nil },
 		}}}
 		if err := app.Run(strings.Fields(args)); err != nil {
 			t.Fatal(err)

@@ -1,34 +1,51 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/storage"
 )
 
-// Defaults match `sandq dev`, so producers and workers need no flags
-// against the local stack. Production sets every credential.
+// The defaults of the command line's own settings, which no package
+// applies. The S3 ones match `sandq dev`, so producers and workers need no
+// flags against the local stack; production sets every credential. The
+// defaults of everything else are the packages' (jobs/defaults.go,
+// executor/defaults.go, ...): a flag shows one in its help (DefaultText)
+// and passes only what the user set, for the package to default the rest.
 const (
-	defaultRedisAddr  = "127.0.0.1:6379"
-	defaultS3Endpoint = "127.0.0.1:9000"
-	defaultAccessKey  = "sandq"
-	defaultSecretKey  = "sandq-dev-secret"
-	defaultBucket     = "sandq"
+	defaultS3Endpoint  = "127.0.0.1:9000"
+	defaultAccessKey   = "sandq"
+	defaultSecretKey   = "sandq-dev-secret"
+	defaultBucket      = "sandq"
+	defaultLogLevel    = "info"
+	defaultListen      = "127.0.0.1:8080"
+	defaultMetricsAddr = "127.0.0.1:9464"
 )
 
 func env(name string) []string { return []string{"SANDQ_" + name} }
 
+// Help texts of defaults, as urfave/cli prints a flag's own Value.
+func quoted(s string) string              { return strconv.Quote(s) }
+func sizeText(n int64) string             { return quoted(jobs.FormatSize(n)) }
+func hours(d time.Duration) string        { return strconv.Itoa(int(d.Hours())) + "h" }
+func intText[T ~int | ~int64](n T) string { return strconv.FormatInt(int64(n), 10) }
+
 func globalFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "redis-addr", Value: defaultRedisAddr, EnvVars: env("REDIS_ADDR"), Usage: "Redis host:port"},
+		&cli.StringFlag{Name: "redis-addr", DefaultText: quoted(jobs.DefaultRedisAddr), EnvVars: env("REDIS_ADDR"), Usage: "Redis host:port"},
 		&cli.StringFlag{Name: "redis-username", EnvVars: env("REDIS_USERNAME"), Usage: "Redis ACL user"},
 		&cli.StringFlag{Name: "redis-password", EnvVars: env("REDIS_PASSWORD"), Usage: "Redis password"},
 		&cli.IntFlag{Name: "redis-db", EnvVars: env("REDIS_DB"), Usage: "Redis database number"},
@@ -38,51 +55,80 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "s3-access-key", Value: defaultAccessKey, EnvVars: env("S3_ACCESS_KEY"), Usage: "S3 access key"},
 		&cli.StringFlag{Name: "s3-secret-key", Value: defaultSecretKey, EnvVars: env("S3_SECRET_KEY"), Usage: "S3 secret key"},
 		&cli.StringFlag{Name: "s3-bucket", Value: defaultBucket, EnvVars: env("S3_BUCKET"), Usage: "bucket for inputs, outputs and logs"},
-		&cli.StringFlag{Name: "s3-region", Value: "us-east-1", EnvVars: env("S3_REGION"), Usage: "S3 region (set, so presigning needs no request)"},
-		&cli.StringFlag{Name: "queue", Value: "default", EnvVars: env("QUEUE"), Usage: "queue for jobs that name none"},
-		&cli.DurationFlag{Name: "default-timeout", Value: 5 * time.Minute, EnvVars: env("DEFAULT_TIMEOUT")},
-		&cli.DurationFlag{Name: "max-timeout", Value: time.Hour, EnvVars: env("MAX_TIMEOUT")},
-		&cli.StringFlag{Name: "default-memory", Value: "2GiB", EnvVars: env("DEFAULT_MEMORY")},
-		&cli.StringFlag{Name: "max-memory", Value: "8GiB", EnvVars: env("MAX_MEMORY")},
-		&cli.StringFlag{Name: "default-disk", Value: "2GiB", EnvVars: env("DEFAULT_DISK")},
-		&cli.StringFlag{Name: "max-disk", Value: "10GiB", EnvVars: env("MAX_DISK")},
-		&cli.StringFlag{Name: "default-output-size", Value: "512MiB", EnvVars: env("DEFAULT_OUTPUT_SIZE")},
-		&cli.StringFlag{Name: "max-output-size", Value: "2GiB", EnvVars: env("MAX_OUTPUT_SIZE")},
-		&cli.IntFlag{Name: "default-output-files", Value: 1000, EnvVars: env("DEFAULT_OUTPUT_FILES")},
-		&cli.IntFlag{Name: "max-output-files", Value: 10000, EnvVars: env("MAX_OUTPUT_FILES")},
-		&cli.IntFlag{Name: "max-inputs", Value: 100, EnvVars: env("MAX_INPUTS")},
-		&cli.StringFlag{Name: "max-input-size", Value: "1GiB", EnvVars: env("MAX_INPUT_SIZE"), Usage: "largest input file"},
-		&cli.StringFlag{Name: "max-inputs-size", Value: "4GiB", EnvVars: env("MAX_INPUTS_SIZE"), Usage: "all inputs of a job together"},
-		&cli.StringFlag{Name: "max-script-size", Value: "1MiB", EnvVars: env("MAX_SCRIPT_SIZE")},
-		&cli.IntFlag{Name: "max-retry", Value: 3, EnvVars: env("MAX_RETRY"), Usage: "retries of a job the system could not run"},
-		&cli.DurationFlag{Name: "result-retention", Value: 7 * 24 * time.Hour, EnvVars: env("RESULT_RETENTION")},
-		&cli.DurationFlag{Name: "link-expiry", Value: 24 * time.Hour, EnvVars: env("LINK_EXPIRY"), Usage: "life of presigned links (at most 168h)"},
+		&cli.StringFlag{Name: "s3-region", DefaultText: quoted(storage.DefaultRegion), EnvVars: env("S3_REGION"), Usage: "S3 region (set, so presigning needs no request)"},
+		&cli.StringFlag{Name: "queue", DefaultText: quoted(jobs.DefaultQueue), EnvVars: env("QUEUE"), Usage: "queue for jobs that name none"},
+		&cli.DurationFlag{Name: "default-timeout", DefaultText: jobs.DefaultTimeout.String(), EnvVars: env("DEFAULT_TIMEOUT")},
+		&cli.DurationFlag{Name: "max-timeout", DefaultText: jobs.DefaultMaxTimeout.String(), EnvVars: env("MAX_TIMEOUT")},
+		&cli.StringFlag{Name: "default-memory", DefaultText: sizeText(jobs.DefaultMemory), EnvVars: env("DEFAULT_MEMORY")},
+		&cli.StringFlag{Name: "max-memory", DefaultText: sizeText(jobs.DefaultMaxMemory), EnvVars: env("MAX_MEMORY")},
+		&cli.StringFlag{Name: "default-disk", DefaultText: sizeText(jobs.DefaultDisk), EnvVars: env("DEFAULT_DISK")},
+		&cli.StringFlag{Name: "max-disk", DefaultText: sizeText(jobs.DefaultMaxDisk), EnvVars: env("MAX_DISK")},
+		&cli.StringFlag{Name: "default-output-size", DefaultText: sizeText(jobs.DefaultOutputSize), EnvVars: env("DEFAULT_OUTPUT_SIZE")},
+		&cli.StringFlag{Name: "max-output-size", DefaultText: sizeText(jobs.DefaultMaxOutputSize), EnvVars: env("MAX_OUTPUT_SIZE")},
+		&cli.IntFlag{Name: "default-output-files", DefaultText: intText(jobs.DefaultOutputFiles), EnvVars: env("DEFAULT_OUTPUT_FILES")},
+		&cli.IntFlag{Name: "max-output-files", DefaultText: intText(jobs.DefaultMaxOutputFiles), EnvVars: env("MAX_OUTPUT_FILES")},
+		&cli.IntFlag{Name: "max-inputs", DefaultText: intText(jobs.DefaultMaxInputs), EnvVars: env("MAX_INPUTS")},
+		&cli.StringFlag{Name: "max-input-size", DefaultText: sizeText(jobs.DefaultMaxInputSize), EnvVars: env("MAX_INPUT_SIZE"), Usage: "largest input file"},
+		&cli.StringFlag{Name: "max-inputs-size", DefaultText: sizeText(jobs.DefaultMaxInputsSize), EnvVars: env("MAX_INPUTS_SIZE"), Usage: "all inputs of a job together"},
+		&cli.StringFlag{Name: "max-script-size", DefaultText: sizeText(jobs.DefaultMaxScriptSize), EnvVars: env("MAX_SCRIPT_SIZE")},
+		&cli.IntFlag{Name: "max-retry", DefaultText: intText(jobs.DefaultMaxRetry), EnvVars: env("MAX_RETRY"), Usage: "retries of a job the system could not run"},
+		&cli.DurationFlag{Name: "result-retention", DefaultText: jobs.DefaultResultRetention.String(), EnvVars: env("RESULT_RETENTION")},
+		&cli.DurationFlag{Name: "link-expiry", DefaultText: jobs.DefaultLinkExpiry.String(), EnvVars: env("LINK_EXPIRY"), Usage: "life of presigned links (at most " + hours(storage.MaxLinkExpiry) + ")"},
 		&cli.StringFlag{Name: "server", EnvVars: env("SERVER"), Usage: "API server URL: enqueue, status, wait and cancel go through it instead of Redis and S3"},
 		&cli.StringFlag{Name: "token", EnvVars: env("TOKEN"), Usage: "API token, with --server"},
-		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
+		&cli.StringFlag{Name: "log-level", Value: defaultLogLevel, EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
 	}
 }
 
+// workerFlags are `sandq worker`'s flags.
 func workerFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.IntFlag{Name: "concurrency", EnvVars: env("CONCURRENCY"), Usage: "jobs run at once (default: number of CPUs)"},
-		&cli.StringFlag{Name: "queues", Value: "default=1", EnvVars: env("QUEUES"), Usage: "queues and priorities, q=n,..."},
-		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/sandq", EnvVars: env("STATE_DIR"), Usage: "sandbox scratch space and runsc state"},
-		&cli.StringFlag{Name: "runsc", Value: "runsc", EnvVars: env("RUNSC"), Usage: "runsc binary"},
-		&cli.StringFlag{Name: "platform", Value: "systrap", EnvVars: env("PLATFORM"), Usage: "runsc platform"},
-		&cli.StringFlag{Name: "image-dir", EnvVars: env("IMAGE_DIR"), Usage: "image directory (default: STATE_DIR/images)"},
-		&cli.StringFlag{Name: "image", Value: "default", EnvVars: env("IMAGE"), Usage: "image jobs run on unless they name one"},
+	flags := []cli.Flag{
+		&cli.IntFlag{Name: "concurrency", DefaultText: "number of CPUs", EnvVars: env("CONCURRENCY"), Usage: "jobs run at once"},
+		&cli.StringFlag{Name: "queues", DefaultText: quoted(formatQueues(jobs.DefaultQueues())), EnvVars: env("QUEUES"), Usage: "queues and priorities, q=n,..."},
+		&cli.StringFlag{Name: "state-dir", DefaultText: quoted(executor.DefaultStateDir), EnvVars: env("STATE_DIR"), Usage: "sandbox scratch space and runsc state"},
+	}
+	flags = append(flags, sandboxFlags("STATE_DIR/images")...)
+	return append(flags,
 		&cli.StringSliceFlag{Name: "images", EnvVars: env("IMAGES"), Usage: "other images jobs on this worker's queues may name (comma-separated or repeated)"},
-		&cli.StringFlag{Name: "log-size", Value: "16MiB", EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
-		&cli.StringFlag{Name: "max-result-size", Value: jobs.FormatSize(jobs.DefaultMaxResultBytes), EnvVars: env("MAX_RESULT_SIZE"), Usage: "largest result document (JSON); over it, lists are cut and kept whole in a manifest object (at least " + jobs.FormatSize(jobs.MinMaxResultBytes) + ")"},
-		&cli.DurationFlag{Name: "task-check-interval", Value: 10 * time.Millisecond, EnvVars: env("TASK_CHECK_INTERVAL"), Usage: "how often an idle worker polls Redis for work"},
+		&cli.StringFlag{Name: "log-size", DefaultText: sizeText(jobs.DefaultLogSize), EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
+		&cli.StringFlag{Name: "max-result-size", DefaultText: sizeText(jobs.DefaultMaxResultBytes), EnvVars: env("MAX_RESULT_SIZE"), Usage: "largest result document (JSON); over it, lists are cut and kept whole in a manifest object (at least " + jobs.FormatSize(jobs.MinMaxResultBytes) + ")"},
+		&cli.DurationFlag{Name: "task-check-interval", DefaultText: jobs.DefaultTaskCheckInterval.String(), EnvVars: env("TASK_CHECK_INTERVAL"), Usage: "how often an idle worker polls Redis for work"},
 		&cli.IntFlag{Name: "warm-sandboxes", EnvVars: env("WARM_SANDBOXES"), Usage: "sandboxes kept created ahead of demand for jobs of the default image and limits without network (0: off); such jobs skip runsc create"},
-		&cli.DurationFlag{Name: "shutdown-grace", Value: 30 * time.Second, EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
-		&cli.StringFlag{Name: "memory-budget", Value: jobs.DefaultMemoryBudget.String(), EnvVars: env("MEMORY_BUDGET"),
+		&cli.DurationFlag{Name: "shutdown-grace", DefaultText: jobs.DefaultShutdownGrace.String(), EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
+		&cli.StringFlag{Name: "memory-budget", DefaultText: quoted(jobs.DefaultMemoryBudget.String()), EnvVars: env("MEMORY_BUDGET"),
 			Usage: "most memory the running jobs' limits may add up to: a fraction of the host's memory (0.75), a percentage (75%) or a size (8GiB); over it, jobs wait"},
 		&cli.StringFlag{Name: "egress-config", EnvVars: env("EGRESS_CONFIG"), Usage: "network policy file (JSON); without it no job gets network"},
-		&cli.StringFlag{Name: "metrics-addr", Value: "127.0.0.1:9464", EnvVars: env("METRICS_ADDR"), Usage: "where the worker serves Prometheus metrics at /metrics (empty: off)"},
+		&cli.StringFlag{Name: "metrics-addr", Value: defaultMetricsAddr, EnvVars: env("METRICS_ADDR"), Usage: "where the worker serves Prometheus metrics at /metrics (empty: off)"},
 		&cli.StringFlag{Name: "webhook-config", EnvVars: env("WEBHOOK_CONFIG"), Usage: "webhook settings file (JSON): secrets, default URLs, retries"},
+	)
+}
+
+// sandboxFlags are the flags of the commands that run sandboxes (worker and
+// bench): the runsc binary and platform, and the image directory (its
+// default shown as imageDirDefault) and image. sandboxSettingsFromFlags
+// reads them.
+func sandboxFlags(imageDirDefault string) []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "runsc", DefaultText: quoted(executor.DefaultRunsc), EnvVars: env("RUNSC"), Usage: "runsc binary"},
+		&cli.StringFlag{Name: "platform", DefaultText: quoted(executor.DefaultPlatform), EnvVars: env("PLATFORM"), Usage: "runsc platform"},
+		&cli.StringFlag{Name: "image-dir", DefaultText: imageDirDefault, EnvVars: env("IMAGE_DIR"), Usage: "image directory"},
+		&cli.StringFlag{Name: "image", DefaultText: quoted(jobs.DefaultImage), EnvVars: env("IMAGE"), Usage: "image jobs run on unless they name one"},
+	}
+}
+
+// sandboxSettings are the values of sandboxFlags, empty where not set (for
+// the command's config to default).
+type sandboxSettings struct {
+	runsc    executor.RunscConfig // Runsc and Platform
+	imageDir string
+	image    string
+}
+
+func sandboxSettingsFromFlags(c *cli.Context) sandboxSettings {
+	return sandboxSettings{
+		runsc:    executor.RunscConfig{Runsc: c.String("runsc"), Platform: c.String("platform")},
+		imageDir: c.String("image-dir"),
+		image:    c.String("image"),
 	}
 }
 
@@ -94,8 +140,39 @@ func newLogger(c *cli.Context) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
-// loadConfig maps flags and SANDQ_* variables onto jobs.Config.
+// interruptible returns the command's context, ended by Ctrl-C or SIGTERM.
+func interruptible(c *cli.Context) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+}
+
+// loadConfig is the configuration of a command with the global flags only
+// (producers, serve, dev, s3 setup): the flags set, defaulted and checked.
 func loadConfig(c *cli.Context) (jobs.Config, error) {
+	cfg, err := globalConfig(c)
+	if err != nil {
+		return cfg, err
+	}
+	cfg = cfg.WithDefaults()
+	return cfg, cfg.Validate()
+}
+
+// loadWorkerConfig is loadConfig for `sandq worker`: the global flags and
+// the worker's.
+func loadWorkerConfig(c *cli.Context) (jobs.Config, error) {
+	cfg, err := globalConfig(c)
+	if err != nil {
+		return cfg, err
+	}
+	if err := workerConfig(c, &cfg); err != nil {
+		return cfg, err
+	}
+	cfg = cfg.WithDefaults()
+	return cfg, cfg.Validate()
+}
+
+// globalConfig maps the global flags and their SANDQ_* variables onto
+// jobs.Config. A flag not set leaves its field zero, for WithDefaults.
+func globalConfig(c *cli.Context) (jobs.Config, error) {
 	cfg := jobs.Config{
 		RedisAddr: c.String("redis-addr"), RedisUsername: c.String("redis-username"),
 		RedisPassword: c.String("redis-password"), RedisDB: c.Int("redis-db"),
@@ -106,87 +183,89 @@ func loadConfig(c *cli.Context) (jobs.Config, error) {
 		},
 		Queue:           c.String("queue"),
 		MaxInputs:       c.Int("max-inputs"),
-		MaxRetry:        c.Int("max-retry"),
 		ResultRetention: c.Duration("result-retention"),
 		LinkExpiry:      c.Duration("link-expiry"),
 	}
-	if cfg.MaxRetry == 0 {
-		cfg.MaxRetry = jobs.NoRetry
+	// 0 retries is NoRetry; unset is the default.
+	if c.IsSet("max-retry") {
+		if cfg.MaxRetry = c.Int("max-retry"); cfg.MaxRetry == 0 {
+			cfg.MaxRetry = jobs.NoRetry
+		}
 	}
-	cfg.DefaultLimits.Timeout = c.Duration("default-timeout")
-	cfg.MaxLimits.Timeout = c.Duration("max-timeout")
-	cfg.DefaultLimits.OutputFiles = c.Int("default-output-files")
-	cfg.MaxLimits.OutputFiles = c.Int("max-output-files")
-	sizes := []struct {
-		flag string
-		dst  *int64
-	}{
-		{"default-memory", &cfg.DefaultLimits.Memory}, {"max-memory", &cfg.MaxLimits.Memory},
-		{"default-disk", &cfg.DefaultLimits.Disk}, {"max-disk", &cfg.MaxLimits.Disk},
-		{"default-output-size", &cfg.DefaultLimits.OutputBytes}, {"max-output-size", &cfg.MaxLimits.OutputBytes},
+	d, m := &cfg.DefaultLimits, &cfg.MaxLimits
+	d.Timeout, m.Timeout = c.Duration("default-timeout"), c.Duration("max-timeout")
+	d.OutputFiles, m.OutputFiles = c.Int("default-output-files"), c.Int("max-output-files")
+	return cfg, parseSizes(c, []sizeFlag{
+		{"default-memory", &d.Memory}, {"max-memory", &m.Memory},
+		{"default-disk", &d.Disk}, {"max-disk", &m.Disk},
+		{"default-output-size", &d.OutputBytes}, {"max-output-size", &m.OutputBytes},
 		{"max-input-size", &cfg.MaxInputBytes}, {"max-inputs-size", &cfg.MaxInputsTotal}, {"max-script-size", &cfg.MaxScriptBytes},
-	}
-	if hasFlag(c, "log-size") {
-		sizes = append(sizes, struct {
-			flag string
-			dst  *int64
-		}{"log-size", &cfg.Worker.LogBytes}, struct {
-			flag string
-			dst  *int64
-		}{"max-result-size", &cfg.MaxResultBytes})
-	}
-	for _, s := range sizes {
-		v, err := jobs.ParseSize(c.String(s.flag))
-		if err != nil {
-			return cfg, fmt.Errorf("--%s: %w", s.flag, err)
-		}
-		*s.dst = v
-	}
-	if hasFlag(c, "state-dir") {
-		w := &cfg.Worker
-		w.Concurrency = c.Int("concurrency")
-		w.StateDir = c.String("state-dir")
-		w.Runsc = c.String("runsc")
-		w.Platform = c.String("platform")
-		w.ImageDir = c.String("image-dir")
-		w.Image = c.String("image")
-		for _, v := range c.StringSlice("images") {
-			for _, name := range strings.Split(v, ",") {
-				if name = strings.TrimSpace(name); name != "" {
-					w.Images = append(w.Images, name)
-				}
-			}
-		}
-		w.ShutdownGrace = c.Duration("shutdown-grace")
-		w.TaskCheckInterval = c.Duration("task-check-interval")
-		w.WarmSandboxes = c.Int("warm-sandboxes")
-		q, err := parseQueues(c.String("queues"))
-		if err != nil {
-			return cfg, err
-		}
-		w.Queues = q
-		if w.MemoryBudget, err = jobs.ParseMemoryBudget(c.String("memory-budget")); err != nil {
-			return cfg, fmt.Errorf("--memory-budget: %w", err)
-		}
-		if path := c.String("egress-config"); path != "" {
-			if cfg.Egress, err = jobs.LoadEgressConfig(path); err != nil {
-				return cfg, err
-			}
-		}
-		if path := c.String("webhook-config"); path != "" {
-			if cfg.Webhook, err = jobs.LoadWebhookConfig(path); err != nil {
-				return cfg, err
-			}
-		}
-	}
-	cfg = cfg.WithDefaults()
-	return cfg, cfg.Validate()
+	})
 }
 
-// hasFlag reports whether the running command defines the flag (whether or
-// not it was set).
-func hasFlag(c *cli.Context, name string) bool {
-	return c.Command != nil && findFlag(c.Command.Flags, name) != nil
+// workerConfig maps the worker flags onto cfg, as globalConfig does.
+func workerConfig(c *cli.Context, cfg *jobs.Config) error {
+	if err := parseSizes(c, []sizeFlag{{"log-size", &cfg.Worker.LogBytes}, {"max-result-size", &cfg.MaxResultBytes}}); err != nil {
+		return err
+	}
+	w := &cfg.Worker
+	sb := sandboxSettingsFromFlags(c)
+	w.Runsc, w.Platform, w.ImageDir, w.Image = sb.runsc.Runsc, sb.runsc.Platform, sb.imageDir, sb.image
+	w.Concurrency = c.Int("concurrency")
+	w.StateDir = c.String("state-dir")
+	for _, v := range c.StringSlice("images") {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				w.Images = append(w.Images, name)
+			}
+		}
+	}
+	w.ShutdownGrace = c.Duration("shutdown-grace")
+	w.TaskCheckInterval = c.Duration("task-check-interval")
+	w.WarmSandboxes = c.Int("warm-sandboxes")
+	var err error
+	if c.IsSet("queues") {
+		if w.Queues, err = parseQueues(c.String("queues")); err != nil {
+			return err
+		}
+	}
+	if c.IsSet("memory-budget") {
+		if w.MemoryBudget, err = jobs.ParseMemoryBudget(c.String("memory-budget")); err != nil {
+			return fmt.Errorf("--memory-budget: %w", err)
+		}
+	}
+	if path := c.String("egress-config"); path != "" {
+		if cfg.Egress, err = jobs.LoadEgressConfig(path); err != nil {
+			return err
+		}
+	}
+	if path := c.String("webhook-config"); path != "" {
+		if cfg.Webhook, err = jobs.LoadWebhookConfig(path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sizeFlag is a byte-size flag and the field it sets.
+type sizeFlag struct {
+	name string
+	dst  *int64
+}
+
+// parseSizes parses the size flags that are set into their fields.
+func parseSizes(c *cli.Context, flags []sizeFlag) error {
+	for _, f := range flags {
+		if !c.IsSet(f.name) {
+			continue
+		}
+		v, err := jobs.ParseSize(c.String(f.name))
+		if err != nil {
+			return fmt.Errorf("--%s: %w", f.name, err)
+		}
+		*f.dst = v
+	}
+	return nil
 }
 
 // setGlobalsAsEnv returns SANDQ_* assignments for every global flag set on
@@ -204,6 +283,7 @@ func setGlobalsAsEnv(c *cli.Context) []string {
 	return out
 }
 
+// parseQueues reads --queues: q=n,... (a queue without =n has priority 1).
 func parseQueues(s string) (map[string]int, error) {
 	out := map[string]int{}
 	for _, part := range strings.Split(s, ",") {
@@ -229,6 +309,16 @@ func parseQueues(s string) (map[string]int, error) {
 		return nil, fmt.Errorf("--queues: no queue named")
 	}
 	return out, nil
+}
+
+// formatQueues writes queues as --queues takes them, sorted by name.
+func formatQueues(queues map[string]int) string {
+	var parts []string
+	for q, p := range queues {
+		parts = append(parts, fmt.Sprintf("%s=%d", q, p))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
 }
 
 func newStore(cfg jobs.Config) (*storage.Store, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -13,10 +14,10 @@ import (
 	"github.com/sandq/sandq/jobs"
 )
 
-const defaultImageDir = "/var/lib/sandq/images"
-
+// imageDirFlag is the image commands' --image-dir. Its Value is the
+// default: the image package's functions take the directory as given.
 func imageDirFlag() cli.Flag {
-	return &cli.StringFlag{Name: "image-dir", Value: defaultImageDir, EnvVars: env("IMAGE_DIR"), Usage: "where images live"}
+	return &cli.StringFlag{Name: "image-dir", Value: image.DefaultDir, EnvVars: env("IMAGE_DIR"), Usage: "where images live"}
 }
 
 func imageCommand() *cli.Command {
@@ -43,16 +44,16 @@ func imageBuildCommand() *cli.Command {
 			&cli.StringFlag{Name: "overlay", Usage: "directory of files (config files) copied into the image after the packages, owned by root"},
 			imageDirFlag(),
 			&cli.StringFlag{Name: "mirror", EnvVars: env("DEBIAN_MIRROR"), Usage: "Debian mirror (default: the host's configured one)"},
-			&cli.StringFlag{Name: "suite", Value: "bookworm"},
+			&cli.StringFlag{Name: "suite", DefaultText: quoted(image.DefaultSuite)},
 			&cli.BoolFlag{Name: "force", Usage: "rebuild even if up to date"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return cli.Exit("image build takes exactly one NAME", exitError)
+				return errors.New("image build takes exactly one NAME")
 			}
 			pkgs, err := image.ReadPackagesFile(c.String("packages-file"))
 			if err != nil {
-				return cli.Exit(err, exitError)
+				return err
 			}
 			start := time.Now()
 			img, err := image.Build(c.Context, image.BuildOptions{
@@ -60,7 +61,7 @@ func imageBuildCommand() *cli.Command {
 				Mirror: c.String("mirror"), Overlay: c.String("overlay"), Force: c.Bool("force"), Logger: newLogger(c),
 			})
 			if err != nil {
-				return cli.Exit(err, exitError)
+				return err
 			}
 			state := "built"
 			if img.Cached {
@@ -79,22 +80,27 @@ func imageImportCommand() *cli.Command {
 		ArgsUsage: "ARCHIVE NAME",
 		Flags: []cli.Flag{
 			imageDirFlag(),
-			&cli.StringFlag{Name: "max-size", Value: jobs.FormatSize(image.DefaultMaxImportBytes), EnvVars: env("IMPORT_MAX_SIZE"),
+			&cli.StringFlag{Name: "max-size", DefaultText: sizeText(image.DefaultMaxImportBytes), EnvVars: env("IMPORT_MAX_SIZE"),
 				Usage: "cap on the bytes unpacked, counted as decompressed whether written or not: the archive's own stream (if gzipped), and the layers' together; at most " + jobs.FormatSize(image.MaxImportBytesLimit)},
-			&cli.Int64Flag{Name: "max-entries", Value: image.DefaultMaxImportEntries, EnvVars: env("IMPORT_MAX_ENTRIES"),
+			&cli.Int64Flag{Name: "max-entries", DefaultText: intText(image.DefaultMaxImportEntries), EnvVars: env("IMPORT_MAX_ENTRIES"),
 				Usage: fmt.Sprintf("cap on the tar entries of the archive and all its layers; at most %d", image.MaxImportEntriesLimit)},
 			&cli.BoolFlag{Name: "force", Usage: "replace an existing image of the same name"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
-				return cli.Exit("image import takes ARCHIVE and NAME", exitError)
+				return errors.New("image import takes ARCHIVE and NAME")
 			}
-			maxSize, err := jobs.ParseSize(c.String("max-size"))
-			if err != nil || maxSize <= 0 || maxSize > image.MaxImportBytesLimit {
-				return cli.Exit(fmt.Sprintf("--max-size %q: must be a positive size such as 16GiB, at most %s", c.String("max-size"), jobs.FormatSize(image.MaxImportBytesLimit)), exitError)
+			// Caps not set are left to image.Import's defaults.
+			var maxSize int64
+			if c.IsSet("max-size") {
+				n, err := jobs.ParseSize(c.String("max-size"))
+				if err != nil || n <= 0 || n > image.MaxImportBytesLimit {
+					return fmt.Errorf("--max-size %q: must be a positive size such as 16GiB, at most %s", c.String("max-size"), jobs.FormatSize(image.MaxImportBytesLimit))
+				}
+				maxSize = n
 			}
-			if n := c.Int64("max-entries"); n <= 0 || n > image.MaxImportEntriesLimit {
-				return cli.Exit(fmt.Sprintf("--max-entries %d: must be positive, at most %d", n, image.MaxImportEntriesLimit), exitError)
+			if n := c.Int64("max-entries"); c.IsSet("max-entries") && (n <= 0 || n > image.MaxImportEntriesLimit) {
+				return fmt.Errorf("--max-entries %d: must be positive, at most %d", n, image.MaxImportEntriesLimit)
 			}
 			start := time.Now()
 			img, err := image.Import(c.Context, image.ImportOptions{
@@ -102,7 +108,7 @@ func imageImportCommand() *cli.Command {
 				MaxBytes: maxSize, MaxEntries: c.Int64("max-entries"), Force: c.Bool("force"), Logger: newLogger(c),
 			})
 			if err != nil {
-				return cli.Exit(err, exitError)
+				return err
 			}
 			fmt.Fprintf(c.App.Writer, "image %s imported in %.1fs: %s (digest %s, config %s)\n", img.Name, time.Since(start).Seconds(), img.Rootfs, img.Digest, img.ConfigDigest)
 			return nil
@@ -120,11 +126,11 @@ func imageListCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
-				return cli.Exit("image list takes no arguments", exitError)
+				return errors.New("image list takes no arguments")
 			}
 			imgs, err := image.List(c.String("image-dir"))
 			if err != nil {
-				return cli.Exit(err, exitError)
+				return err
 			}
 			if c.Bool("json") {
 				if imgs == nil {
@@ -160,7 +166,7 @@ func imageHardenCommand() *cli.Command {
 			if len(names) == 0 {
 				imgs, err := image.List(c.String("image-dir"))
 				if err != nil {
-					return cli.Exit(err, exitError)
+					return err
 				}
 				for _, img := range imgs {
 					names = append(names, img.Name)
@@ -169,7 +175,7 @@ func imageHardenCommand() *cli.Command {
 			for _, name := range names {
 				img, err := image.Harden(c.String("image-dir"), name, newLogger(c))
 				if err != nil {
-					return cli.Exit(err, exitError)
+					return err
 				}
 				fmt.Fprintf(c.App.Writer, "image %s hardened (digest %s)\n", img.Name, img.Digest)
 			}
@@ -186,11 +192,11 @@ func imageRmCommand() *cli.Command {
 		Flags:     []cli.Flag{imageDirFlag()},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return cli.Exit("image rm takes one or more NAMEs", exitError)
+				return errors.New("image rm takes one or more NAMEs")
 			}
 			for _, name := range c.Args().Slice() {
 				if err := image.Remove(c.String("image-dir"), name); err != nil {
-					return cli.Exit(err, exitError)
+					return err
 				}
 				fmt.Fprintf(c.App.Writer, "image %s removed\n", name)
 			}

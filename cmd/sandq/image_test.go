@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // runImage runs `sandq image ...` as main would, and returns its output.
@@ -31,9 +32,7 @@ func runImage(t *testing.T, args string) (string, error) {
 // TestImageImportListRm imports a one-file image with the command, lists
 // it, removes it, and checks a second removal is a clear error.
 func TestImageImportListRm(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("image import must run as root")
-	}
+	testenv.NeedRoot(t) // image import
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, h := range []*tar.Header{{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}, {Name: "bin/true", Typeflag: tar.TypeReg, Mode: 0o755, Size: 4}} {

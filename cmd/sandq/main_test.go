@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +14,11 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/internal/bench"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/storage"
 )
 
 func TestPermuteArgs(t *testing.T) {
@@ -40,7 +48,7 @@ func TestWorkerFlagsReachConfig(t *testing.T) {
 	var gotErr error
 	app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{{
 		Name: "worker", Flags: workerFlags(),
-		Action: func(c *cli.Context) error { got, gotErr = loadConfig(c); return nil },
+		Action: func(c *cli.Context) error { got, gotErr = loadWorkerConfig(c); return nil },
 	}}}
 	args := "sandq --max-retry 0 --link-expiry 2h worker --concurrency 4 --queues a=2,b --state-dir /x --runsc /r --platform ptrace --image-dir /imgs --image py --log-size 1MiB --shutdown-grace 7s"
 	if err := app.Run(strings.Fields(args)); err != nil || gotErr != nil {
@@ -108,5 +116,118 @@ func TestTokenCreate(t *testing.T) {
 	}
 	if err := app.Run([]string{"sandq", "token", "create", "--tenant", "no/slash"}); err == nil {
 		t.Error("a bad tenant name was accepted")
+	}
+}
+
+// TestUnsetFlagsLeaveConfigDefaults: a worker given no flags gets exactly
+// jobs.Config.WithDefaults (but for the S3 settings, the command line's
+// own), so no flag restates a default of the config; a flag set, or its
+// variable, still reaches the config.
+func TestUnsetFlagsLeaveConfigDefaults(t *testing.T) {
+	load := func(args ...string) jobs.Config {
+		t.Helper()
+		var got jobs.Config
+		var gotErr error
+		app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{{
+			Name: "worker", Flags: workerFlags(),
+			Action: func(c *cli.Context) error { got, gotErr = loadWorkerConfig(c); return nil },
+		}}}
+		if err := app.Run(append([]string{"sandq"}, args...)); err != nil || gotErr != nil {
+			t.Fatal(err, gotErr)
+		}
+		return got
+	}
+	want := jobs.Config{Storage: storage.Config{Endpoint: defaultS3Endpoint, AccessKey: defaultAccessKey, SecretKey: defaultSecretKey, Bucket: defaultBucket}}.WithDefaults()
+	if got := load("worker"); !reflect.DeepEqual(got, want) {
+		t.Errorf("no flags:\n got %+v\nwant %+v", got, want)
+	}
+	t.Setenv("SANDQ_MAX_RETRY", "0")
+	t.Setenv("SANDQ_DEFAULT_MEMORY", "1GiB")
+	got := load("--s3-region", "eu-1", "worker", "--queues", "q=3", "--max-result-size", "1MiB")
+	if got.MaxRetry != jobs.NoRetry || got.DefaultLimits.Memory != 1<<30 || got.Storage.Region != "eu-1" || got.Worker.Queues["q"] != 3 || len(got.Worker.Queues) != 1 || got.MaxResultBytes != 1<<20 {
+		t.Errorf("set: max retry %d, default memory %d, region %q, queues %v, max result %d", got.MaxRetry, got.DefaultLimits.Memory, got.Storage.Region, got.Worker.Queues, got.MaxResultBytes)
+	}
+}
+
+// TestHelpShowsConfigDefaults: flags that leave their default to a
+// package's config still show it in their help.
+func TestHelpShowsConfigDefaults(t *testing.T) {
+	help := map[string]string{}
+	for _, cmd := range []string{"", "worker", "serve", "bench", "image build", "image import"} {
+		var out bytes.Buffer
+		app := newApp()
+		app.Writer = &out
+		if err := app.Run(append(append([]string{"sandq"}, strings.Fields(cmd)...), "--help")); err != nil {
+			t.Fatal(err)
+		}
+		help[cmd] = out.String()
+	}
+	for _, c := range []struct{ cmd, flag, def string }{
+		{"", "redis-addr", `"` + jobs.DefaultRedisAddr + `"`},
+		{"", "s3-region", `"` + storage.DefaultRegion + `"`},
+		{"", "default-memory", `"` + jobs.FormatSize(jobs.DefaultMemory) + `"`},
+		{"", "max-output-files", fmt.Sprint(jobs.DefaultMaxOutputFiles)},
+		{"", "max-retry", fmt.Sprint(jobs.DefaultMaxRetry)},
+		{"", "result-retention", jobs.DefaultResultRetention.String()},
+		{"worker", "queues", `"` + jobs.DefaultQueue + `=1"`},
+		{"worker", "state-dir", `"` + executor.DefaultStateDir + `"`},
+		{"worker", "platform", `"` + executor.DefaultPlatform + `"`},
+		{"worker", "image-dir", "STATE_DIR/images"},
+		{"worker", "log-size", `"` + jobs.FormatSize(jobs.DefaultLogSize) + `"`},
+		{"worker", "memory-budget", `"` + jobs.DefaultMemoryBudget.String() + `"`},
+		{"worker", "shutdown-grace", jobs.DefaultShutdownGrace.String()},
+		{"serve", "body-timeout", api.DefaultBodyTimeout.String()},
+		{"bench", "image-dir", `"` + image.DefaultDir + `"`},
+		{"bench", "runsc", `"` + executor.DefaultRunsc + `"`},
+		{"bench", "floor-runs", fmt.Sprint(bench.DefaultFloorRuns)},
+		{"bench", "concurrency", `"1,2,4,8"`},
+		{"image build", "suite", `"` + image.DefaultSuite + `"`},
+		{"image import", "max-entries", fmt.Sprint(image.DefaultMaxImportEntries)},
+	} {
+		line := ""
+		for _, l := range strings.Split(help[c.cmd], "\n") {
+			if strings.Contains(l, "--"+c.flag+" value") {
+				line = l
+			}
+		}
+		if want := "(default: " + c.def + ")"; !strings.Contains(line, want) {
+			t.Errorf("sandq %s --help: --%s shows no %s: %q", c.cmd, c.flag, want, line)
+		}
+	}
+}
+
+// TestBenchOptions: --quick presets a short run that flags set override;
+// without it, flags not set are left to bench.Options.WithDefaults.
+func TestBenchOptions(t *testing.T) {
+	// What the flags say, not the environment (make test sets
+	// SANDQ_IMAGE_DIR for the other tests).
+	for _, e := range os.Environ() {
+		if name, _, _ := strings.Cut(e, "="); strings.HasPrefix(name, "SANDQ_") {
+			t.Setenv(name, "")
+			os.Unsetenv(name)
+		}
+	}
+	load := func(args string) bench.Options {
+		t.Helper()
+		var got bench.Options
+		var gotErr error
+		cmd := benchCommand()
+		cmd.Action = func(c *cli.Context) error { got, gotErr = benchOptions(c); return nil }
+		app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{cmd}}
+		if err := app.Run(strings.Fields(args)); err != nil || gotErr != nil {
+			t.Fatal(err, gotErr)
+		}
+		return got
+	}
+	if got := load("sandq bench"); !reflect.DeepEqual(got, bench.Options{}) {
+		t.Errorf("no flags: %+v, want the zero options", got)
+	}
+	got := load("sandq bench --quick --floor-runs 5 --platform ptrace --image-dir /imgs")
+	quick := bench.Quick(bench.Options{})
+	if got.FloorRuns != 5 || got.LatencyJobs != quick.LatencyJobs || !slices.Equal(got.Concurrency, quick.Concurrency) || got.Platform != "ptrace" || got.ImageDir != "/imgs" || got.Runsc != "" {
+		t.Errorf("--quick with flags: %+v", got)
+	}
+	if got := load("sandq bench --concurrency 3,5 --variant shell"); !slices.Equal(got.Concurrency, []int{3, 5}) || !slices.Equal(got.Variants, []string{"shell"}) {
+		t.Errorf("lists: %+v", got)
 	}
 }

@@ -28,7 +28,7 @@ func hostileStatus() *jobs.JobStatus {
 				{Host: "evil\x1b]8;;http://x\x07.example", Port: 443, Decision: egress.DecisionRefused, Reason: "not allowed\x1b[5m"},
 			}},
 		},
-		Webhook: &jobs.WebhookStatus{URL: "http://hook/\x1b[2J", ID: "msg_1", State: "failed\x1b[K", Attempts: []webhook.Attempt{
+		Webhook: &webhook.Status{URL: "http://hook/\x1b[2J", ID: "msg_1", State: "failed\x1b[K", Attempts: []webhook.Attempt{
 			{Time: time.Unix(1e9, 0), Outcome: webhook.OutcomeRetry, StatusCode: 500, Error: "receiver said \x1b[31mno\x1b[0m"},
 		}},
 	}

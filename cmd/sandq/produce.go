@@ -1,15 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -54,11 +53,11 @@ func enqueueCommand() *cli.Command {
 func enqueue(ctx context.Context, c *cli.Context, client producer) error {
 	sub, err := submissionFromFlags(c)
 	if err != nil {
-		return cli.Exit(err, exitError)
+		return err
 	}
 	enq, err := client.Enqueue(ctx, sub)
 	if err != nil {
-		return cli.Exit(fmt.Errorf("job not queued: %w", err), exitError)
+		return fmt.Errorf("job not queued: %w", err)
 	}
 	if enq.Existing {
 		fmt.Fprintf(os.Stderr, "job %s already exists for idempotency key %q; not enqueued again\n", enq.ID, sub.IdempotencyKey)
@@ -81,9 +80,11 @@ func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 	if err != nil {
 		return jobs.Submission{}, fmt.Errorf("script: %w", err)
 	}
+	// The job names the queue of --queue, or the default queue, also
+	// through a server (whose own default may differ).
 	sub := jobs.Submission{
 		Script: script, Runtime: c.String("runtime"), Args: c.StringSlice("arg"),
-		Queue: c.String("queue"), IdempotencyKey: c.String("idempotency-key"), Webhook: c.String("webhook"),
+		Queue: cmp.Or(c.String("queue"), jobs.DefaultQueue), IdempotencyKey: c.String("idempotency-key"), Webhook: c.String("webhook"),
 		Image: c.String("image"),
 	}
 	for _, in := range c.StringSlice("input") {
@@ -171,7 +172,7 @@ func statusCommand() *cli.Command {
 			return withJob(c, func(ctx context.Context, client producer, id string) error {
 				st, err := client.Status(ctx, id)
 				if err != nil {
-					return cli.Exit(err, exitError)
+					return err
 				}
 				return printStatus(c, st)
 			})
@@ -202,7 +203,7 @@ func cancelCommand() *cli.Command {
 			return withJob(c, func(ctx context.Context, client producer, id string) error {
 				out, err := client.Cancel(ctx, id)
 				if err != nil {
-					return cli.Exit(err, exitError)
+					return err
 				}
 				switch out {
 				case jobs.CancelRemoved:
@@ -228,14 +229,14 @@ func withJob(c *cli.Context, fn func(context.Context, producer, string) error) e
 // it returns or the process is interrupted.
 func withClient(c *cli.Context, what string, fn func(context.Context, producer) error) error {
 	if c.NArg() != 1 {
-		return cli.Exit(c.Command.Name+" takes exactly one "+what, exitError)
+		return errors.New(c.Command.Name + " takes exactly one " + what)
 	}
 	client, err := newProducer(c)
 	if err != nil {
-		return cli.Exit(err, exitError)
+		return err
 	}
 	defer client.Close()
-	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := interruptible(c)
 	defer stop()
 	return fn(ctx, client)
 }
@@ -259,9 +260,9 @@ func follow(ctx context.Context, c *cli.Context, client producer, id string) err
 	}
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
-			return cli.Exit(fmt.Sprintf("stopped waiting; job %s goes on (sandq status %s)", id, id), exitError)
+			return fmt.Errorf("stopped waiting; job %s goes on (sandq status %s)", id, id)
 		}
-		return cli.Exit(err, exitError)
+		return err
 	}
 	return printStatus(c, st)
 }

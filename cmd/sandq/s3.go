@@ -25,18 +25,18 @@ func s3Command() *cli.Command {
 				Action: func(c *cli.Context) error {
 					cfg, err := loadConfig(c)
 					if err != nil {
-						return cli.Exit(err, exitError)
+						return err
 					}
 					store, err := newStore(cfg)
 					if err != nil {
-						return cli.Exit(err, exitError)
+						return err
 					}
 					if err := store.EnsureBucket(c.Context); err != nil {
-						return cli.Exit(fmt.Errorf("object store at %s: %w", cfg.Storage.Endpoint, err), exitError)
+						return fmt.Errorf("object store at %s: %w", cfg.Storage.Endpoint, err)
 					}
 					days := cfg.ObjectExpiryDays()
 					if err := store.SetPrefixExpiry(c.Context, storage.ObjectPrefix, days); err != nil {
-						return cli.Exit(fmt.Errorf("object store at %s: %w", cfg.Storage.Endpoint, err), exitError)
+						return fmt.Errorf("object store at %s: %w", cfg.Storage.Endpoint, err)
 					}
 					fmt.Fprintf(c.App.Writer, "bucket %s ready: objects under %s expire %d days after they are written\n"+
 						"give workers and API servers their own credentials: sandq s3 policy worker|producer\n",
@@ -50,11 +50,11 @@ func s3Command() *cli.Command {
 				ArgsUsage: strings.Join(roles, "|"),
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return cli.Exit(fmt.Sprintf("role: give one of %s", strings.Join(roles, ", ")), exitError)
+						return fmt.Errorf("role: give one of %s", strings.Join(roles, ", "))
 					}
 					doc, err := storage.Policy(c.String("s3-bucket"), storage.Role(c.Args().First()))
 					if err != nil {
-						return cli.Exit(err, exitError)
+						return err
 					}
 					_, err = c.App.Writer.Write(doc)
 					return err

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sandq/sandq/internal/devstack"
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -46,11 +47,7 @@ func TestS3PolicyPrintsEachRolesPolicy(t *testing.T) {
 // rule from the retention flags; with a producer's it is refused.
 func TestS3SetupMakesBucketAndExpiryRule(t *testing.T) {
 	ctx := context.Background()
-	stack, err := devstack.Start(ctx, devstack.Options{Dir: t.TempDir(), AccessKey: "cmd-root", SecretKey: "cmd-root-secret"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stack.Stop()
+	stack := testenv.Services(t, testenv.ServicesOptions{AccessKey: "cmd-root", SecretKey: "cmd-root-secret"})
 	root := []string{"--s3-endpoint", stack.MinioAddr, "--s3-access-key", "cmd-root", "--s3-secret-key", "cmd-root-secret", "--s3-bucket", "made"}
 	out, err := runS3(append(root, "--result-retention", "240h", "s3", "setup")...)
 	if err != nil || !strings.Contains(out, "objects under jobs/ expire 11 days after") {

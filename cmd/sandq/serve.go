@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/jobs"
 )
 
 func serveCommand() *cli.Command {
@@ -21,50 +19,50 @@ func serveCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "serve the job API at /v1, the asynqmon dashboard at /monitoring, metrics at /metrics and /healthz",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:8080", EnvVars: env("LISTEN"), Usage: "address to serve on"},
+			&cli.StringFlag{Name: "listen", Value: defaultListen, EnvVars: env("LISTEN"), Usage: "address to serve on"},
 			&cli.StringFlag{Name: "auth-config", EnvVars: env("AUTH_CONFIG"), Usage: "tenants and token hashes (JSON); without it the job API refuses every request"},
 			&cli.StringFlag{Name: "prometheus-url", EnvVars: env("PROMETHEUS_URL"), Usage: "Prometheus that asynqmon's charts query"},
 			&cli.BoolFlag{Name: "open-dashboard", EnvVars: env("OPEN_DASHBOARD"), Usage: "serve the dashboard without a token to clients on this host (loopback, no proxy headers); needs a loopback --listen address. Without it the dashboard takes an operator token"},
 			&cli.StringSliceFlag{Name: "allowed-hosts", EnvVars: env("ALLOWED_HOSTS"), Usage: "more names (host or host:port; without a port, any) clients reach the server by; given, the whole server but /healthz answers only its names, otherwise only the dashboard checks them. The listen address and localhost, 127.0.0.1 and [::1] (any port) are always allowed"},
-			&cli.DurationFlag{Name: "body-idle-timeout", Value: api.DefaultBodyIdleTimeout, EnvVars: env("BODY_IDLE_TIMEOUT"), Usage: "cut a request whose body makes no progress for this long (408)"},
-			&cli.DurationFlag{Name: "body-timeout", Value: api.DefaultBodyTimeout, EnvVars: env("BODY_TIMEOUT"), Usage: "cut a request whose body has not all arrived this long after it began (408); at most 2h"},
-			&cli.DurationFlag{Name: "write-timeout", Value: api.DefaultWriteTimeout, EnvVars: env("WRITE_TIMEOUT"), Usage: "cut a response (but an event stream) the client has not read this long after it began"},
-			&cli.DurationFlag{Name: "stream-write-timeout", Value: api.DefaultStreamWriteTimeout, EnvVars: env("STREAM_WRITE_TIMEOUT"), Usage: "end an event stream when one of its writes takes this long"},
+			&cli.DurationFlag{Name: "body-idle-timeout", DefaultText: api.DefaultBodyIdleTimeout.String(), EnvVars: env("BODY_IDLE_TIMEOUT"), Usage: "cut a request whose body makes no progress for this long (408)"},
+			&cli.DurationFlag{Name: "body-timeout", DefaultText: api.DefaultBodyTimeout.String(), EnvVars: env("BODY_TIMEOUT"), Usage: "cut a request whose body has not all arrived this long after it began (408); at most " + hours(jobs.ReservationTTL)},
+			&cli.DurationFlag{Name: "write-timeout", DefaultText: api.DefaultWriteTimeout.String(), EnvVars: env("WRITE_TIMEOUT"), Usage: "cut a response (but an event stream) the client has not read this long after it began"},
+			&cli.DurationFlag{Name: "stream-write-timeout", DefaultText: api.DefaultStreamWriteTimeout.String(), EnvVars: env("STREAM_WRITE_TIMEOUT"), Usage: "end an event stream when one of its writes takes this long"},
 		},
 		Action: func(c *cli.Context) error {
 			cfg, err := loadConfig(c)
 			if err != nil {
-				return cli.Exit(err, exitError)
+				return err
 			}
 			logger := newLogger(c)
 			var auth *api.AuthConfig
 			if path := c.String("auth-config"); path != "" {
 				if auth, err = api.LoadAuthConfig(path); err != nil {
-					return cli.Exit(err, exitError)
+					return err
 				}
 			}
 			store, err := newStore(cfg)
 			if err != nil {
-				return cli.Exit(err, exitError)
+				return err
 			}
 			ln, err := net.Listen("tcp", c.String("listen"))
 			if err != nil {
-				return cli.Exit(fmt.Errorf("--listen: %w", err), exitError)
+				return fmt.Errorf("--listen: %w", err)
 			}
 			loopback := ln.Addr().(*net.TCPAddr).IP.IsLoopback()
 			if !loopback && auth == nil {
 				ln.Close()
-				return cli.Exit(fmt.Errorf("--listen %s: a server reachable from other hosts needs --auth-config (tenants and tokens; see sandq token create)", c.String("listen")), exitError)
+				return fmt.Errorf("--listen %s: a server reachable from other hosts needs --auth-config (tenants and tokens; see sandq token create)", c.String("listen"))
 			}
 			open := c.Bool("open-dashboard")
 			if open && !loopback {
 				ln.Close()
-				return cli.Exit(fmt.Errorf("--open-dashboard: the server listens on %s, reachable from other hosts; an open dashboard is for a server on loopback only (the dashboard takes an operator token otherwise)", c.String("listen")), exitError)
+				return fmt.Errorf("--open-dashboard: the server listens on %s, reachable from other hosts; an open dashboard is for a server on loopback only (the dashboard takes an operator token otherwise)", c.String("listen"))
 			}
 			extra := c.StringSlice("allowed-hosts")
 			if err := api.CheckHosts(extra); err != nil {
 				ln.Close()
-				return cli.Exit(fmt.Errorf("--allowed-hosts: %w", err), exitError)
+				return fmt.Errorf("--allowed-hosts: %w", err)
 			}
 			hosts := append(api.DefaultHosts(c.String("listen"), ln.Addr()), extra...)
 			s, err := api.New(api.Config{
@@ -77,7 +75,7 @@ func serveCommand() *cli.Command {
 			})
 			if err != nil {
 				ln.Close()
-				return cli.Exit(err, exitError)
+				return err
 			}
 			defer s.Close()
 			// Headers and idle connections are cut by the server; bodies
@@ -86,7 +84,7 @@ func serveCommand() *cli.Command {
 			// --stream-write-timeout), so that uploads and event streams
 			// last as long as they need and no longer.
 			srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+			ctx, stop := interruptible(c)
 			defer stop()
 			go func() {
 				<-ctx.Done()
@@ -97,7 +95,7 @@ func serveCommand() *cli.Command {
 			base := "http://" + ln.Addr().String()
 			logger.Info("serving", "api", base+"/v1/jobs", "monitoring", base+"/monitoring/", "metrics", base+"/metrics", "monitoring_open", open, "hosts", hosts)
 			if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
-				return cli.Exit(err, exitError)
+				return err
 			}
 			return nil
 		},
@@ -119,7 +117,7 @@ func tokenCommand() *cli.Command {
 			Action: func(c *cli.Context) error {
 				tok, entry, err := api.NewToken(c.String("tenant"), c.String("name"))
 				if err != nil {
-					return cli.Exit(err, exitError)
+					return err
 				}
 				if c.Bool("json") {
 					return printJSON(c.App.Writer, map[string]any{"token": tok, "entry": entry})

@@ -15,7 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sandq/sandq/api"
-	"github.com/sandq/sandq/internal/devstack"
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // TestServeDashboardNeverOpenImplicitly runs `sandq serve` on loopback, as
@@ -24,11 +24,7 @@ import (
 // only, and only under the server's own host names.
 func TestServeDashboardNeverOpenImplicitly(t *testing.T) {
 	dir := t.TempDir()
-	st, err := devstack.Start(context.Background(), devstack.Options{Dir: dir, AccessKey: "serve-test", SecretKey: "serve-test-secret"})
-	if err != nil {
-		t.Fatalf("Redis and MinIO are needed (make test installs them): %v", err)
-	}
-	defer st.Stop()
+	st := testenv.Services(t, testenv.ServicesOptions{AccessKey: "serve-test", SecretKey: "serve-test-secret"})
 	tok, entry, err := api.NewToken("ops", "test")
 	if err != nil {
 		t.Fatal(err)

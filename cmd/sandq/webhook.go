@@ -31,18 +31,18 @@ func webhookCommand() *cli.Command {
 					if c.NArg() > 0 {
 						f, err := os.Open(c.Args().First())
 						if err != nil {
-							return cli.Exit(err, exitError)
+							return err
 						}
 						defer f.Close()
 						in = f
 					}
 					req, err := http.ReadRequest(bufio.NewReader(in))
 					if err != nil {
-						return cli.Exit(fmt.Errorf("not an HTTP request: %w", err), exitError)
+						return fmt.Errorf("not an HTTP request: %w", err)
 					}
 					body, err := io.ReadAll(req.Body)
 					if err != nil {
-						return cli.Exit(fmt.Errorf("reading the body: %w", err), exitError)
+						return fmt.Errorf("reading the body: %w", err)
 					}
 					now := time.Now()
 					if c.Bool("ignore-age") {
@@ -66,7 +66,7 @@ func webhookCommand() *cli.Command {
 				Action: func(c *cli.Context) error {
 					s, err := webhook.NewSecret()
 					if err != nil {
-						return cli.Exit(err, exitError)
+						return err
 					}
 					fmt.Fprintln(c.App.Writer, s)
 					return nil

@@ -74,25 +74,25 @@ type BuildOptions struct {
 
 func (o *BuildOptions) defaults() {
 	if o.Dir == "" {
-		o.Dir = "/var/lib/sandq/images"
+		o.Dir = DefaultDir
 	}
 	if o.Suite == "" {
-		o.Suite = "bookworm"
+		o.Suite = DefaultSuite
 	}
 	if o.Mirror == "" {
 		o.Mirror = HostMirror()
 	}
 	if o.CacheDir == "" {
-		o.CacheDir = "/var/cache/sandq"
+		o.CacheDir = DefaultCacheDir
 	}
 	if o.CADir == "" {
-		o.CADir = "/usr/local/share/ca-certificates"
+		o.CADir = DefaultCADir
 	}
 	if o.UID == 0 {
-		o.UID = 1000
+		o.UID = DefaultUID
 	}
 	if o.GID == 0 {
-		o.GID = 1000
+		o.GID = DefaultGID
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -63,16 +63,16 @@ type ImportOptions struct {
 
 func (o *ImportOptions) defaults() {
 	if o.Dir == "" {
-		o.Dir = "/var/lib/sandq/images"
+		o.Dir = DefaultDir
 	}
 	if o.CADir == "" {
-		o.CADir = "/usr/local/share/ca-certificates"
+		o.CADir = DefaultCADir
 	}
 	if o.UID == 0 {
-		o.UID = 1000
+		o.UID = DefaultUID
 	}
 	if o.GID == 0 {
-		o.GID = 1000
+		o.GID = DefaultGID
 	}
 	if o.MaxBytes == 0 {
 		o.MaxBytes = DefaultMaxImportBytes

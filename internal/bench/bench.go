@@ -1,6 +1,6 @@
 // Package bench measures sandq against the floor it stands on: the same
 // trivial job run as a bare process, as a bare one-shot runsc container
-// made exactly as a sandbox's container is (executor.BareRunner), and end
+// made exactly as a sandbox's container is (internal/barerunsc), and end
 // to end through sandq (enqueue, queue, worker, sandbox, uploads, result,
 // webhook). It measures serial floors, open-loop latency, drain throughput
 // and a worker's memory, all in one run on one machine, against a Redis and
@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/jobs"
 )
 
 // Variants of the trivial job.
@@ -93,46 +95,46 @@ func Quick(o Options) Options {
 // WithDefaults fills unset fields.
 func (o Options) WithDefaults() Options {
 	if len(o.Variants) == 0 {
-		o.Variants = []string{VariantShell, VariantPython}
+		o.Variants = DefaultVariants()
 	}
 	if o.FloorRuns == 0 {
-		o.FloorRuns = 10
+		o.FloorRuns = DefaultFloorRuns
 	}
 	if o.LatencyJobs == 0 {
-		o.LatencyJobs = 200
+		o.LatencyJobs = DefaultLatencyJobs
 	}
 	if o.Rate == 0 {
-		o.Rate = 2
+		o.Rate = DefaultRate
 	}
 	if o.LatencyConcurrency == 0 {
 		o.LatencyConcurrency = runtime.NumCPU()
 	}
 	if o.ThroughputJobs == 0 {
-		o.ThroughputJobs = 500
+		o.ThroughputJobs = DefaultThroughputJobs
 	}
 	if len(o.Concurrency) == 0 {
-		o.Concurrency = []int{1, 2, 4, 8}
+		o.Concurrency = DefaultConcurrency()
 	}
 	if o.MemoryJobs == 0 {
-		o.MemoryJobs = 2
+		o.MemoryJobs = DefaultMemoryJobs
 	}
 	if o.Warm == 0 {
 		o.Warm = max(2, o.LatencyConcurrency)
 	}
 	if o.Seed == 0 {
-		o.Seed = 1
+		o.Seed = DefaultSeed
 	}
 	if o.ImageDir == "" {
-		o.ImageDir = "/var/lib/sandq/images"
+		o.ImageDir = image.DefaultDir
 	}
 	if o.Image == "" {
-		o.Image = "default"
+		o.Image = jobs.DefaultImage
 	}
 	if o.Runsc == "" {
-		o.Runsc = "runsc"
+		o.Runsc = executor.DefaultRunsc
 	}
 	if o.Platform == "" {
-		o.Platform = "systrap"
+		o.Platform = executor.DefaultPlatform
 	}
 	if o.TempDir == "" {
 		o.TempDir = os.TempDir()

@@ -6,34 +6,27 @@ import (
 	"encoding/json"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // TestQuickBenchmark runs the quick benchmark end to end against real
 // services (its own Redis and MinIO, real runsc sandboxes on the image
 // `make test` builds, a child `sandq worker`) and checks that the report is
 // complete and sane. It never asserts on speed. A missing runsc, Redis,
-// MinIO, image or root fails it.
+// MinIO, image or root fails it (under -short, skips it).
 func TestQuickBenchmark(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "sandq")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/sandq").CombinedOutput(); err != nil {
-		t.Fatalf("build sandq: %v\n%s", err, out)
-	}
-	imageDir := os.Getenv("SANDQ_IMAGE_DIR")
-	if imageDir == "" {
-		imageDir = "/var/lib/sandq/images"
-	}
-	imageName := os.Getenv("SANDQ_TEST_IMAGE")
-	if imageName == "" {
-		imageName = "default"
-	}
+	testenv.NeedRunsc(t)
+	testenv.NeedBinary(t, "redis-server", "minio")
+	img := testenv.NeedImage(t)
+	bin := testenv.Sandq(t)
 	var progress bytes.Buffer
-	o := Quick(Options{SandqBinary: bin, ImageDir: imageDir, Image: imageName, Progress: &progress})
+	o := Quick(Options{SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, Progress: &progress})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, o)

@@ -17,10 +17,13 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/internal/barerunsc"
+	"github.com/sandq/sandq/internal/cleanup"
 	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
+	"github.com/sandq/sandq/worker"
 )
 
 // Credentials of the bench's own MinIO, which lives only as long as the run.
@@ -40,9 +43,11 @@ type env struct {
 	client *jobs.Client
 	insp   *asynq.Inspector
 	runner *executor.RunscRunner
-	bare   *executor.BareRunner
+	bare   *barerunsc.Runner
 	hooks  *receiver
 	runsc  executor.RunscVersion
+	// cleanup stops what setup started, last first (close).
+	cleanup cleanup.Stack
 	// seq numbers queues and bare containers; failed counts sandq jobs that
 	// did not succeed, failures keeps the first reasons.
 	mu       sync.Mutex
@@ -83,6 +88,7 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	e.cleanup.Add("dev stack", func(context.Context) error { return e.stack.Stop() })
 	secret, err := webhook.NewSecret()
 	if err != nil {
 		return nil, err
@@ -108,7 +114,9 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 	if e.client, err = jobs.NewClient(e.cfg, e.store, o.Logger); err != nil {
 		return nil, err
 	}
+	e.cleanup.Add("client", func(context.Context) error { e.client.Close(); return nil })
 	e.insp = asynq.NewInspector(e.cfg.RedisOpt())
+	e.cleanup.Add("inspector", func(context.Context) error { e.insp.Close(); return nil })
 	if e.runsc, err = executor.CheckRunsc(ctx, o.Runsc, o.Platform); err != nil {
 		return nil, err
 	}
@@ -118,41 +126,25 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.bare, err = executor.NewBareRunner(executor.BareConfig{Runsc: e.runsc.Path, Platform: o.Platform, Dir: filepath.Join(dir, "bare")})
+	e.cleanup.Add("runsc runner", e.runner.Close)
+	e.bare, err = barerunsc.New(barerunsc.Config{Runsc: e.runsc.Path, Platform: o.Platform, Dir: filepath.Join(dir, "bare")})
 	if err != nil {
 		return nil, err
 	}
+	e.cleanup.Add("bare runner", e.bare.Close)
 	if !o.NoWebhook {
 		if e.hooks, err = newReceiver([]string{secret}); err != nil {
 			return nil, err
 		}
+		e.cleanup.Add("webhook receiver", func(context.Context) error { return e.hooks.close() })
 	}
 	return e, nil
 }
 
-// close stops everything setup started and removes the scratch directory.
+// close stops everything setup started and removes the scratch directory,
+// unless something failed to stop.
 func (e *env) close() error {
-	var errs []error
-	ctx := context.Background()
-	if e.hooks != nil {
-		errs = append(errs, e.hooks.close())
-	}
-	if e.bare != nil {
-		errs = append(errs, e.bare.Close(ctx))
-	}
-	if e.runner != nil {
-		errs = append(errs, e.runner.Close(ctx))
-	}
-	if e.insp != nil {
-		e.insp.Close()
-	}
-	if e.client != nil {
-		e.client.Close()
-	}
-	if e.stack != nil {
-		errs = append(errs, e.stack.Stop())
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err := e.cleanup.Release(context.Background()); err != nil {
 		// Leave the directory for a look at the logs.
 		return fmt.Errorf("%w (scratch directory kept: %s)", err, e.dir)
 	}
@@ -170,12 +162,12 @@ func (e *env) next() int {
 // startWorker starts an in-process worker serving queue at concurrency c
 // with warm warm sandboxes (0: none): the production configuration
 // (jobs.Config defaults), sharing the run's runsc runner.
-func (e *env) startWorker(ctx context.Context, queue string, c, warm int) (*jobs.Worker, error) {
+func (e *env) startWorker(ctx context.Context, queue string, c, warm int) (*worker.Worker, error) {
 	cfg := e.cfg
 	cfg.Worker.Concurrency = c
 	cfg.Worker.WarmSandboxes = warm
 	cfg.Worker.Queues = map[string]int{queue: 1}
-	w, err := jobs.NewWorker(cfg, e.runner, e.store, e.o.Logger)
+	w, err := worker.New(cfg, e.runner, e.store, e.o.Logger)
 	if err != nil {
 		return nil, err
 	}

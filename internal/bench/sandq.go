@@ -9,6 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/worker"
 )
 
 // resultPoll is how often the bench asks asynq whether a job it follows is
@@ -173,7 +174,7 @@ func (e *env) serialSandq(ctx context.Context, v variant, n, warm int) ([]*sandq
 }
 
 // waitWarm waits up to a minute for a worker to have a warm sandbox ready.
-func waitWarm(ctx context.Context, w *jobs.Worker) error {
+func waitWarm(ctx context.Context, w *worker.Worker) error {
 	deadline := time.Now().Add(time.Minute)
 	for w.WarmReady() == 0 {
 		if time.Now().After(deadline) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/internal/barerunsc"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -185,7 +186,7 @@ type bareRun struct {
 	// directories were removed.
 	began, created, exited, deleted, done time.Time
 	// waitLost: runsc wait could not tell the exit status and it was read
-	// from the boot log, as a sandbox does (see executor.BareResult); the
+	// from the boot log, as a sandbox does (see barerunsc.Result); the
 	// output is checked either way.
 	waitLost bool
 }
@@ -207,7 +208,7 @@ func (e *env) runBare(ctx context.Context, v variant, oneShot bool) (*bareRun, e
 	defer logs.Close()
 	l := e.cfg.DefaultLimits
 	w := e.cfg.Worker
-	c := executor.BareContainer{
+	c := barerunsc.Container{
 		ID: fmt.Sprintf("bench-%d", e.next()),
 		Spec: executor.Spec{
 			Name: "bench", Image: e.cfg.ImagePath(), Args: append(append([]string(nil), v.interp...), path.Join(executor.JobMount, v.script)),
@@ -219,7 +220,7 @@ func (e *env) runBare(ctx context.Context, v variant, oneShot bool) (*bareRun, e
 		},
 		InputsDir: d.inputs, JobDir: d.job, OutputsDir: d.outputs, Stdout: logs, Stderr: logs,
 	}
-	var res *executor.BareResult
+	var res *barerunsc.Result
 	if oneShot {
 		res, err = e.bare.RunOneShot(ctx, c)
 	} else {

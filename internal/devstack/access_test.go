@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,8 +27,16 @@ const (
 	rootSecret = "devstack-root-secret"
 )
 
+// startStack starts the services for a test. Without redis-server or
+// minio it skips under -short and fails otherwise (testenv's rule; testenv
+// itself imports this package).
 func startStack(t *testing.T, dir string) *Stack {
 	t.Helper()
+	for _, bin := range []string{"redis-server", "minio"} {
+		if _, err := exec.LookPath(bin); err != nil && testing.Short() {
+			t.Skipf("skipped under -short: %v", err)
+		}
+	}
 	s, err := Start(context.Background(), Options{Dir: dir, AccessKey: rootKey, SecretKey: rootSecret})
 	if err != nil {
 		t.Fatal(err)
@@ -216,6 +225,9 @@ func mustStore(t *testing.T, s *Stack, c Credentials) *storage.Store {
 // credentials, a rule at least as long is accepted as it is, and a longer
 // one is refused with an error naming the missing permission.
 func TestEnsurePrefixExpiryNeedsNoPutWhenTheRuleIsThere(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped under -short: starts a stack of its own (5-9s)")
+	}
 	ctx := context.Background()
 	s := startStack(t, t.TempDir())
 	defer s.Stop()
@@ -256,6 +268,9 @@ func TestEnsurePrefixExpiryNeedsNoPutWhenTheRuleIsThere(t *testing.T) {
 // directory) gets the same credentials, still working, with exactly the
 // one policy even if someone attached another meanwhile.
 func TestProvisionBucketAgainKeepsCredentials(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped under -short: starts a stack of its own (5-9s)")
+	}
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := startStack(t, dir)

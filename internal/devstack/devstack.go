@@ -1,12 +1,17 @@
 // Package devstack runs the services sandq needs — Redis and MinIO — as
-// child processes with all their data under one directory. `sandq dev` and
-// the end-to-end tests use it; production runs them as real services.
+// child processes with all their data under one directory, and programs
+// beside them (Run) such as a sandq worker. `sandq dev` (see sandqdev), the
+// end-to-end tests and the benchmark use it; production runs them as real
+// services.
+//
+// Each process is stopped in reverse order of starting, by a cleanup
+// stack (internal/cleanup): Stop stops what Start and Run made, and a
+// Start that fails stops what it had started.
 package devstack
 
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,11 +24,13 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sandq/sandq/internal/cleanup"
 )
 
 // Options say where the services listen and keep their data.
 type Options struct {
-	// Dir holds redis/ and minio/ data and the services' logs.
+	// Dir holds redis/ and minio/ data and, in logs/, each process's log.
 	Dir string
 	// Ports on 127.0.0.1; 0 picks a free one.
 	RedisPort, MinioPort, MinioConsolePort int
@@ -35,28 +42,66 @@ type Options struct {
 	Logger     *slog.Logger
 }
 
-// Stack is a running set of services.
+// StopTimeout is how long a service gets to exit after SIGTERM before it
+// is killed, unless its Program says otherwise.
+const StopTimeout = 10 * time.Second
+
+// readyTimeout is how long Start waits for a service to answer.
+const readyTimeout = 60 * time.Second
+
+// Stack is a running set of services, and the programs run beside them.
 type Stack struct {
 	RedisAddr, MinioAddr, MinioConsoleAddr string
 	Dir                                    string
 	mu                                     sync.Mutex
 	procs                                  []*proc
-	logger                                 *slog.Logger
+	// stops stops each process, last started first.
+	stops  cleanup.Stack
+	logger *slog.Logger
 	// MinIO's root credentials: for bootstrap (ProvisionBucket) only.
 	rootKey, rootSecret string
 }
 
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	// bin, env and args start it again (StartService).
-	bin  string
-	env  []string
-	args []string
+// Program is a process run beside the services (Run): it gets the
+// services' lifetime, in its own process group, and is stopped (SIGTERM,
+// then SIGKILL after StopTimeout) before them.
+type Program struct {
+	// Name names it in errors, and its log Dir/logs/NAME.log unless Log
+	// names another file there.
+	Name, Log string
+	// Path and Args run it; Env is added to this process's environment.
+	Path string
+	Args []string
+	Env  []string
+	// StopTimeout is how long it gets to exit after SIGTERM. Default
+	// StopTimeout.
+	StopTimeout time.Duration
+	// Unwatched: Wait does not end when it exits.
+	Unwatched bool
 }
 
-// Start starts Redis and MinIO and waits until both answer.
+func (p Program) withDefaults() Program {
+	if p.Log == "" {
+		p.Log = p.Name + ".log"
+	}
+	if p.StopTimeout == 0 {
+		p.StopTimeout = StopTimeout
+	}
+	return p
+}
+
+type proc struct {
+	Program
+	cmd  *exec.Cmd
+	done chan struct{}
+	// err is how the process ended; set before done is closed.
+	err error
+	// watched: Wait returns when it exits (a Program, not a service).
+	watched bool
+}
+
+// Start starts Redis and MinIO and waits until both answer. On error,
+// nothing it started is left running.
 func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -85,11 +130,7 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		rootKey:          o.AccessKey,
 		rootSecret:       o.SecretKey,
 	}
-	defer func() {
-		if err != nil {
-			s.Stop()
-		}
-	}()
+	defer s.stops.ReleaseOnError(ctx, &err)
 	for _, d := range []string{"redis", "minio", "logs"} {
 		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
 			return nil, err
@@ -99,68 +140,120 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if o.AppendOnly {
 		aof = "yes"
 	}
-	if err := s.spawn("redis", redisBin, nil,
+	if err := s.start(Program{Name: "redis", Path: redisBin, Args: []string{
 		"--bind", "127.0.0.1", "--port", strconv.Itoa(o.RedisPort), "--dir", filepath.Join(o.Dir, "redis"),
 		"--appendonly", aof, "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-		"--protected-mode", "yes"); err != nil {
+		"--protected-mode", "yes"}}, false); err != nil {
 		return nil, err
 	}
-	env := []string{"MINIO_ROOT_USER=" + o.AccessKey, "MINIO_ROOT_PASSWORD=" + o.SecretKey, "MINIO_UPDATE=off", "MINIO_BROWSER=on"}
-	if err := s.spawn("minio", minioBin, env,
-		"server", filepath.Join(o.Dir, "minio"), "--address", s.MinioAddr, "--console-address", s.MinioConsoleAddr, "--quiet"); err != nil {
+	if err := s.start(Program{Name: "minio", Path: minioBin,
+		Env:  []string{"MINIO_ROOT_USER=" + o.AccessKey, "MINIO_ROOT_PASSWORD=" + o.SecretKey, "MINIO_UPDATE=off", "MINIO_BROWSER=on"},
+		Args: []string{"server", filepath.Join(o.Dir, "minio"), "--address", s.MinioAddr, "--console-address", s.MinioConsoleAddr, "--quiet"}}, false); err != nil {
 		return nil, err
 	}
-	if err := s.waitReady(ctx, "redis", func() error { return pingRedis(s.RedisAddr) }); err != nil {
+	if err := s.waitReady(ctx, "redis"); err != nil {
 		return nil, err
 	}
-	if err := s.waitReady(ctx, "minio", func() error { return minioReady(s.MinioAddr) }); err != nil {
+	if err := s.waitReady(ctx, "minio"); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *Stack) spawn(name, bin string, env []string, args ...string) error {
-	logf, err := os.OpenFile(filepath.Join(s.Dir, "logs", name+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+// Run starts p beside the services; it is stopped before them, in reverse
+// order of Run. Wait returns when it exits, unless it is Unwatched. It
+// returns p's process ID.
+func (s *Stack) Run(p Program) (pid int, err error) {
+	if err := s.start(p, !p.Unwatched); err != nil {
+		return 0, err
+	}
+	return s.PID(p.Name), nil
+}
+
+// Wait returns nil when ctx ends, or an error naming the program and its
+// log when a program started with Run exits first. It stops nothing: Stop
+// does.
+func (s *Stack) Wait(ctx context.Context) error {
+	s.mu.Lock()
+	var watched []*proc
+	for _, p := range s.procs {
+		if p.watched {
+			watched = append(watched, p)
+		}
+	}
+	s.mu.Unlock()
+	exited := make(chan *proc, len(watched))
+	stop := make(chan struct{})
+	defer close(stop)
+	for _, p := range watched {
+		go func() {
+			select {
+			case <-p.done:
+				exited <- p
+			case <-stop:
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case p := <-exited:
+		return fmt.Errorf("%s exited (%v); see %s", p.Name, p.err, s.logPath(p.Program))
+	}
+}
+
+// Stop stops every process, programs and services, last started first:
+// SIGTERM, then SIGKILL after its stop timeout. Later calls do nothing.
+func (s *Stack) Stop() error { return s.stops.Release(context.Background()) }
+
+func (s *Stack) logPath(p Program) string { return filepath.Join(s.Dir, "logs", p.Log) }
+
+// start starts p, or starts again the stopped process of p's name
+// (StartService). The first start of a name adds its stop to the stack.
+func (s *Stack) start(p Program, watched bool) error {
+	p = p.withDefaults()
+	logf, err := os.OpenFile(s.logPath(p), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd := exec.Command(p.Path, p.Args...)
+	cmd.Env = append(os.Environ(), p.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group: a Ctrl-C on the terminal reaches the parent only,
 	// which stops children in order. Pdeathsig stops them if it dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("start %s: %w", name, err)
+		return fmt.Errorf("start %s: %w", p.Name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{}), bin: bin, env: env, args: args}
-	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
+	pr := &proc{Program: p, cmd: cmd, done: make(chan struct{}), watched: watched}
+	go func() { pr.err = cmd.Wait(); logf.Close(); close(pr.done) }()
 	s.mu.Lock()
 	replaced := false
 	for i, q := range s.procs {
-		if q.name == name {
-			s.procs[i], replaced = p, true
+		if q.Name == p.Name {
+			s.procs[i], replaced = pr, true
 		}
 	}
 	if !replaced {
-		s.procs = append(s.procs, p)
+		s.procs = append(s.procs, pr)
 	}
 	s.mu.Unlock()
-	s.logger.Debug("started", "service", name, "pid", cmd.Process.Pid)
+	if !replaced {
+		s.stops.Add(p.Name, func(context.Context) error { return s.stop(p.Name, syscall.SIGTERM) })
+	}
+	s.logger.Debug("started", "service", p.Name, "pid", cmd.Process.Pid)
 	return nil
 }
 
-func (s *Stack) waitReady(ctx context.Context, name string, check func() error) error {
-	deadline := time.Now().Add(60 * time.Second)
-	var p *proc
-	s.mu.Lock()
-	for _, q := range s.procs {
-		if q.name == name {
-			p = q
-		}
+// waitReady waits until the service name answers, for at most readyTimeout.
+func (s *Stack) waitReady(ctx context.Context, name string) error {
+	check := func() error { return pingRedis(s.RedisAddr) }
+	if name == "minio" {
+		check = func() error { return minioReady(s.MinioAddr) }
 	}
-	s.mu.Unlock()
+	p := s.proc(name)
+	deadline := time.Now().Add(readyTimeout)
 	for {
 		err := check()
 		if err == nil {
@@ -168,42 +261,46 @@ func (s *Stack) waitReady(ctx context.Context, name string, check func() error) 
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited at start; see %s", name, filepath.Join(s.Dir, "logs", name+".log"))
+			return fmt.Errorf("%s exited at start; see %s", name, s.logPath(p.Program))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after 60s: %w", name, err)
+			return fmt.Errorf("%s not ready after %.0fs: %w", name, readyTimeout.Seconds(), err)
 		}
 	}
 }
 
-// PID is the process ID of a service ("redis" or "minio"), 0 if not running.
+// PID is the process ID of a service ("redis" or "minio") or program, 0 if
+// not running.
 func (s *Stack) PID(name string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, p := range s.procs {
-		if p.name == name {
-			select {
-			case <-p.done:
-				return 0
-			default:
-				return p.cmd.Process.Pid
-			}
-		}
+	p := s.proc(name)
+	if p == nil {
+		return 0
 	}
-	return 0
+	select {
+	case <-p.done:
+		return 0
+	default:
+		return p.cmd.Process.Pid
+	}
 }
 
 // StopService stops one service ("redis" or "minio") by sending sig to its
 // process and waiting for it to exit (SIGKILL after 10s). Its data stays;
 // StartService starts it again. Fault-injection tests use it.
 func (s *Stack) StopService(name string, sig syscall.Signal) error {
-	p := s.proc(name)
-	if p == nil {
+	if s.proc(name) == nil {
 		return fmt.Errorf("no service %q", name)
 	}
+	return s.stop(name, sig)
+}
+
+// stop sends sig to the process of name, if it runs, and waits for it to
+// exit, killing it after its stop timeout.
+func (s *Stack) stop(name string, sig syscall.Signal) error {
+	p := s.proc(name)
 	select {
 	case <-p.done:
 		return nil
@@ -215,10 +312,10 @@ func (s *Stack) StopService(name string, sig syscall.Signal) error {
 	select {
 	case <-p.done:
 		return nil
-	case <-time.After(10 * time.Second):
+	case <-time.After(p.StopTimeout):
 		p.cmd.Process.Kill()
 		<-p.done
-		return fmt.Errorf("%s did not stop in 10s; killed", name)
+		return fmt.Errorf("%s did not stop in %s; killed", name, p.StopTimeout)
 	}
 }
 
@@ -234,46 +331,21 @@ func (s *Stack) StartService(ctx context.Context, name string) error {
 	default:
 		return fmt.Errorf("%s is running (pid %d)", name, p.cmd.Process.Pid)
 	}
-	if err := s.spawn(name, p.bin, p.env, p.args...); err != nil {
+	if err := s.start(p.Program, p.watched); err != nil {
 		return err
 	}
-	check := func() error { return pingRedis(s.RedisAddr) }
-	if name == "minio" {
-		check = func() error { return minioReady(s.MinioAddr) }
-	}
-	return s.waitReady(ctx, name, check)
+	return s.waitReady(ctx, name)
 }
 
 func (s *Stack) proc(name string) *proc {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, p := range s.procs {
-		if p.name == name {
+		if p.Name == name {
 			return p
 		}
 	}
 	return nil
-}
-
-// Stop stops the services, last started first: SIGTERM, then SIGKILL after 10s.
-func (s *Stack) Stop() error {
-	s.mu.Lock()
-	procs := s.procs
-	s.procs = nil
-	s.mu.Unlock()
-	var errs []error
-	for i := len(procs) - 1; i >= 0; i-- {
-		p := procs[i]
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-			errs = append(errs, fmt.Errorf("%s did not stop in 10s; killed", p.name))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func freePort() (int, error) {

@@ -1,4 +1,4 @@
-package main
+package sandqdev
 
 import (
 	"os"
@@ -18,7 +18,7 @@ func TestDevWebhookConfigHasTheDevTenantsSecret(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "webhook.json")
 	check := func() []string {
 		t.Helper()
-		got, err := devWebhookConfig(p)
+		got, err := WriteWebhookConfig(p)
 		if err != nil {
 			t.Fatal(err)
 		}
