@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/internal/devstack"
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/storage"
 )
@@ -39,22 +40,21 @@ var (
 	entries []TokenEntry
 )
 
-var stack *devstack.Stack
+// services are the package's Redis and MinIO, started by the first test
+// that asks for them (stack): without redis-server or minio, those tests
+// fail, or are skipped under -short, and the others still run.
+var services = &testenv.Shared{Options: testenv.ServicesOptions{AccessKey: "api-test", SecretKey: "api-test-secret"}}
+
+func stack(t testing.TB) *devstack.Stack {
+	t.Helper()
+	return services.Get(t)
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sandq-api-")
-	if err != nil {
-		panic(err)
-	}
-	stack, err = devstack.Start(context.Background(), devstack.Options{Dir: dir, AccessKey: "api-test", SecretKey: "api-test-secret"})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "Redis and MinIO are needed (make test installs them): %v\n", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
 	code := m.Run()
-	stack.Stop()
-	os.RemoveAll(dir)
+	if err := services.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "stop Redis and MinIO: %v\n", err)
+	}
 	os.Exit(code)
 }
 
@@ -134,7 +134,7 @@ func serveWith(t *testing.T, cfg jobs.Config, opt func(*Config)) *fixture {
 }
 
 func newFixture(t *testing.T) *fixture {
-	return serve(t, jobsConfig(stack.RedisAddr, stack.MinioAddr), false)
+	return serve(t, jobsConfig(stack(t).RedisAddr, stack(t).MinioAddr), false)
 }
 
 type part struct {
@@ -190,25 +190,15 @@ func (a answer) err(t *testing.T) Error {
 	return eb.Error
 }
 
+// do sends a request; only a request that got no answer fails the test
+// (a body cut short is returned as far as it came).
 func (f *fixture) do(t *testing.T, method, path, token string, body io.Reader, contentType string) answer {
 	t.Helper()
-	req, err := http.NewRequest(method, f.url+path, body)
-	if err != nil {
+	a, err := f.doRaw(method, path, token, body, contentType, nil)
+	if err != nil && a.code == 0 {
 		t.Fatal(err)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return answer{resp.StatusCode, resp.Header, b}
+	return a
 }
 
 func (f *fixture) submit(t *testing.T, token string, parts ...part) answer {
@@ -512,6 +502,7 @@ func TestRateLimitAndPendingCap(t *testing.T) {
 // TestUnavailable: with Redis or MinIO unreachable, submissions get 503 and
 // leave nothing in the service that is up.
 func TestUnavailable(t *testing.T) {
+	testenv.Long(t, "waits out the clients' retries against closed ports (about 12s)")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -519,8 +510,8 @@ func TestUnavailable(t *testing.T) {
 	closed := ln.Addr().String()
 	ln.Close()
 
-	noRedis := serve(t, jobsConfig(closed, stack.MinioAddr), false)
-	noS3 := serve(t, jobsConfig(stack.RedisAddr, closed), false)
+	noRedis := serve(t, jobsConfig(closed, stack(t).MinioAddr), false)
+	noS3 := serve(t, jobsConfig(stack(t).RedisAddr, closed), false)
 	ok := newFixture(t)
 	before := ok.state(t)
 	for name, f := range map[string]*fixture{"redis down": noRedis, "s3 down": noS3} {
@@ -566,7 +557,7 @@ func TestMonitoringAuth(t *testing.T) {
 	if c := get("", "", tokens["acme"]); c != 200 {
 		t.Errorf("dashboard with an operator bearer token: %d", c)
 	}
-	open := serve(t, jobsConfig(stack.RedisAddr, stack.MinioAddr), true)
+	open := serve(t, jobsConfig(stack(t).RedisAddr, stack(t).MinioAddr), true)
 	if code, _ := httpGet(t, open.url+"/monitoring/"); code != 200 {
 		t.Errorf("open dashboard (loopback server): %d", code)
 	}
@@ -587,12 +578,7 @@ func httpGet(t *testing.T, url string) (int, string) {
 // queue holding a task, /metrics exports asynq's queue metrics and the
 // API's request counts, /healthz follows Redis.
 func TestMonitoringMetricsHealth(t *testing.T) {
-	dir := t.TempDir()
-	st, err := devstack.Start(context.Background(), devstack.Options{Dir: dir, AccessKey: "api-test", SecretKey: "api-test-secret"})
-	if err != nil {
-		t.Fatalf("Redis and MinIO are needed (make test installs them): %v", err)
-	}
-	defer st.Stop()
+	st := testenv.Services(t, services.Options)
 	c := asynq.NewClient(asynq.RedisClientOpt{Addr: st.RedisAddr})
 	defer c.Close()
 	if _, err := c.Enqueue(asynq.NewTask("job:run", []byte(`{}`)), asynq.Queue("reports")); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -256,7 +257,7 @@ func paused(t *testing.T, insp *asynq.Inspector, q string) bool {
 func TestDashboardHostAndOrigin(t *testing.T) {
 	for _, open := range []bool{false, true} {
 		t.Run(fmt.Sprintf("open=%v", open), func(t *testing.T) {
-			f := serve(t, jobsConfig(stack.RedisAddr, stack.MinioAddr), open)
+			f := serve(t, jobsConfig(stack(t).RedisAddr, stack(t).MinioAddr), open)
 			q, insp := dashQueue(t, f)
 			host := strings.TrimPrefix(f.url, "http://")
 			creds := func(h http.Header) http.Header {
@@ -442,6 +443,7 @@ func (f *fixture) stream(t *testing.T, token, id string) (answer, func()) {
 // Retry-After, while other tenants still connect; a stream that ends gives
 // its place back.
 func TestEventStreamCap(t *testing.T) {
+	testenv.Long(t, "holds event streams open for seconds")
 	f := newFixture(t)
 	other := newFixture(t) // a second API server on the same Redis
 	a := f.submit(t, tokens["streamy"], script("s.sh", "true"))
@@ -537,7 +539,8 @@ func rawRequest(t *testing.T, f *fixture, head string) net.Conn {
 // a body that trickles (never idle for long) at the total body timeout;
 // each gets 408 and leaves nothing. A body that keeps up is not cut.
 func TestSlowBodiesAreCut(t *testing.T) {
-	f := serveWith(t, jobsConfig(stack.RedisAddr, stack.MinioAddr), func(c *Config) {
+	testenv.Long(t, "waits out the body timeouts")
+	f := serveWith(t, jobsConfig(stack(t).RedisAddr, stack(t).MinioAddr), func(c *Config) {
 		c.Timeouts = Timeouts{BodyIdle: 500 * time.Millisecond, Body: 2 * time.Second}
 	})
 	head := func(length int) string {
@@ -603,7 +606,7 @@ func TestSlowBodiesAreCut(t *testing.T) {
 // TestSlowReaderIsCut: a client that does not read a response is cut after
 // the write timeout instead of holding the server's goroutine and buffers.
 func TestSlowReaderIsCut(t *testing.T) {
-	f := serveWith(t, jobsConfig(stack.RedisAddr, stack.MinioAddr), func(c *Config) {
+	f := serveWith(t, jobsConfig(stack(t).RedisAddr, stack(t).MinioAddr), func(c *Config) {
 		c.Timeouts = Timeouts{Write: 500 * time.Millisecond}
 	})
 	const size = 64 << 20
@@ -637,7 +640,7 @@ func TestSlowReaderIsCut(t *testing.T) {
 // from a client elsewhere, or from one behind a proxy on this host; its
 // pages may not be framed.
 func TestOpenDashboardOnlyForThisHost(t *testing.T) {
-	f := serve(t, jobsConfig(stack.RedisAddr, stack.MinioAddr), true)
+	f := serve(t, jobsConfig(stack(t).RedisAddr, stack(t).MinioAddr), true)
 	get := func(remote string, h http.Header) *httptest.ResponseRecorder {
 		r := httptest.NewRequest("GET", "http://127.0.0.1:8080/monitoring/api/queues", nil)
 		r.RemoteAddr = remote
@@ -722,7 +725,7 @@ func TestHostNames(t *testing.T) {
 }
 
 func TestConfigRefusals(t *testing.T) {
-	cfg := jobsConfig(stack.RedisAddr, stack.MinioAddr)
+	cfg := jobsConfig(stack(t).RedisAddr, stack(t).MinioAddr)
 	store := newFixture(t).store
 	for name, tc := range map[string]struct {
 		c    Config

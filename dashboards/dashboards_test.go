@@ -12,7 +12,7 @@ import (
 
 // metricsSources are the Go files that define sandq's Prometheus metrics:
 // the workers' and the API server's.
-var metricsSources = []string{"../jobs/metrics.go", "../api/api.go"}
+var metricsSources = []string{"../worker/metrics.go", "../api/api.go"}
 
 // metricsSource names them in messages.
 var metricsSource = strings.Join(metricsSources, ", ")

@@ -8,15 +8,14 @@ import (
 	"testing"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // composeConfig validates a compose file with docker-compose's own parser
 // (Debian's docker-compose package; no Docker engine needed).
 func composeConfig(t *testing.T, file string) (string, error) {
 	t.Helper()
-	if _, err := exec.LookPath("docker-compose"); err != nil {
-		t.Fatalf("docker-compose is not installed (scripts/install-deps.sh installs it): %v", err)
-	}
+	testenv.NeedBinary(t, "docker-compose")
 	out, err := exec.Command("docker-compose", "-f", file, "config").CombinedOutput()
 	return string(out), err
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/sandq/sandq/internal/devstack"
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/storage"
 )
 
@@ -98,9 +98,11 @@ func TestComposeGivesNoSandqProcessTheRootUser(t *testing.T) {
 // as written (sandq and the MinIO client against a real MinIO), twice,
 // then checks what the worker's and the API's credentials may do.
 func TestComposeS3SetupWorks(t *testing.T) {
+	testenv.Long(t, "builds sandq and runs MinIO and mc (about a minute)")
+	testenv.NeedBinary(t, "mc")
 	mc, err := exec.LookPath("mc")
 	if err != nil {
-		t.Fatalf("the MinIO client mc is not installed (scripts/install-deps.sh installs it): %v", err)
+		t.Fatal(err)
 	}
 	if out, err := exec.Command(mc, "--version").CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "mc version") {
 		t.Fatalf("%s is not the MinIO client: %v %s", mc, err, out)
@@ -109,16 +111,9 @@ func TestComposeS3SetupWorks(t *testing.T) {
 	setup, users := svc["s3-setup"], svc["s3-users"]
 	ctx := context.Background()
 	dir := t.TempDir()
-	stack, err := devstack.Start(ctx, devstack.Options{Dir: filepath.Join(dir, "stack"),
+	stack := testenv.Services(t, testenv.ServicesOptions{
 		AccessKey: svc["minio"].Environment["MINIO_ROOT_USER"], SecretKey: svc["minio"].Environment["MINIO_ROOT_PASSWORD"]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stack.Stop()
-	sandq := filepath.Join(dir, "sandq")
-	if out, err := exec.Command("go", "build", "-o", sandq, "../cmd/sandq").CombinedOutput(); err != nil {
-		t.Fatalf("build sandq: %v\n%s", err, out)
-	}
+	sandq := testenv.Sandq(t)
 	// As in the containers: minio:9000 is the stack's MinIO, the policy
 	// files are mounted from deploy/, mc keeps its config in a home of its own.
 	local := func(s string) string {

@@ -16,7 +16,7 @@ import (
 	"github.com/hibiken/asynq"
 	"golang.org/x/sys/unix"
 
-	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/internal/runsc"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -345,7 +345,7 @@ func (sc *scenario) leftoversOf(w *worker) leftovers {
 		l.containers = append(l.containers, c.ID+" ("+c.Status+")")
 	}
 	dir := filepath.Join(w.stateDir, "workers", w.id)
-	mounts, err := executor.MountsUnder(dir)
+	mounts, err := runsc.MountsUnder(dir)
 	if err != nil {
 		t.Error(err)
 	}

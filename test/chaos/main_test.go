@@ -18,7 +18,8 @@
 // stdout. Jobs run on the image
 // SANDQ_TEST_IMAGE (default "default") in SANDQ_IMAGE_DIR. A failed run
 // keeps the workers' and services' logs in /tmp/sandq-chaos-logs;
-// SANDQ_CHAOS_KEEP=1 keeps the whole temporary directory. Nothing here
+// SANDQ_CHAOS_KEEP=1 keeps the whole temporary directory. Under -short
+// (the fast tier) the whole suite is skipped; otherwise nothing here
 // skips: without root, runsc, redis-server, minio or the image, the suite
 // fails.
 package chaos
@@ -32,16 +33,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/sandq/sandq/executor"
-	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/internal/devstack"
+	"github.com/sandq/sandq/internal/testenv"
+	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
@@ -57,6 +57,7 @@ const (
 
 // env is the suite's shared state, set up once in TestMain.
 var env struct {
+	suite     *sandqtest.Env
 	full      bool
 	dir       string // everything of the suite: stack, state dirs, logs
 	bin       string // the sandq binary
@@ -78,87 +79,46 @@ var env struct {
 var netQueues = []string{"chaos-kill", "chaos-hostile"}
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(testenv.RunSuite(m, "chaos", "root, runsc, Redis, MinIO, iproute2 and the built image", setup))
 }
 
-func run(m *testing.M) int {
+func setup(ctx context.Context) (_ func(failed bool) error, err error) {
 	start := time.Now()
 	os.Remove(reportPath)
-	if err := setup(); err != nil {
-		fmt.Fprintf(os.Stderr, "chaos set-up failed: %v\n(`make test` installs and builds what this suite needs)\n", err)
-		teardown(false)
-		return 1
-	}
-	code := m.Run()
-	if err := teardown(code != 0); err != nil {
-		fmt.Fprintf(os.Stderr, "chaos teardown: %v\n", err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	report(time.Since(start))
-	return code
-}
-
-func setup() error {
-	ctx := context.Background()
 	env.full = os.Getenv("SANDQ_CHAOS_FULL") != ""
-	for _, bin := range []string{"runsc", "redis-server", "minio", "ip"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			return fmt.Errorf("%s is not installed: %w", bin, err)
-		}
-	}
-	if os.Geteuid() != 0 {
-		return errors.New("the chaos suite runs workers and sandboxes and must run as root")
-	}
-	env.imageDir = os.Getenv("SANDQ_IMAGE_DIR")
-	if env.imageDir == "" {
-		env.imageDir = "/var/lib/sandq/images"
-	}
-	env.image = os.Getenv("SANDQ_TEST_IMAGE")
-	if env.image == "" {
-		env.image = "default"
-	}
-	if _, err := image.Path(env.imageDir, env.image); err != nil {
-		return err
-	}
-	var err error
-	if env.dir, err = os.MkdirTemp("", "sandq-chaos-"); err != nil {
-		return err
-	}
-	level := slog.LevelWarn
-	if os.Getenv("SANDQ_TEST_LOG") != "" {
-		level = slog.LevelDebug
-	}
-	env.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-
-	env.bin = filepath.Join(env.dir, "sandq")
-	if out, err := exec.Command("go", "build", "-o", env.bin, "../../cmd/sandq").CombinedOutput(); err != nil {
-		return fmt.Errorf("build sandq: %v: %s", err, out)
-	}
 	env.secretKey = "chaos-secret-" + jobs.NewJobID()
 	env.canary = "chaos-canary-" + jobs.NewJobID()
-	env.stack, err = devstack.Start(ctx, devstack.Options{
-		Dir: filepath.Join(env.dir, "stack"), AccessKey: accessKey, SecretKey: env.secretKey,
-		AppendOnly: true, Logger: env.logger,
+	env.suite, err = sandqtest.Start(ctx, sandqtest.Options{
+		Name: "chaos", RootKey: accessKey, RootSecret: env.secretKey, AppendOnly: true,
+		Programs: []string{"ip"}, Keep: os.Getenv("SANDQ_CHAOS_KEEP") != "",
 	})
 	if err != nil {
-		return err
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, env.suite.Close(ctx))
+		}
+	}()
+	env.dir, env.stack, env.logger = env.suite.Dir, env.suite.Stack, env.suite.Logger
+	env.imageDir, env.image = env.suite.Image.Dir, env.suite.Image.Name
+	if env.bin, err = env.suite.Sandq(); err != nil {
+		return nil, err
 	}
 	if env.store, err = storage.New(storageConfig()); err != nil {
-		return err
+		return nil, err
 	}
 	if err := env.store.EnsureBucket(ctx); err != nil {
-		return err
+		return nil, err
 	}
 	if env.secret, err = webhook.NewSecret(); err != nil {
-		return err
+		return nil, err
 	}
 	env.hooks = filepath.Join(env.dir, "webhook.json")
 	// Retries 2s apart: asynq schedules retries in whole seconds.
 	hooks := fmt.Sprintf(`{"secrets": {"*": [%q]}, "allow_private": true, "max_attempts": 10, "timeout": "5s", "schedule": ["2s", "2s", "2s", "2s", "5s"]}`, env.secret)
 	if err := os.WriteFile(env.hooks, []byte(hooks), 0o600); err != nil {
-		return err
+		return nil, err
 	}
 	env.egress = filepath.Join(env.dir, "egress.json")
 	queues := []string{}
@@ -167,44 +127,33 @@ func setup() error {
 	}
 	egress := fmt.Sprintf(`{"groups": {%q: ["*.example.com"]}, "queues": {%s}}`, netGroup, strings.Join(queues, ", "))
 	if err := os.WriteFile(env.egress, []byte(egress), 0o600); err != nil {
-		return err
+		return nil, err
 	}
 	env.receiver = newReceiver()
-	return nil
+	return func(failed bool) error {
+		err := teardown(failed)
+		report(time.Since(start))
+		return err
+	}, nil
 }
 
 // logsKept is where the workers' and services' logs of a failed run go.
 const logsKept = "/tmp/sandq-chaos-logs"
 
 func teardown(failed bool) error {
-	var errs []error
-	if env.receiver != nil {
-		env.receiver.srv.Close()
-	}
-	if env.stack != nil {
-		errs = append(errs, env.stack.Stop())
-	}
-	if failed && env.dir != "" {
+	env.receiver.srv.Close()
+	// The services stop first, so that their logs are complete.
+	errs := []error{env.stack.Stop()}
+	if failed {
 		os.RemoveAll(logsKept)
 		os.MkdirAll(logsKept, 0o755)
 		os.Rename(filepath.Join(env.dir, "logs"), filepath.Join(logsKept, "workers"))
 		os.Rename(filepath.Join(env.dir, "stack", "logs"), filepath.Join(logsKept, "services"))
 		fmt.Fprintf(os.Stderr, "chaos: the workers' and services' logs are kept in %s\n", logsKept)
 	}
-	if env.dir != "" && os.Getenv("SANDQ_CHAOS_KEEP") == "" {
-		// Never delete through a mount: whatever is still mounted below
-		// (the scenarios fail if anything is) keeps the directory.
-		mounts, err := executor.MountsUnder(env.dir)
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-		case len(mounts) > 0:
-			errs = append(errs, fmt.Errorf("still mounted under %s, which is kept: %v", env.dir, mounts))
-		default:
-			errs = append(errs, os.RemoveAll(env.dir))
-		}
-	}
-	return errors.Join(errs...)
+	// Never deletes through a mount: whatever is still mounted below (the
+	// scenarios fail if anything is) keeps the directory.
+	return errors.Join(append(errs, env.suite.Close(context.Background()))...)
 }
 
 func storageConfig() storage.Config {

@@ -13,21 +13,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // worker is a `sandq worker` child process. It is signalled by its own PID
 // only: other tests on this machine run sandq workers too.
 type worker struct {
+	*testenv.Process
 	label    string
-	cmd      *exec.Cmd
 	pid      int
 	stateDir string
-	logPath  string
 	// id is the worker's directory under stateDir/workers (its lock holds
 	// the pid); name is hostname:pid, as results record it.
 	id, name string
-	exited   chan struct{}
-	exitErr  error
 }
 
 type workerOpts struct {
@@ -51,56 +50,30 @@ func startWorker(t *testing.T, label string, o workerOpts) *worker {
 	if o.stateDir == "" {
 		o.stateDir = filepath.Join(env.dir, "state-"+label+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	}
-	w := &worker{label: label, stateDir: o.stateDir, exited: make(chan struct{})}
-	w.logPath = filepath.Join(env.dir, "logs", fmt.Sprintf("worker-%s-%d.log", label, time.Now().UnixNano()))
-	if err := os.MkdirAll(filepath.Dir(w.logPath), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(w.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	args := append([]string{"worker",
 		"--state-dir", o.stateDir, "--queues", o.queues, "--concurrency", strconv.Itoa(o.concurrency),
 		"--shutdown-grace", o.grace.String(), "--metrics-addr", "",
 		"--image-dir", env.imageDir, "--image", env.image,
 		"--egress-config", env.egress, "--webhook-config", env.hooks,
 	}, o.extra...)
-	w.cmd = exec.Command(env.bin, args...)
-	w.cmd.Env = workerEnv()
-	w.cmd.Stdout, w.cmd.Stderr = logf, logf
-	// Its own process group (a terminal's Ctrl-C reaches the test only);
-	// SIGTERM if the test process dies.
-	w.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := w.cmd.Start(); err != nil {
-		logf.Close()
+	cmd := exec.Command(env.bin, args...)
+	cmd.Env = workerEnv()
+	p, err := testenv.StartProcess(cmd, filepath.Join(env.dir, "logs", fmt.Sprintf("worker-%s-%d.log", label, time.Now().UnixNano())))
+	if err != nil {
 		t.Fatal(err)
 	}
-	w.pid = w.cmd.Process.Pid
+	w := &worker{Process: p, label: label, pid: p.Pid(), stateDir: o.stateDir}
 	host, _ := os.Hostname()
 	w.name = fmt.Sprintf("%s:%d", host, w.pid)
-	go func() {
-		w.exitErr = w.cmd.Wait()
-		logf.Close()
-		close(w.exited)
-	}()
 	t.Cleanup(func() { w.stop(t, 2*time.Minute) })
 
-	deadline := time.Now().Add(3 * time.Minute)
-	for !strings.Contains(w.log(), "worker started") {
-		select {
-		case <-w.exited:
-			t.Fatalf("worker %s exited at start (%v):\n%s", label, w.exitErr, w.log())
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("worker %s did not start in 3m:\n%s", label, w.log())
-		}
+	if _, err := w.WaitOutput("worker started", 3*time.Minute); err != nil {
+		t.Fatalf("worker %s did not start: %v", label, err)
 	}
 	if w.id = workerDirOf(o.stateDir, w.pid); w.id == "" {
 		t.Fatalf("worker %s (pid %d): no directory under %s holds its lock", label, w.pid, o.stateDir)
 	}
-	t.Logf("worker %s: pid %d, dir %s, log %s", label, w.pid, w.id, w.logPath)
+	t.Logf("worker %s: pid %d, dir %s, log %s", label, w.pid, w.id, w.LogPath)
 	return w
 }
 
@@ -131,27 +104,12 @@ func workerDirOf(stateDir string, pid int) string {
 	return ""
 }
 
-func (w *worker) log() string {
-	b, _ := os.ReadFile(w.logPath)
-	return string(b)
-}
+func (w *worker) log() string { return w.Output() }
 
-func (w *worker) alive() bool {
-	select {
-	case <-w.exited:
-		return false
-	default:
-		return true
-	}
-}
+func (w *worker) alive() bool { return w.Alive() }
 
 // signal sends sig to this worker's process, by its PID, if it still runs.
-func (w *worker) signal(sig syscall.Signal) error {
-	if !w.alive() {
-		return errors.New("worker already exited")
-	}
-	return syscall.Kill(w.pid, sig)
-}
+func (w *worker) signal(sig syscall.Signal) error { return w.Signal(sig) }
 
 // kill SIGKILLs the worker and waits for it to be gone.
 func (w *worker) kill(t *testing.T) {
@@ -159,25 +117,17 @@ func (w *worker) kill(t *testing.T) {
 	if err := w.signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	<-w.exited
+	<-w.Exited()
 }
 
 // stop sends SIGTERM and waits up to d, then SIGKILLs it. It reports
 // whether it exited by itself.
 func (w *worker) stop(t *testing.T, d time.Duration) bool {
-	if !w.alive() {
+	if w.Stop(d) {
 		return true
 	}
-	w.signal(syscall.SIGTERM)
-	select {
-	case <-w.exited:
-		return true
-	case <-time.After(d):
-		t.Errorf("worker %s (pid %d) still running %s after SIGTERM; killing it", w.label, w.pid, d)
-		w.signal(syscall.SIGKILL)
-		<-w.exited
-		return false
-	}
+	t.Errorf("worker %s (pid %d) still running %s after SIGTERM; killed it", w.label, w.pid, d)
+	return false
 }
 
 // rssBytes is the worker process's resident memory.

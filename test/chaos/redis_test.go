@@ -7,7 +7,6 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -242,24 +242,8 @@ func shorten(s string, n int) string {
 // a tenant that may use queue q.
 func apiServer(t *testing.T, q string) (string, string) {
 	t.Helper()
-	tok, entry, err := api.NewToken("chaos", "chaos suite")
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth := &api.AuthConfig{Tenants: map[string]api.Tenant{"chaos": {Queues: []string{q}}}, Tokens: []api.TokenEntry{entry}}
-	if err := auth.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := api.New(api.Config{Jobs: jobsConfig(q), Store: env.store, Auth: auth, Logger: env.logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(s)
-	t.Cleanup(func() {
-		srv.Close()
-		s.Close()
-	})
-	return srv.URL, tok
+	url, toks := sandqtest.API(t, jobsConfig(q), env.store, env.logger, map[string]api.Tenant{"chaos": {Queues: []string{q}}})
+	return url, toks["chaos"]
 }
 
 // postJob submits a shell script through the API.

@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/internal/testenv"
 )
 
 // TestHostileAPIClients floods a real `sandq serve` (the binary, as
@@ -59,23 +59,14 @@ func TestHostileAPIClients(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	logf, err := os.Create(filepath.Join(dir, "serve.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	cmd := exec.Command(env.bin, "serve", "--listen", addr, "--auth-config", authPath,
 		"--body-idle-timeout", "2s", "--body-timeout", "20s", "--write-timeout", "5s")
 	cmd.Env = append(workerEnv(), "SANDQ_QUEUE="+queue)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	serve, err := testenv.StartProcess(cmd, filepath.Join(dir, "serve.log"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
+	defer serve.Stop(time.Minute)
 	base := "http://" + addr
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if resp, err := http.Get(base + "/healthz"); err == nil {

@@ -3,7 +3,6 @@ package chaos
 import (
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -24,17 +24,10 @@ func script(name, body string) jobs.File {
 	}}
 }
 
+// download GETs a link and returns its body; anything but 200 fails.
 func download(t *testing.T, url string) []byte {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
-	}
+	_, b := testenv.Fetch(t, url)
 	return b
 }
 
@@ -253,13 +246,13 @@ func TestGracefulStopHandsJobBack(t *testing.T) {
 		Env:    map[string]string{"CHAOS_TAG": "short"}, Webhook: env.receiver.url(), Limits: small,
 	})
 	select {
-	case <-a.exited:
+	case <-a.Exited():
 	case <-time.After(3 * time.Minute):
 		t.Fatal("the worker did not exit within 3m of SIGTERM")
 	}
 	stopped := time.Since(termAt)
-	if a.exitErr != nil {
-		t.Errorf("the stopped worker exited with %v", a.exitErr)
+	if a.Err() != nil {
+		t.Errorf("the stopped worker exited with %v", a.Err())
 	}
 	if !strings.Contains(a.log(), "grace period over: killing running sandboxes") {
 		t.Errorf("the worker's log does not say it killed the running sandbox after the grace")
@@ -282,7 +275,7 @@ func TestGracefulStopHandsJobBack(t *testing.T) {
 		t.Errorf("the stopping worker started a new job's sandbox")
 	}
 	sc.figure("SIGTERM with --shutdown-grace %s: worker exited %s later (code 0: %v); the job was handed back unchanged (retried %d, no result); a job enqueued meanwhile stayed %s",
-		grace, stopped.Round(100*time.Millisecond), a.exitErr == nil, info.Retried, sinfo.State)
+		grace, stopped.Round(100*time.Millisecond), a.Err() == nil, info.Retried, sinfo.State)
 
 	r := sc.result(long, 3*time.Minute)
 	if r.Status != jobs.StatusSucceeded || r.Worker != b.name || r.Attempt != 1 {

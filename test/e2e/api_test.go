@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime/multipart"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -33,30 +33,11 @@ func apiServer(t *testing.T) (string, string) {
 // use the worker's queues; it returns the URL and each tenant's token.
 func apiServerFor(t *testing.T, tenants ...string) (string, map[string]string) {
 	t.Helper()
-	auth := &api.AuthConfig{Tenants: map[string]api.Tenant{}}
-	toks := map[string]string{}
+	all := map[string]api.Tenant{}
 	for _, tenant := range tenants {
-		tok, entry, err := api.NewToken(tenant, "e2e test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		auth.Tenants[tenant] = api.Tenant{Queues: []string{"default", "other"}}
-		auth.Tokens = append(auth.Tokens, entry)
-		toks[tenant] = tok
+		all[tenant] = api.Tenant{Queues: []string{"default", "other"}}
 	}
-	if err := auth.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := api.New(api.Config{Jobs: env.cfg, Store: env.store, Auth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(s)
-	t.Cleanup(func() {
-		srv.Close()
-		s.Close()
-	})
-	return srv.URL, toks
+	return sandqtest.API(t, env.cfg, env.store, nil, all)
 }
 
 // TestAPIIdempotencyKeyAcrossTenants is the reported cross-tenant leak, end

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/worker"
 )
 
 // jobMemory is the memory limit of every job of the budget tests.
@@ -17,7 +18,7 @@ const jobMemory = 256 << 20
 
 type budgetWorker struct {
 	cfg    jobs.Config
-	w      *jobs.Worker
+	w      *worker.Worker
 	runner *executor.RunscRunner
 	client *jobs.Client
 	queue  string
@@ -39,7 +40,7 @@ func startBudgetWorker(t *testing.T, queue string, budget int64, modify func(*jo
 		modify(&cfg)
 	}
 	s := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
-	return &budgetWorker{cfg: cfg, w: s.worker, runner: s.runner, client: s.client, queue: queue, stop: s.stop}
+	return &budgetWorker{cfg: cfg, w: s.Worker, runner: s.Runner, client: s.Client, queue: queue, stop: s.Stop}
 }
 
 func (b *budgetWorker) enqueue(t *testing.T, name, script string) string {

@@ -11,38 +11,26 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/sandq/sandq/jobs"
 )
 
-var (
-	buildOnce sync.Once
-	sandqBin  string
-	buildErr  error
-)
+// sandqBin builds the sandq binary once for the suite and returns its path.
+func sandqBin(t *testing.T) string {
+	t.Helper()
+	bin, err := env.suite.Sandq()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
 
 // sandq runs the real binary against the test stack and returns its stdout,
 // stderr and exit code.
 func sandq(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sandq-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		sandqBin = filepath.Join(dir, "sandq")
-		out, err := exec.Command("go", "build", "-o", sandqBin, "../../cmd/sandq").CombinedOutput()
-		if err != nil {
-			buildErr = errors.New(string(out))
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("build sandq: %v", buildErr)
-	}
-	cmd := exec.Command(sandqBin, args...)
+	cmd := exec.Command(sandqBin(t), args...)
 	cmd.Env = append(os.Environ(),
 		"SANDQ_REDIS_ADDR="+env.stack.RedisAddr, "SANDQ_S3_ENDPOINT="+env.stack.MinioAddr,
 		"SANDQ_S3_ACCESS_KEY=e2e-access", "SANDQ_S3_SECRET_KEY=e2e-secret-key", "SANDQ_S3_BUCKET=e2e")

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,75 +13,54 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
 )
 
-func freePort(t *testing.T) int {
+// startDev runs `sandq dev` with args (global flags, "dev", its flags)
+// and env added to the test's environment, and waits for its banner: its
+// standard output up to the line giving the data directory. It stops
+// (SIGTERM, then SIGKILL) when the test ends, if it still runs.
+func startDev(t *testing.T, args []string, env ...string) (*testenv.Process, string) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	cmd := exec.Command(sandqBin(t), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	dev := testenv.Start(t, cmd, filepath.Join(t.TempDir(), "dev.out"))
+	out, err := dev.WaitOutput("\n  data", 90*time.Second)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("sandq dev did not come up: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	i := strings.Index(out, "\n  data") + 1
+	if n := strings.IndexByte(out[i:], '\n'); n >= 0 {
+		out = out[:i+n+1]
+	}
+	return dev, out
 }
 
 // TestDevStackRunsAJobAndStopsCleanly runs `sandq dev` as a user would,
 // submits a job to it with the CLI, then stops it with SIGTERM: every
 // child (Redis, MinIO, the worker) must be gone.
 func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
-	sandq(t, "--help") // builds the binary
-	redisAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s3 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	redisAddr := testenv.FreeAddr(t)
+	s3 := testenv.FreeAddr(t)
 	global := []string{"--redis-addr", redisAddr, "--s3-endpoint", s3}
 	dir := t.TempDir()
-	dev := exec.Command(sandqBin, append(global, "dev", "--data-dir", dir, "--minio-console-port", fmt.Sprint(freePort(t)))...)
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	dev.Env = append(os.Environ(), "SANDQ_METRICS_ADDR="+metricsAddr, "SANDQ_LISTEN="+listen)
-	out, err := dev.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev.Stderr = os.Stderr
-	if err := dev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- dev.Wait() }()
-	defer func() {
-		dev.Process.Kill()
-	}()
-	ready := make(chan string, 1)
-	go func() {
-		var seen strings.Builder
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			seen.WriteString(sc.Text() + "\n")
-			if strings.HasPrefix(sc.Text(), "  data") {
-				ready <- seen.String()
-			}
-		}
-	}()
-	var banner string
-	select {
-	case banner = <-ready:
-	case err := <-exited:
-		t.Fatalf("sandq dev exited: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("sandq dev did not come up in 90s")
-	}
+	metricsAddr := testenv.FreeAddr(t)
+	listen := testenv.FreeAddr(t)
+	dev, banner := startDev(t, append(global, "dev", "--data-dir", dir, "--minio-console-port", fmt.Sprint(testenv.FreePort(t))),
+		"SANDQ_METRICS_ADDR="+metricsAddr, "SANDQ_LISTEN="+listen)
 	if !strings.Contains(banner, redisAddr) || !strings.Contains(banner, s3) {
 		t.Errorf("banner does not say where things listen:\n%s", banner)
 	}
-	children := childPIDs(dev.Process.Pid)
+	children := childPIDs(dev.Pid())
 	if len(children) < 4 {
 		t.Fatalf("want redis, minio, a worker and the server as children, got %v", children)
 	}
 
 	script := filepath.Join(dir, "hello.py")
 	os.WriteFile(script, []byte("import os\nopen(os.environ['OUTPUT_DIR'] + '/hello.txt', 'w').write('hi')\n"), 0o644)
-	cmd := exec.Command(sandqBin, append(global, "enqueue", script, "--wait", "--json")...)
+	cmd := exec.Command(sandqBin(t), append(global, "enqueue", script, "--wait", "--json")...)
 	res, err := cmd.Output()
 	var r jobs.Result
 	if err != nil || json.Unmarshal(res, &r) != nil || r.Status != jobs.StatusSucceeded || len(r.Outputs) != 1 {
@@ -183,7 +160,7 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 	}
 
 	// The dev stack's network policy lets default-queue jobs reach npm.
-	res, err = exec.Command(sandqBin, append(global, "enqueue", "../../examples/npm_install.sh", "--network", "npm", "--wait", "--json")...).Output()
+	res, err = exec.Command(sandqBin(t), append(global, "enqueue", "../../examples/npm_install.sh", "--network", "npm", "--wait", "--json")...).Output()
 	r = jobs.Result{}
 	if err != nil || json.Unmarshal(res, &r) != nil || r.Status != jobs.StatusSucceeded || r.Egress == nil {
 		t.Fatalf("npm example against sandq dev: %v\n%s", err, res)
@@ -197,10 +174,10 @@ func TestDevStackRunsAJobAndStopsCleanly(t *testing.T) {
 		t.Errorf("npm example: egress %+v\nstdout %s", r.Egress, r.Stdout.Tail)
 	}
 
-	dev.Process.Signal(syscall.SIGTERM)
+	dev.Signal(syscall.SIGTERM)
 	select {
-	case err := <-exited:
-		if err != nil {
+	case <-dev.Exited():
+		if err := dev.Err(); err != nil {
 			t.Errorf("sandq dev exit: %v", err)
 		}
 	case <-time.After(90 * time.Second):

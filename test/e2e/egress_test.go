@@ -9,17 +9,17 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/egress"
 	"github.com/sandq/sandq/executor/jobnet"
+	"github.com/sandq/sandq/internal/testenv"
+	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -328,14 +328,7 @@ func waitActive(t *testing.T, id string) {
 // the job pool.
 func hostAddress(t *testing.T) string {
 	t.Helper()
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !strings.HasPrefix(ipn.IP.String(), "10.200.") {
-			return ipn.IP.String()
-		}
-	}
-	t.Fatal("no host address")
-	return ""
+	return testenv.HostAddress(t, netip.MustParsePrefix("10.200.0.0/16"))
 }
 
 // assertNoNetworks checks that no job network of the test worker is left.
@@ -358,23 +351,10 @@ func assertNoNetworks(t *testing.T) {
 	}
 }
 
-// standInResolver maps the stand-in upstream's name to loopback, where the
-// test's server listens: the proxy of a standInWorker reaches it, and
-// nothing else is resolved.
-type standInResolver struct{}
-
+// standInHost is the stand-in upstream's name: a standInWorker's proxy
+// resolves it to loopback, where the test's server listens, and resolves
+// nothing else.
 const standInHost = "upstream.sandq.test"
-
-func (standInResolver) LookupIP(_ context.Context, _ string, host string) ([]net.IP, error) {
-	if strings.EqualFold(strings.TrimSuffix(host, "."), standInHost) {
-		return []net.IP{net.IPv4(127, 0, 0, 1)}, nil
-	}
-	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
-}
-
-func (standInResolver) LookupPort(ctx context.Context, network, service string) (int, error) {
-	return net.DefaultResolver.LookupPort(ctx, network, service)
-}
 
 // standInUpstream is an HTTP server on loopback standing for an allowed
 // host; it answers 404 with no body and remembers the URLs it was asked.
@@ -408,7 +388,7 @@ func (u *standInUpstream) seen() []string {
 // loopback and may reach the stand-in upstream there (and nothing else on
 // loopback), serving one queue whose jobs may reach standInHost on the
 // upstream's port.
-func startStandInWorker(t *testing.T, up *standInUpstream) (*extraWorker, string) {
+func startStandInWorker(t *testing.T, up *standInUpstream) (*sandqtest.Worker, string) {
 	t.Helper()
 	const queue = "egress-standin"
 	cfg := env.cfg
@@ -417,7 +397,7 @@ func startStandInWorker(t *testing.T, up *standInUpstream) (*extraWorker, string
 	cfg.Worker.ShutdownGrace = time.Second
 	cfg.Egress.Groups = map[string][]string{"standin": {standInHost}}
 	cfg.Egress.Queues = map[string]jobs.QueueEgress{queue: {Max: []string{"standin"}, Default: []string{"standin"}, Ports: []int{up.port}}}
-	proxy := egress.Config{Resolver: standInResolver{}, AllowRanges: []string{"127.0.0.1/32"}}
+	proxy := egress.Config{Resolver: testenv.Resolver{standInHost: testenv.Loopback}, AllowRanges: []string{"127.0.0.1/32"}}
 	return startWorker(t, cfg, executor.RunscConfig{StateDir: env.state, Network: &executor.NetworkConfig{Proxy: proxy}}), queue
 }
 
@@ -445,17 +425,7 @@ try:
 except urllib.error.HTTPError as e:
     print("allowed request answered", e.code)
 `, standInHost, up.port, secret))
-	enq, err := w.client.Enqueue(context.Background(), jobs.Submission{Script: script, Queue: queue, Network: []string{"standin"}, Limits: jobs.LimitRequest{TimeoutSeconds: 240}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	st, err := w.client.Wait(ctx, enq.ID, nil)
-	if err != nil {
-		t.Fatalf("wait: %v", err)
-	}
-	r := st.Result
+	r := w.Run(t, jobs.Submission{Script: script, Queue: queue, Network: []string{"standin"}, Limits: jobs.LimitRequest{TimeoutSeconds: 240}}, 5*time.Minute)
 	wantStatus(t, r, jobs.StatusSucceeded)
 	if !strings.Contains(r.Stdout.Tail, "refused 1000") || !strings.Contains(r.Stdout.Tail, "allowed request answered 404") {
 		t.Fatalf("the job did not do what it should:\n%s", r.Stdout.Tail)
@@ -495,125 +465,16 @@ except urllib.error.HTTPError as e:
 	}
 }
 
-// standInNetns makes a stand-in for a host beyond this one: a network
-// namespace of its own behind a veth pair on 10.209.9.0/30, routed from
-// the host, with a TCP listener on port 9999 that counts its connections.
-func standInNetns(t *testing.T) (addr string, accepted func() int) {
-	t.Helper()
-	const ns, hostIf, peerIf = "sandq-e2e-standin", "e2estin0h", "e2estin0n"
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	exec.Command("ip", "netns", "delete", ns).Run()
-	exec.Command("ip", "link", "delete", hostIf).Run()
-	run("netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "delete", ns).Run() })
-	run("link", "add", hostIf, "type", "veth", "peer", "name", peerIf, "netns", ns)
-	run("addr", "add", "10.209.9.1/30", "dev", hostIf)
-	run("link", "set", hostIf, "up")
-	run("-n", ns, "addr", "add", "10.209.9.2/30", "dev", peerIf)
-	run("-n", ns, "link", "set", peerIf, "up")
-	run("-n", ns, "link", "set", "lo", "up")
-	run("-n", ns, "route", "add", "default", "via", "10.209.9.1")
-	srv := exec.Command("ip", "netns", "exec", ns, "python3", "-u", "-c", `import socket
-s = socket.socket(); s.bind(("0.0.0.0", 9999)); s.listen()
-print("listening")
-while True:
-    s.accept()[0].close()
-    print("accepted")`)
-	var out syncBuffer
-	srv.Stdout = &out
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), "listening") {
-		if time.Now().After(deadline) {
-			t.Fatal("the stand-in host's listener did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	// The premise: the host reaches it.
-	c, err := net.DialTimeout("tcp", "10.209.9.2:9999", 2*time.Second)
-	if err != nil {
-		t.Fatalf("the stand-in host does not answer the host: %v", err)
-	}
-	c.Close()
-	for !strings.Contains(out.String(), "accepted") {
-		if time.Now().After(deadline) {
-			t.Fatal("the stand-in host's listener did not count the host's connection")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return "10.209.9.2", func() int { return strings.Count(out.String(), "accepted") - 1 }
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// direct runs in a networked sandbox: one line per target
-// (tcp|udp:host:port), "<kind> <target> <outcome> <seconds>".
-const direct = `
-import socket, sys, time
-for arg in sys.argv[1:]:
-    kind, host, port = arg.split(":")
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-    s.settimeout(10)
-    t = time.monotonic()
-    try:
-        s.connect((host, int(port)))
-        if kind == "udp":
-            s.send(b"x")
-            s.recv(16)
-        out = "connected"
-    except Exception as e:
-        out = type(e).__name__
-    print(kind, host + ":" + port, out, "%.3f" % (time.monotonic() - t), flush=True)
-    s.close()
-`
-
 // TestDirectSocketsAreRefusedAtOnce: a networked job that ignores its
 // proxy — direct sockets to a host beyond this one, to the host's own
 // address, to its own gateway — fails at once with "connection refused"
 // instead of waiting for its timeout, nothing reaches the stand-in host,
 // and the result counts each attempt.
 func TestDirectSocketsAreRefusedAtOnce(t *testing.T) {
-	far, accepted := standInNetns(t)
-	l, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	var hostConns atomic.Int64
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			hostConns.Add(1)
-			c.Close()
-		}
-	}()
-	svc := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	farAddr, accepted := testenv.StandInHost(t, testenv.StandInNet{Name: "sandq-e2e-standin", HostIf: "e2estin0h", PeerIf: "e2estin0n", Subnet: netip.MustParsePrefix("10.209.9.0/30")})
+	far := farAddr.String()
+	l, hostConns := testenv.Listen(t, "0.0.0.0:0")
+	svc := fmt.Sprint(l.Port)
 	targets := []string{
 		"tcp:" + far + ":9999",
 		"tcp:" + far + ":443",
@@ -623,14 +484,10 @@ func TestDirectSocketsAreRefusedAtOnce(t *testing.T) {
 		"udp:" + hostAddress(t) + ":53",
 	}
 	start := time.Now()
-	r := runJob(t, jobs.Submission{Script: file(t, "direct.py", direct), Args: targets, Network: []string{"npm"}})
+	// The probe's timeout is 10s: refused means at once, not timed out.
+	r := runJob(t, jobs.Submission{Script: file(t, "direct.py", testenv.BypassProbe), Args: append([]string{"10"}, targets...), Network: []string{"npm"}})
 	wantStatus(t, r, jobs.StatusSucceeded)
-	lines := map[string][]string{}
-	for _, line := range strings.Split(strings.TrimSpace(r.Stdout.Tail), "\n") {
-		if f := strings.Fields(line); len(f) == 4 {
-			lines[f[0]+":"+f[1]] = f[2:]
-		}
-	}
+	lines := testenv.ProbeResults(r.Stdout.Tail)
 	for _, target := range targets {
 		got := lines[target]
 		if len(got) != 2 || got[0] != "ConnectionRefusedError" {

@@ -40,7 +40,7 @@ func startExamplesWorker(t *testing.T) *examplesWorker {
 	cfg.Worker.ShutdownGrace = time.Second
 	cfg.Egress.Queues = map[string]jobs.QueueEgress{queue: {Max: []string{"npm"}, Default: []string{"npm"}}}
 	s := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state, Network: &executor.NetworkConfig{}})
-	return &examplesWorker{client: s.client, queue: queue}
+	return &examplesWorker{client: s.Client, queue: queue}
 }
 
 // run submits a job on the worker's queue and waits for it to succeed.

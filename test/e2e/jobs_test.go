@@ -7,9 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -26,7 +24,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/internal/runsc"
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/worker"
 )
 
 func file(t *testing.T, name, body string) jobs.File {
@@ -67,20 +68,10 @@ func runJob(t *testing.T, sub jobs.Submission) *jobs.Result {
 	return waitResult(t, submit(t, sub).ID, 3*time.Minute)
 }
 
+// download GETs a link and returns its body; anything but 200 fails.
 func download(t *testing.T, url string) []byte {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
-	}
+	_, b := testenv.Fetch(t, url)
 	return b
 }
 
@@ -461,7 +452,7 @@ func assertNoSandboxes(t *testing.T) {
 	}
 	// runsc keeps one shared mount in its root (null-netns); per-sandbox
 	// mounts live under the sandboxes directory.
-	mounts, err := executor.MountsUnder(env.state)
+	mounts, err := runsc.MountsUnder(env.state)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,7 +571,7 @@ func TestShutdownHandsRunningJobBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer runner.Close(ctx)
-	w, err := jobs.NewWorker(cfg, runner, env.store, nil)
+	w, err := worker.New(cfg, runner, env.store, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -666,21 +657,6 @@ func activeType(ct string) bool {
 	return mt == "text/html" || sub == "xml" || strings.HasSuffix(sub, "+xml") || strings.Contains(sub, "javascript") || strings.Contains(sub, "ecmascript")
 }
 
-// fetch GETs a link and returns the response with its body read.
-func fetch(t *testing.T, url string) (*http.Response, []byte) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s %v: %s", url, resp.Status, err, b)
-	}
-	return resp, b
-}
-
 // TestOutputLinksAreDownloads: outputs a browser would run (HTML, SVG,
 // XHTML, XML, JavaScript, HTML without an extension) are stored and linked
 // as attachments, never labelled with an active type; honest types stay.
@@ -709,7 +685,7 @@ print("<script>alert('log')</script>")
 		t.Fatal(err)
 	}
 	for _, o := range r.Outputs {
-		resp, body := fetch(t, o.URL)
+		resp, body := testenv.Fetch(t, o.URL)
 		ct, cd := resp.Header.Get("Content-Type"), resp.Header.Get("Content-Disposition")
 		t.Logf("%s: result %q; served Content-Type %q, Content-Disposition %q, X-Content-Type-Options %q", o.Path, o.ContentType, ct, cd, resp.Header.Get("X-Content-Type-Options"))
 		if activeType(o.ContentType) || activeType(ct) {
@@ -746,7 +722,7 @@ print("<script>alert('log')</script>")
 		}
 	}
 	for name, l := range map[string]*jobs.LogDoc{"stdout": r.Stdout, "stderr": r.Stderr} {
-		resp, _ := fetch(t, l.URL)
+		resp, _ := testenv.Fetch(t, l.URL)
 		ct, cd := resp.Header.Get("Content-Type"), resp.Header.Get("Content-Disposition")
 		if ct != "text/plain; charset=utf-8" || cd != `attachment; filename="`+name+`.log"` {
 			t.Errorf("%s log served as %q, %q", name, ct, cd)
@@ -855,21 +831,11 @@ func TestResultSizeCapTrimsWithManifest(t *testing.T) {
 	cfg.Worker.Concurrency = 1
 	cfg.MaxResultBytes = 64 << 10
 	w := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
-	enq, err := w.client.Enqueue(context.Background(), jobs.Submission{Queue: "result-cap", Script: file(t, "many.py", `import os
+	r := w.Run(t, jobs.Submission{Queue: "result-cap", Script: file(t, "many.py", `import os
 out = os.environ["OUTPUT_DIR"]
 for i in range(600):
     open(os.path.join(out, "%04d-" % i + "n" * 150 + ".txt"), "w").write(str(i))
-`)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	st, err := w.client.Wait(ctx, enq.ID, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := st.Result
+`)}, 5*time.Minute)
 	wantStatus(t, r, jobs.StatusSucceeded)
 	b, err := json.Marshal(r)
 	if err != nil {

@@ -1,21 +1,18 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/lifecycle"
 
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -135,51 +132,13 @@ func procEnv(t *testing.T, pid int) map[string]string {
 // user to itself and starts the worker and the API server with users of
 // their own, limited to the bucket.
 func TestDevHandsWorkerAndAPIScopedS3Users(t *testing.T) {
-	sandq(t, "--help") // builds the binary
-	s3 := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s3 := testenv.FreeAddr(t)
 	dir := t.TempDir()
-	dev := exec.Command(sandqBin, "--redis-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--s3-endpoint", s3,
-		"--s3-access-key", "dev-root", "--s3-secret-key", "dev-root-secret", "dev", "--data-dir", dir, "--minio-console-port", fmt.Sprint(freePort(t)))
-	dev.Env = append(os.Environ(), fmt.Sprintf("SANDQ_METRICS_ADDR=127.0.0.1:%d", freePort(t)), fmt.Sprintf("SANDQ_LISTEN=127.0.0.1:%d", freePort(t)))
-	out, err := dev.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev.Stderr = os.Stderr
-	if err := dev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- dev.Wait() }()
-	defer func() {
-		dev.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(90 * time.Second):
-			dev.Process.Kill()
-		}
-	}()
-	ready := make(chan string, 1)
-	go func() {
-		var seen strings.Builder
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			seen.WriteString(sc.Text() + "\n")
-			if strings.HasPrefix(sc.Text(), "  data") {
-				ready <- seen.String()
-			}
-		}
-	}()
-	var banner string
-	select {
-	case banner = <-ready:
-	case err := <-exited:
-		t.Fatalf("sandq dev exited: %v", err)
-	case <-time.After(90 * time.Second):
-		t.Fatal("sandq dev did not come up in 90s")
-	}
+	dev, banner := startDev(t, []string{"--redis-addr", testenv.FreeAddr(t), "--s3-endpoint", s3,
+		"--s3-access-key", "dev-root", "--s3-secret-key", "dev-root-secret", "dev", "--data-dir", dir, "--minio-console-port", fmt.Sprint(testenv.FreePort(t))},
+		"SANDQ_METRICS_ADDR="+testenv.FreeAddr(t), "SANDQ_LISTEN="+testenv.FreeAddr(t))
 	keys := map[string]string{}
-	for _, pid := range childPIDs(dev.Process.Pid) {
+	for _, pid := range childPIDs(dev.Pid()) {
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 		if len(args) < 2 || (args[1] != "worker" && args[1] != "serve") {

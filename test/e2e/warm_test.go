@@ -8,10 +8,11 @@ import (
 
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/worker"
 )
 
 // waitWorkerMetric waits up to a minute for a worker's metric to be want.
-func waitWorkerMetric(t *testing.T, w *jobs.Worker, name string, want float64) {
+func waitWorkerMetric(t *testing.T, w *worker.Worker, name string, want float64) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for workerMetric(t, w, name) != want {
@@ -33,7 +34,7 @@ func TestWarmSandboxes(t *testing.T) {
 	cfg.Worker.Concurrency = 1
 	cfg.Worker.WarmSandboxes = 2
 	x := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
-	waitWorkerMetric(t, x.worker, "sandq_warm_sandboxes_ready", 2)
+	waitWorkerMetric(t, x.Worker, "sandq_warm_sandboxes_ready", 2)
 
 	script := `printf '%s|' "$0" "$#" "$@" > "$OUTPUT_DIR/args.txt"
 cat "$INPUT_DIR/in.txt" >> "$OUTPUT_DIR/args.txt"
@@ -42,7 +43,7 @@ env | sort > "$OUTPUT_DIR/env.txt"
 	run := func(lim jobs.LimitRequest) (*jobs.Result, map[string]string) {
 		t.Helper()
 		ctx := context.Background()
-		enq, err := x.client.Enqueue(ctx, jobs.Submission{
+		enq, err := x.Client.Enqueue(ctx, jobs.Submission{
 			Queue: queue, Script: file(t, "show args.sh", script), Inputs: []jobs.File{file(t, "in.txt", "the input")},
 			Args: []string{"a b", "it's", ""}, Env: map[string]string{"GREETING": "hello 'world' $HOME"}, Limits: lim,
 		})
@@ -51,7 +52,7 @@ env | sort > "$OUTPUT_DIR/env.txt"
 		}
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
-		st, err := x.client.Wait(wctx, enq.ID, nil)
+		st, err := x.Client.Wait(wctx, enq.ID, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,7 +74,7 @@ env | sort > "$OUTPUT_DIR/env.txt"
 	if want := executor.JobMount + "/show args.sh|3|a b|it's||the input"; warmOut["args.txt"] != want {
 		t.Errorf("args.txt %q, want %q", warmOut["args.txt"], want)
 	}
-	if hits := workerMetric(t, x.worker, "sandq_warm_sandbox_hits_total"); hits != 1 {
+	if hits := workerMetric(t, x.Worker, "sandq_warm_sandbox_hits_total"); hits != 1 {
 		t.Errorf("hits %v, want 1", hits)
 	}
 
@@ -90,13 +91,13 @@ env | sort > "$OUTPUT_DIR/env.txt"
 	if want := "GREETING=hello 'world' $HOME\n"; !strings.Contains("\n"+coldOut["env.txt"], "\n"+want) {
 		t.Errorf("env.txt %q has no line %q", coldOut["env.txt"], want)
 	}
-	if hits := workerMetric(t, x.worker, "sandq_warm_sandbox_hits_total"); hits != 1 {
+	if hits := workerMetric(t, x.Worker, "sandq_warm_sandbox_hits_total"); hits != 1 {
 		t.Errorf("hits %v after a cold job, want 1", hits)
 	}
-	waitWorkerMetric(t, x.worker, "sandq_warm_sandboxes_ready", 2)
+	waitWorkerMetric(t, x.Worker, "sandq_warm_sandboxes_ready", 2)
 
-	x.stop()
-	if ids, err := x.runner.Containers(context.Background()); err != nil || len(ids) != 0 {
+	x.Stop()
+	if ids, err := x.Runner.Containers(context.Background()); err != nil || len(ids) != 0 {
 		t.Fatalf("containers after the worker stopped: %v %v", ids, err)
 	}
 }
@@ -115,7 +116,7 @@ func TestWarmSandboxesNeedTheRunscRunner(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer runner.Close(context.Background())
-	if _, err := jobs.NewWorker(cfg, otherRunner{runner}, env.store, nil); err == nil || !strings.Contains(err.Error(), "warm sandboxes need the runsc runner") {
+	if _, err := worker.New(cfg, otherRunner{runner}, env.store, nil); err == nil || !strings.Contains(err.Error(), "warm sandboxes need the runsc runner") {
 		t.Fatalf("NewWorker: %v", err)
 	}
 	if ids, _ := runner.Containers(context.Background()); len(ids) != 0 {

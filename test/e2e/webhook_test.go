@@ -93,10 +93,10 @@ func (r *receiver) waitFor(n int, limit time.Duration) []delivery {
 func webhookSecrets() []string { return env.cfg.Webhook.Secrets["*"] }
 
 // webhookState waits for the job's webhook to reach state and returns it.
-func webhookState(t *testing.T, id, state string, limit time.Duration) *jobs.WebhookStatus {
+func webhookState(t *testing.T, id, state string, limit time.Duration) *webhook.Status {
 	t.Helper()
 	deadline := time.Now().Add(limit)
-	var last *jobs.WebhookStatus
+	var last *webhook.Status
 	for time.Now().Before(deadline) {
 		st, err := env.client.Status(context.Background(), id)
 		if err == nil && st.Webhook != nil {
@@ -188,7 +188,7 @@ func TestWebhookRetrySemantics(t *testing.T) {
 		respond  func(n int, w http.ResponseWriter)
 		state    string
 		requests int
-		check    func(t *testing.T, got []delivery, ws *jobs.WebhookStatus)
+		check    func(t *testing.T, got []delivery, ws *webhook.Status)
 	}{
 		{"500 then 200", func(n int, w http.ResponseWriter) {
 			if n == 1 {
@@ -204,7 +204,7 @@ func TestWebhookRetrySemantics(t *testing.T) {
 				return
 			}
 			w.WriteHeader(200)
-		}, "delivered", 2, func(t *testing.T, got []delivery, ws *jobs.WebhookStatus) {
+		}, "delivered", 2, func(t *testing.T, got []delivery, ws *webhook.Status) {
 			if gap := got[1].at.Sub(got[0].at); gap < 2*time.Second {
 				t.Errorf("retried %s after a 429 with Retry-After: 2", gap)
 			}
@@ -213,7 +213,7 @@ func TestWebhookRetrySemantics(t *testing.T) {
 		{"302 is not followed", func(n int, w http.ResponseWriter) {
 			w.Header().Set("Location", "/elsewhere")
 			w.WriteHeader(302)
-		}, "failed", 1, func(t *testing.T, got []delivery, ws *jobs.WebhookStatus) {
+		}, "failed", 1, func(t *testing.T, got []delivery, ws *webhook.Status) {
 			for _, d := range got {
 				if d.path == "/elsewhere" {
 					t.Error("the redirect was followed")
@@ -382,20 +382,20 @@ func TestWebhookSignedWithTheTenantsOwnSecret(t *testing.T) {
 	x := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
 
 	// A tenant without a secret may not ask for a webhook.
-	_, err := x.client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "true"), Queue: "tenant-hooks", Tenant: "tenant-c", Webhook: own.url()})
+	_, err := x.Client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "true"), Queue: "tenant-hooks", Tenant: "tenant-c", Webhook: own.url()})
 	var fe *jobs.FieldError
 	if !errors.As(err, &fe) || fe.Field != "webhook" || !strings.Contains(fe.Msg, "tenant-c") || !strings.Contains(fe.Msg, "secret") {
 		t.Fatalf("a tenant without a secret asked for a webhook: %v; want a refusal naming the webhook field", err)
 	}
 	run := func(tenant, url string) *jobs.Result {
 		t.Helper()
-		enq, err := x.client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "echo hi"), Queue: "tenant-hooks", Tenant: tenant, Webhook: url})
+		enq, err := x.Client.Enqueue(ctx, jobs.Submission{Script: file(t, "x.sh", "echo hi"), Queue: "tenant-hooks", Tenant: tenant, Webhook: url})
 		if err != nil {
 			t.Fatalf("tenant %q: %v", tenant, err)
 		}
 		wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 		defer cancel()
-		st, err := x.client.Wait(wctx, enq.ID, nil)
+		st, err := x.Client.Wait(wctx, enq.ID, nil)
 		if err != nil {
 			t.Fatalf("wait for %s: %v", enq.ID, err)
 		}
@@ -432,7 +432,7 @@ func TestWebhookSignedWithTheTenantsOwnSecret(t *testing.T) {
 	if d := find(own, noTenant); !verifies(d, queueSecret) || verifies(d, a1, a2, b1) {
 		t.Error("the job without a tenant is not signed with the queue's secret alone")
 	}
-	st, err := x.client.Status(ctx, cDefault.ID)
+	st, err := x.Client.Status(ctx, cDefault.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +440,7 @@ func TestWebhookSignedWithTheTenantsOwnSecret(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("tenant-c's default webhook: %+v, want failed", st.Webhook)
 		}
-		if st, err = x.client.Status(ctx, cDefault.ID); err != nil {
+		if st, err = x.Client.Status(ctx, cDefault.ID); err != nil {
 			t.Fatal(err)
 		}
 	}
