@@ -150,7 +150,8 @@ func TestMain(m *testing.M) {
 }
 
 // modify changes the worker's config only; the producer's is the rest.
-func newFakeRig(t *testing.T, modify func(*jobs.Config)) *fakeRig {
+// runner, when given, is the fake runner (its Dir is set here).
+func newFakeRig(t *testing.T, modify func(*jobs.Config), runner ...*executortest.Runner) *fakeRig {
 	t.Helper()
 	stack := services.Get(t)
 	n := int(rigs.Add(1))
@@ -176,7 +177,12 @@ func newFakeRig(t *testing.T, modify func(*jobs.Config)) *fakeRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &fakeRig{t: t, cfg: cfg, runner: &executortest.Runner{Dir: t.TempDir(), Job: scripted}}
+	fake := &executortest.Runner{Job: scripted}
+	if len(runner) > 0 {
+		fake = runner[0]
+	}
+	fake.Dir = t.TempDir()
+	r := &fakeRig{t: t, cfg: cfg, runner: fake}
 	if r.w, err = New(cfg, r.runner, store, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
@@ -369,5 +375,31 @@ func (r *fakeRig) waitRunning(id string) {
 		}
 	case <-time.After(30 * time.Second):
 		r.t.Fatalf("job %s not running after 30s", id)
+	}
+}
+
+// TestSetUpFailuresThroughFakeRunner: a sandbox that cannot be prepared or
+// created is a failure of the system: retried (MaxRetry 1), then the job
+// ends error, and every sandbox made for it is released.
+func TestSetUpFailuresThroughFakeRunner(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		runner *executortest.Runner
+		reason string
+	}{
+		{"prepare", &executortest.Runner{Job: scripted, PrepareErr: errors.New("no space for scratch")}, "prepare sandbox: no space for scratch"},
+		{"create", &executortest.Runner{Job: scripted, CreateErr: errors.New("runsc create failed")}, "create sandbox: runsc create failed"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newFakeRig(t, nil, c.runner)
+			res := r.wait(r.enqueue("succeed", nil)).Result
+			if res.Status != jobs.StatusError || !strings.Contains(res.Reason, c.reason) || res.Attempt != 2 {
+				t.Fatalf("%s failing: %s %q attempt %d; want error %q after 2 attempts", c.name, res.Status, res.Reason, res.Attempt, c.reason)
+			}
+			if n := len(r.runner.Prepared()); n != 2 {
+				t.Errorf("%d sandboxes asked for, want one per attempt", n)
+			}
+			waitFor(t, func() bool { return r.runner.Live() == 0 })
+		})
 	}
 }

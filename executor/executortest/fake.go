@@ -36,43 +36,13 @@ type Run struct {
 	Err error
 }
 
-// Exit is a run that printed stdout and exited with code.
-func Exit(code int, stdout string) Job {
-	return func(context.Context, *Sandbox) Run {
-		return Run{Outcome: executor.Outcome{ExitCode: &code}, Stdout: stdout}
-	}
-}
-
-// Killed is a run killed as o says (TimedOut, OOMKilled or TaskLimited),
-// without an exit status.
-func Killed(o executor.Outcome) Job {
-	return func(context.Context, *Sandbox) Run {
-		o.Signal = "SIGKILL"
-		return Run{Outcome: o}
-	}
-}
-
-// Block is a run that lasts until its context ends (a cancellation or the
-// worker's shutdown), as a long job does.
-func Block(started chan<- string) Job {
-	return func(ctx context.Context, sb *Sandbox) Run {
-		if started != nil {
-			started <- sb.Spec.Name
-		}
-		<-ctx.Done()
-		return Run{}
-	}
-}
-
 // Runner is a fake executor.Runner. Its fields may not change while a
 // sandbox is in use.
 type Runner struct {
 	// Dir holds the sandboxes' directories.
 	Dir string
-	// Job is what every sandbox runs, unless ByName has the job's name
-	// (executor.Spec.Name, the job ID).
-	Job    Job
-	ByName map[string]Job
+	// Job is what every sandbox runs.
+	Job Job
 	// PrepareErr, CreateErr fail those steps of every sandbox.
 	PrepareErr, CreateErr error
 
@@ -84,30 +54,16 @@ type Runner struct {
 
 var _ executor.Runner = (*Runner)(nil)
 
-// SetJob sets what the sandbox of the job named name runs.
-func (r *Runner) SetJob(name string, j Job) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ByName == nil {
-		r.ByName = map[string]Job{}
-	}
-	r.ByName[name] = j
-}
-
 // Prepare makes a sandbox's directories.
 func (r *Runner) Prepare(ctx context.Context, spec executor.Spec) (executor.Sandbox, error) {
 	r.mu.Lock()
 	r.prepared = append(r.prepared, spec)
-	job := r.Job
-	if j, ok := r.ByName[spec.Name]; ok {
-		job = j
-	}
 	r.mu.Unlock()
 	if r.PrepareErr != nil {
 		return nil, r.PrepareErr
 	}
 	n := r.sandboxes.Add(1)
-	sb := &Sandbox{Spec: spec, r: r, job: job, id: fmt.Sprintf("fake-%d", n), dir: filepath.Join(r.Dir, fmt.Sprintf("sb-%d", n))}
+	sb := &Sandbox{Spec: spec, r: r, job: r.Job, id: fmt.Sprintf("fake-%d", n), dir: filepath.Join(r.Dir, fmt.Sprintf("sb-%d", n))}
 	for _, d := range []string{sb.InputsDir(), sb.JobDir(), sb.OutputsDir(), sb.logDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
