@@ -103,8 +103,16 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	opt := cfg.Jobs.RedisOpt()
-	rdb := opt.MakeRedisClient().(redis.UniversalClient)
+	opt, err := cfg.Jobs.RedisConn()
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	rdb, err := cfg.Jobs.NewRedisClient()
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("api: %w", err)
+	}
 	s := &Server{
 		mux: http.NewServeMux(), rdb: rdb, insp: asynq.NewInspectorFromRedisClient(rdb), client: client,
 		jobs: cfg.Jobs, auth: cfg.Auth, logger: cfg.Logger, open: cfg.OpenMonitoring,

@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/internal/devstack"
+	"github.com/sandq/sandq/internal/keys"
 	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/storage"
@@ -368,6 +369,19 @@ func TestIdempotencyKey(t *testing.T) {
 	}
 	if after := f.state(t); after != before {
 		t.Errorf("a repeated key left something:\n%s\n%s", before, after)
+	}
+	// A job queued by a submission that failed before it could list it
+	// (Redis failing over after the enqueue) is listed when its key is
+	// submitted again.
+	member := "default " + first.job(t).ID
+	if n, err := f.rdb.ZRem(context.Background(), keys.TenantJobs("acme"), member).Result(); err != nil || n != 1 {
+		t.Fatalf("unlisting the job: %d %v", n, err)
+	}
+	if again := f.submit(t, tokens["acme"], spec(`{"idempotency_key":"nightly-2026-11-26"}`), script("a.sh", "true")); again.code != 200 || !again.job(t).Existing {
+		t.Fatalf("again, unlisted: %d %s", again.code, again.body)
+	}
+	if _, err := f.rdb.ZScore(context.Background(), keys.TenantJobs("acme"), member).Result(); err != nil {
+		t.Errorf("the job found by its key is not listed again: %v", err)
 	}
 	// Another tenant's same key is another job (TestIdempotencyKeyRevealsNothing).
 	other := f.submit(t, tokens["beta"], spec(`{"idempotency_key":"nightly-2026-11-26"}`), script("a.sh", "true"))

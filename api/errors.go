@@ -24,6 +24,9 @@ type Error struct {
 	Message string `json:"message"`
 	// Field names the part of the request at fault, when there is one.
 	Field string `json:"field,omitempty"`
+	// JobID names the job a failed submission may still have queued
+	// (not_replicated).
+	JobID string `json:"job_id,omitempty"`
 
 	status     int
 	retryAfter time.Duration
@@ -72,6 +75,16 @@ func classify(err error) *Error {
 		return apiError(http.StatusNotFound, "not_found", "", "no such job")
 	case errors.Is(err, jobs.ErrJobFinished):
 		return apiError(http.StatusConflict, "job_finished", "", err.Error())
+	case errors.Is(err, jobs.ErrNotReplicated):
+		// The job is enqueued but may be lost on a failover: the same
+		// idempotency key makes the retry safe; without one, the job's
+		// ID lets the client look before it submits again.
+		e := apiError(http.StatusServiceUnavailable, "not_replicated", "", err.Error())
+		var nr *jobs.NotReplicatedError
+		if errors.As(err, &nr) {
+			e.JobID = nr.JobID
+		}
+		return e
 	case errors.Is(err, jobs.ErrBadCursor):
 		return apiError(http.StatusBadRequest, "invalid_request", "cursor", err.Error())
 	case unavailable(err):
@@ -87,7 +100,8 @@ func unavailable(err error) bool {
 	return errors.As(err, &ne) ||
 		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
-		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed)
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrClosed) ||
+		errors.Is(err, jobs.ErrRedisUnavailable)
 }
 
 func writeError(w http.ResponseWriter, e *Error) {

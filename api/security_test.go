@@ -19,6 +19,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sandq/sandq/internal/keys"
 	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/jobs"
 )
@@ -54,7 +55,7 @@ func (f *fixture) doRaw(method, path, token string, body io.Reader, contentType 
 // openMembers is a tenant's set of unfinished jobs.
 func (f *fixture) openMembers(t *testing.T, tenant string) []string {
 	t.Helper()
-	m, err := f.rdb.SMembers(context.Background(), "sandq:tenant:"+tenant+":open").Result()
+	m, err := f.rdb.SMembers(context.Background(), keys.TenantOpen(tenant)).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +182,7 @@ func TestListShowsOnlyOwnJobs(t *testing.T) {
 	betaID := b.job(t).ID
 	member := "default " + betaID
 	score := float64(time.Now().UnixMilli()*1000 + 999)
-	if err := f.rdb.ZAdd(ctx, "sandq:tenant:acme:jobs", redis.Z{Score: score, Member: member}).Err(); err != nil {
+	if err := f.rdb.ZAdd(ctx, keys.TenantJobs("acme"), redis.Z{Score: score, Member: member}).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{"", "?state=pending", "?queue=default", "?limit=1"} {
@@ -190,7 +191,7 @@ func TestListShowsOnlyOwnJobs(t *testing.T) {
 			t.Errorf("acme's list%s shows beta's job %s: %d %s", q, betaID, a.code, a.body)
 		}
 	}
-	if _, err := f.rdb.ZScore(ctx, "sandq:tenant:acme:jobs", member).Result(); err != redis.Nil {
+	if _, err := f.rdb.ZScore(ctx, keys.TenantJobs("acme"), member).Result(); err != redis.Nil {
 		t.Errorf("acme's index still holds beta's job: %v", err)
 	}
 	// beta still lists it.

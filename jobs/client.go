@@ -45,10 +45,9 @@ func NewClient(cfg Config, store *storage.Store, logger *slog.Logger) (*Client, 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	opt := cfg.RedisOpt()
-	rdb, ok := opt.MakeRedisClient().(redis.UniversalClient)
-	if !ok {
-		return nil, errors.New("redis client: unexpected type")
+	rdb, err := cfg.NewRedisClient()
+	if err != nil {
+		return nil, err
 	}
 	return &Client{
 		cfg: cfg, store: store, logger: logger, now: time.Now, rdb: rdb,
@@ -192,6 +191,7 @@ func (c *Client) status(ctx context.Context, id string, tenant *string) (*JobSta
 		return nil, err
 	}
 	queues, err := c.insp.Queues()
+	err = redisFailure(err)
 	if err != nil {
 		return nil, fmt.Errorf("list queues: %w", err)
 	}
@@ -207,6 +207,7 @@ func (c *Client) status(ctx context.Context, id string, tenant *string) (*JobSta
 
 func (c *Client) statusIn(ctx context.Context, queue, id string, tenant *string) (*JobStatus, error) {
 	info, err := c.insp.GetTaskInfo(queue, id)
+	err = redisFailure(err)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrJobNotFound, id)
 	}
@@ -359,7 +360,7 @@ func (c *Client) cancel(ctx context.Context, st *JobStatus) (CancelOutcome, erro
 		// to take it ends it canceled, without a sandbox, and sends the
 		// webhook.
 		if st.State == StateScheduled || st.State == StateRetry {
-			if err := c.insp.RunTask(st.Queue, id); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+			if err := redisFailure(c.insp.RunTask(st.Queue, id)); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
 				return "", fmt.Errorf("cancel %s: %w", id, err)
 			}
 		}

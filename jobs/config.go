@@ -10,8 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hibiken/asynq"
-
 	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/storage"
@@ -20,12 +18,40 @@ import (
 // Config is one process's configuration, producer or worker. Zero fields
 // take the documented defaults in WithDefaults; Validate names what is wrong.
 type Config struct {
-	// Redis address host:port. Default DefaultRedisAddr.
+	// Redis address host:port. Default DefaultRedisAddr, unless another
+	// way of naming the Redis is given (RedisURL, RedisSentinels,
+	// RedisCluster; see redisconn.go: only one may be).
 	RedisAddr     string
 	RedisUsername string
 	RedisPassword string
 	// RedisDB is the database number. Default 0.
 	RedisDB int
+	// RedisURL names the Redis by URL: redis://, rediss:// (TLS),
+	// redis+sentinel://[user:pass@]h1:p1,h2:p2/MASTER[/db],
+	// redis+cluster://[user:pass@]h1:p1,h2:p2 (and their rediss+ forms).
+	RedisURL string
+	// RedisSentinels are the Sentinels (host:port) of the primary named
+	// RedisMasterName; RedisSentinelUsername and RedisSentinelPassword
+	// are the Sentinels' own credentials, when they have some.
+	RedisSentinels        []string
+	RedisMasterName       string
+	RedisSentinelUsername string
+	RedisSentinelPassword string
+	// RedisCluster are seed nodes (host:port) of a Redis Cluster.
+	RedisCluster []string
+	// RedisCAFile (PEM) replaces the system roots for Redis's TLS
+	// certificate; RedisCertFile and RedisKeyFile are a client
+	// certificate. Either file turns TLS on for RedisAddr, RedisSentinels
+	// and RedisCluster; a URL turns it on with a rediss scheme.
+	RedisCAFile   string
+	RedisCertFile string
+	RedisKeyFile  string
+	// RedisWaitReplicas, when above 0, makes a submission and a result
+	// count as written only once that many replicas have it (Redis WAIT),
+	// so that a failover cannot lose it; RedisWaitTimeout bounds the wait
+	// (default DefaultRedisWaitTimeout). Not with RedisCluster.
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 
 	Storage storage.Config
 
@@ -136,7 +162,10 @@ type WorkerConfig struct {
 // WithDefaults returns a copy with every unset field defaulted (see
 // defaults.go).
 func (c Config) WithDefaults() Config {
-	setString(&c.RedisAddr, DefaultRedisAddr)
+	if c.RedisURL == "" && len(c.RedisSentinels) == 0 && len(c.RedisCluster) == 0 {
+		setString(&c.RedisAddr, DefaultRedisAddr)
+	}
+	setDur(&c.RedisWaitTimeout, DefaultRedisWaitTimeout)
 	c.Storage = c.Storage.WithDefaults()
 	setString(&c.Queue, DefaultQueue)
 	setLimits(&c.DefaultLimits, Limits{Timeout: DefaultTimeout, Memory: DefaultMemory, Disk: DefaultDisk, OutputBytes: DefaultOutputSize, OutputFiles: DefaultOutputFiles})
@@ -186,6 +215,9 @@ func (c Config) WithDefaults() Config {
 
 // Validate reports the first inconsistent setting.
 func (c Config) Validate() error {
+	if err := c.validateRedis(); err != nil {
+		return err
+	}
 	if err := c.Storage.Validate(); err != nil {
 		return err
 	}
@@ -279,11 +311,6 @@ func (c Config) RunscConfig(logger *slog.Logger, network bool) (executor.RunscCo
 		rc.Network = &executor.NetworkConfig{Pool: pool}
 	}
 	return rc, nil
-}
-
-// RedisOpt is asynq's connection option for this config.
-func (c Config) RedisOpt() asynq.RedisClientOpt {
-	return asynq.RedisClientOpt{Addr: c.RedisAddr, Username: c.RedisUsername, Password: c.RedisPassword, DB: c.RedisDB}
 }
 
 // setLimits sets each zero field of l to def's.

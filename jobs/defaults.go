@@ -9,6 +9,9 @@ import "time"
 const (
 	// DefaultRedisAddr is the Redis of `sandq dev`.
 	DefaultRedisAddr = "127.0.0.1:6379"
+	// DefaultRedisWaitTimeout bounds how long a submission or a result
+	// waits for replicas to have it (Config.RedisWaitReplicas).
+	DefaultRedisWaitTimeout = 2 * time.Second
 	// DefaultQueue takes the jobs that name no queue, and is the queue a
 	// worker serves unless told otherwise.
 	DefaultQueue = "default"
@@ -78,9 +81,10 @@ const (
 	// DefaultShutdownGrace is how long a stopping worker lets running jobs
 	// finish.
 	DefaultShutdownGrace = 30 * time.Second
-	// DefaultTaskCheckInterval: about 100 cheap Redis calls a second per
-	// idle worker, for a job's wait in the queue of 5 to 15 ms instead of
-	// 50 to 150.
+	// DefaultTaskCheckInterval: about 400 to 500 cheap Redis calls a
+	// second per idle worker (its job and webhook servers), for a job's
+	// wait in the queue of 5 to 15 ms instead of 50 to 150 (measured in
+	// docs/performance.md, "The task check interval").
 	DefaultTaskCheckInterval = 10 * time.Millisecond
 )
 

@@ -16,8 +16,22 @@ var ErrRedisEviction = errors.New("redis may evict sandq's keys")
 // CheckRedisEviction refuses a Redis whose maxmemory-policy is not
 // noeviction. It asks CONFIG GET, and where CONFIG is disabled or renamed
 // (as managed services do) INFO memory; if neither answers it refuses too,
-// since it cannot tell.
+// since it cannot tell. In a Redis Cluster it checks every primary; with
+// Sentinel, the client talks to the primary.
 func CheckRedisEviction(ctx context.Context, rdb redis.UniversalClient) error {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			if err := checkEviction(ctx, node); err != nil {
+				return fmt.Errorf("cluster node %s: %w", node.Options().Addr, err)
+			}
+			return nil
+		})
+	}
+	return checkEviction(ctx, rdb)
+}
+
+// checkEviction is CheckRedisEviction for one server.
+func checkEviction(ctx context.Context, rdb redis.Cmdable) error {
 	const fix = "set `maxmemory-policy noeviction` in redis.conf (or CONFIG SET maxmemory-policy noeviction, or the managed service's parameter)"
 	policy, cfgErr := "", error(nil)
 	if m, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result(); err != nil {

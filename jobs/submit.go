@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 
 	"github.com/hibiken/asynq"
@@ -162,6 +163,9 @@ type Draft struct {
 	member   string
 	reserved bool
 	ended    bool
+	// maybeQueued: Redis failed after the enqueue was sent, so the job
+	// may be queued; Abort then keeps what such a job needs (see Commit).
+	maybeQueued bool
 }
 
 // Begin checks everything in a submission but its files, asks Redis what
@@ -187,7 +191,7 @@ func (c *Client) Begin(ctx context.Context, s Submission) (*Draft, *Enqueued, er
 	id := NewJobID()
 	if s.IdempotencyKey != "" {
 		id = IdempotentJobID(s.Tenant, s.Queue, s.IdempotencyKey)
-		existing, err := c.existingJob(s.Tenant, s.Queue, id)
+		existing, err := c.existingJob(ctx, s.Tenant, s.Queue, id)
 		if err != nil || existing != nil {
 			return nil, existing, err
 		}
@@ -364,9 +368,12 @@ var ErrIdempotencyKeyUnavailable = errors.New("the job ID this idempotency key m
 // existingJob returns the job an idempotency key's ID names in a queue
 // when it is the tenant's, nil when there is none, and
 // ErrIdempotencyKeyUnavailable when it belongs to someone else: every path
-// that answers with an existing job goes through here.
-func (c *Client) existingJob(tenant, queue, id string) (*Enqueued, error) {
+// that answers with an existing job goes through here. With
+// RedisWaitReplicas, the job is returned once replicated: the earlier
+// submission may have failed for want of replicas.
+func (c *Client) existingJob(ctx context.Context, tenant, queue, id string) (*Enqueued, error) {
 	info, err := c.insp.GetTaskInfo(queue, id)
+	err = redisFailure(err)
 	switch {
 	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
 		return nil, nil
@@ -377,6 +384,20 @@ func (c *Client) existingJob(tenant, queue, id string) (*Enqueued, error) {
 		c.logger.Error("an idempotency key's job ID is held by a job of another owner; submission refused",
 			"job_id", id, "queue", queue, "tenant", tenant, "owner", owner)
 		return nil, ErrIdempotencyKeyUnavailable
+	}
+	job, err := ParseJob(info.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("look up idempotency key: job %s: %w", id, err)
+	}
+	if tenant != "" && !c.listed(ctx, tenant, queue, id) {
+		// Not listed: the submission that queued it failed before it
+		// could say so (Redis failing over: see Commit).
+		if err := c.indexTenantJob(context.WithoutCancel(ctx), job); err != nil {
+			c.logger.Error("indexing a tenant's job; it runs, but the API does not list it", "job_id", id, "tenant", tenant, "err", err)
+		}
+	}
+	if err := c.awaitJobReplicated(ctx, job); err != nil {
+		return nil, err
 	}
 	return &Enqueued{ID: id, Queue: queue, Existing: true}, nil
 }
@@ -401,10 +422,11 @@ func (d *Draft) Commit(ctx context.Context) (*Enqueued, error) {
 	job := d.job
 	for attempt := 0; ; attempt++ {
 		_, err = d.c.client.EnqueueContext(ctx, asynq.NewTask(TypeRun, payload), d.c.cfg.TaskOptions(job)...)
+		err = redisFailure(err)
 		if !errors.Is(err, asynq.ErrTaskIDConflict) {
 			break
 		}
-		existing, lerr := d.c.existingJob(job.Tenant, job.Queue, job.ID)
+		existing, lerr := d.c.existingJob(ctx, job.Tenant, job.Queue, job.ID)
 		switch {
 		case lerr != nil:
 			d.Abort(ctx)
@@ -423,12 +445,27 @@ func (d *Draft) Commit(ctx context.Context) (*Enqueued, error) {
 		// again, once.
 	}
 	if err != nil {
+		// Redis may have taken the task before it failed (a primary
+		// dying after the write): its uploads, reservation and place
+		// among the tenant's unfinished jobs stay for such a job, which a
+		// resubmission with the key finds (and lists). Otherwise the
+		// bucket's expiry rule removes the uploads, and the tenant's
+		// place goes once the reservation lapses (pruneOpen). A
+		// connection that was never made sent nothing: all of it goes.
+		d.maybeQueued = errors.Is(err, ErrRedisUnavailable) && !neverSent(err)
 		d.Abort(ctx)
 		return nil, fmt.Errorf("enqueue: %w", err)
 	}
 	d.ended = true
 	if job.Tenant != "" {
-		d.c.indexTenantJob(context.WithoutCancel(ctx), job)
+		if err := d.c.indexTenantJob(context.WithoutCancel(ctx), job); err != nil {
+			d.c.logger.Error("indexing a tenant's job; it runs, but the API does not list it", "job_id", job.ID, "tenant", job.Tenant, "err", err)
+		}
+	}
+	if err := d.c.awaitJobReplicated(ctx, job); err != nil {
+		// The job stays enqueued: it may well run. The caller learns
+		// that it may be lost, and may submit it again.
+		return nil, err
 	}
 	d.c.logger.Debug("job enqueued", "job_id", job.ID, "queue", job.Queue, "tenant", job.Tenant)
 	return &Enqueued{ID: job.ID, Queue: job.Queue}, nil
@@ -440,6 +477,11 @@ func (d *Draft) Abort(ctx context.Context) {
 		return
 	}
 	d.ended = true
+	if d.maybeQueued {
+		d.c.logger.Warn("Redis failed during the enqueue, which may have been taken: the job's uploads and reservation are kept",
+			"job_id", d.job.ID, "tenant", d.job.Tenant)
+		return
+	}
 	ctx = context.WithoutCancel(ctx)
 	if d.uploads {
 		if err := d.c.store.RemovePrefix(ctx, d.job.UploadPrefix); err != nil {
@@ -447,7 +489,7 @@ func (d *Draft) Abort(ctx context.Context) {
 		}
 	}
 	if d.job.Tenant != "" {
-		d.c.rdb.Del(ctx, keys.Reservation(d.job.Queue, d.job.ID))
+		d.c.rdb.Del(ctx, keys.Reservation(d.job.Tenant, d.job.Queue, d.job.ID))
 	}
 	if d.reserved {
 		if err := d.c.rdb.SRem(ctx, keys.TenantOpen(d.job.Tenant), d.member).Err(); err != nil {
@@ -461,3 +503,17 @@ func (d *Draft) Abort(ctx context.Context) {
 func openMember(queue, id string) string { return queue + " " + id }
 
 func splitMember(m string) (queue, id string, ok bool) { return strings.Cut(m, " ") }
+
+// neverSent reports whether err is a failure to reach Redis at all (a
+// dial that failed, no sentinel answering), so that the command it reports
+// never reached it. asynq reports its scripts' errors as text only, so the
+// text is read when the error chain does not say.
+func neverSent(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op.Op == "dial"
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "dial tcp ") || strings.Contains(msg, "dial unix ") ||
+		strings.Contains(msg, "all sentinels specified in configuration are unreachable")
+}

@@ -24,7 +24,7 @@ func (d *Draft) reserve(ctx context.Context, tenant string, max int) error {
 	key := keys.TenantOpen(tenant)
 	d.member = openMember(d.job.Queue, d.job.ID)
 	// The reservation key marks it as in flight for pruneOpen.
-	err := d.c.rdb.Set(ctx, keys.Reservation(d.job.Queue, d.job.ID), "1", ReservationTTL).Err()
+	err := d.c.rdb.Set(ctx, keys.Reservation(tenant, d.job.Queue, d.job.ID), "1", ReservationTTL).Err()
 	var added int64
 	if err == nil {
 		added, err = d.c.rdb.SAdd(ctx, key, d.member).Result()
@@ -68,12 +68,13 @@ func (c *Client) pruneOpen(ctx context.Context, tenant string) error {
 			continue
 		}
 		info, err := c.insp.GetTaskInfo(q, id)
+		err = redisFailure(err)
 		switch {
 		case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
 			// Not enqueued (yet): a reservation in flight, or an enqueue
 			// that never completed. Reservations are short; leave those
 			// made in the last minute.
-			if c.reservationStale(ctx, q, id) {
+			if c.reservationStale(ctx, tenant, q, id) {
 				c.rdb.SRem(ctx, key, m)
 			}
 		case err != nil:
@@ -94,10 +95,10 @@ func (c *Client) pruneOpen(ctx context.Context, tenant string) error {
 // reservationStale reports whether a reserved job that is not in its queue
 // was reserved long enough ago to be given up: its submission failed
 // without releasing it (a crashed API server).
-func (c *Client) reservationStale(ctx context.Context, queue, id string) bool {
+func (c *Client) reservationStale(ctx context.Context, tenant, queue, id string) bool {
 	// Job IDs carry no time, so Begin marks each reservation with a key
 	// that lives as long as an upload may take.
-	n, err := c.rdb.Exists(ctx, keys.Reservation(queue, id)).Result()
+	n, err := c.rdb.Exists(ctx, keys.Reservation(tenant, queue, id)).Result()
 	return err == nil && n == 0
 }
 
@@ -106,26 +107,35 @@ func (c *Client) reservationStale(ctx context.Context, queue, id string) bool {
 // API's body timeout must not exceed it.
 const ReservationTTL = 2 * time.Hour
 
-// indexTenantJob records an enqueued job in its tenant's list, and trims
-// entries older than twice the result retention.
-func (c *Client) indexTenantJob(ctx context.Context, job *Job) {
+// indexTenantJob records an enqueued job in its tenant's list (once), and trims
+// entries older than twice the result retention. Its transaction's keys
+// share the tenant's hash slot (internal/keys).
+func (c *Client) indexTenantJob(ctx context.Context, job *Job) error {
 	key := keys.TenantJobs(job.Tenant)
 	seq, err := c.rdb.Incr(ctx, keys.TenantSeq(job.Tenant)).Result()
-	if err == nil {
-		// Scores are unique and increase with time: milliseconds times
-		// 1000 plus a sequence number, exact in a float64 until 2255.
-		score := job.SubmittedAt.UnixMilli()*1000 + seq%1000
-		old := (job.SubmittedAt.UnixMilli() - 2*c.cfg.ResultRetention.Milliseconds()) * 1000
-		_, err = c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.ZAdd(ctx, key, redis.Z{Score: float64(score), Member: openMember(job.Queue, job.ID)})
-			p.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(old, 10))
-			p.Del(ctx, keys.Reservation(job.Queue, job.ID))
-			return nil
-		})
-	}
 	if err != nil {
-		c.logger.Error("indexing a tenant's job; it runs, but the API does not list it", "job_id", job.ID, "tenant", job.Tenant, "err", err)
+		return err
 	}
+	// Scores are unique and increase with time: milliseconds times 1000
+	// plus a sequence number, exact in a float64 until 2255.
+	score := job.SubmittedAt.UnixMilli()*1000 + seq%1000
+	old := (job.SubmittedAt.UnixMilli() - 2*c.cfg.ResultRetention.Milliseconds()) * 1000
+	_, err = c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		// NX: a job indexed again (found by its idempotency key) keeps
+		// its place.
+		p.ZAddNX(ctx, key, redis.Z{Score: float64(score), Member: openMember(job.Queue, job.ID)})
+		p.ZRemRangeByScore(ctx, key, "-inf", "("+strconv.FormatInt(old, 10))
+		p.Del(ctx, keys.Reservation(job.Tenant, job.Queue, job.ID))
+		return nil
+	})
+	return err
+}
+
+// listed reports whether a job is in its tenant's list (or whether Redis
+// could not say).
+func (c *Client) listed(ctx context.Context, tenant, queue, id string) bool {
+	err := c.rdb.ZScore(ctx, keys.TenantJobs(tenant), openMember(queue, id)).Err()
+	return !errors.Is(err, redis.Nil)
 }
 
 // ReleaseOpen takes a finished job out of its tenant's open set.
@@ -193,6 +203,7 @@ func (t TenantJobs) List(ctx context.Context, f ListFilter) ([]*JobStatus, strin
 				continue
 			}
 			info, err := c.insp.GetTaskInfo(q, id)
+			err = redisFailure(err)
 			if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 				c.rdb.ZRem(ctx, key, m)
 				continue

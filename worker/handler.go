@@ -97,7 +97,15 @@ func (h *Handler) previousResult(queue, id string) *jobs.Result {
 	return r
 }
 
-func (h *Handler) writeResult(t *asynq.Task, logger *slog.Logger, res *jobs.Result) error {
+// resultRetries are the waits between tries to write a result (about 16 s
+// of waiting; the job's 30 s lease bounds the whole: when it lapses asynq
+// cancels the context, and the tries stop).
+var resultRetries = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
+
+// writeResult writes the attempt's result. A Redis failover fails writes
+// for a few seconds; retrying on the handler's clock saves running the
+// whole job again (its attempt would otherwise wait out its lease).
+func (h *Handler) writeResult(ctx context.Context, t *asynq.Task, logger *slog.Logger, res *jobs.Result) error {
 	// A job that ran was fitted with its manifest already (capResult);
 	// this bounds every other result too.
 	if jobs.FitResult(res, h.cfg.MaxResultBytes) {
@@ -107,11 +115,31 @@ func (h *Handler) writeResult(t *asynq.Task, logger *slog.Logger, res *jobs.Resu
 	if err != nil {
 		return err
 	}
-	if _, err := t.ResultWriter().Write(b); err != nil {
+	err = retrying(ctx, resultRetries, h.sleep, func() error {
+		_, err := t.ResultWriter().Write(b)
+		return err
+	}, func(try int, err error) { logger.Warn("writing the result", "try", try, "err", err) })
+	if err != nil {
 		logger.Error("writing the result", "err", err)
 		return fmt.Errorf("write result: %w", err)
 	}
 	return nil
+}
+
+// retrying calls try, and again after each of waits (slept with sleep)
+// while it fails and ctx is not done; onErr hears of each failure with its
+// try's number from 1. It returns the last try's error.
+func retrying(ctx context.Context, waits []time.Duration, sleep func(time.Duration), try func() error, onErr func(int, error)) error {
+	err := try()
+	for i := 0; err != nil; i++ {
+		onErr(i+1, err)
+		if i == len(waits) || ctx.Err() != nil {
+			break
+		}
+		sleep(waits[i])
+		err = try()
+	}
+	return err
 }
 
 func (h *Handler) cancelRequested(ctx context.Context, id string) bool {

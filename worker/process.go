@@ -83,13 +83,16 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 // rejectPayload ends a task whose payload is not a job's, for good.
 func (h *Handler) rejectPayload(a *attempt, err error) error {
-	h.writeResult(a.task, a.logger, &jobs.Result{ID: a.id, Queue: a.queue, Status: jobs.StatusError, Reason: err.Error(), Attempt: a.n, Outputs: []jobs.OutputDoc{}})
+	h.writeResult(context.Background(), a.task, a.logger, &jobs.Result{ID: a.id, Queue: a.queue, Status: jobs.StatusError, Reason: err.Error(), Attempt: a.n, Outputs: []jobs.OutputDoc{}})
 	return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 }
 
 // resendWebhook only queues the webhook of a job that has its result.
 func (h *Handler) resendWebhook(ctx context.Context, a *attempt, prev *jobs.Result) error {
 	a.logger.Info("job already has a result; queueing its webhook only")
+	if err := h.awaitResultReplicated(ctx, a, prev); err != nil {
+		return err
+	}
 	return h.queueWebhook(ctx, a, prev)
 }
 
@@ -247,14 +250,37 @@ func (h *Handler) errorResult(a *attempt, queue string, err error) *jobs.Result 
 // finish writes a final result and queues its webhook.
 func (h *Handler) finish(ctx context.Context, a *attempt, res *jobs.Result) error {
 	res.Webhook = h.webhookRef(a.job)
-	if err := h.writeResult(a.task, a.logger, res); err != nil {
+	if err := h.writeResult(ctx, a.task, a.logger, res); err != nil {
 		return err
 	}
 	h.metrics.observe(res)
 	if err := jobs.ReleaseOpen(context.WithoutCancel(ctx), h.rdb, a.job); err != nil {
 		a.logger.Warn("taking the job out of its tenant's unfinished jobs", "err", err)
 	}
+	if err := h.awaitResultReplicated(ctx, a, res); err != nil {
+		return err
+	}
 	return h.queueWebhook(ctx, a, res)
+}
+
+// awaitResultReplicated waits, with RedisWaitReplicas, until replicas have
+// the result its webhook is about to announce, so that a failover cannot
+// lose it. Not confirmed, a job with attempts left is handed back
+// (errWebhookPending: not counted); its next attempt finds the result and
+// waits again before queueing the webhook. On the last attempt the
+// webhook is queued anyway: better an event whose result a failover may
+// still lose than none.
+func (h *Handler) awaitResultReplicated(ctx context.Context, a *attempt, res *jobs.Result) error {
+	err := jobs.AwaitReplicas(context.WithoutCancel(ctx), h.rdb, h.cfg, "result of job "+res.ID)
+	switch {
+	case err == nil:
+		return nil
+	case !a.last():
+		a.logger.Warn("the result is not on enough replicas yet; handing the job back", "err", err)
+		return fmt.Errorf("%w: %w", errWebhookPending, err)
+	}
+	a.logger.Error("the result of the job's last attempt is not on enough replicas; queueing its webhook anyway", "err", err)
+	return nil
 }
 
 // errWebhookPending: the job has its result, but Redis refused its

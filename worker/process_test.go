@@ -403,3 +403,72 @@ func TestSetUpFailuresThroughFakeRunner(t *testing.T) {
 		})
 	}
 }
+
+// TestRetrying: a write that fails while Redis fails over is tried again
+// after each wait, on the given clock, and stops at the first success or
+// after the last wait.
+func TestRetrying(t *testing.T) {
+	waits := []time.Duration{time.Millisecond, 2 * time.Millisecond, 3 * time.Millisecond}
+	for _, tc := range []struct {
+		failures, wantTries int
+		wantErr             bool
+	}{
+		{0, 1, false}, {1, 2, false}, {3, 4, false}, {4, 4, true}, {10, 4, true},
+	} {
+		var slept []time.Duration
+		var failed []int
+		tries := 0
+		err := retrying(context.Background(), waits, func(d time.Duration) { slept = append(slept, d) }, func() error {
+			tries++
+			if tries <= tc.failures {
+				return fmt.Errorf("try %d: connection refused", tries)
+			}
+			return nil
+		}, func(try int, _ error) { failed = append(failed, try) })
+		if tries != tc.wantTries || (err != nil) != tc.wantErr || len(slept) != tc.wantTries-1 || len(failed) != min(tc.failures, len(waits)+1) {
+			t.Errorf("%d failures: %d tries, err %v, slept %v, failures heard %v; want %d tries, error %v", tc.failures, tries, err, slept, failed, tc.wantTries, tc.wantErr)
+		}
+		if tc.wantErr && err.Error() != fmt.Sprintf("try %d: connection refused", tries) {
+			t.Errorf("%d failures: returned %v, want the last try's error", tc.failures, err)
+		}
+	}
+	// The lease lapsed (asynq cancelled the attempt): no more tries.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	tries, slept := 0, 0
+	err := retrying(ctx, waits, func(time.Duration) { slept++ }, func() error { tries++; return ctx.Err() }, func(int, error) {})
+	if !errors.Is(err, context.Canceled) || tries != 1 || slept != 0 {
+		t.Errorf("cancelled: %d tries, %d sleeps, err %v; want 1 try, none", tries, slept, err)
+	}
+	var total time.Duration
+	for _, d := range resultRetries {
+		total += d
+	}
+	if total >= 25*time.Second {
+		t.Errorf("result retries take %v: a job's 30 s lease may lapse first", total)
+	}
+}
+
+// TestAwaitResultReplicated: with RedisWaitReplicas and no replica to
+// confirm a result, a job with attempts left is handed back (not counted,
+// its webhook not queued yet); its last attempt queues the webhook anyway.
+func TestAwaitResultReplicated(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.Redis(t)})
+	defer rdb.Close()
+	h := &Handler{rdb: rdb, cfg: jobs.Config{RedisWaitReplicas: 1, RedisWaitTimeout: 100 * time.Millisecond}}
+	res := &jobs.Result{ID: "j1"}
+	a := &attempt{retried: 0, maxRetry: 2, n: 1, logger: slog.New(slog.DiscardHandler)}
+	err := h.awaitResultReplicated(context.Background(), a, res)
+	if !errors.Is(err, errWebhookPending) || !errors.Is(err, jobs.ErrNotReplicated) {
+		t.Fatalf("attempts left, no replica: %v; want errWebhookPending wrapping jobs.ErrNotReplicated", err)
+	}
+	a.retried, a.n = 2, 3
+	if err := h.awaitResultReplicated(context.Background(), a, res); err != nil {
+		t.Fatalf("last attempt, no replica: %v; want the webhook queued anyway (nil)", err)
+	}
+	a.retried, a.n = 0, 1
+	h.cfg.RedisWaitReplicas = 0
+	if err := h.awaitResultReplicated(context.Background(), a, res); err != nil {
+		t.Fatalf("no replicas asked for: %v", err)
+	}
+}

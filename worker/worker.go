@@ -56,9 +56,9 @@ func New(cfg jobs.Config, runner executor.Runner, store *storage.Store, logger *
 	if err != nil {
 		return nil, err
 	}
-	rdb, ok := cfg.RedisOpt().MakeRedisClient().(redis.UniversalClient)
-	if !ok {
-		return nil, errors.New("redis client: unexpected type")
+	rdb, err := cfg.NewRedisClient()
+	if err != nil {
+		return nil, err
 	}
 	host, _ := os.Hostname()
 	name := fmt.Sprintf("%s:%d", host, os.Getpid())
@@ -131,10 +131,10 @@ func (w *Worker) Mux() *asynq.ServeMux {
 // (CheckRedisEviction).
 func (w *Worker) Start(ctx context.Context) (err error) {
 	if err := w.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
+		return fmt.Errorf("%s: %w", w.cfg.RedisDescription(), err)
 	}
 	if err := jobs.CheckRedisEviction(ctx, w.rdb); err != nil {
-		return fmt.Errorf("redis at %s: %w", w.cfg.RedisAddr, err)
+		return fmt.Errorf("%s: %w", w.cfg.RedisDescription(), err)
 	}
 	// Job files outlive neither the job's retention nor its links by more
 	// than a day. The rule is checked, and set only when missing or

@@ -49,6 +49,17 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "redis-username", EnvVars: env("REDIS_USERNAME"), Usage: "Redis ACL user"},
 		&cli.StringFlag{Name: "redis-password", EnvVars: env("REDIS_PASSWORD"), Usage: "Redis password"},
 		&cli.IntFlag{Name: "redis-db", EnvVars: env("REDIS_DB"), Usage: "Redis database number"},
+		&cli.StringFlag{Name: "redis-url", EnvVars: env("REDIS_URL"), Usage: "Redis by URL: redis://, rediss:// (TLS), redis+sentinel://h1:p1,h2:p2/MASTER, redis+cluster://h1:p1,h2:p2 (instead of --redis-addr)"},
+		&cli.StringSliceFlag{Name: "redis-sentinels", EnvVars: env("REDIS_SENTINELS"), Usage: "Redis Sentinels host:port,... (with --redis-master-name)"},
+		&cli.StringFlag{Name: "redis-master-name", EnvVars: env("REDIS_MASTER_NAME"), Usage: "name of the primary the Sentinels watch"},
+		&cli.StringFlag{Name: "redis-sentinel-username", EnvVars: env("REDIS_SENTINEL_USERNAME"), Usage: "the Sentinels' ACL user"},
+		&cli.StringFlag{Name: "redis-sentinel-password", EnvVars: env("REDIS_SENTINEL_PASSWORD"), Usage: "the Sentinels' password"},
+		&cli.StringSliceFlag{Name: "redis-cluster", EnvVars: env("REDIS_CLUSTER"), Usage: "Redis Cluster seed nodes host:port,..."},
+		&cli.StringFlag{Name: "redis-ca-file", EnvVars: env("REDIS_CA_FILE"), Usage: "CA certificate (PEM) for Redis's TLS certificate; turns TLS on"},
+		&cli.StringFlag{Name: "redis-cert-file", EnvVars: env("REDIS_CERT_FILE"), Usage: "client certificate (PEM) for Redis TLS; turns TLS on"},
+		&cli.StringFlag{Name: "redis-key-file", EnvVars: env("REDIS_KEY_FILE"), Usage: "key (PEM) of --redis-cert-file"},
+		&cli.IntFlag{Name: "redis-wait-replicas", EnvVars: env("REDIS_WAIT_REPLICAS"), Usage: "replicas that must have a submission or result before it counts as written (Redis WAIT; 0: off; not with --redis-cluster)"},
+		&cli.DurationFlag{Name: "redis-wait-timeout", DefaultText: jobs.DefaultRedisWaitTimeout.String(), EnvVars: env("REDIS_WAIT_TIMEOUT"), Usage: "how long to wait for --redis-wait-replicas"},
 		&cli.StringFlag{Name: "s3-endpoint", Value: defaultS3Endpoint, EnvVars: env("S3_ENDPOINT"), Usage: "S3 API host:port"},
 		&cli.StringFlag{Name: "s3-public-endpoint", EnvVars: env("S3_PUBLIC_ENDPOINT"), Usage: "host:port written into presigned links (default: --s3-endpoint)"},
 		&cli.BoolFlag{Name: "s3-secure", EnvVars: env("S3_SECURE"), Usage: "use https to reach S3"},
@@ -176,6 +187,12 @@ func globalConfig(c *cli.Context) (jobs.Config, error) {
 	cfg := jobs.Config{
 		RedisAddr: c.String("redis-addr"), RedisUsername: c.String("redis-username"),
 		RedisPassword: c.String("redis-password"), RedisDB: c.Int("redis-db"),
+		RedisURL:       c.String("redis-url"),
+		RedisSentinels: splitList(c.StringSlice("redis-sentinels")), RedisMasterName: c.String("redis-master-name"),
+		RedisSentinelUsername: c.String("redis-sentinel-username"), RedisSentinelPassword: c.String("redis-sentinel-password"),
+		RedisCluster: splitList(c.StringSlice("redis-cluster")),
+		RedisCAFile:  c.String("redis-ca-file"), RedisCertFile: c.String("redis-cert-file"), RedisKeyFile: c.String("redis-key-file"),
+		RedisWaitReplicas: c.Int("redis-wait-replicas"), RedisWaitTimeout: c.Duration("redis-wait-timeout"),
 		Storage: storage.Config{
 			Endpoint: c.String("s3-endpoint"), PublicEndpoint: c.String("s3-public-endpoint"),
 			AccessKey: c.String("s3-access-key"), SecretKey: c.String("s3-secret-key"),
@@ -213,13 +230,7 @@ func workerConfig(c *cli.Context, cfg *jobs.Config) error {
 	w.Runsc, w.Platform, w.ImageDir, w.Image = sb.runsc.Runsc, sb.runsc.Platform, sb.imageDir, sb.image
 	w.Concurrency = c.Int("concurrency")
 	w.StateDir = c.String("state-dir")
-	for _, v := range c.StringSlice("images") {
-		for _, name := range strings.Split(v, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				w.Images = append(w.Images, name)
-			}
-		}
-	}
+	w.Images = append(w.Images, splitList(c.StringSlice("images"))...)
 	w.ShutdownGrace = c.Duration("shutdown-grace")
 	w.TaskCheckInterval = c.Duration("task-check-interval")
 	w.WarmSandboxes = c.Int("warm-sandboxes")
@@ -245,6 +256,20 @@ func workerConfig(c *cli.Context, cfg *jobs.Config) error {
 		}
 	}
 	return nil
+}
+
+// splitList flattens a list flag's values, each comma-separated or
+// repeated, dropping empty entries.
+func splitList(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, item := range strings.Split(v, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				out = append(out, item)
+			}
+		}
+	}
+	return out
 }
 
 // sizeFlag is a byte-size flag and the field it sets.
@@ -278,7 +303,11 @@ func setGlobalsAsEnv(c *cli.Context) []string {
 		if !ok || !c.IsSet(name) || len(ev.GetEnvVars()) == 0 {
 			continue
 		}
-		out = append(out, fmt.Sprintf("%s=%v", ev.GetEnvVars()[0], c.Value(name)))
+		v := c.Value(name)
+		if _, list := f.(*cli.StringSliceFlag); list {
+			v = strings.Join(c.StringSlice(name), ",")
+		}
+		out = append(out, fmt.Sprintf("%s=%v", ev.GetEnvVars()[0], v))
 	}
 	return out
 }

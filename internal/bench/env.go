@@ -115,7 +115,11 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 		return nil, err
 	}
 	e.cleanup.Add("client", func(context.Context) error { e.client.Close(); return nil })
-	e.insp = asynq.NewInspector(e.cfg.RedisOpt())
+	opt, err := e.cfg.RedisConn()
+	if err != nil {
+		return nil, err
+	}
+	e.insp = asynq.NewInspector(opt)
 	e.cleanup.Add("inspector", func(context.Context) error { e.insp.Close(); return nil })
 	if e.runsc, err = executor.CheckRunsc(ctx, o.Runsc, o.Platform); err != nil {
 		return nil, err
@@ -249,6 +253,21 @@ func (r *receiver) wait(ctx context.Context, id string, limit time.Duration) (ti
 	case <-ctx.Done():
 		return time.Time{}, ctx.Err()
 	}
+}
+
+// count is how many jobs' webhooks have arrived.
+func (r *receiver) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got)
+}
+
+// arrival is when the job's first webhook arrived.
+func (r *receiver) arrival(id string) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	at, ok := r.got[id]
+	return at, ok
 }
 
 func (r *receiver) badDeliveries() int {

@@ -3,6 +3,28 @@
 // "sandq:", and each is defined here and nowhere else, so that what sandq
 // stores in Redis (and, in a Redis Cluster, which keys share a hash slot)
 // is read from this one file.
+//
+// # Hash slots (Redis Cluster)
+//
+// A Redis Cluster refuses a transaction or script whose keys hash to
+// different slots (CROSSSLOT). A key's slot is the hash of its hash tag,
+// the part between the first { and the next }, or of the whole key when
+// it has none. The keys sandq uses together carry one tag:
+//
+//   - {t:TENANT}: a tenant's job index (TenantJobs, TenantOpen,
+//     TenantSeq) and its reservations in flight (Reservation). The index
+//     is written in one transaction (ZADD to TenantJobs, DEL of the
+//     Reservation). Tenant names are letters, digits, _ . - (the API's
+//     auth config refuses others), so a name never holds a brace.
+//
+// Every other key is used alone (one command, or a script with one key:
+// the API's RateLimit and Streams scripts), so its slot does not matter.
+// asynq tags its own keys by queue ("asynq:{QUEUE}:..."). The
+// CancelChannel is pub/sub, which a cluster broadcasts to every node.
+//
+// Keys before the tags (sandq up to issue 15) were "sandq:tenant:T:jobs",
+// "sandq:tenant:T:open", "sandq:tenant:T:seq" and
+// "sandq:reserving:QUEUE:ID".
 package keys
 
 // Published by workers, read by producers (jobs.Client, the API): one hash
@@ -35,17 +57,30 @@ func WebhookLog(jobID string) string { return "sandq:webhook:log:" + jobID }
 //	TenantOpen: set of "queue id" of unfinished jobs: what the cap on
 //	            pending jobs counts
 //	TenantSeq:  counter making TenantJobs' scores unique
-func TenantJobs(tenant string) string { return "sandq:tenant:" + tenant + ":jobs" }
+//
+// All of a tenant's keys share the hash tag {t:TENANT} (see the package
+// comment).
+func TenantJobs(tenant string) string { return tenantPrefix(tenant) + "jobs" }
 
 // TenantOpen is the set of a tenant's unfinished jobs (see TenantJobs).
-func TenantOpen(tenant string) string { return "sandq:tenant:" + tenant + ":open" }
+func TenantOpen(tenant string) string { return tenantPrefix(tenant) + "open" }
 
 // TenantSeq is the sequence of a tenant's job index (see TenantJobs).
-func TenantSeq(tenant string) string { return "sandq:tenant:" + tenant + ":seq" }
+func TenantSeq(tenant string) string { return tenantPrefix(tenant) + "seq" }
 
-// Reservation marks a submission still uploading; it lives as long as an
-// upload may take (jobs.ReservationTTL).
-func Reservation(queue, jobID string) string { return "sandq:reserving:" + queue + ":" + jobID }
+// Reservation marks a tenant's submission still uploading; it lives as
+// long as an upload may take (jobs.ReservationTTL). It shares the
+// tenant's slot, as the index transaction deletes it.
+func Reservation(tenant, queue, jobID string) string {
+	return tenantPrefix(tenant) + "reserving:" + queue + ":" + jobID
+}
+
+// tenantPrefix is the start of a tenant's keys, with its hash tag.
+func tenantPrefix(tenant string) string { return "sandq:{t:" + tenant + "}:" }
+
+// ReplicaMarker is written right before a WAIT for replicas (see
+// jobs.AwaitReplicas): a replica that has it has every earlier write.
+const ReplicaMarker = "sandq:replicated"
 
 // RateLimit is the API's request-rate state (GCRA) of a tenant.
 func RateLimit(tenant string) string { return "sandq:ratelimit:" + tenant }

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/internal/keys"
 	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
 )
@@ -105,7 +106,7 @@ func TestAPIIdempotencyKeyAcrossTenants(t *testing.T) {
 	w, _ := bravo.CreateFormFile("script", "b.sh")
 	io.WriteString(w, "echo bravo-own")
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if n, _ := rdb.SCard(context.Background(), "sandq:tenant:bravo:open").Result(); n > 0 {
+		if n, _ := rdb.SCard(context.Background(), keys.TenantOpen("bravo")).Result(); n > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
