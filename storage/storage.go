@@ -1,5 +1,8 @@
 // Package storage keeps job inputs, outputs and logs in an S3-compatible
-// object store (MinIO) and hands out presigned links to them.
+// object store and hands out presigned links to them. It makes only plain
+// S3 calls (no MinIO extension or admin API), so any S3 store serves:
+// MinIO, single or distributed, SeaweedFS and AWS S3 are tested or
+// documented (test/s3compat).
 //
 // Callers never see minio-go types or errors: missing objects and buckets are
 // reported as ErrObjectNotExist and ErrBucketNotExist, keys the store refuses
@@ -53,6 +56,9 @@ type Config struct {
 	// location lookup before each presign. Default us-east-1.
 	Region string
 	Secure bool
+	// WrapTransport, if set, wraps the HTTP transport of the store's
+	// requests (the control-plane bench counts them with it).
+	WrapTransport func(http.RoundTripper) http.RoundTripper
 }
 
 // DefaultRegion is Config.Region's default.
@@ -109,7 +115,11 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("s3 transport: %w", err)
 	}
 	transport.MaxIdleConnsPerHost = 64
-	client, err := minio.New(cfg.Endpoint, &minio.Options{Creds: creds, Secure: cfg.Secure, Region: cfg.Region, Transport: transport})
+	var rt http.RoundTripper = transport
+	if cfg.WrapTransport != nil {
+		rt = cfg.WrapTransport(rt)
+	}
+	client, err := minio.New(cfg.Endpoint, &minio.Options{Creds: creds, Secure: cfg.Secure, Region: cfg.Region, Transport: rt})
 	if err != nil {
 		return nil, fmt.Errorf("s3 client for %s: %w", cfg.Endpoint, err)
 	}
@@ -333,6 +343,7 @@ func convert(err error) error {
 		return fmt.Errorf("%w: %s", ErrObjectNotExist, r.Message)
 	case r.Code == "NoSuchBucket":
 		return fmt.Errorf("%w: %s", ErrBucketNotExist, r.Message)
+	// KeyTooLongError is S3's; XMinioInvalidObjectName MinIO's name for it.
 	case r.Code == "KeyTooLongError" || r.Code == "XMinioInvalidObjectName" || r.Code == "InvalidObjectName":
 		return fmt.Errorf("%w: %s", ErrInvalidKey, r.Message)
 	case r.Code == "AccessDenied":

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -16,8 +17,8 @@ func benchCommand() *cli.Command {
 	quick := bench.Quick(bench.Options{})
 	return &cli.Command{
 		Name:  "bench",
-		Usage: "measure latency and throughput against bare runsc on this machine, with its own Redis, MinIO and worker (as root)",
-		Flags: append([]cli.Flag{
+		Usage: "measure latency and throughput against bare runsc on this machine, with its own Redis, MinIO and worker (as root); --control-plane measures the queue and store path alone",
+		Flags: append(append([]cli.Flag{
 			&cli.BoolFlag{Name: "quick", Usage: fmt.Sprintf("a short run (about two minutes): %d latency jobs, %d throughput jobs at concurrency %s, %d floor runs",
 				quick.LatencyJobs, quick.ThroughputJobs, formatInts(quick.Concurrency), quick.FloorRuns)},
 			&cli.StringFlag{Name: "variant", DefaultText: quoted(strings.Join(bench.DefaultVariants(), ",")), Usage: "variants of the trivial job: shell, python"},
@@ -35,7 +36,14 @@ func benchCommand() *cli.Command {
 			&cli.StringFlag{Name: "out", Usage: "also write the report as JSON to this file"},
 		}, append(sandboxFlags(quoted(image.DefaultDir)),
 			&cli.StringFlag{Name: "temp-dir", Usage: "where the run keeps its services' data and sandboxes (default: the system's temporary directory)"})...),
+			controlPlaneFlags()...),
 		Action: func(c *cli.Context) error {
+			if c.Bool("control-plane") {
+				return benchControlPlane(c)
+			}
+			if err := refuseFlags(c, controlPlaneOnly, "only with --control-plane"); err != nil {
+				return err
+			}
 			o, err := benchOptions(c)
 			if err != nil {
 				return err
@@ -51,18 +59,7 @@ func benchCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if err := rep.PrintTable(c.App.Writer); err != nil {
-				return err
-			}
-			if out := c.String("out"); out != "" {
-				if err := rep.WriteJSON(out); err != nil {
-					return err
-				}
-			}
-			if rep.FailedJobs > 0 {
-				return cli.Exit(fmt.Sprintf("%d sandq jobs did not succeed (see above)", rep.FailedJobs), exitJobNotSucceeded)
-			}
-			return nil
+			return printBenchReport(c, rep, rep.FailedJobs)
 		},
 	}
 }
@@ -112,14 +109,23 @@ func formatInts(ns []int) string {
 }
 
 // parseInts reads a comma-separated list of whole numbers.
-func parseInts(s string) ([]int, error) {
-	var out []int
+func parseInts(s string) ([]int, error) { return parseList(s, "a whole number", strconv.Atoi) }
+
+// parseDurations reads a comma-separated list of durations (10ms,100ms).
+func parseDurations(s string) ([]time.Duration, error) {
+	return parseList(s, "a duration (like 10ms or 1s)", time.ParseDuration)
+}
+
+// parseList reads a comma-separated list, each item by parse; what names
+// what an item must be.
+func parseList[T any](s, what string, parse func(string) (T, error)) ([]T, error) {
+	var out []T
 	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
+		v, err := parse(strings.TrimSpace(f))
 		if err != nil {
-			return nil, fmt.Errorf("%q is not a whole number", f)
+			return nil, fmt.Errorf("%q is not %s", f, what)
 		}
-		out = append(out, n)
+		out = append(out, v)
 	}
 	return out, nil
 }

@@ -118,7 +118,14 @@ func (e *env) conditions(ctx context.Context) (Conditions, error) {
 		return c, fmt.Errorf("runsc --version: %w", err)
 	}
 	c.Runsc.VersionOutput = strings.Join(strings.Fields(string(out)), " ")
-	rdb := redis.NewClient(&redis.Options{Addr: e.cfg.RedisAddr})
+	c.Redis, err = redisConditions(ctx, e.cfg.RedisAddr)
+	return c, err
+}
+
+// redisConditions reads the Redis server's version and persistence.
+func redisConditions(ctx context.Context, addr string) (RedisConditions, error) {
+	var c RedisConditions
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	get := func(key string) (string, error) {
 		v, err := rdb.ConfigGet(ctx, key).Result()
@@ -127,13 +134,14 @@ func (e *env) conditions(ctx context.Context) (Conditions, error) {
 		}
 		return v[key], nil
 	}
-	if c.Redis.AppendOnly, err = get("appendonly"); err != nil {
+	var err error
+	if c.AppendOnly, err = get("appendonly"); err != nil {
 		return c, err
 	}
-	if c.Redis.AppendFsync, err = get("appendfsync"); err != nil {
+	if c.AppendFsync, err = get("appendfsync"); err != nil {
 		return c, err
 	}
-	if c.Redis.Save, err = get("save"); err != nil {
+	if c.Save, err = get("save"); err != nil {
 		return c, err
 	}
 	info, err := rdb.Info(ctx, "server").Result()
@@ -142,7 +150,7 @@ func (e *env) conditions(ctx context.Context) (Conditions, error) {
 	}
 	for _, line := range strings.Split(info, "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
-			c.Redis.Version = v
+			c.Version = v
 		}
 	}
 	return c, nil

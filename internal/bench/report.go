@@ -297,7 +297,10 @@ func targets(r *Report) []Target {
 }
 
 // WriteJSON writes the report to path.
-func (r *Report) WriteJSON(path string) error {
+func (r *Report) WriteJSON(path string) error { return writeJSON(path, r) }
+
+// writeJSON writes a report to path, indented.
+func writeJSON(path string, r any) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err

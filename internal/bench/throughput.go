@@ -166,40 +166,53 @@ func (e *env) drain(ctx context.Context, queue string, m int) (time.Time, error)
 // retries. It returns how many succeeded, failed, were retried and ran in a
 // warm sandbox.
 func (e *env) countResults(v variant, queue string, m int) (ok, failed, retried, warm int, err error) {
-	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){e.insp.ListCompletedTasks, e.insp.ListArchivedTasks} {
+	err = eachResult(e.insp, queue, func(_ string, res *jobs.Result, err error) {
+		if err == nil {
+			err = v.checkResult(res)
+		}
+		switch {
+		case err != nil:
+			failed++
+			e.recordFailure(err)
+		default:
+			ok++
+		}
+		if res != nil && res.Attempt > 1 {
+			retried++
+		}
+		if res != nil && res.Timings != nil && res.Timings.WarmStart {
+			warm++
+		}
+	})
+	if err != nil {
+		return ok, failed, retried, warm, err
+	}
+	if ok+failed != m {
+		return ok, failed, retried, warm, fmt.Errorf("queue %s: %d results for %d jobs", queue, ok+failed, m)
+	}
+	return ok, failed, retried, warm, nil
+}
+
+// eachResult calls fn with the result of every completed and archived
+// task of queue (or why it could not be read), a page at a time.
+func eachResult(insp *asynq.Inspector, queue string, fn func(id string, res *jobs.Result, err error)) error {
+	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){insp.ListCompletedTasks, insp.ListArchivedTasks} {
 		for page := 1; ; page++ {
 			infos, err := list(queue, asynq.Page(page), asynq.PageSize(100))
 			if err != nil {
-				return ok, failed, retried, warm, fmt.Errorf("queue %s: %w", queue, err)
+				return fmt.Errorf("queue %s: %w", queue, err)
 			}
 			for _, info := range infos {
 				res, err := jobs.ParseResult(info.Result)
 				if err != nil {
 					err = fmt.Errorf("job %s (%s): result: %w", info.ID, info.LastErr, err)
-				} else {
-					err = v.checkResult(res)
 				}
-				switch {
-				case err != nil:
-					failed++
-					e.recordFailure(err)
-				default:
-					ok++
-				}
-				if res != nil && res.Attempt > 1 {
-					retried++
-				}
-				if res != nil && res.Timings != nil && res.Timings.WarmStart {
-					warm++
-				}
+				fn(info.ID, res, err)
 			}
 			if len(infos) < 100 {
 				break
 			}
 		}
 	}
-	if ok+failed != m {
-		return ok, failed, retried, warm, fmt.Errorf("queue %s: %d results for %d jobs", queue, ok+failed, m)
-	}
-	return ok, failed, retried, warm, nil
+	return nil
 }
