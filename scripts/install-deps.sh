@@ -9,11 +9,15 @@
 #   minio                      MinIO server, from the Go module proxy
 #   mc                         MinIO client, from the Go module proxy; only the
 #                              test of compose.yaml's s3-users script runs it
+#   weed                       SeaweedFS, the second S3 server the tests run
+#                              sandq against; built from the Go module proxy in
+#                              tools/seaweedfs (its go.mod pins the version)
 set -euo pipefail
 
 RUNSC_VERSION=v0.0.0-20260905035102-160fafc42237
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
+REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
 BIN_DIR=${SANDQ_BIN_DIR:-/usr/local/bin}
 
 export PATH=/usr/local/go/bin:$BIN_DIR:$PATH
@@ -25,6 +29,10 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 command -v go >/dev/null || { log "Go is required (expected at /usr/local/go)"; exit 1; }
+# SeaweedFS's own go.mod has a replace directive, so `go install pkg@version`
+# refuses it: tools/seaweedfs is a module of its own that pins it (and
+# repeats the replace), built here with its go.sum checked.
+SEAWEEDFS_VERSION=$(cd "$REPO_DIR/tools/seaweedfs" && go list -m -f '{{.Version}}' github.com/seaweedfs/seaweedfs)
 
 # Debian packages. A policy-rc.d keeps the redis-server package from starting
 # its own service on 6379 (sandq dev and the tests start Redis themselves).
@@ -45,10 +53,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# module_version BIN MODULE prints the version BIN was built from, if any.
+# module_version BIN MODULE prints the version of MODULE that BIN was built
+# from (its main module, or a dependency for what tools/ builds), if any.
 module_version() {
 	[ -x "$1" ] || return 0
-	go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m { print $3 }'
+	go version -m "$1" 2>/dev/null | awk -v m="$2" '($1 == "mod" || $1 == "dep") && $2 == m { print $3 }'
 }
 
 if [ "$(module_version "$BIN_DIR/runsc" gvisor.dev/gvisor)" != "$RUNSC_VERSION" ]; then
@@ -63,4 +72,8 @@ if [ "$(module_version "$BIN_DIR/mc" github.com/minio/mc)" != "$MC_VERSION" ]; t
 	log "building mc $MC_VERSION (about 3 minutes on 2 cores)"
 	GOBIN=$BIN_DIR go install "github.com/minio/mc@$MC_VERSION"
 fi
-log "ready: $(redis-server --version | cut -d' ' -f3), runsc $RUNSC_VERSION, minio $MINIO_VERSION, mc $MC_VERSION, $(debootstrap --version)"
+if [ "$(module_version "$BIN_DIR/weed" github.com/seaweedfs/seaweedfs)" != "$SEAWEEDFS_VERSION" ]; then
+	log "building weed (SeaweedFS) $SEAWEEDFS_VERSION (about 6 minutes on 2 cores)"
+	(cd "$REPO_DIR/tools/seaweedfs" && go build -o "$BIN_DIR/weed" github.com/seaweedfs/seaweedfs/weed)
+fi
+log "ready: $(redis-server --version | cut -d' ' -f3), runsc $RUNSC_VERSION, minio $MINIO_VERSION, mc $MC_VERSION, weed $SEAWEEDFS_VERSION, $(debootstrap --version)"
