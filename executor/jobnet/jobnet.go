@@ -723,7 +723,7 @@ func (m *Manager) remove(l lease) error {
 	// Deleting the namespace deletes the peer and with it the host side;
 	// delete the host side too in case the namespace was never made.
 	if _, err := os.Stat("/sys/class/net/" + l.HostIf); err == nil {
-		if err := ip(ctx, "link", "delete", l.HostIf); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+		if err := ip(ctx, "link", "delete", l.HostIf); err != nil && !linkGone(err) {
 			errs = append(errs, err)
 		}
 	}
@@ -733,6 +733,14 @@ func (m *Manager) remove(l lease) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// linkGone reports whether ip failed on a link that does not exist: not
+// there when ip looked its name up ("Cannot find device"), or gone between
+// that and the kernel's answer ("No such device"), as when the namespace
+// deletion that takes it along is still under way.
+func linkGone(err error) bool {
+	return strings.Contains(err.Error(), "Cannot find device") || strings.Contains(err.Error(), "No such device")
 }
 
 func (m *Manager) deleteRules(match func(tag string) bool) error {

@@ -2,6 +2,7 @@ package jobnet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -322,6 +323,26 @@ func TestCloseStopsWatchMidCheck(t *testing.T) {
 		case <-closed:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("round %d: Close did not return in 10s", i)
+		}
+	}
+}
+
+// Deleting a job's host interface after its namespace succeeds when the
+// link is already gone, however ip says so. The namespace's deletion takes
+// the pair with it asynchronously, so the link can vanish between ip's
+// name lookup and the kernel's answer: the multi-host suite's worker
+// logged the second error below, kept the lease and so leaked its /30.
+func TestLinkGoneCoversBothWaysIPSaysIt(t *testing.T) {
+	for _, c := range []struct {
+		err  string
+		gone bool
+	}{
+		{`ip link delete sqf0615f5eae47h: exit status 1: Cannot find device "sqf0615f5eae47h"`, true},
+		{"ip link delete sqf0615f5eae47h: exit status 2: RTNETLINK answers: No such device", true},
+		{"ip link delete sqf0615f5eae47h: exit status 2: RTNETLINK answers: Operation not permitted", false},
+	} {
+		if got := linkGone(errors.New(c.err)); got != c.gone {
+			t.Errorf("linkGone(%q) = %v, want %v", c.err, got, c.gone)
 		}
 	}
 }

@@ -32,12 +32,19 @@ const (
 // itself imports this package).
 func startStack(t *testing.T, dir string) *Stack {
 	t.Helper()
+	return startStackWith(t, Options{Dir: dir})
+}
+
+// startStackWith starts the services with o and the tests' credentials.
+func startStackWith(t *testing.T, o Options) *Stack {
+	t.Helper()
 	for _, bin := range []string{"redis-server", "minio"} {
 		if _, err := exec.LookPath(bin); err != nil && testing.Short() {
 			t.Skipf("skipped under -short: %v", err)
 		}
 	}
-	s, err := Start(context.Background(), Options{Dir: dir, AccessKey: rootKey, SecretKey: rootSecret})
+	o.AccessKey, o.SecretKey = rootKey, rootSecret
+	s, err := Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,10 @@ import (
 type Options struct {
 	// Dir holds redis/ and minio/ data and, in logs/, each process's log.
 	Dir string
-	// Ports on 127.0.0.1; 0 picks a free one.
+	// Host is the address Redis and MinIO listen on (a bridge's address,
+	// for clients in other network namespaces). Default DefaultHost.
+	Host string
+	// Ports on Host; 0 picks a free one.
 	RedisPort, MinioPort, MinioConsolePort int
 	// MinIO root credentials: hand them to no worker or API server;
 	// ProvisionBucket makes least-privilege ones.
@@ -41,6 +44,10 @@ type Options struct {
 	AppendOnly bool
 	Logger     *slog.Logger
 }
+
+// DefaultHost is where the services listen unless Options.Host says
+// otherwise: loopback only.
+const DefaultHost = "127.0.0.1"
 
 // StopTimeout is how long a service gets to exit after SIGTERM before it
 // is killed, unless its Program says otherwise.
@@ -114,18 +121,24 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("minio not found: %w; install it with scripts/install-deps.sh", err)
 	}
+	if o.Host == "" {
+		o.Host = DefaultHost
+	}
+	if net.ParseIP(o.Host) == nil {
+		return nil, fmt.Errorf("devstack host %q: want an IP address", o.Host)
+	}
 	for _, p := range []*int{&o.RedisPort, &o.MinioPort, &o.MinioConsolePort} {
 		if *p == 0 {
-			if *p, err = freePort(); err != nil {
+			if *p, err = freePort(o.Host); err != nil {
 				return nil, err
 			}
 		}
 	}
 	s := &Stack{
 		Dir:              o.Dir,
-		RedisAddr:        net.JoinHostPort("127.0.0.1", strconv.Itoa(o.RedisPort)),
-		MinioAddr:        net.JoinHostPort("127.0.0.1", strconv.Itoa(o.MinioPort)),
-		MinioConsoleAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(o.MinioConsolePort)),
+		RedisAddr:        net.JoinHostPort(o.Host, strconv.Itoa(o.RedisPort)),
+		MinioAddr:        net.JoinHostPort(o.Host, strconv.Itoa(o.MinioPort)),
+		MinioConsoleAddr: net.JoinHostPort(o.Host, strconv.Itoa(o.MinioConsolePort)),
 		logger:           o.Logger,
 		rootKey:          o.AccessKey,
 		rootSecret:       o.SecretKey,
@@ -141,9 +154,9 @@ func Start(ctx context.Context, o Options) (_ *Stack, err error) {
 		aof = "yes"
 	}
 	if err := s.start(Program{Name: "redis", Path: redisBin, Args: []string{
-		"--bind", "127.0.0.1", "--port", strconv.Itoa(o.RedisPort), "--dir", filepath.Join(o.Dir, "redis"),
+		"--bind", o.Host, "--port", strconv.Itoa(o.RedisPort), "--dir", filepath.Join(o.Dir, "redis"),
 		"--appendonly", aof, "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-		"--protected-mode", "yes"}}, false); err != nil {
+		"--protected-mode", protectedMode(o.Host)}}, false); err != nil {
 		return nil, err
 	}
 	if err := s.start(Program{Name: "minio", Path: minioBin,
@@ -348,8 +361,20 @@ func (s *Stack) proc(name string) *proc {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// protectedMode is Redis's protected-mode setting for a server on host:
+// on loopback, yes; on another address (a test bridge, where the clients
+// are in other network namespaces) no, as protected mode without a
+// password refuses every client not on loopback.
+func protectedMode(host string) string {
+	if ip := net.ParseIP(host); ip != nil && !ip.IsLoopback() {
+		return "no"
+	}
+	return "yes"
+}
+
+// freePort is a TCP port on host that nothing listened on a moment ago.
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err
 	}

@@ -101,3 +101,25 @@ func TestStopKillsAProgramAfterItsStopTimeout(t *testing.T) {
 		t.Errorf("pid %d still runs", pid)
 	}
 }
+
+// The services listen where Options.Host says (another loopback address
+// here, so the test needs no bridge), and a host that is not an IP
+// address is refused before anything starts.
+func TestStartListensOnHost(t *testing.T) {
+	if _, err := Start(context.Background(), Options{Dir: t.TempDir(), Host: "localhost"}); err == nil || !strings.Contains(err.Error(), `devstack host "localhost": want an IP address`) {
+		t.Errorf("start on a host name: %v", err)
+	}
+	s := startStackWith(t, Options{Dir: t.TempDir(), Host: "127.0.0.2"})
+	defer s.Stop()
+	for _, addr := range []string{s.RedisAddr, s.MinioAddr, s.MinioConsoleAddr} {
+		if !strings.HasPrefix(addr, "127.0.0.2:") {
+			t.Errorf("listening on %s, want 127.0.0.2", addr)
+		}
+	}
+	if err := pingRedis(s.RedisAddr); err != nil {
+		t.Errorf("redis on %s: %v", s.RedisAddr, err)
+	}
+	if err := minioReady(s.MinioAddr); err != nil {
+		t.Errorf("minio on %s: %v", s.MinioAddr, err)
+	}
+}

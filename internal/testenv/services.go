@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -24,7 +23,9 @@ type ServicesOptions struct {
 	AccessKey, SecretKey string
 	// AppendOnly turns on Redis's AOF persistence, as production runs it.
 	AppendOnly bool
-	Logger     *slog.Logger
+	// Host is the address both listen on (default loopback).
+	Host   string
+	Logger *slog.Logger
 }
 
 // StartServices starts Redis and MinIO with their data under dir, on free
@@ -34,7 +35,7 @@ func StartServices(ctx context.Context, dir string, o ServicesOptions) (*devstac
 	if err := CheckBinaries("redis-server", "minio"); err != nil {
 		return nil, err
 	}
-	return devstack.Start(ctx, devstack.Options{Dir: dir, AccessKey: o.AccessKey, SecretKey: o.SecretKey, AppendOnly: o.AppendOnly, Logger: o.Logger})
+	return devstack.Start(ctx, devstack.Options{Dir: dir, Host: o.Host, AccessKey: o.AccessKey, SecretKey: o.SecretKey, AppendOnly: o.AppendOnly, Logger: o.Logger})
 }
 
 // Services starts Redis and MinIO for one test; they stop when it ends.
@@ -133,14 +134,7 @@ func Redis(t testing.TB, args ...string) string {
 // redisAnswers sends PING and accepts any reply: an error reply (NOAUTH,
 // a renamed command) is still a server that is up.
 func redisAnswers(addr string) error {
-	c := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: time.Second, ReadTimeout: time.Second, MaxRetries: -1})
-	defer c.Close()
-	err := c.Ping(context.Background()).Err()
-	var reply redis.Error
-	if errors.As(err, &reply) {
-		return nil
-	}
-	return err
+	return redisAnswersWith(context.Background(), &redis.Options{Addr: addr})
 }
 
 // FreePort is a TCP port on 127.0.0.1 that nothing listened on a moment ago.

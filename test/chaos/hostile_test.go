@@ -350,9 +350,9 @@ open(os.environ["OUTPUT_DIR"] + "/sum", "w").write(str(sum(nums)))
 	for _, h := range hostileJobs() {
 		t.Run(h.name, func(t *testing.T) {
 			u := sample(w)
-			h.sub.Webhook = env.receiver.url()
+			h.sub.Webhook = env.receiver.URL()
 			hj := sc.submitT(t, c, h.sub, h.want...)
-			nj := sc.submitT(t, c, jobs.Submission{Script: neighbour, Inputs: []jobs.File{input}, Limits: small, Webhook: env.receiver.url()})
+			nj := sc.submitT(t, c, jobs.Submission{Script: neighbour, Inputs: []jobs.File{input}, Limits: small, Webhook: env.receiver.URL()})
 			rn := resultOf(t, nj, 10*time.Minute)
 			rh := resultOf(t, hj, 20*time.Minute)
 			u.finish()

@@ -28,19 +28,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/internal/testenv"
+	"github.com/sandq/sandq/internal/testenv/multihost"
 	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
 	"github.com/sandq/sandq/jobs/webhook"
@@ -70,7 +67,7 @@ var env struct {
 	egress    string // network policy file for workers
 	hooks     string // webhook settings file for workers
 	secret    string // webhook signing secret
-	receiver  *receiver
+	receiver  *multihost.Receiver
 	logger    *slog.Logger
 }
 
@@ -129,7 +126,9 @@ func setup(ctx context.Context) (_ func(failed bool) error, err error) {
 	if err := os.WriteFile(env.egress, []byte(egress), 0o600); err != nil {
 		return nil, err
 	}
-	env.receiver = newReceiver()
+	if env.receiver, err = multihost.NewReceiver("127.0.0.1:0", env.secret); err != nil {
+		return nil, err
+	}
 	return func(failed bool) error {
 		err := teardown(failed)
 		report(time.Since(start))
@@ -141,7 +140,7 @@ func setup(ctx context.Context) (_ func(failed bool) error, err error) {
 const logsKept = "/tmp/sandq-chaos-logs"
 
 func teardown(failed bool) error {
-	env.receiver.srv.Close()
+	env.receiver.Close()
 	// The services stop first, so that their logs are complete.
 	errs := []error{env.stack.Stop()}
 	if failed {
@@ -181,56 +180,4 @@ func producer(t *testing.T, q string) *jobs.Client {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-// receiver is the webhook receiver: it verifies every delivery and keeps
-// the webhook-ids and statuses it saw, per job.
-type receiver struct {
-	srv *httptest.Server
-	mu  sync.Mutex
-	// byJob: job ID -> deliveries (webhook-id, status) in arrival order.
-	byJob map[string][]delivery
-	bad   []string
-}
-
-type delivery struct {
-	ID     string
-	Status jobs.Status
-}
-
-func newReceiver() *receiver {
-	r := &receiver{byJob: map[string][]delivery{}}
-	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		body, _ := io.ReadAll(req.Body)
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if err := webhook.Verify([]string{env.secret}, req.Header, body, time.Now()); err != nil {
-			r.bad = append(r.bad, err.Error())
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		res, err := jobs.ParseResult(body)
-		if err != nil {
-			r.bad = append(r.bad, err.Error())
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		r.byJob[res.ID] = append(r.byJob[res.ID], delivery{ID: req.Header.Get("webhook-id"), Status: res.Status})
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	return r
-}
-
-func (r *receiver) url() string { return r.srv.URL + "/hook" }
-
-func (r *receiver) deliveries(id string) []delivery {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]delivery(nil), r.byJob[id]...)
-}
-
-func (r *receiver) refused() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.bad...)
 }

@@ -62,7 +62,7 @@ func TestMinioOutage(t *testing.T) {
 	in := jobs.File{Name: "data.bin", Size: int64(len(data)), Open: script("", string(data)).Open}
 	down := sc.submit(c, jobs.Submission{
 		Script: script("sum.sh", "sha256sum < $INPUT_DIR/data.bin | cut -d' ' -f1 > $OUTPUT_DIR/sum\n"),
-		Inputs: []jobs.File{in}, Webhook: env.receiver.url(), Limits: small,
+		Inputs: []jobs.File{in}, Webhook: env.receiver.URL(), Limits: small,
 	})
 	if err := env.stack.StopService("minio", syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -92,7 +92,7 @@ func TestMinioOutage(t *testing.T) {
 	const files = 2000
 	up := sc.submit(c, jobs.Submission{
 		Script:  script("many.sh", fmt.Sprintf("for i in $(seq 1 %d); do echo $i > $OUTPUT_DIR/f$i; done; echo written\n", files)),
-		Webhook: env.receiver.url(), Limits: jobs.LimitRequest{TimeoutSeconds: 180, MemoryBytes: 256 << 20, OutputFiles: files + 10},
+		Webhook: env.receiver.URL(), Limits: jobs.LimitRequest{TimeoutSeconds: 180, MemoryBytes: 256 << 20, OutputFiles: files + 10},
 	})
 	// The uploads start when the sandbox is gone.
 	waitContainers(t, a.runscRoot(), 1, 2*time.Minute)

@@ -2,7 +2,6 @@ package chaos
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sandq/sandq/internal/testenv"
+	"github.com/sandq/sandq/internal/testenv/multihost"
 )
 
 // worker is a `sandq worker` child process. It is signalled by its own PID
@@ -172,42 +172,15 @@ func containers(root string) ([]container, error) {
 		}
 		return nil, fmt.Errorf("runsc list %s: %w", root, err)
 	}
+	parsed, err := multihost.ParseRunscList(string(out))
+	if err != nil {
+		return nil, err
+	}
 	var list []container
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	for _, line := range lines[1:] { // ID PID STATUS BUNDLE CREATED OWNER
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		c := container{ID: f[0], Status: f[2], Bundle: f[3]}
-		if c.Created, err = time.Parse(time.RFC3339Nano, f[4]); err != nil {
-			return nil, fmt.Errorf("runsc list: %q: %w", line, err)
-		}
-		c.Tag = bundleTag(c.Bundle)
-		list = append(list, c)
+	for _, c := range parsed {
+		list = append(list, container{ID: c.ID, Status: c.Status, Bundle: c.Bundle, Created: c.Created, Tag: c.Env("CHAOS_TAG")})
 	}
 	return list, nil
-}
-
-func bundleTag(bundle string) string {
-	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		return ""
-	}
-	var spec struct {
-		Process struct {
-			Env []string `json:"env"`
-		} `json:"process"`
-	}
-	if json.Unmarshal(b, &spec) != nil {
-		return ""
-	}
-	for _, kv := range spec.Process.Env {
-		if v, ok := strings.CutPrefix(kv, "CHAOS_TAG="); ok {
-			return v
-		}
-	}
-	return ""
 }
 
 // waitContainers waits until root holds n containers.

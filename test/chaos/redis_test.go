@@ -74,7 +74,7 @@ func TestRedisRestart(t *testing.T) {
 	for i := range n {
 		sc.submit(c, jobs.Submission{
 			Script: script("n.sh", "echo $1 > $OUTPUT_DIR/n\n"), Args: []string{strconv.Itoa(i)},
-			Webhook: env.receiver.url(), Limits: jobs.LimitRequest{TimeoutSeconds: 60, MemoryBytes: 128 << 20, DiskBytes: 64 << 20},
+			Webhook: env.receiver.URL(), Limits: jobs.LimitRequest{TimeoutSeconds: 60, MemoryBytes: 128 << 20, DiskBytes: 64 << 20},
 		})
 	}
 	enqueued := time.Since(began)
@@ -140,7 +140,7 @@ func TestRedisOutage(t *testing.T) {
 
 	running := sc.submit(c, jobs.Submission{
 		Script:  script("through.sh", "echo before; sleep 40; echo after > $OUTPUT_DIR/x\n"),
-		Webhook: env.receiver.url(), Limits: small,
+		Webhook: env.receiver.URL(), Limits: small,
 	})
 	waitContainers(t, a.runscRoot(), 1, 2*time.Minute)
 	objects0 := uploads(t)
@@ -207,7 +207,7 @@ func TestRedisOutage(t *testing.T) {
 	if !a.alive() {
 		t.Fatalf("the worker died during the outage:\n%s", a.log())
 	}
-	after := sc.submit(c, jobs.Submission{Script: script("after.sh", "echo after > $OUTPUT_DIR/x\n"), Webhook: env.receiver.url(), Limits: small})
+	after := sc.submit(c, jobs.Submission{Script: script("after.sh", "echo after > $OUTPUT_DIR/x\n"), Webhook: env.receiver.URL(), Limits: small})
 	r := sc.result(after, 3*time.Minute)
 	if r.Worker != a.name {
 		t.Errorf("the job after the outage ran on %s, want the same worker %s", r.Worker, a.name)

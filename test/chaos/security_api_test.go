@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/internal/keys"
 	"github.com/sandq/sandq/internal/testenv"
 )
 
@@ -240,7 +241,7 @@ func TestHostileAPIClients(t *testing.T) {
 	streams.Wait()
 	// What the stalled submissions began is gone: mallory holds one
 	// unfinished job, and the store only the jobs' own files.
-	open, err := rdb.SMembers(context.Background(), "sandq:tenant:mallory:open").Result()
+	open, err := rdb.SMembers(context.Background(), keys.TenantOpen("mallory")).Result()
 	if err != nil || len(open) != 1 || !strings.HasSuffix(open[0], malloryJob) {
 		t.Errorf("mallory's unfinished jobs: %v %v", open, err)
 	}

@@ -150,7 +150,7 @@ func TestHostileWebhookReceivers(t *testing.T) {
 		hostile = append(hostile, id)
 	}
 	for range 3 {
-		honest = append(honest, submit(env.receiver.url()))
+		honest = append(honest, submit(env.receiver.URL()))
 	}
 	for _, id := range append(append([]string{}, hostile...), honest...) {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -167,7 +167,7 @@ func TestHostileWebhookReceivers(t *testing.T) {
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
 		n := 0
 		for _, id := range honest {
-			if len(env.receiver.deliveries(id)) > 0 {
+			if len(env.receiver.Deliveries(id)) > 0 {
 				n++
 			}
 		}

@@ -54,8 +54,8 @@ func TestWorkerKilledMidJob(t *testing.T) {
 	stateDir := filepath.Join(env.dir, "state-kill")
 	a := sc.worker("kill-a", workerOpts{queues: q, stateDir: stateDir})
 	body := "echo started; sleep 5; echo done > $OUTPUT_DIR/x\n"
-	plain := sc.submit(c, jobs.Submission{Script: script("job.sh", body), Webhook: env.receiver.url(), Limits: small})
-	networked := sc.submit(c, jobs.Submission{Script: script("job.sh", body), Webhook: env.receiver.url(), Limits: small, Network: []string{netGroup}})
+	plain := sc.submit(c, jobs.Submission{Script: script("job.sh", body), Webhook: env.receiver.URL(), Limits: small})
+	networked := sc.submit(c, jobs.Submission{Script: script("job.sh", body), Webhook: env.receiver.URL(), Limits: small, Network: []string{netGroup}})
 	list := waitContainers(t, a.runscRoot(), 2, 2*time.Minute)
 	time.Sleep(time.Second) // both scripts are running
 	sc.noteNetworks()
@@ -219,7 +219,7 @@ func TestGracefulStopHandsJobBack(t *testing.T) {
 	defer w.finish()
 	long := sc.submit(c, jobs.Submission{
 		Script: script("long.sh", "echo started; sleep 20; echo done > $OUTPUT_DIR/x\n"),
-		Env:    map[string]string{"CHAOS_TAG": "long"}, Webhook: env.receiver.url(), Limits: small,
+		Env:    map[string]string{"CHAOS_TAG": "long"}, Webhook: env.receiver.URL(), Limits: small,
 	})
 	for deadline := time.Now().Add(2 * time.Minute); len(w.of("long")) == 0; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -243,7 +243,7 @@ func TestGracefulStopHandsJobBack(t *testing.T) {
 	// Only the stopping worker serves qa: the job must wait for another.
 	short := sc.submit(ca, jobs.Submission{
 		Script: script("short.sh", "echo short > $OUTPUT_DIR/x\n"),
-		Env:    map[string]string{"CHAOS_TAG": "short"}, Webhook: env.receiver.url(), Limits: small,
+		Env:    map[string]string{"CHAOS_TAG": "short"}, Webhook: env.receiver.URL(), Limits: small,
 	})
 	select {
 	case <-a.Exited():
