@@ -26,7 +26,9 @@ type Process struct {
 }
 
 // StartProcess starts cmd with its output appended to logPath (what of
-// cmd.Stdout and cmd.Stderr is not set already).
+// cmd.Stdout and cmd.Stderr is not set already), in a process group of its
+// own, sent SIGTERM if the test process dies (unless cmd.SysProcAttr says
+// otherwise).
 func StartProcess(cmd *exec.Cmd, logPath string) (*Process, error) {
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o700); err != nil {
 		return nil, err
@@ -41,7 +43,9 @@ func StartProcess(cmd *exec.Cmd, logPath string) (*Process, error) {
 	if cmd.Stderr == nil {
 		cmd.Stderr = logf
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", cmd.Path, err)

@@ -85,6 +85,10 @@ func setup(ctx context.Context) (_ func(failed bool) error, err error) {
 		}
 	}()
 	steps = append(steps, func() error { return os.RemoveAll(env.dir) })
+	// A run killed before its cleanup left its namespaces and bridge.
+	if err := multihost.SweepStale(ctx); err != nil {
+		return nil, err
+	}
 	if env.bridge, err = multihost.NewBridge(ctx); err != nil {
 		return nil, err
 	}

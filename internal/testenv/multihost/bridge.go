@@ -187,3 +187,41 @@ func ipBatch(ctx context.Context, netns string, cmds ...string) error {
 	}
 	return nil
 }
+
+// SweepStale removes what a run killed before its cleanup left in the
+// root namespace: the hosts' network namespaces in which no process runs
+// (their veths go with them), then bridges of the harness with no port.
+// A host's processes die with the test process (see Host.Start).
+func SweepStale(ctx context.Context) error {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
+	if err != nil {
+		return fmt.Errorf("ip netns list: %w", err)
+	}
+	var errs []error
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(line, " ")
+		if !strings.HasPrefix(name, namePrefix) {
+			continue
+		}
+		if pids, err := exec.CommandContext(ctx, "ip", "netns", "pids", name).Output(); err != nil || len(strings.TrimSpace(string(pids))) > 0 {
+			continue // in use, or cannot tell
+		}
+		errs = append(errs, ipRun(ctx, "netns", "del", name))
+	}
+	out, err = exec.CommandContext(ctx, "ip", "-o", "link", "show", "type", "bridge").Output()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("ip link show: %w", err))...)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || !strings.HasPrefix(f[1], namePrefix+"br") {
+			continue
+		}
+		name := strings.TrimSuffix(f[1], ":")
+		if ports, err := exec.CommandContext(ctx, "ip", "-o", "link", "show", "master", name).Output(); err != nil || len(strings.TrimSpace(string(ports))) > 0 {
+			continue
+		}
+		errs = append(errs, ipRun(ctx, "link", "del", name))
+	}
+	return errors.Join(errs...)
+}

@@ -160,6 +160,10 @@ func (h *Host) Start() error {
 		"bash", "-c", initScript, "mh-init", h.Name, h.Bin, "worker", "--state-dir", h.StateDir}, h.Args...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Env = workerEnv(h.Env)
+	// unshare --fork blocks SIGTERM while it waits for its child: if the
+	// test process dies, SIGKILL it, and --kill-child takes the host's
+	// init, and with it every process of the host, along.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	p, err := testenv.StartProcess(cmd, filepath.Join(h.Dir, fmt.Sprintf("worker-%d.log", h.starts)))
 	if err != nil {
 		return err

@@ -4,10 +4,12 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sandq/sandq/internal/testenv"
 )
@@ -223,5 +225,49 @@ func TestHostsMayShareAName(t *testing.T) {
 	}
 	if _, err := os.Stat("/run/netns/" + hosts[1].netns); err != nil {
 		t.Errorf("closing one host removed the other's namespace: %v", err)
+	}
+}
+
+// TestSweepStale: what a killed run left (a host namespace with no
+// process, a bridge with no port) goes; a namespace in use stays.
+func TestSweepStale(t *testing.T) {
+	testenv.NeedRoot(t)
+	testenv.NeedNetns(t)
+	ctx := context.Background()
+	stale, busy, br := namePrefix+"stalens", namePrefix+"busyns", namePrefix+"brstale"
+	for _, cmd := range [][]string{{"netns", "add", stale}, {"netns", "add", busy}, {"link", "add", br, "type", "bridge"}} {
+		if err := ipRun(ctx, cmd...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		ipRun(ctx, "netns", "del", stale)
+		ipRun(ctx, "netns", "del", busy)
+		ipRun(ctx, "link", "del", br)
+	})
+	sleeper := exec.Command("ip", "netns", "exec", busy, "sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if out, _ := exec.Command("ip", "netns", "pids", busy).Output(); len(out) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sleeper never showed in its namespace")
+		}
+	}
+	if err := SweepStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/run/netns/" + stale); !os.IsNotExist(err) {
+		t.Errorf("stale namespace %s still there (%v)", stale, err)
+	}
+	if _, err := os.Stat("/run/netns/" + busy); err != nil {
+		t.Errorf("namespace %s in use was removed: %v", busy, err)
+	}
+	if err := exec.Command("ip", "link", "show", br).Run(); err == nil {
+		t.Errorf("stale bridge %s still there", br)
 	}
 }
