@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -130,7 +132,7 @@ func controlPlaneOptions(c *cli.Context) (bench.ControlPlaneOptions, error) {
 func refuseFlags(c *cli.Context, names []string, why string) error {
 	var set []string
 	for _, n := range names {
-		if c.IsSet(n) {
+		if c.IsSet(n) && !fromEnvironment(c, n) {
 			set = append(set, "--"+n)
 		}
 	}
@@ -138,4 +140,23 @@ func refuseFlags(c *cli.Context, names []string, why string) error {
 		return fmt.Errorf("%s: %s", strings.Join(set, ", "), why)
 	}
 	return nil
+}
+
+// fromEnvironment reports whether flag name has its value from the
+// environment (SANDQ_IMAGE_DIR, say): an operator's environment is not a
+// request the mode can refuse. A value given on the command line differs
+// from the environment's (the same value twice asks nothing new).
+func fromEnvironment(c *cli.Context, name string) bool {
+	for _, f := range c.Command.Flags {
+		ef, ok := f.(interface{ GetEnvVars() []string })
+		if !ok || !slices.Contains(f.Names(), name) {
+			continue
+		}
+		for _, e := range ef.GetEnvVars() {
+			if v, set := os.LookupEnv(e); set && v == fmt.Sprint(c.Value(name)) {
+				return true
+			}
+		}
+	}
+	return false
 }

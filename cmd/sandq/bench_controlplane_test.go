@@ -37,6 +37,16 @@ func TestControlPlaneBenchFlags(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, bench.ControlPlaneOptions{}) {
 		t.Errorf("no flags: %+v %v, want the zero options", got, err)
 	}
+	// A sandbox flag's value in the environment (as make test sets
+	// SANDQ_IMAGE_DIR) is no request the mode refuses; on the command line
+	// it is.
+	t.Setenv("SANDQ_IMAGE_DIR", "/var/lib/sandq/images")
+	if _, err := parse("sandq bench --control-plane"); err != nil {
+		t.Errorf("SANDQ_IMAGE_DIR in the environment: %v", err)
+	}
+	if _, err := parse("sandq bench --control-plane --image-dir /x"); err == nil || !strings.Contains(err.Error(), "--image-dir: not with --control-plane") {
+		t.Errorf("--image-dir on the command line: %v, want it refused", err)
+	}
 	got, err = parse("sandq bench --control-plane --workers 1,4 --concurrency 8 --task-check-interval 10ms,100ms --jobs 50 --duration 3s --rate 7 --producers 2 --input-bytes 1MiB --output-files 3 --output-bytes 2KiB --no-webhook --seed 9 --temp-dir /scratch")
 	want := bench.ControlPlaneOptions{Workers: []int{1, 4}, Concurrency: []int{8}, TaskCheckIntervals: []time.Duration{10 * time.Millisecond, 100 * time.Millisecond}, Jobs: 50, Duration: 3 * time.Second, Rate: 7, Producers: 2,
 		InputBytes: 1 << 20, OutputFiles: 3, OutputBytes: 2 << 10, NoWebhook: true, Seed: 9, TempDir: "/scratch"}
