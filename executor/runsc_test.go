@@ -135,7 +135,10 @@ func TestStartingWorkerSweepsDeadWorkersLeftovers(t *testing.T) {
 	defer neighbour.Close(ctx)
 	other := startSleeper(t, neighbour, image, true)
 
-	// The worker dies: the kernel drops its lock; nothing else is cleaned.
+	// The worker dies: the kernel drops its lock and its goroutines end
+	// with it (the firewall watcher among them, which would otherwise put
+	// its rules back after the sweep); nothing else is cleaned.
+	dead.net.Close()
 	dead.lock.Close()
 
 	next, err := NewRunscRunner(ctx, RunscConfig{StateDir: state, Network: netCfg})
