@@ -324,13 +324,21 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request, p *principal)
 
 // events streams a job's state as Server-Sent Events: a "state" event with
 // the job (as GET shows it) on every change, and a final "done" event with
-// its result, after which the stream ends. A comment line every 15s keeps
-// proxies from closing an idle stream. Each tenant has at most MaxStreams
+// its result, after which the stream ends. The job's state is read every
+// poll interval, and at once when the worker announces the job's end
+// (jobs.Client.WatchDone), so "done" follows the result without a poll's
+// delay. A comment line every 15s keeps proxies from closing an idle
+// stream. Each tenant has at most MaxStreams
 // streams open (429 too_many_streams), and each write must reach the
 // client within the stream write timeout, or the stream ends.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 	ctx := r.Context()
 	view := s.client.Tenant(p.tenant)
+	// Watched before the first read, so that an end in between is heard.
+	// An ID that is not the tenant's job is refused below; its watch only
+	// lives as long as the request.
+	watch := s.client.WatchDone(ctx, r.PathValue("id"))
+	defer watch.Stop()
 	st, e := s.jobOf(ctx, p, r.PathValue("id"))
 	if e != nil {
 		writeError(w, e)
@@ -355,8 +363,6 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 		return rc.Flush()
 	}
 	w.WriteHeader(http.StatusOK)
-	poll := time.NewTicker(s.jobs.PollInterval)
-	defer poll.Stop()
 	lastBeat := time.Now()
 	var last []byte
 	n := 0
@@ -378,10 +384,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 		if err != nil || event == "done" {
 			return
 		}
-		select {
-		case <-ctx.Done():
+		if watch.Next(ctx) != nil {
 			return
-		case <-poll.C:
 		}
 		slot.renew(ctx)
 		next, err := view.StatusIn(ctx, st.Queue, st.ID)

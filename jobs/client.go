@@ -34,6 +34,8 @@ type Client struct {
 	rdb    redis.UniversalClient
 	logger *slog.Logger
 	now    func() time.Time
+	// done hears jobs' completion for Wait (donewatch.go).
+	done *doneWatcher
 }
 
 // NewClient connects to Redis (lazily) and uses store for files.
@@ -53,11 +55,16 @@ func NewClient(cfg Config, store *storage.Store, logger *slog.Logger) (*Client, 
 		cfg: cfg, store: store, logger: logger, now: time.Now, rdb: rdb,
 		client: asynq.NewClientFromRedisClient(rdb),
 		insp:   asynq.NewInspectorFromRedisClient(rdb),
+		done:   newDoneWatcher(rdb, logger),
 	}, nil
 }
 
-// Close releases the Redis connections.
-func (c *Client) Close() error { return c.rdb.Close() }
+// Close ends the subscription to jobs' completion, if Wait or WatchDone
+// started it, and releases the Redis connections.
+func (c *Client) Close() error {
+	c.done.close()
+	return c.rdb.Close()
+}
 
 // File is a file to upload: a name in the sandbox and its bytes.
 type File struct {
@@ -293,11 +300,14 @@ func statusOf(info *asynq.TaskInfo) *JobStatus {
 	return st
 }
 
-// Wait polls a job until it is done, calling onState (if not nil) on every
-// poll. It returns when the job is done or ctx ends.
+// Wait follows a job until it is done, calling onState (if not nil) on
+// every read of its state. It learns of the job's end from the worker's
+// completion message (WatchDone), and reads the state every PollInterval
+// besides, in case the message was lost. It returns when the job is done
+// or ctx ends.
 func (c *Client) Wait(ctx context.Context, id string, onState func(*JobStatus)) (*JobStatus, error) {
-	t := time.NewTicker(c.cfg.PollInterval)
-	defer t.Stop()
+	w := c.WatchDone(ctx, id)
+	defer w.Stop()
 	for {
 		st, err := c.Status(ctx, id)
 		if err != nil {
@@ -309,10 +319,8 @@ func (c *Client) Wait(ctx context.Context, id string, onState func(*JobStatus)) 
 		if st.State == StateDone {
 			return st, nil
 		}
-		select {
-		case <-ctx.Done():
-			return st, ctx.Err()
-		case <-t.C:
+		if err := w.Next(ctx); err != nil {
+			return st, err
 		}
 	}
 }

@@ -93,7 +93,11 @@ func (h *Handler) resendWebhook(ctx context.Context, a *attempt, prev *jobs.Resu
 	if err := h.awaitResultReplicated(ctx, a, prev); err != nil {
 		return err
 	}
-	return h.queueWebhook(ctx, a, prev)
+	if err := h.queueWebhook(ctx, a, prev); err != nil {
+		return err
+	}
+	h.notifyDone(ctx, a)
+	return nil
 }
 
 // applyLimits applies this worker's limits to the job: a worker runs
@@ -247,7 +251,8 @@ func (h *Handler) errorResult(a *attempt, queue string, err error) *jobs.Result 
 	}
 }
 
-// finish writes a final result and queues its webhook.
+// finish writes a final result, queues its webhook and announces the
+// job's end (notify.go).
 func (h *Handler) finish(ctx context.Context, a *attempt, res *jobs.Result) error {
 	res.Webhook = h.webhookRef(a.job)
 	if err := h.writeResult(ctx, a.task, a.logger, res); err != nil {
@@ -260,7 +265,11 @@ func (h *Handler) finish(ctx context.Context, a *attempt, res *jobs.Result) erro
 	if err := h.awaitResultReplicated(ctx, a, res); err != nil {
 		return err
 	}
-	return h.queueWebhook(ctx, a, res)
+	if err := h.queueWebhook(ctx, a, res); err != nil {
+		return err
+	}
+	h.notifyDone(ctx, a)
+	return nil
 }
 
 // awaitResultReplicated waits, with RedisWaitReplicas, until replicas have

@@ -241,7 +241,7 @@ func (e *env) measure(ctx context.Context, rep *Report) error {
 	if rep.Memory, err = e.memory(ctx); err != nil {
 		return fmt.Errorf("memory: %w", err)
 	}
-	return nil
+	return e.finishLoad(ctx, &rep.Conditions)
 }
 
 func (e *env) progress(format string, args ...any) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sandq/sandq/internal/testenv"
 )
@@ -111,8 +114,87 @@ func checkConditions(t *testing.T, c Conditions) {
 		t.Errorf("runsc flags and calls: %+v", c.Runsc)
 	case c.Redis.AppendOnly != "yes" || c.Redis.AppendFsync == "" || c.Redis.Version == "":
 		t.Errorf("redis conditions: %+v", c.Redis)
-	case c.Asynq.TaskCheckInterval == "" || c.Asynq.MaxRetry < 0 || c.ResultPoll == "" || c.JobLimits == "":
-		t.Errorf("asynq conditions: %+v", c.Asynq)
+	case c.Asynq.TaskCheckInterval == "" || c.Asynq.MaxRetry < 0 || !strings.HasPrefix(c.Completion, "push:") || c.JobLimits == "":
+		t.Errorf("asynq conditions: %+v; completion %q", c.Asynq, c.Completion)
+	}
+	l := c.BenchLoad
+	if !(l.WallSeconds > 0) || !(l.CPUSeconds > 0) || !(l.CPUPercent > 0) || l.RedisCommands <= 0 || !(l.RedisCommandsPerSecond > 0) {
+		t.Errorf("bench load: %+v", l)
+	}
+	// Per variant: the serial floors and the open loop, cold and warm, and
+	// a cold and a warm drain per concurrency.
+	o := Quick(Options{}).WithDefaults()
+	if want := len(o.Variants) * (4 + 2*len(o.Concurrency)); len(l.SandqPhases) != want {
+		t.Errorf("%d sandq phases measured, want %d: %+v", len(l.SandqPhases), want, l.SandqPhases)
+	}
+	for _, p := range l.SandqPhases {
+		checkPhase(t, p)
+	}
+}
+
+// checkPhase checks a sandq phase's figures are there.
+func checkPhase(t *testing.T, p PhaseLoad) {
+	t.Helper()
+	if p.Phase == "" || p.Jobs < 1 || !(p.Seconds > 0) || !(p.CPUMsPerJob > 0) || !(p.CPUPercent > 0) || !(p.RedisCommandsPerJob > 0) || !(p.RedisCommandsPerSecond > 0) {
+		t.Errorf("sandq phase %+v: a figure is missing", p)
+	}
+}
+
+// TestBenchLoad measures a phase of known Redis traffic against a real
+// Redis: the meter counts at least its commands, and some CPU, in the
+// phase and in the whole; the table prints them. It needs no root.
+func TestBenchLoad(t *testing.T) {
+	addr := testenv.Redis(t)
+	ctx := context.Background()
+	e := &env{}
+	e.cfg.RedisAddr = addr
+	t.Cleanup(func() { e.cleanup.Release(context.Background()) })
+	if err := e.startLoad(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const jobs, pings = 10, 2000
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	n, err := measured(ctx, e, phaseName(variants[VariantShell], "serial", 2), jobs, func() (int, error) {
+		for i := range pings {
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				return i, err
+			}
+		}
+		return pings, nil
+	})
+	if err != nil || n != pings {
+		t.Fatalf("measured phase: %d %v", n, err)
+	}
+	// A failed phase is not recorded.
+	boom := errors.New("boom")
+	if _, err := measured(ctx, e, "failed", 1, func() (int, error) { return 0, boom }); !errors.Is(err, boom) {
+		t.Fatalf("failed phase: %v", err)
+	}
+	var c Conditions
+	if err := e.finishLoad(ctx, &c); err != nil {
+		t.Fatal(err)
+	}
+	l := c.BenchLoad
+	if !(l.WallSeconds > 0) || !(l.CPUSeconds > 0) || l.RedisCommands < pings || !(l.RedisCommandsPerSecond > 0) {
+		t.Errorf("bench load %+v, want some CPU and at least %d commands", l, pings)
+	}
+	if len(l.SandqPhases) != 1 {
+		t.Fatalf("phases %+v, want the one that succeeded", l.SandqPhases)
+	}
+	p := l.SandqPhases[0]
+	checkPhase(t, p)
+	if p.Phase != "shell serial, 2 warm" || p.Jobs != jobs || p.RedisCommandsPerJob < pings/jobs {
+		t.Errorf("phase %+v, want %q of %d jobs with at least %d commands each", p, "shell serial, 2 warm", jobs, pings/jobs)
+	}
+	var table bytes.Buffer
+	if err := (&Report{Conditions: c}).PrintTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"commands/s", "% of one core", "sandq phases", "shell serial, 2 warm", "cpu ms/job"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
 	}
 }
 
@@ -209,7 +291,7 @@ func checkDist(t *testing.T, what string, d Dist, n int) {
 // checkStages checks every stage is there, with a value per job that
 // succeeded, ordered and not negative beyond the results' millisecond
 // rounding. The webhook stage has no lower bound: it runs from when the
-// bench's poll saw the result, and the webhook may arrive before that.
+// bench saw the result, and the webhook may arrive before that.
 func checkStages(t *testing.T, what string, s StageSet, n int) {
 	t.Helper()
 	var names []string

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"debug/buildinfo"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -33,9 +36,150 @@ type Conditions struct {
 	Runsc     RunscConditions `json:"runsc"`
 	Redis     RedisConditions `json:"redis"`
 	Asynq     AsynqConditions `json:"asynq"`
-	// ResultPoll is how often the bench polls asynq for a followed job's
-	// result.
-	ResultPoll string `json:"result_poll"`
+	// Completion says how the bench learns that a sandq job is done.
+	Completion string `json:"completion"`
+	// BenchLoad is what the bench itself cost while it measured.
+	BenchLoad BenchLoad `json:"bench_load"`
+}
+
+// BenchLoad is the bench process's own CPU and Redis's load over the
+// measurements, from the first floor to the end of the memory run, and
+// the same for each sandq phase alone. The sandq workers of the floors,
+// latency and throughput runs run inside the bench process, so its CPU is
+// theirs, the producer's and the bench's own bookkeeping together; the
+// runsc commands and sandboxes are processes of their own and are not
+// counted (nor is the memory run's child worker).
+type BenchLoad struct {
+	WallSeconds float64 `json:"wall_seconds"`
+	// CPUSeconds is the process's user + system time (getrusage
+	// RUSAGE_SELF); CPUPercent is that over WallSeconds, of one core.
+	CPUSeconds float64 `json:"cpu_seconds"`
+	CPUPercent float64 `json:"cpu_percent"`
+	// RedisCommands is the growth of Redis's total_commands_processed
+	// (INFO stats): every client's commands, the workers', the producer's
+	// and the bench's; RedisCommandsPerSecond is that over WallSeconds.
+	RedisCommands          int64   `json:"redis_commands"`
+	RedisCommandsPerSecond float64 `json:"redis_commands_per_second"`
+	// SandqPhases are the same for each sandq phase, per job.
+	SandqPhases []PhaseLoad `json:"sandq_phases"`
+}
+
+// PhaseLoad is one sandq phase's cost: from its first enqueue until its
+// worker has shut down. Jobs counts the phase's warm-up job too.
+type PhaseLoad struct {
+	Phase                  string  `json:"phase"`
+	Jobs                   int     `json:"jobs"`
+	Seconds                float64 `json:"seconds"`
+	CPUMsPerJob            float64 `json:"cpu_ms_per_job"`
+	CPUPercent             float64 `json:"cpu_percent"`
+	RedisCommandsPerJob    float64 `json:"redis_commands_per_job"`
+	RedisCommandsPerSecond float64 `json:"redis_commands_per_second"`
+}
+
+// usage is one reading of what BenchLoad is made of.
+type usage struct {
+	at       time.Time
+	cpu      time.Duration
+	commands int64
+}
+
+// loadMeter reads the bench's CPU and Redis's command count, and keeps
+// the sandq phases' figures until the run's end.
+type loadMeter struct {
+	rdb    *redis.Client
+	start  usage
+	mu     sync.Mutex
+	phases []PhaseLoad
+}
+
+// startLoad starts measuring the bench's load (e.load); finishLoad ends it.
+func (e *env) startLoad(ctx context.Context) error {
+	m := &loadMeter{rdb: redis.NewClient(&redis.Options{Addr: e.cfg.RedisAddr})}
+	e.cleanup.Add("load meter", func(context.Context) error { return m.rdb.Close() })
+	var err error
+	if m.start, err = m.read(ctx); err != nil {
+		return err
+	}
+	e.load = m
+	return nil
+}
+
+// finishLoad fills c's BenchLoad with the load since startLoad.
+func (e *env) finishLoad(ctx context.Context, c *Conditions) error {
+	end, err := e.load.read(ctx)
+	if err != nil {
+		return err
+	}
+	wall := end.at.Sub(e.load.start.at).Seconds()
+	cpu := (end.cpu - e.load.start.cpu).Seconds()
+	n := end.commands - e.load.start.commands
+	e.load.mu.Lock()
+	defer e.load.mu.Unlock()
+	c.BenchLoad = BenchLoad{
+		WallSeconds: round1(wall), CPUSeconds: round2(cpu), CPUPercent: round1(cpu / wall * 100),
+		RedisCommands: n, RedisCommandsPerSecond: round1(float64(n) / wall), SandqPhases: e.load.phases,
+	}
+	return nil
+}
+
+// read reads the process's CPU time and Redis's command count.
+func (m *loadMeter) read(ctx context.Context) (usage, error) {
+	u := usage{at: time.Now()}
+	var err error
+	if u.cpu, err = selfCPU(); err != nil {
+		return u, err
+	}
+	info, err := m.rdb.Info(ctx, "stats").Result()
+	if err != nil {
+		return u, fmt.Errorf("redis INFO stats: %w", err)
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_commands_processed:"); ok {
+			if u.commands, err = strconv.ParseInt(v, 10, 64); err != nil {
+				return u, fmt.Errorf("redis INFO stats: total_commands_processed %q: %w", v, err)
+			}
+			return u, nil
+		}
+	}
+	return u, errors.New("redis INFO stats has no total_commands_processed")
+}
+
+// measured runs fn, the sandq phase named name of jobs jobs, and records
+// its cost among the conditions.
+func measured[T any](ctx context.Context, e *env, name string, jobs int, fn func() (T, error)) (T, error) {
+	before, err := e.load.read(ctx)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	out, err := fn()
+	if err != nil {
+		return out, err
+	}
+	after, err := e.load.read(ctx)
+	if err != nil {
+		return out, err
+	}
+	wall := after.at.Sub(before.at).Seconds()
+	cpu := (after.cpu - before.cpu).Seconds()
+	n := float64(after.commands - before.commands)
+	e.load.mu.Lock()
+	defer e.load.mu.Unlock()
+	e.load.phases = append(e.load.phases, PhaseLoad{
+		Phase: name, Jobs: jobs, Seconds: round1(wall), CPUMsPerJob: round1(cpu * 1000 / float64(jobs)), CPUPercent: round1(cpu / wall * 100),
+		RedisCommandsPerJob: round1(n / float64(jobs)), RedisCommandsPerSecond: round1(n / wall),
+	})
+	return out, nil
+}
+
+// phaseName names a sandq phase of variant v: "shell serial",
+// "python open loop, 2 warm".
+func phaseName(v variant, what string, warm int) string {
+	name := v.name + " " + what
+	if warm > 0 {
+		name += fmt.Sprintf(", %d warm", warm)
+	}
+	return name
 }
 
 // RunscConditions describe the runsc binary and how it was run.
@@ -74,7 +218,12 @@ type AsynqConditions struct {
 	ShutdownGrace      string `json:"shutdown_grace"`
 }
 
+// conditions reads the run's conditions and starts measuring the bench's
+// own load (finishLoad ends it).
 func (e *env) conditions(ctx context.Context) (Conditions, error) {
+	if err := e.startLoad(ctx); err != nil {
+		return Conditions{}, err
+	}
 	mem, err := jobs.HostMemory()
 	if err != nil {
 		return Conditions{}, err
@@ -85,7 +234,7 @@ func (e *env) conditions(ctx context.Context) (Conditions, error) {
 		LoadAvgStart: loadAvg(), Image: e.cfg.ImagePath(),
 		JobLimits: fmt.Sprintf("timeout %s, memory %s, disk %s, outputs %s/%d files, pids %d", l.Timeout, jobs.FormatSize(l.Memory),
 			jobs.FormatSize(l.Disk), jobs.FormatSize(l.OutputBytes), l.OutputFiles, e.cfg.Worker.Pids),
-		ResultPoll: resultPoll.String(),
+		Completion: e.completion(),
 		Asynq: AsynqConditions{
 			TaskCheckInterval: e.cfg.Worker.TaskCheckInterval.String(), WebhookConcurrency: e.cfg.Webhook.Concurrency,
 			MaxRetry: e.cfg.MaxRetry, ShutdownGrace: e.cfg.Worker.ShutdownGrace.String(),

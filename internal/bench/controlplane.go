@@ -21,7 +21,6 @@ import (
 	"github.com/sandq/sandq/internal/cleanup"
 	"github.com/sandq/sandq/internal/devstack"
 	"github.com/sandq/sandq/jobs"
-	"github.com/sandq/sandq/jobs/webhook"
 	"github.com/sandq/sandq/storage"
 	"github.com/sandq/sandq/worker"
 )
@@ -318,23 +317,12 @@ func setupControlPlane(ctx context.Context, o ControlPlaneOptions) (_ *cpEnv, er
 	if err != nil {
 		return nil, err
 	}
-	e.stack, err = devstack.Start(ctx, devstack.Options{
-		Dir: filepath.Join(dir, "stack"), AccessKey: accessKey, SecretKey: secretKey, AppendOnly: true, Logger: o.Logger,
-	})
-	if err != nil {
+	var cfg jobs.Config
+	if e.stack, cfg, err = startStack(ctx, dir, o.Logger, &e.cleanup); err != nil {
 		return nil, err
 	}
-	e.cleanup.Add("dev stack", func(context.Context) error { return e.stack.Stop() })
-	secret, err := webhook.NewSecret()
-	if err != nil {
-		return nil, err
-	}
-	e.cfg = jobs.Config{
-		RedisAddr: e.stack.RedisAddr,
-		Storage:   storage.Config{Endpoint: e.stack.MinioAddr, AccessKey: accessKey, SecretKey: secretKey, Bucket: bucket},
-		Worker:    jobs.WorkerConfig{StateDir: filepath.Join(dir, "state"), ImageDir: imageDir},
-		Webhook:   jobs.WebhookConfig{Secrets: map[string][]string{"*": {secret}}, AllowPrivate: true},
-	}.WithDefaults()
+	cfg.Worker.ImageDir = imageDir
+	e.cfg = cfg.WithDefaults()
 	if err := e.cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -360,7 +348,7 @@ func setupControlPlane(ctx context.Context, o ControlPlaneOptions) (_ *cpEnv, er
 	e.rdb = redis.NewClient(&redis.Options{Addr: e.cfg.RedisAddr})
 	e.cleanup.Add("stats client", func(context.Context) error { return e.rdb.Close() })
 	if !o.NoWebhook {
-		if e.hooks, err = newReceiver([]string{secret}); err != nil {
+		if e.hooks, err = newReceiver(e.cfg.Webhook.Secrets["*"]); err != nil {
 			return nil, err
 		}
 		e.cleanup.Add("webhook receiver", func(context.Context) error { return e.hooks.close() })

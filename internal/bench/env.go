@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -46,6 +47,8 @@ type env struct {
 	bare   *barerunsc.Runner
 	hooks  *receiver
 	runsc  executor.RunscVersion
+	// load measures the bench's own CPU and Redis's load (conditions.go).
+	load *loadMeter
 	// cleanup stops what setup started, last first (close).
 	cleanup cleanup.Stack
 	// seq numbers queues and bare containers; failed counts sandq jobs that
@@ -82,26 +85,12 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 			err = errors.Join(err, e.close())
 		}
 	}()
-	e.stack, err = devstack.Start(ctx, devstack.Options{
-		Dir: filepath.Join(dir, "stack"), AccessKey: accessKey, SecretKey: secretKey, AppendOnly: true, Logger: o.Logger,
-	})
-	if err != nil {
+	var cfg jobs.Config
+	if e.stack, cfg, err = startStack(ctx, dir, o.Logger, &e.cleanup); err != nil {
 		return nil, err
 	}
-	e.cleanup.Add("dev stack", func(context.Context) error { return e.stack.Stop() })
-	secret, err := webhook.NewSecret()
-	if err != nil {
-		return nil, err
-	}
-	e.cfg = jobs.Config{
-		RedisAddr: e.stack.RedisAddr,
-		Storage:   storage.Config{Endpoint: e.stack.MinioAddr, AccessKey: accessKey, SecretKey: secretKey, Bucket: bucket},
-		Worker: jobs.WorkerConfig{
-			StateDir: filepath.Join(dir, "state"), ImageDir: o.ImageDir, Image: o.Image,
-			Runsc: o.Runsc, Platform: o.Platform,
-		},
-		Webhook: jobs.WebhookConfig{Secrets: map[string][]string{"*": {secret}}, AllowPrivate: true},
-	}.WithDefaults()
+	cfg.Worker.ImageDir, cfg.Worker.Image, cfg.Worker.Runsc, cfg.Worker.Platform = o.ImageDir, o.Image, o.Runsc, o.Platform
+	e.cfg = cfg.WithDefaults()
 	if err := e.cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -137,7 +126,7 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 	}
 	e.cleanup.Add("bare runner", e.bare.Close)
 	if !o.NoWebhook {
-		if e.hooks, err = newReceiver([]string{secret}); err != nil {
+		if e.hooks, err = newReceiver(e.cfg.Webhook.Secrets["*"]); err != nil {
 			return nil, err
 		}
 		e.cleanup.Add("webhook receiver", func(context.Context) error { return e.hooks.close() })
@@ -277,3 +266,27 @@ func (r *receiver) badDeliveries() int {
 }
 
 func (r *receiver) close() error { return r.srv.Close() }
+
+// startStack starts a bench's own Redis (AOF on) and MinIO under dir, and
+// adds their stop to cl. It returns them and the jobs config that reaches
+// them, with a state directory under dir and a webhook secret, for the
+// caller to complete.
+func startStack(ctx context.Context, dir string, logger *slog.Logger, cl *cleanup.Stack) (*devstack.Stack, jobs.Config, error) {
+	stack, err := devstack.Start(ctx, devstack.Options{
+		Dir: filepath.Join(dir, "stack"), AccessKey: accessKey, SecretKey: secretKey, AppendOnly: true, Logger: logger,
+	})
+	if err != nil {
+		return nil, jobs.Config{}, err
+	}
+	cl.Add("dev stack", func(context.Context) error { return stack.Stop() })
+	secret, err := webhook.NewSecret()
+	if err != nil {
+		return nil, jobs.Config{}, err
+	}
+	return stack, jobs.Config{
+		RedisAddr: stack.RedisAddr,
+		Storage:   storage.Config{Endpoint: stack.MinioAddr, AccessKey: accessKey, SecretKey: secretKey, Bucket: bucket},
+		Worker:    jobs.WorkerConfig{StateDir: filepath.Join(dir, "state")},
+		Webhook:   jobs.WebhookConfig{Secrets: map[string][]string{"*": {secret}}, AllowPrivate: true},
+	}, nil
+}

@@ -248,7 +248,7 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 	bareDist := dist(bareLat)
 	rep.Rows = []LatencyRow{{Name: LatencyBare, What: "bare runsc container (create, start, wait, delete), from the scheduled send", Succeeded: len(bareLat), Runs: bareRuns, Dist: bareDist}}
 	for _, m := range e.modes() {
-		runs, err := e.openLoopSandq(ctx, v, sched, m.warm)
+		runs, err := measured(ctx, e, phaseName(v, "open loop", m.warm), len(sched)+1, func() ([]*sandqRun, error) { return e.openLoopSandq(ctx, v, sched, m.warm) })
 		if err != nil {
 			return rep, err
 		}

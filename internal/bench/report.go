@@ -320,9 +320,13 @@ func (r *Report) PrintTable(out io.Writer) error {
 		c.CPUs, c.CPUModel, formatKiB(c.MemoryKiB), c.Kernel, c.LoadAvgStart, c.LoadAvgEnd)
 	fmt.Fprintf(out, "runsc: %s (%s, built with %s); %q\n", c.Runsc.ModuleVersion, c.Runsc.Path, c.Runsc.GoVersion, c.Runsc.VersionOutput)
 	fmt.Fprintf(out, "runsc flags: %s; bare calls: %s; sandq calls: %s\n", strings.Join(c.Runsc.Flags, " "), strings.Join(c.Runsc.Calls, ", "), strings.Join(c.Runsc.SandqCalls, ", "))
-	fmt.Fprintf(out, "redis %s: appendonly=%s appendfsync=%s save=%q; asynq: task check interval %s, webhook concurrency %d, max retry %d; result poll %s\n",
-		c.Redis.Version, c.Redis.AppendOnly, c.Redis.AppendFsync, c.Redis.Save, c.Asynq.TaskCheckInterval, c.Asynq.WebhookConcurrency, c.Asynq.MaxRetry, c.ResultPoll)
+	fmt.Fprintf(out, "redis %s: appendonly=%s appendfsync=%s save=%q; asynq: task check interval %s, webhook concurrency %d, max retry %d\n",
+		c.Redis.Version, c.Redis.AppendOnly, c.Redis.AppendFsync, c.Redis.Save, c.Asynq.TaskCheckInterval, c.Asynq.WebhookConcurrency, c.Asynq.MaxRetry)
 	fmt.Fprintf(out, "job limits: %s; image %s\n", c.JobLimits, c.Image)
+	fmt.Fprintf(out, "completion: %s\n", c.Completion)
+	l := c.BenchLoad
+	fmt.Fprintf(out, "bench process (with the in-process sandq workers; not runsc or the sandboxes): %.1fs CPU over %.1fs, %.1f%% of one core; redis %.1f commands/s (%d in all)\n",
+		l.CPUSeconds, l.WallSeconds, l.CPUPercent, l.RedisCommandsPerSecond, l.RedisCommands)
 	for _, v := range r.Variants {
 		fmt.Fprintf(out, "\n== %s ==\n", v.Variant)
 		fmt.Fprintf(w, "floors, ms (serial, after 1 warm-up)\tn\tfailed\tretried\twait lost\twarm\tmin\tp50\tmean\tmax\t\n")
@@ -379,6 +383,14 @@ func (r *Report) PrintTable(out io.Writer) error {
 	if m := r.Memory; m != nil {
 		fmt.Fprintf(out, "\nmemory (child `sandq worker`): idle %s RSS; with %d jobs running %s, i.e. %s per job in the worker process, %s per job in its runsc helper processes (the sandbox itself: %s per job)\n",
 			formatKiB(m.IdleWorkerRSSKiB), m.RunningJobs, formatKiB(m.BusyWorkerRSSKiB), formatKiB(m.WorkerPerJobKiB), formatKiB(m.HelpersPerJobKiB), formatKiB(m.SandboxPerJobKiB))
+	}
+	if phases := c.BenchLoad.SandqPhases; len(phases) > 0 {
+		fmt.Fprintf(out, "\n")
+		fmt.Fprintf(w, "sandq phases: bench process and redis\tjobs\ts\tcpu ms/job\tcpu %% of a core\tredis cmds/job\tredis cmds/s\t\n")
+		for _, p := range phases {
+			fmt.Fprintf(w, "%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", p.Phase, p.Jobs, p.Seconds, p.CPUMsPerJob, p.CPUPercent, p.RedisCommandsPerJob, p.RedisCommandsPerSecond)
+		}
+		w.Flush()
 	}
 	fmt.Fprintf(out, "\n")
 	fmt.Fprintf(w, "targets\tvariant\ttarget\tmeasured\tmet\t\n")

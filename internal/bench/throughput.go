@@ -25,7 +25,7 @@ func (e *env) throughput(ctx context.Context, v variant, c int) (ThroughputRow, 
 	m := e.o.ThroughputJobs
 	row := ThroughputRow{Concurrency: c, Jobs: m}
 
-	d, err := e.drainSandq(ctx, v, c, 0)
+	d, err := measured(ctx, e, phaseName(v, fmt.Sprintf("drain at concurrency %d", c), 0), m, func() (drained, error) { return e.drainSandq(ctx, v, c, 0) })
 	if err != nil {
 		return row, err
 	}
@@ -75,7 +75,7 @@ func (e *env) throughput(ctx context.Context, v variant, c int) (ThroughputRow, 
 
 	// sandq again, with warm sandboxes.
 	if !e.o.NoWarm {
-		d, err := e.drainSandq(ctx, v, c, e.o.Warm)
+		d, err := measured(ctx, e, phaseName(v, fmt.Sprintf("drain at concurrency %d", c), e.o.Warm), m, func() (drained, error) { return e.drainSandq(ctx, v, c, e.o.Warm) })
 		if err != nil {
 			return row, fmt.Errorf("with warm sandboxes: %w", err)
 		}

@@ -20,7 +20,8 @@
 // Every other key is used alone (one command, or a script with one key:
 // the API's RateLimit and Streams scripts), so its slot does not matter.
 // asynq tags its own keys by queue ("asynq:{QUEUE}:..."). The
-// CancelChannel is pub/sub, which a cluster broadcasts to every node.
+// CancelChannel and DoneChannel are pub/sub, which a cluster broadcasts to
+// every node.
 //
 // Keys before the tags (sandq up to issue 15) were "sandq:tenant:T:jobs",
 // "sandq:tenant:T:open", "sandq:tenant:T:seq" and
@@ -42,6 +43,12 @@ const (
 // CancelChannel is the pub/sub channel a cancelled job's ID is published
 // on; the worker running it kills its sandbox.
 const CancelChannel = "sandq:cancel"
+
+// DoneChannel is the pub/sub channel a job's ID is published on once its
+// final result is written, so that producers waiting for it (jobs.Client's
+// Wait, the API's event streams) learn of it without polling. Pub/sub is
+// at most once: a waiter also reads the job's state now and then.
+const DoneChannel = "sandq:done"
 
 // Cancel marks a job whose cancellation was asked for, for a worker that
 // has yet to start it.
