@@ -110,6 +110,9 @@ type Outcome struct {
 	// Warm is set when the container was created ahead of its job by a
 	// WarmRunner.
 	Warm bool
+	// StartMode is how the container came to run the job: StartCold,
+	// StartWarm or StartRestored (from a snapshot template).
+	StartMode string
 }
 
 // Runner makes sandboxes.

@@ -314,6 +314,10 @@ type runscSandbox struct {
 	logs      *sandboxLogs
 	// warm is set when a WarmRunner gave the sandbox to its job.
 	warm bool
+	// restore is set for a sandbox a SnapshotRunner prepared, restored
+	// once its container was (see snapshot_runner.go).
+	restore  *restorePlan
+	restored bool
 	// deleted is set once Run has deleted the container, so Release does
 	// not call runsc for it again.
 	deleted bool
@@ -484,7 +488,7 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	s.mu.Lock()
 	s.ran = true
 	logs := s.logs
-	out := &Outcome{CreatedAt: s.createdAt, Warm: s.warm}
+	out := &Outcome{CreatedAt: s.createdAt, Warm: s.warm, StartMode: s.startMode()}
 	s.mu.Unlock()
 	if logs == nil {
 		return nil, fmt.Errorf("%w: the container could not be created", ErrSandbox)
@@ -502,7 +506,7 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		waited = w.Result()
 	}
 	startAt := time.Now()
-	if _, err := s.runsc(context.WithoutCancel(ctx), time.Minute, "start", s.id); err != nil {
+	if err := s.startProcess(context.WithoutCancel(ctx)); err != nil {
 		s.delete(ctx)
 		logs.finish(s.logger, out)
 		return nil, fmt.Errorf("%w: %w", ErrSandbox, err)

@@ -89,8 +89,9 @@ type Config struct {
 	// result writing before asynq gives up on it. Default
 	// DefaultFinishAllowance.
 	FinishAllowance time.Duration
-	// PollInterval is how often wait polls a job's state. Default
-	// DefaultPollInterval.
+	// PollInterval is how often Wait and the API's event streams read a
+	// job's state besides hearing the workers' completion messages
+	// (keys.DoneChannel), which may be lost. Default DefaultPollInterval.
 	PollInterval time.Duration
 	// MaxResultBytes caps a result document's JSON (workers). Over it, the
 	// whole lists go to a manifest object and the result's are cut (see
@@ -152,6 +153,17 @@ type WorkerConfig struct {
 	// no network): such a job skips runsc create. 0 (the default) turns
 	// it off. See executor.WarmRunner.
 	WarmSandboxes int
+	// Snapshots has the worker start the python jobs that fit a snapshot
+	// template of their image from it (see executor.SnapshotRunner): it
+	// builds a template at start for each of its images that has a
+	// preload list. Off by default.
+	Snapshots bool
+	// SnapshotPool is how many sandboxes restored from each template the
+	// worker keeps ready for jobs of the default limits (see
+	// executor.SnapshotRunner.StartPools): such a job has neither runsc
+	// create nor restore on its path. 0 (the default) turns it off; it
+	// needs Snapshots.
+	SnapshotPool int
 	// MemoryBudget caps the sum of the memory limits of the jobs running at
 	// once; jobs over it wait. Default DefaultMemoryBudget (75% of the
 	// host's memory). A worker whose MaxLimits.Memory is over it refuses to
@@ -267,6 +279,12 @@ func (c Config) Validate() error {
 	}
 	if c.Worker.WarmSandboxes < 0 || c.Worker.WarmSandboxes > executor.MaxWarm {
 		return fmt.Errorf("warm sandboxes %d: want 0 (off) to %d", c.Worker.WarmSandboxes, executor.MaxWarm)
+	}
+	if c.Worker.SnapshotPool < 0 || c.Worker.SnapshotPool > executor.MaxSnapshotPool {
+		return fmt.Errorf("snapshot pool %d: want 0 (off) to %d", c.Worker.SnapshotPool, executor.MaxSnapshotPool)
+	}
+	if c.Worker.SnapshotPool > 0 && !c.Worker.Snapshots {
+		return errors.New("a snapshot pool needs snapshots (--snapshots)")
 	}
 	if c.Worker.TaskCheckInterval < time.Millisecond || c.Worker.TaskCheckInterval > time.Minute {
 		return fmt.Errorf("task check interval %s: want 1ms to 1m", c.Worker.TaskCheckInterval)

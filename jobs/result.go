@@ -3,6 +3,8 @@ package jobs
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/sandq/sandq/executor"
 )
 
 // Status is how a job ended.
@@ -291,17 +293,28 @@ type EgressBypass struct {
 // is the time the job waited in the worker for room in its memory budget,
 // before its sandbox was made. WarmStart is set when the job's container
 // was created ahead of it (a warm sandbox): SandboxStartMS then counts only
-// the download and the start.
+// the download and the start. StartMode says how the job's container came
+// to run it: StartCold, StartWarm or StartRestored (from a snapshot
+// template, see `sandq worker --snapshots`); empty for a job cancelled
+// before it had a sandbox.
 type Timings struct {
-	QueueWaitMS     int64 `json:"queue_wait_ms"`
-	MemoryWaitMS    int64 `json:"memory_wait_ms"`
-	DownloadMS      int64 `json:"download_ms"`
-	SandboxStartMS  int64 `json:"sandbox_start_ms"`
-	RunMS           int64 `json:"run_ms"`
-	UploadMS        int64 `json:"upload_ms"`
-	TotalInWorkerMS int64 `json:"total_in_worker_ms"`
-	WarmStart       bool  `json:"warm_start,omitempty"`
+	QueueWaitMS     int64  `json:"queue_wait_ms"`
+	MemoryWaitMS    int64  `json:"memory_wait_ms"`
+	DownloadMS      int64  `json:"download_ms"`
+	SandboxStartMS  int64  `json:"sandbox_start_ms"`
+	RunMS           int64  `json:"run_ms"`
+	UploadMS        int64  `json:"upload_ms"`
+	TotalInWorkerMS int64  `json:"total_in_worker_ms"`
+	WarmStart       bool   `json:"warm_start,omitempty"`
+	StartMode       string `json:"start_mode,omitempty"`
 }
+
+// Start modes of a job's container (Timings.StartMode).
+const (
+	StartCold     = executor.StartCold
+	StartWarm     = executor.StartWarm
+	StartRestored = executor.StartRestored
+)
 
 // ParseResult reads a result document.
 func ParseResult(b []byte) (*Result, error) {

@@ -143,6 +143,9 @@ func (h *Handler) setUp(ctx context.Context, a *attempt, spec executor.Spec) (_ 
 	if executor.IsWarm(sb) {
 		a.logger = a.logger.With("warm", true)
 	}
+	if executor.IsRestored(sb) {
+		a.logger = a.logger.With("restored", true)
+	}
 	created := make(chan error, 1)
 	go func() { created <- sb.Create(ctx) }()
 	ferr := h.fetchAll(ctx, a.job, sb)
@@ -159,6 +162,14 @@ func (h *Handler) record(res *jobs.Result, job *jobs.Job, out *executor.Outcome)
 	res.DurationMS = out.FinishedAt.Sub(out.StartedAt).Milliseconds()
 	res.Timings.SandboxStartMS = out.StartedAt.Sub(out.CreatedAt).Milliseconds()
 	res.Timings.WarmStart = out.Warm
+	res.Timings.StartMode = out.StartMode
+	if res.Timings.StartMode == "" {
+		// A runner that does not say (a test's fake): cold unless warm.
+		res.Timings.StartMode = jobs.StartCold
+		if out.Warm {
+			res.Timings.StartMode = jobs.StartWarm
+		}
+	}
 	res.Timings.RunMS = res.DurationMS
 	res.ExitCode, res.Signal = out.ExitCode, out.Signal
 	if job.Network != nil {

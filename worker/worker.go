@@ -32,6 +32,9 @@ type Worker struct {
 	logger         *slog.Logger
 	stopListen     context.CancelFunc
 	listening      chan struct{}
+	// snapshots is the runner with snapshot templates, nil without
+	// --snapshots.
+	snapshots *executor.SnapshotRunner
 }
 
 // New builds a worker; Start runs it. It refuses a config whose image
@@ -99,6 +102,18 @@ func New(cfg jobs.Config, runner executor.Runner, store *storage.Store, logger *
 		}
 		h.metrics.warmGauges(h.warm)
 		h.runner = h.warm
+	}
+	if cfg.Worker.Snapshots {
+		// Templates are made before the worker takes jobs: seconds per
+		// image, once per image, runsc and preload list (they are kept
+		// beside the image).
+		snap, err := h.newSnapshotRunner(context.Background())
+		if err != nil {
+			rdb.Close()
+			return nil, err
+		}
+		w.snapshots = snap
+		h.runner = snap
 	}
 	// Deliveries have their own server and queue, so that jobs and events
 	// fail independently and long jobs never hold up an event.
@@ -176,6 +191,12 @@ func (w *Worker) Start(ctx context.Context) (err error) {
 		w.handler.warm.Start()
 		started.Add("warm sandboxes", func(context.Context) error { w.closeWarm(); return nil })
 	}
+	if n := w.cfg.Worker.SnapshotPool; n > 0 && w.snapshots != nil {
+		if err := w.snapshots.StartPools(w.handler.sandboxLimits(w.cfg.DefaultLimits), n); err != nil {
+			return fmt.Errorf("--snapshot-pool: %w", err)
+		}
+		started.Add("snapshot pools", func(context.Context) error { w.closeSnapshots(); return nil })
+	}
 	if err := w.srv.Start(w.Mux()); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
@@ -203,6 +224,15 @@ func (w *Worker) WarmReady() int {
 	return w.handler.warm.Ready()
 }
 
+// SnapshotTemplates are the snapshot templates jobs start from now (none
+// without --snapshots).
+func (w *Worker) SnapshotTemplates() []*executor.Template {
+	if w.snapshots == nil {
+		return nil
+	}
+	return w.snapshots.Templates()
+}
+
 // Running is how many jobs this worker runs now.
 func (w *Worker) Running() int { return w.handler.jobs.count() }
 
@@ -213,6 +243,7 @@ func (w *Worker) Running() int { return w.handler.jobs.count() }
 func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.closeWarm()
+	w.closeSnapshots()
 	w.waitIdle(w.cfg.Worker.ShutdownGrace)
 	if n := w.handler.jobs.cancelAll(errShutdown); n > 0 {
 		w.logger.Warn("grace period over: killing running sandboxes", "jobs", n)
@@ -241,6 +272,26 @@ func (w *Worker) closeWarm() {
 	if err := w.handler.warm.Close(context.Background()); err != nil {
 		w.logger.Error("releasing warm sandboxes", "err", err)
 	}
+}
+
+// closeSnapshots releases the restored sandboxes no job took.
+func (w *Worker) closeSnapshots() {
+	if w.snapshots == nil {
+		return
+	}
+	if err := w.snapshots.Close(context.Background()); err != nil {
+		w.logger.Error("releasing restored sandboxes", "err", err)
+	}
+}
+
+// SnapshotPoolReady is how many restored sandboxes wait for a job (0
+// without --snapshot-pool).
+func (w *Worker) SnapshotPoolReady() int {
+	if w.snapshots == nil {
+		return 0
+	}
+	ready, _, _ := w.snapshots.PoolStats()
+	return ready
 }
 
 // waitIdle waits up to d for no job to be running; it reports whether none is.

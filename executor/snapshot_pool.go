@@ -1,0 +1,232 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A restore pool keeps sandboxes of one template created and restored ahead
+// of demand, their launchers waiting for a request, so that a job that
+// takes one has neither `runsc create` nor `runsc restore` on its path:
+// only the download of its files and the request. Like a warm sandbox, a
+// pooled one holds nothing of any job until one takes it, serves that job
+// once, and is replaced when released; only jobs of the pool's shape (the
+// template's, and the pool's output, task and log limits, which are fixed
+// when the container is made) take one.
+//
+// An idle pooled sandbox holds the template's memory (its checkpoint's
+// size, roughly) outside any job's limit, and its launcher polls for the
+// request every 20ms.
+
+// MaxSnapshotPool bounds a template's pool.
+const MaxSnapshotPool = MaxWarm
+
+type restorePool struct {
+	p     *SnapshotRunner
+	t     *snapshotTemplate
+	shape Spec
+	size  int
+
+	mu     sync.Mutex
+	ready  []*restoredSandbox
+	making int
+	closed bool
+	wake   chan struct{}
+	stop   context.CancelFunc
+	done   chan struct{}
+	hits   atomic.Int64
+	misses atomic.Int64
+}
+
+// StartPools keeps size sandboxes restored ahead of demand for each of the
+// runner's templates, with limits as the pools' shape (its Memory and Disk
+// are the template's; its Timeout is not used). Close stops them.
+func (p *SnapshotRunner) StartPools(limits Limits, size int) error {
+	if size < 1 || size > MaxSnapshotPool {
+		return fmt.Errorf("snapshot pools: %d: want 1 to %d", size, MaxSnapshotPool)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pools == nil {
+		p.pools = map[*snapshotTemplate]*restorePool{}
+	}
+	for _, t := range p.templates {
+		if p.pools[t] != nil {
+			continue
+		}
+		l := limits
+		l.Memory, l.Disk = t.Info.Memory, t.Info.Disk
+		if l.Timeout <= 0 {
+			l.Timeout = time.Hour
+		}
+		shape := Spec{Name: "pool", Image: t.rootfs, Env: t.Info.Env, UID: t.Info.UID, GID: t.Info.GID, Limits: l,
+			Args: []string{t.Info.Python, JobMount + "/job.py"}}
+		if err := checkSpec(shape); err != nil {
+			return fmt.Errorf("snapshot pools: %w", err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		pool := &restorePool{p: p, t: t, shape: shape, size: size, wake: make(chan struct{}, 1), stop: cancel, done: make(chan struct{})}
+		p.pools[t] = pool
+		go pool.fill(ctx)
+	}
+	return nil
+}
+
+// fill restores sandboxes until the pool holds size of them, then waits to
+// be woken by a release. A failed restore quarantines the template and ends
+// the pool.
+func (r *restorePool) fill(ctx context.Context) {
+	defer close(r.done)
+	for {
+		r.mu.Lock()
+		need := !r.closed && !r.t.quarantined.Load() && len(r.ready)+r.making < r.size
+		if need {
+			r.making++
+		}
+		r.mu.Unlock()
+		if !need {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.wake:
+				continue
+			}
+		}
+		sb, err := r.make(ctx)
+		r.mu.Lock()
+		r.making--
+		if err == nil && !r.closed {
+			r.ready = append(r.ready, sb)
+			sb = nil
+		}
+		r.mu.Unlock()
+		if sb != nil {
+			sb.Release(context.Background())
+		}
+		if err != nil {
+			if errors.Is(err, errRestore) {
+				r.p.quarantine(r.t, err)
+				return
+			}
+			r.p.logger.Error("making a restored sandbox for the pool", "template", r.t.Dir, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+}
+
+// make prepares, creates and restores one sandbox of the pool's shape.
+func (r *restorePool) make(ctx context.Context) (*restoredSandbox, error) {
+	sb, err := r.p.prepareRestore(ctx, r.t, r.shape)
+	if err != nil {
+		return nil, err
+	}
+	if err := sb.createAndRestore(ctx); err != nil {
+		return nil, errors.Join(err, sb.Release(ctx))
+	}
+	sb.pooled = true
+	return sb, nil
+}
+
+// fromPool returns a pooled sandbox of t given to the job of spec, or nil
+// when t has no pool, the job is not of its shape or none is ready.
+func (p *SnapshotRunner) fromPool(t *snapshotTemplate, spec Spec) Sandbox {
+	p.mu.RLock()
+	r := p.pools[t]
+	p.mu.RUnlock()
+	if r == nil {
+		return nil
+	}
+	a, b := spec.Limits, r.shape.Limits
+	a.Timeout, b.Timeout = 0, 0
+	if a != b {
+		return nil
+	}
+	req, err := json.Marshal(snapshotRequest{Argv: spec.Args, Env: spec.Env, Cwd: WorkDir})
+	if err != nil {
+		return nil
+	}
+	r.mu.Lock()
+	var sb *restoredSandbox
+	if n := len(r.ready); n > 0 && !r.closed {
+		sb = r.ready[0]
+		r.ready = r.ready[1:]
+	}
+	r.mu.Unlock()
+	if sb == nil {
+		r.misses.Add(1)
+		return nil
+	}
+	r.hits.Add(1)
+	sb.mu.Lock()
+	sb.spec.Name, sb.spec.Limits.Timeout = spec.Name, spec.Limits.Timeout
+	sb.restore.job, sb.restore.request = spec, req
+	sb.logger = p.runsc.logger.With("sandbox", sb.id, "job_id", spec.Name)
+	sb.createdAt = time.Now()
+	sb.mu.Unlock()
+	return &pooledSandbox{restoredSandbox: sb, pool: r}
+}
+
+// pooledSandbox is a sandbox a pool handed out: releasing it has the pool
+// restore another.
+type pooledSandbox struct {
+	*restoredSandbox
+	pool *restorePool
+}
+
+func (s *pooledSandbox) Release(ctx context.Context) error {
+	err := s.restoredSandbox.Release(ctx)
+	select {
+	case s.pool.wake <- struct{}{}:
+	default:
+	}
+	return err
+}
+
+// PoolStats are, summed over the templates' pools, the sandboxes ready, the
+// jobs that took one (hits) and those of a pool's shape that found none
+// ready (misses).
+func (p *SnapshotRunner) PoolStats() (ready int, hits, misses int64) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, r := range p.pools {
+		r.mu.Lock()
+		ready += len(r.ready)
+		r.mu.Unlock()
+		hits += r.hits.Load()
+		misses += r.misses.Load()
+	}
+	return ready, hits, misses
+}
+
+// Close stops the pools and releases the sandboxes still waiting in them.
+// It does not close the wrapped runner; sandboxes handed out are their
+// jobs' to release.
+func (p *SnapshotRunner) Close(ctx context.Context) error {
+	p.mu.Lock()
+	pools := p.pools
+	p.pools = nil
+	p.mu.Unlock()
+	var errs []error
+	for _, r := range pools {
+		r.mu.Lock()
+		r.closed = true
+		ready := r.ready
+		r.ready = nil
+		r.mu.Unlock()
+		r.stop()
+		<-r.done
+		for _, sb := range ready {
+			errs = append(errs, sb.Release(ctx))
+		}
+	}
+	return errors.Join(errs...)
+}
