@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -34,6 +35,66 @@ func TestComposeFileValidates(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("resolved config lacks %q", want)
 		}
+	}
+}
+
+// service is the block of one service in a resolved compose config: its
+// line and the more indented ones after it.
+func service(config, name string) string {
+	_, rest, ok := strings.Cut(config, "\n  "+name+":\n")
+	if !ok {
+		return ""
+	}
+	var b strings.Builder
+	for _, line := range strings.Split(rest, "\n") {
+		if line != "" && !strings.HasPrefix(line, "   ") {
+			break
+		}
+		b.WriteString(line + "\n")
+	}
+	return b.String()
+}
+
+// snapshotsOnRE matches a worker environment that turns snapshots on (the
+// parser quotes the value as it likes).
+var snapshotsOnRE = regexp.MustCompile(`\n\s+SANDQ_SNAPSHOTS: ["']?true["']?\n`)
+
+// TestComposeWorkerStartsFromSnapshots: compose's worker keeps warm
+// sandboxes and starts python jobs from snapshot templates by default, and
+// only the worker is given either setting.
+func TestComposeWorkerStartsFromSnapshots(t *testing.T) {
+	out, err := composeConfig(t, "../compose.yaml")
+	if err != nil {
+		t.Fatalf("compose.yaml does not validate: %v\n%s", err, out)
+	}
+	worker, api := service(out, "worker"), service(out, "api")
+	if worker == "" || api == "" {
+		t.Fatalf("no worker or api service in the resolved config:\n%s", out)
+	}
+	if !snapshotsOnRE.MatchString(worker) {
+		t.Errorf("the worker does not run with SANDQ_SNAPSHOTS true:\n%s", worker)
+	}
+	if !strings.Contains(worker, "SANDQ_WARM_SANDBOXES: ") {
+		t.Errorf("the worker has no SANDQ_WARM_SANDBOXES:\n%s", worker)
+	}
+	if strings.Contains(api, "SANDQ_SNAPSHOTS") || strings.Contains(api, "SANDQ_WARM_SANDBOXES") {
+		t.Errorf("the api service got worker settings:\n%s", api)
+	}
+	// The check bites: the same file with snapshots turned off fails it.
+	b, err := os.ReadFile("../compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := strings.Replace(string(b), "SANDQ_SNAPSHOTS: ${SANDQ_SNAPSHOTS:-true}", "SANDQ_SNAPSHOTS: ${SANDQ_SNAPSHOTS:-false}", 1)
+	if off == string(b) {
+		t.Fatal("compose.yaml does not set SANDQ_SNAPSHOTS as ${SANDQ_SNAPSHOTS:-true}")
+	}
+	p := filepath.Join(t.TempDir(), "compose.yaml")
+	if err := os.WriteFile(p, []byte(off), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := composeConfig(t, p); err != nil || snapshotsOnRE.MatchString(service(out, "worker")) {
+		t.Errorf("snapshots turned off still read as on (err %v):\n%s", err, service(out, "worker"))
 	}
 }
 

@@ -2,6 +2,8 @@ package worker
 
 import (
 	"net/http"
+	"path/filepath"
+	"sync"
 
 	"github.com/hibiken/asynq"
 	asynqmetrics "github.com/hibiken/asynq/x/metrics"
@@ -25,6 +27,7 @@ type Metrics struct {
 	egressRequests    *prometheus.CounterVec
 	egressBypass      prometheus.Counter
 	webhookDeliveries *prometheus.CounterVec
+	jobStarts         *prometheus.CounterVec
 }
 
 // NewMetrics makes a registry with sandq's metrics and asynq's queue
@@ -58,7 +61,10 @@ func NewMetrics(insp *asynq.Inspector) *Metrics {
 	m.webhookDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sandq_webhook_deliveries_total", Help: "Webhook delivery attempts, by outcome (delivered, retry, failed, gone).",
 	}, []string{"outcome"})
-	m.reg.MustRegister(m.jobsFinished, m.jobDuration, m.queueWait, m.sandboxStart, m.uploadedBytes, m.egressRequests, m.egressBypass, m.webhookDeliveries,
+	m.jobStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sandq_job_starts_total", Help: "Finished jobs that had a sandbox, by queue and how its container came to run them (start_mode: cold, warm, restored).",
+	}, []string{"queue", "start_mode"})
+	m.reg.MustRegister(m.jobsFinished, m.jobDuration, m.queueWait, m.sandboxStart, m.uploadedBytes, m.egressRequests, m.egressBypass, m.webhookDeliveries, m.jobStarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if insp != nil {
 		m.reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(insp))
@@ -81,7 +87,7 @@ func (m *Metrics) workerGauges(running func() int, concurrency int) {
 	)
 }
 
-// memoryGauges registers the memory budget gauges of a worker.
+// warmGauges registers the gauges and counters of a worker's warm pool.
 func (m *Metrics) warmGauges(p *executor.WarmRunner) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_warm_sandboxes_ready", Help: "Sandboxes created ahead of demand that wait for a job."},
@@ -95,6 +101,68 @@ func (m *Metrics) warmGauges(p *executor.WarmRunner) {
 	)
 }
 
+// snapshotSource is what the snapshot metrics read: an
+// executor.SnapshotRunner.
+type snapshotSource interface {
+	Stats() (restored, fallbacks, quarantined int64)
+	PoolStats() (ready int, hits, misses int64)
+	Templates() []*executor.Template
+}
+
+var _ snapshotSource = (*executor.SnapshotRunner)(nil)
+
+// snapshotGauges registers the metrics of a worker's snapshot templates
+// and their restore pools (--snapshots, --snapshot-pool). They are read
+// from the runner at each scrape, as the warm pool's are.
+func (m *Metrics) snapshotGauges(p snapshotSource) {
+	m.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_snapshot_restores_total", Help: "Containers restored from a snapshot template, for jobs or ahead of them into restore pools."},
+			func() float64 { r, _, _ := p.Stats(); return float64(r) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_snapshot_fallbacks_total", Help: "Jobs whose restore from a snapshot template failed and that started cold instead."},
+			func() float64 { _, f, _ := p.Stats(); return float64(f) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_snapshot_templates_quarantined_total", Help: "Snapshot templates quarantined after a failed restore; their jobs start cold until the worker's next start."},
+			func() float64 { _, _, q := p.Stats(); return float64(q) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_snapshot_templates", Help: "Snapshot templates jobs start from now (built and not quarantined)."},
+			func() float64 { return float64(len(p.Templates())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_snapshot_pool_ready", Help: "Sandboxes restored ahead of demand that wait for a job, summed over the templates' pools."},
+			func() float64 { r, _, _ := p.PoolStats(); return float64(r) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_snapshot_pool_hits_total", Help: "Jobs that found a sandbox restored ahead of them ready."},
+			func() float64 { _, h, _ := p.PoolStats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "sandq_snapshot_pool_misses_total", Help: "Jobs of a restore pool's shape that found none ready and were restored on their path."},
+			func() float64 { _, _, m := p.PoolStats(); return float64(m) }),
+		&templateBuildCollector{p: p, vec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sandq_snapshot_template_build_seconds", Help: "How long each image's snapshot template took to make (preload and checkpoint), as recorded when it was built; a template found on disk keeps its build's figure.",
+		}, []string{"image"})},
+	)
+}
+
+// templateBuildCollector reports the build time of the templates in use
+// at each scrape, so that a quarantined template's series goes away.
+type templateBuildCollector struct {
+	p   snapshotSource
+	vec *prometheus.GaugeVec
+	mu  sync.Mutex
+}
+
+func (c *templateBuildCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
+
+func (c *templateBuildCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.vec.Reset()
+	for _, t := range c.p.Templates() {
+		c.vec.WithLabelValues(templateImage(t)).Set(float64(t.Info.PreloadMS+t.Info.CheckpointMS) / 1000)
+	}
+	c.vec.Collect(ch)
+}
+
+// templateImage is the name of a template's image: its directory is
+// IMAGE_DIR/NAME/templates/KEY.
+func templateImage(t *executor.Template) string {
+	return filepath.Base(filepath.Dir(filepath.Dir(t.Dir)))
+}
+
+// memoryGauges registers the memory budget gauges of a worker.
 func (m *Metrics) memoryGauges(b *memoryBudget) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sandq_worker_memory_budget_bytes", Help: "Sum of job memory limits this worker may run at once."},
@@ -117,6 +185,9 @@ func (m *Metrics) observe(res *jobs.Result) {
 	}
 	m.jobDuration.WithLabelValues(res.Queue).Observe(float64(res.DurationMS) / 1000)
 	m.queueWait.WithLabelValues(res.Queue).Observe(float64(res.Timings.QueueWaitMS) / 1000)
+	if mode := res.Timings.StartMode; mode != "" {
+		m.jobStarts.WithLabelValues(res.Queue, mode).Inc()
+	}
 	if res.Timings.SandboxStartMS > 0 {
 		m.sandboxStart.Observe(float64(res.Timings.SandboxStartMS) / 1000)
 	}

@@ -113,6 +113,7 @@ func New(cfg jobs.Config, runner executor.Runner, store *storage.Store, logger *
 			return nil, err
 		}
 		w.snapshots = snap
+		h.metrics.snapshotGauges(snap)
 		h.runner = snap
 	}
 	// Deliveries have their own server and queue, so that jobs and events

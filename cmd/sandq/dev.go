@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sandq/sandq/executor"
 	"github.com/sandq/sandq/internal/devstack/sandqdev"
 )
 
@@ -24,6 +26,11 @@ func devCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "data-dir", EnvVars: env("DEV_DIR"), Usage: "where the stack keeps its data (default: $XDG_DATA_HOME/sandq/dev)"},
 			&cli.IntFlag{Name: "minio-console-port", Value: 9001, Usage: "port of MinIO's web console"},
+			// The worker's own variables, so that a setting reaches the
+			// worker the same way whether it came as a flag of dev or from
+			// the environment.
+			&cli.BoolFlag{Name: "snapshots", EnvVars: env("SNAPSHOTS"), Usage: "the worker starts python jobs from snapshot templates (sandq worker --snapshots)"},
+			&cli.IntFlag{Name: "snapshot-pool", EnvVars: env("SNAPSHOT_POOL"), Usage: "with --snapshots, sandboxes per template the worker keeps restored ahead of demand (sandq worker --snapshot-pool)"},
 		},
 		Action: func(c *cli.Context) error {
 			cfg, err := loadConfig(c)
@@ -38,6 +45,10 @@ func devCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("--s3-endpoint: %w", err)
 			}
+			workerEnv, err := devWorkerEnv(c)
+			if err != nil {
+				return err
+			}
 			self, err := os.Executable()
 			if err != nil {
 				return err
@@ -49,7 +60,7 @@ func devCommand() *cli.Command {
 			ctx, stop := interruptible(c)
 			defer stop()
 			dev, err := sandqdev.Start(ctx, sandqdev.Options{
-				Dir: c.String("data-dir"), Sandq: self, Env: setGlobalsAsEnv(c),
+				Dir: c.String("data-dir"), Sandq: self, Env: setGlobalsAsEnv(c), WorkerEnv: workerEnv,
 				RedisPort: redisPort, MinioPort: minioPort, MinioConsolePort: c.Int("minio-console-port"),
 				AccessKey: cfg.Storage.AccessKey, SecretKey: cfg.Storage.SecretKey, Bucket: cfg.Storage.Bucket, ExpiryDays: cfg.ObjectExpiryDays(),
 				Listen: listen, EgressConfig: os.Getenv("SANDQ_EGRESS_CONFIG"), WebhookConfig: os.Getenv("SANDQ_WEBHOOK_CONFIG"), AuthConfig: os.Getenv("SANDQ_AUTH_CONFIG"),
@@ -70,6 +81,27 @@ func devCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// devWorkerEnv is the worker's settings from dev's own flags, as the
+// worker's SANDQ_* variables. It refuses what the worker would refuse
+// before anything starts, rather than after Redis and MinIO have.
+func devWorkerEnv(c *cli.Context) ([]string, error) {
+	snapshots, pool := c.Bool("snapshots"), c.Int("snapshot-pool")
+	if pool < 0 || pool > executor.MaxSnapshotPool {
+		return nil, fmt.Errorf("--snapshot-pool %d: want 0 (off) to %d", pool, executor.MaxSnapshotPool)
+	}
+	if pool > 0 && !snapshots {
+		return nil, errors.New("--snapshot-pool needs --snapshots")
+	}
+	var out []string
+	if snapshots {
+		out = append(out, "SANDQ_SNAPSHOTS=true")
+	}
+	if pool > 0 {
+		out = append(out, "SANDQ_SNAPSHOT_POOL="+strconv.Itoa(pool))
+	}
+	return out, nil
 }
 
 // printDev says where everything of a started dev stack is.
@@ -102,6 +134,9 @@ func printDev(c *cli.Context, dev *sandqdev.Dev, bucket, rootUser, metricsAddr, 
 `, dev.RedisAddr, dev.MinioAddr, bucket, dev.MinioConsoleAddr, rootUser,
 		dev.Access.Worker.AccessKey, dev.Access.Producer.AccessKey, dev.AccessFile(bucket), dev.WorkerPID, dev.WorkerLog, metricsAddr,
 		listen, token, tokenNote, listen, listen, dashNote, dev.EgressConfig, secret, hookNote, secret, dev.Dir)
+	if c.Bool("snapshots") {
+		fmt.Fprintf(c.App.Writer, "  snapshots      on, restore pool %d: the worker builds its templates before it takes jobs (see its log)\n", c.Int("snapshot-pool"))
+	}
 }
 
 func portOf(addr string) (int, error) {

@@ -151,6 +151,17 @@ open("/tmp/left-by-a-job", "w").write("x")
 	}
 	restored(st.Result, jobs.StatusCanceled)
 
+	// The worker's metrics count the restored starts and its template.
+	if n := workerMetric(t, x.Worker, `sandq_job_starts_total{queue="snapshot-e2e",start_mode="restored"}`); n < 1 {
+		t.Errorf("restored job starts counted %v", n)
+	}
+	if n := workerMetric(t, x.Worker, "sandq_snapshot_restores_total"); n < 1 {
+		t.Errorf("sandq_snapshot_restores_total %v", n)
+	}
+	if n := workerMetric(t, x.Worker, "sandq_snapshot_templates"); n != 1 {
+		t.Errorf("sandq_snapshot_templates %v, want 1", n)
+	}
+
 	x.Stop()
 	if ids, err := x.Runner.Containers(ctx); err != nil || len(ids) != 0 {
 		t.Fatalf("containers after the worker stopped: %v %v", ids, err)
@@ -192,6 +203,10 @@ func TestSnapshotPoolJobs(t *testing.T) {
 	}
 	t.Logf("pooled job: sandbox_start %d ms, download %d ms, total in worker %d ms", r.Timings.SandboxStartMS, r.Timings.DownloadMS, r.Timings.TotalInWorkerMS)
 	waitReady(2)
+	waitWorkerMetric(t, x.Worker, "sandq_snapshot_pool_ready", 2)
+	if n := workerMetric(t, x.Worker, "sandq_snapshot_pool_hits_total"); n != 1 {
+		t.Errorf("sandq_snapshot_pool_hits_total %v, want 1", n)
+	}
 	x.Stop()
 	if ids, err := x.Runner.Containers(context.Background()); err != nil || len(ids) != 0 {
 		t.Fatalf("containers after the worker stopped: %v %v", ids, err)

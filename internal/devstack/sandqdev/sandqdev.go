@@ -27,6 +27,10 @@ type Options struct {
 	// Env is added to both children's environment: the parent's settings
 	// as SANDQ_* variables.
 	Env []string
+	// WorkerEnv is added to the worker's environment only, after Env: the
+	// worker's own settings that `sandq dev` takes as flags (such as
+	// SANDQ_SNAPSHOTS).
+	WorkerEnv []string
 	// Ports on 127.0.0.1; 0 picks a free one.
 	RedisPort, MinioPort, MinioConsolePort int
 	// AccessKey and SecretKey are MinIO's root credentials; they stay in
@@ -138,6 +142,7 @@ func Start(ctx context.Context, o Options) (_ *Dev, err error) {
 	if d.WroteWebhookConfig {
 		worker.Env = append(worker.Env, "SANDQ_WEBHOOK_CONFIG="+d.WebhookConfig)
 	}
+	worker.Env = append(worker.Env, o.WorkerEnv...)
 	if d.WorkerPID, err = stack.Run(worker); err != nil {
 		return nil, err
 	}

@@ -15,7 +15,8 @@ import (
 )
 
 // Start hands the worker and the server each their own S3 user and the
-// settings files it wrote, passes the parent's settings to both, opens the
+// settings files it wrote, passes the parent's settings to both and the
+// worker's own (WorkerEnv) to the worker only, opens the
 // dashboard only on loopback, and Stop leaves no process behind. A stand-in
 // for the sandq binary records what each child got.
 func TestStartHandsEachChildItsSettings(t *testing.T) {
@@ -25,7 +26,7 @@ func TestStartHandsEachChildItsSettings(t *testing.T) {
 	fake := filepath.Join(out, "sandq")
 	os.WriteFile(fake, []byte("#!/bin/sh\nenv | grep '^SANDQ_' | sort > \""+out+"/$1.env\"\nexec sleep 60\n"), 0o755)
 	d, err := Start(context.Background(), Options{
-		Dir: dir, Sandq: fake, Env: []string{"SANDQ_REDIS_DB=3"},
+		Dir: dir, Sandq: fake, Env: []string{"SANDQ_REDIS_DB=3"}, WorkerEnv: []string{"SANDQ_SNAPSHOTS=true", "SANDQ_SNAPSHOT_POOL=2"},
 		AccessKey: "dev-root", SecretKey: "dev-root-secret", Bucket: "sandq", ExpiryDays: 9, Listen: "127.0.0.1:0",
 	})
 	if err != nil {
@@ -47,13 +48,17 @@ func TestStartHandsEachChildItsSettings(t *testing.T) {
 		who, env string
 		want     []string
 	}{
-		{"worker", worker, []string{"SANDQ_REDIS_DB=3", "SANDQ_S3_ACCESS_KEY=" + d.Access.Worker.AccessKey, "SANDQ_EGRESS_CONFIG=" + filepath.Join(dir, "egress.json"), "SANDQ_WEBHOOK_CONFIG=" + filepath.Join(dir, "webhook.json")}},
+		{"worker", worker, []string{"SANDQ_REDIS_DB=3", "SANDQ_S3_ACCESS_KEY=" + d.Access.Worker.AccessKey, "SANDQ_EGRESS_CONFIG=" + filepath.Join(dir, "egress.json"), "SANDQ_WEBHOOK_CONFIG=" + filepath.Join(dir, "webhook.json"),
+			"SANDQ_SNAPSHOTS=true", "SANDQ_SNAPSHOT_POOL=2"}},
 		{"server", server, []string{"SANDQ_REDIS_DB=3", "SANDQ_S3_ACCESS_KEY=" + d.Access.Producer.AccessKey, "SANDQ_AUTH_CONFIG=" + filepath.Join(dir, "auth.json"), "SANDQ_OPEN_DASHBOARD=true"}},
 	} {
 		for _, w := range c.want {
 			if !strings.Contains(c.env, w+"\n") {
 				t.Errorf("%s lacks %s:\n%s", c.who, w, c.env)
 			}
+		}
+		if c.who == "server" && strings.Contains(c.env, "SANDQ_SNAPSHOT") {
+			t.Errorf("the server got the worker's own settings:\n%s", c.env)
 		}
 		if strings.Contains(c.env, "dev-root") {
 			t.Errorf("%s got MinIO's root credentials:\n%s", c.who, c.env)
