@@ -19,9 +19,9 @@ func benchCommand() *cli.Command {
 		Name:  "bench",
 		Usage: "measure latency and throughput against bare runsc on this machine, with its own Redis, MinIO and worker (as root); --control-plane measures the queue and store path alone",
 		Flags: append(append([]cli.Flag{
-			&cli.BoolFlag{Name: "quick", Usage: fmt.Sprintf("a short run (about two minutes): %d latency jobs, %d throughput jobs at concurrency %s, %d floor runs",
+			&cli.BoolFlag{Name: "quick", Usage: fmt.Sprintf("a short run (a few minutes): %d latency jobs, %d throughput jobs at concurrency %s, %d floor runs",
 				quick.LatencyJobs, quick.ThroughputJobs, formatInts(quick.Concurrency), quick.FloorRuns)},
-			&cli.StringFlag{Name: "variant", DefaultText: quoted(strings.Join(bench.DefaultVariants(), ",")), Usage: "variants of the trivial job: shell, python"},
+			&cli.StringFlag{Name: "variant", DefaultText: quoted(strings.Join(bench.DefaultVariants(), ",")), Usage: "variants of the trivial job: shell, python, python-pandas (on the analysis image)"},
 			&cli.IntFlag{Name: "floor-runs", DefaultText: intText(bench.DefaultFloorRuns), Usage: "serial runs of each floor"},
 			&cli.IntFlag{Name: "latency-jobs", DefaultText: intText(bench.DefaultLatencyJobs), Usage: "jobs sent open-loop in the latency run"},
 			&cli.Float64Flag{Name: "rate", DefaultText: strconv.FormatFloat(bench.DefaultRate, 'g', -1, 64), Usage: "average jobs per second of the latency run (exponential gaps)"},
@@ -32,6 +32,7 @@ func benchCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-webhook", Usage: "no webhook receiver: latency to the result only"},
 			&cli.IntFlag{Name: "warm", DefaultText: "latency concurrency, at least 2", Usage: "warm sandboxes (--warm-sandboxes) of the worker in the warm runs"},
 			&cli.BoolFlag{Name: "no-warm", Usage: "skip the warm runs (sandq with warm sandboxes)"},
+			&cli.BoolFlag{Name: "no-snapshots", Usage: "skip the restored runs of the python variants (sandq with snapshot templates, without and with a pool of --warm restored sandboxes)"},
 			&cli.Int64Flag{Name: "seed", DefaultText: intText(bench.DefaultSeed), Usage: "seed of the open-loop schedule"},
 			&cli.StringFlag{Name: "out", Usage: "also write the report as JSON to this file"},
 		}, append(sandboxFlags(quoted(image.DefaultDir)),
@@ -91,7 +92,7 @@ func benchOptions(c *cli.Context) (bench.Options, error) {
 	o.LatencyConcurrency = c.Int("latency-concurrency")
 	o.MemoryJobs = c.Int("memory-jobs")
 	o.NoWebhook = c.Bool("no-webhook")
-	o.Warm, o.NoWarm = c.Int("warm"), c.Bool("no-warm")
+	o.Warm, o.NoWarm, o.NoSnapshots = c.Int("warm"), c.Bool("no-warm"), c.Bool("no-snapshots")
 	o.Seed = c.Int64("seed")
 	sb := sandboxSettingsFromFlags(c)
 	o.Runsc, o.Platform, o.ImageDir, o.Image = sb.runsc.Runsc, sb.runsc.Platform, sb.imageDir, sb.image

@@ -230,4 +230,7 @@ func TestBenchOptions(t *testing.T) {
 	if got := load("sandq bench --concurrency 3,5 --variant shell"); !slices.Equal(got.Concurrency, []int{3, 5}) || !slices.Equal(got.Variants, []string{"shell"}) {
 		t.Errorf("lists: %+v", got)
 	}
+	if got := load("sandq bench --variant python,python-pandas --no-snapshots"); !got.NoSnapshots || !slices.Equal(got.Variants, []string{"python", "python-pandas"}) {
+		t.Errorf("--variant python,python-pandas --no-snapshots: %+v", got)
+	}
 }

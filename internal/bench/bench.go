@@ -27,12 +27,17 @@ import (
 const (
 	VariantShell  = "shell"
 	VariantPython = "python"
+	// VariantPythonPandas is the python job that also imports pandas and
+	// matplotlib, as most analysis jobs begin; it runs on
+	// Options.PandasImage.
+	VariantPythonPandas = "python-pandas"
 )
 
 // Options say what to measure. Zero fields take the defaults of
 // WithDefaults; Quick gives a small run for tests.
 type Options struct {
-	// Variants of the trivial job: "shell", "python". Default both.
+	// Variants of the trivial job: "shell", "python", "python-pandas".
+	// Default shell and python.
 	Variants []string
 	// FloorRuns is how many times each floor runs serially (after one
 	// warm-up run). Default 10.
@@ -58,6 +63,12 @@ type Options struct {
 	// least 2. NoWarm skips the warm runs.
 	Warm   int
 	NoWarm bool
+	// NoSnapshots skips the restored runs. Without it the python variants
+	// are measured a third and fourth way: by a worker with snapshot
+	// templates (jobs.WorkerConfig.Snapshots), each job restored from its
+	// image's template on its path, and by one that also keeps Warm
+	// sandboxes restored ahead of demand (SnapshotPool).
+	NoSnapshots bool
 	// MemoryJobs is how many jobs run at once while the child worker's
 	// memory is sampled. Default 2.
 	MemoryJobs int
@@ -71,6 +82,9 @@ type Options struct {
 	// ImageDir and Image name the image jobs run on. Defaults
 	// /var/lib/sandq/images and "default".
 	ImageDir, Image string
+	// PandasImage is the image, in ImageDir, of the python-pandas
+	// variant: one with pandas and matplotlib. Default "analysis".
+	PandasImage string
 	// Runsc binary and Platform, as for workers. Defaults "runsc", systrap.
 	Runsc, Platform string
 	// TempDir is where the run's scratch directory is made (Redis and
@@ -82,7 +96,7 @@ type Options struct {
 	Progress io.Writer
 }
 
-// Quick returns options for a run of about two minutes: 20 latency jobs,
+// Quick returns options for a run of a few minutes: 20 latency jobs,
 // 40 throughput jobs at concurrency 1 and 2, 3 floor runs.
 func Quick(o Options) Options {
 	o.FloorRuns = 3
@@ -130,6 +144,9 @@ func (o Options) WithDefaults() Options {
 	if o.Image == "" {
 		o.Image = jobs.DefaultImage
 	}
+	if o.PandasImage == "" {
+		o.PandasImage = DefaultPandasImage
+	}
 	if o.Runsc == "" {
 		o.Runsc = executor.DefaultRunsc
 	}
@@ -152,7 +169,7 @@ func (o Options) WithDefaults() Options {
 func (o Options) Validate() error {
 	for _, v := range o.Variants {
 		if _, ok := variants[v]; !ok {
-			return fmt.Errorf("variant %q: want shell or python", v)
+			return fmt.Errorf("variant %q: want shell, python or python-pandas", v)
 		}
 	}
 	switch {
@@ -218,7 +235,13 @@ func (e *env) measure(ctx context.Context, rep *Report) error {
 	}
 	for _, name := range e.o.Variants {
 		v := variants[name]
-		vr := VariantReport{Variant: name}
+		vr := VariantReport{Variant: name, Image: e.imageName(v), NoProcessFloor: v.noProcess}
+		if e.snapshots(v) {
+			e.progress("%s: snapshot template of image %s (made once, kept beside the image)", name, e.imageName(v))
+			if vr.Template, err = e.template(ctx, v); err != nil {
+				return fmt.Errorf("%s snapshot template: %w", name, err)
+			}
+		}
 		e.progress("%s: floors (%d serial runs each)", name, e.o.FloorRuns)
 		if vr.Floors, vr.FloorStages, err = e.floors(ctx, v); err != nil {
 			return fmt.Errorf("%s floors: %w", name, err)
@@ -235,6 +258,7 @@ func (e *env) measure(ctx context.Context, rep *Report) error {
 			}
 			vr.Throughput = append(vr.Throughput, row)
 		}
+		vr.Restore = restoreRatios(vr)
 		rep.Variants = append(rep.Variants, vr)
 	}
 	e.progress("memory: child worker idle, then %d jobs running", e.o.MemoryJobs)
@@ -242,6 +266,25 @@ func (e *env) measure(ctx context.Context, rep *Report) error {
 		return fmt.Errorf("memory: %w", err)
 	}
 	return e.finishLoad(ctx, &rep.Conditions)
+}
+
+// template has a worker with snapshot templates make (or find) the
+// template of v's image before anything is measured, so that no measured
+// phase pays for building it, and describes it.
+func (e *env) template(ctx context.Context, v variant) (*TemplateDoc, error) {
+	began := time.Now()
+	w, err := e.newWorker(v, fmt.Sprintf("bench-template-%s-%d", v.name, e.next()), 1, mode{key: modeRestored, snapshots: true})
+	if err != nil {
+		return nil, err
+	}
+	ready := time.Since(began)
+	ts := w.SnapshotTemplates()
+	w.Shutdown()
+	t := ts[0].Info
+	return &TemplateDoc{
+		Dir: ts[0].Dir, Digest: t.Digest, Preload: t.Preload, CheckpointBytes: t.CheckpointBytes,
+		PreloadMS: t.PreloadMS, CheckpointMS: t.CheckpointMS, Created: t.Created.UTC(), ReadySeconds: round1(ready.Seconds()),
+	}, nil
 }
 
 func (e *env) progress(format string, args ...any) {

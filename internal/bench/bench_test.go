@@ -22,14 +22,15 @@ import (
 // services (its own Redis and MinIO, real runsc sandboxes on the image
 // `make test` builds, a child `sandq worker`) and checks that the report is
 // complete and sane. It never asserts on speed. A missing runsc, Redis,
-// MinIO, image or root fails it (under -short, skips it).
+// MinIO, image or root fails it (under -short, skips it). The restored
+// runs are left to TestPandasBenchmark, to keep this one short.
 func TestQuickBenchmark(t *testing.T) {
 	testenv.NeedRunsc(t)
 	testenv.NeedBinary(t, "redis-server", "minio")
 	img := testenv.NeedImage(t)
 	bin := testenv.Sandq(t)
 	var progress bytes.Buffer
-	o := Quick(Options{SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, Progress: &progress})
+	o := Quick(Options{SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, NoSnapshots: true, Progress: &progress})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, o)
@@ -47,7 +48,7 @@ func TestQuickBenchmark(t *testing.T) {
 	if rep.FailedJobs != 0 {
 		t.Errorf("%d sandq jobs did not succeed: %q", rep.FailedJobs, rep.Failures)
 	}
-	checkConditions(t, rep.Conditions)
+	checkConditions(t, o, rep.Conditions)
 	if got := variantNames(rep); !slices.Equal(got, []string{VariantShell, VariantPython}) {
 		t.Fatalf("variants %v, want shell and python", got)
 	}
@@ -103,7 +104,7 @@ func variantNames(r *Report) []string {
 	return out
 }
 
-func checkConditions(t *testing.T, c Conditions) {
+func checkConditions(t *testing.T, o Options, c Conditions) {
 	t.Helper()
 	switch {
 	case c.CPUs < 1 || c.MemoryKiB <= 0 || c.Kernel == "" || c.LoadAvgStart == "" || c.LoadAvgEnd == "":
@@ -121,10 +122,15 @@ func checkConditions(t *testing.T, c Conditions) {
 	if !(l.WallSeconds > 0) || !(l.CPUSeconds > 0) || !(l.CPUPercent > 0) || l.RedisCommands <= 0 || !(l.RedisCommandsPerSecond > 0) {
 		t.Errorf("bench load: %+v", l)
 	}
-	// Per variant: the serial floors and the open loop, cold and warm, and
-	// a cold and a warm drain per concurrency.
-	o := Quick(Options{}).WithDefaults()
-	if want := len(o.Variants) * (4 + 2*len(o.Concurrency)); len(l.SandqPhases) != want {
+	// Per variant and mode (cold, warm, and for python restored without
+	// and with a pool): the serial floor, the open loop and a drain per
+	// concurrency.
+	e := &env{o: o}
+	want := 0
+	for _, name := range o.Variants {
+		want += len(e.modes(variants[name])) * (2 + len(o.Concurrency))
+	}
+	if len(l.SandqPhases) != want {
 		t.Errorf("%d sandq phases measured, want %d: %+v", len(l.SandqPhases), want, l.SandqPhases)
 	}
 	for _, p := range l.SandqPhases {
@@ -155,7 +161,7 @@ func TestBenchLoad(t *testing.T) {
 	const jobs, pings = 10, 2000
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
-	n, err := measured(ctx, e, phaseName(variants[VariantShell], "serial", 2), jobs, func() (int, error) {
+	n, err := measured(ctx, e, phaseName(variants[VariantShell], "serial", mode{key: modeWarm, warm: 2}), jobs, func() (int, error) {
 		for i := range pings {
 			if err := rdb.Ping(ctx).Err(); err != nil {
 				return i, err
@@ -201,6 +207,22 @@ func TestBenchLoad(t *testing.T) {
 func checkVariant(t *testing.T, o Options, v VariantReport) {
 	t.Helper()
 	name := v.Variant
+	def := variants[name]
+	modes := (&env{o: o}).modes(def)
+	// starts are how many of n jobs of a row of mode m ran warm and were
+	// restored. Each warm floor job is sent once a warm sandbox is ready,
+	// so each runs in one; a restored mode restores every job, from its
+	// pool or on its path.
+	starts := func(m mode, n int) (warm, restored int) {
+		switch m.key {
+		case modeWarm:
+			return n, 0
+		case modeRestored, modeRestoredPool:
+			return 0, n
+		}
+		return 0, 0
+	}
+
 	// Floors: every row, each run counted once.
 	var floors []string
 	for _, f := range v.Floors {
@@ -209,21 +231,32 @@ func checkVariant(t *testing.T, o Options, v VariantReport) {
 		if f.Failed != 0 {
 			t.Errorf("%s floor %s: %d failed", name, f.Name, f.Failed)
 		}
-		// Each warm floor job is sent once a warm sandbox is ready, so
-		// each runs in one; no other job does.
-		wantWarm := 0
-		if f.Name == FloorSandqWarm || f.Name == FloorSandqWarmHook {
-			wantWarm = o.FloorRuns
+		wantWarm, wantRestored := 0, 0
+		for _, m := range modes {
+			if f.Name == m.result || f.Name == m.hook {
+				wantWarm, wantRestored = starts(m, o.FloorRuns)
+			}
 		}
-		if f.Warm != wantWarm {
-			t.Errorf("%s floor %s: %d jobs ran warm, want %d", name, f.Name, f.Warm, wantWarm)
+		if f.Warm != wantWarm || f.Restored != wantRestored {
+			t.Errorf("%s floor %s: %d jobs ran warm and %d restored, want %d and %d", name, f.Name, f.Warm, f.Restored, wantWarm, wantRestored)
 		}
 	}
-	if want := []string{FloorProcess, FloorBare, FloorBareRun, FloorSandq, FloorSandqHook, FloorSandqWarm, FloorSandqWarmHook}; !slices.Equal(floors, want) {
+	want := []string{FloorBare, FloorBareRun}
+	if def.noProcess == "" {
+		want = append([]string{FloorProcess}, want...)
+	}
+	for _, m := range modes {
+		want = append(want, m.result, m.hook)
+	}
+	if !slices.Equal(floors, want) {
 		t.Errorf("%s floors %v, want %v", name, floors, want)
 	}
-	checkStages(t, name+" serial", v.FloorStages, o.FloorRuns)
-	checkStages(t, name+" serial warm", StageSet{Sandq: v.FloorStages.SandqWarm, Bare: v.FloorStages.Bare}, o.FloorRuns)
+	if (v.NoProcessFloor == "") != (def.noProcess == "") {
+		t.Errorf("%s: no_process_floor %q", name, v.NoProcessFloor)
+	}
+	for _, m := range modes {
+		checkStages(t, name+" serial "+m.key, StageSet{Sandq: *v.FloorStages.of(m.key), Bare: v.FloorStages.Bare}, o.FloorRuns)
+	}
 
 	// Latency: every row, every job succeeded.
 	l := v.Latency
@@ -238,27 +271,53 @@ func checkVariant(t *testing.T, o Options, v VariantReport) {
 			t.Errorf("%s latency %s: %d succeeded, %d failed, want all %d", name, r.Name, r.Succeeded, r.Failed, o.LatencyJobs)
 		}
 		// Warm rows: some jobs may find the pool empty in a burst, but
-		// the pool is full when the schedule starts.
-		warmRow := r.Name == LatencySandqWarm || r.Name == LatencySandqWarmHook
-		if (warmRow && r.Warm < 1) || (!warmRow && r.Warm != 0) {
-			t.Errorf("%s latency %s: %d jobs ran warm", name, r.Name, r.Warm)
+		// the pool is full when the schedule starts. Restored rows: every
+		// job is restored.
+		warm, restored := 0, 0
+		for _, m := range modes {
+			if r.Name == m.result || r.Name == m.hook {
+				warm, restored = starts(m, o.LatencyJobs)
+			}
+		}
+		if (warm > 0 && r.Warm < 1) || (warm == 0 && r.Warm != 0) || r.Restored != restored {
+			t.Errorf("%s latency %s: %d jobs ran warm and %d restored, want %d (some if over 0) and %d", name, r.Name, r.Warm, r.Restored, warm, restored)
 		}
 	}
-	if want := []string{LatencyBare, LatencySandq, LatencySandqHook, LatencySandqWarm, LatencySandqWarmHook}; !slices.Equal(rows, want) {
+	want = []string{LatencyBare}
+	for _, m := range modes {
+		want = append(want, m.result, m.hook)
+	}
+	if !slices.Equal(rows, want) {
 		t.Errorf("%s latency rows %v, want %v", name, rows, want)
 	}
-	if l.WebhookOverheadMS == nil || l.WarmOverheadMS == nil || l.WarmWebhookOverheadMS == nil {
+	if l.WebhookOverheadMS == nil || (!o.NoWarm && (l.WarmOverheadMS == nil || l.WarmWebhookOverheadMS == nil)) {
 		t.Errorf("%s: overheads missing: %+v", name, l)
 	}
-	checkStages(t, name+" open-loop warm", StageSet{Sandq: l.SandqWarmStages, Bare: l.BareStages}, o.LatencyJobs)
 	for _, x := range []float64{l.OverheadMS.P50, l.OverheadMS.P90, l.OverheadMS.P99, l.OverheadMS.Max} {
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			t.Errorf("%s overhead %+v", name, l.OverheadMS)
 		}
 	}
 	checkStages(t, name+" open-loop", StageSet{Sandq: l.SandqStages, Bare: l.BareStages}, o.LatencyJobs)
+	if !o.NoWarm {
+		checkStages(t, name+" open-loop warm", StageSet{Sandq: l.SandqWarmStages, Bare: l.BareStages}, o.LatencyJobs)
+	}
+	restoredRuns := len(modes) > 2
+	for _, m := range []*ModeLatency{l.Restored, l.RestoredPool} {
+		if (m != nil) != restoredRuns {
+			t.Errorf("%s: restored open-loop rows %+v, want them only with restored runs (%v)", name, m, restoredRuns)
+			continue
+		}
+		if m != nil {
+			if m.WebhookOverheadMS == nil {
+				t.Errorf("%s: restored webhook overhead missing", name)
+			}
+			checkStages(t, name+" open-loop restored", StageSet{Sandq: m.Stages, Bare: l.BareStages}, o.LatencyJobs)
+		}
+	}
 
-	// Throughput: a row per concurrency, every job succeeded.
+	// Throughput: a row per concurrency, every job succeeded; the restored
+	// drains restored every job.
 	var conc []int
 	for _, r := range v.Throughput {
 		conc = append(conc, r.Concurrency)
@@ -268,12 +327,33 @@ func checkVariant(t *testing.T, o Options, v VariantReport) {
 		if !(r.SandqJobsPerSecond > 0) || !(r.BareJobsPerSecond > 0) || !(r.Ratio > 0) || !(r.SandqSeconds > 0) || !(r.BareSeconds > 0) {
 			t.Errorf("%s throughput at %d: %+v", name, r.Concurrency, r)
 		}
-		if w := r.Warm; w == nil || w.Succeeded != o.ThroughputJobs || w.Failed != 0 || w.Started < 1 || !(w.JobsPerSecond > 0) || !(w.Ratio > 0) || !(w.Seconds > 0) {
+		if w := r.Warm; !o.NoWarm && (w == nil || w.Succeeded != o.ThroughputJobs || w.Failed != 0 || w.Started < 1 || !(w.JobsPerSecond > 0) || !(w.Ratio > 0) || !(w.Seconds > 0)) {
 			t.Errorf("%s warm throughput at %d: %+v, want all %d jobs succeeded, some warm", name, r.Concurrency, r.Warm, o.ThroughputJobs)
+		}
+		for _, d := range []*WarmDrain{r.Restored, r.RestoredPool} {
+			if (d != nil) != restoredRuns {
+				t.Errorf("%s restored throughput at %d: %+v, want one only with restored runs (%v)", name, r.Concurrency, d, restoredRuns)
+				continue
+			}
+			if d != nil && (d.Succeeded != o.ThroughputJobs || d.Failed != 0 || d.Started != o.ThroughputJobs || !(d.JobsPerSecond > 0) || !(d.Ratio > 0) || !(d.Seconds > 0)) {
+				t.Errorf("%s restored throughput at %d: %+v, want all %d jobs succeeded, all restored", name, r.Concurrency, *d, o.ThroughputJobs)
+			}
 		}
 	}
 	if !slices.Equal(conc, o.Concurrency) {
 		t.Errorf("%s throughput concurrencies %v, want %v", name, conc, o.Concurrency)
+	}
+
+	// The restored runs' template and ratios.
+	if restoredRuns {
+		if tm := v.Template; tm == nil || tm.Dir == "" || !strings.HasPrefix(tm.Digest, "sha256:") || len(tm.Preload) == 0 || tm.CheckpointBytes <= 0 {
+			t.Errorf("%s: template %+v", name, v.Template)
+		}
+		if x := v.Restore; x == nil || !(x.SerialP50 > 0) || !(x.OpenLoopP50 > 0) || !(x.PoolSerialP50 > 0) || !(x.PoolOpenLoopP50 > 0) {
+			t.Errorf("%s: restore ratios %+v", name, v.Restore)
+		}
+	} else if v.Template != nil || v.Restore != nil {
+		t.Errorf("%s: template %+v and ratios %+v without restored runs", name, v.Template, v.Restore)
 	}
 }
 
@@ -389,5 +469,159 @@ func TestDistPercentilesByNearestRank(t *testing.T) {
 	}
 	if vals[0] != 100 {
 		t.Error("dist sorted its argument in place")
+	}
+}
+
+// TestPandasBenchmark runs a tiny benchmark of the python and
+// python-pandas variants, cold, warm and restored from snapshot templates
+// (without and with a pool), against real services and sandboxes, and
+// checks that every row is filled and that the restored rows count
+// restored starts (timings.start_mode) and the others none. The
+// python-pandas variant runs on the analysis image beside the test image;
+// a missing one fails the test. It never asserts on speed: the snapshot
+// targets are computed and printed, met or not.
+func TestPandasBenchmark(t *testing.T) {
+	testenv.NeedRunsc(t)
+	testenv.NeedBinary(t, "redis-server", "minio")
+	img := testenv.NeedImage(t)
+	bin := testenv.Sandq(t)
+	var progress bytes.Buffer
+	o := Options{
+		Variants: []string{VariantPython, VariantPythonPandas}, FloorRuns: 2, LatencyJobs: 4, Rate: 1, ThroughputJobs: 4, Concurrency: []int{2},
+		MemoryJobs: 1, SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, Progress: &progress,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, o)
+	t.Logf("progress:\n%s", progress.String())
+	if err != nil {
+		t.Fatalf("benchmark: %v", err)
+	}
+	var table bytes.Buffer
+	if err := rep.PrintTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("table:\n%s", table.String())
+	o = o.WithDefaults()
+
+	if rep.FailedJobs != 0 {
+		t.Errorf("%d sandq jobs did not succeed: %q", rep.FailedJobs, rep.Failures)
+	}
+	checkConditions(t, o, rep.Conditions)
+	if got := variantNames(rep); !slices.Equal(got, o.Variants) {
+		t.Fatalf("variants %v, want %v", got, o.Variants)
+	}
+	for _, v := range rep.Variants {
+		checkVariant(t, o, v)
+	}
+	if py, pd := rep.Variants[0], rep.Variants[1]; py.Image != img.Name || pd.Image != DefaultPandasImage {
+		t.Errorf("images %q and %q, want %q and %q", py.Image, pd.Image, img.Name, DefaultPandasImage)
+	}
+	if !rep.Options.Snapshots || rep.Options.PandasImage != DefaultPandasImage {
+		t.Errorf("options %+v", rep.Options)
+	}
+	// The four targets of every variant, and the snapshot ones: restored
+	// against cold for both, throughput for python-pandas.
+	var names []string
+	for _, tg := range rep.Targets {
+		names = append(names, tg.Variant+": "+tg.Name)
+		if !(tg.Measured > 0) && tg.Unit == "ratio" {
+			t.Errorf("target %+v: no measurement", tg)
+		}
+	}
+	for _, want := range []string{VariantPython + ": restored p50 / cold p50, serial", VariantPythonPandas + ": restored p50 / cold p50, serial", VariantPythonPandas + ": best restored throughput / best cold"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("targets lack %q: %v", want, names)
+		}
+	}
+	if len(rep.Targets) != 4*2+3 {
+		t.Errorf("%d targets, want 11: %v", len(rep.Targets), names)
+	}
+	for _, want := range []string{FloorSandqRestored, FloorSandqRestoredPoolHook, "restored p50 / cold p50: serial", "sandq restored pool stages", "restored jobs/s", "pool restored",
+		"snapshot template: ", "no bare_process floor: ", "best restored throughput / best cold"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+}
+
+// TestPandasVariantNeedsItsImage: a run with the python-pandas variant is
+// refused, before anything is started, when its image is missing, with an
+// error that names the variant, the image and how to build it; without
+// the variant the same image directory is fine. It needs no root.
+func TestPandasVariantNeedsItsImage(t *testing.T) {
+	dir := t.TempDir()
+	fakeImage := func(name string) {
+		for _, p := range []string{"bin", "tmp"} {
+			if err := os.MkdirAll(filepath.Join(dir, name, "rootfs", p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "rootfs", "tmp", ".keep"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fakeImage("default")
+	o := Options{SandqBinary: "/bin/true", ImageDir: dir, Variants: []string{VariantShell, VariantPythonPandas}}.WithDefaults()
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	err := checkImages(o)
+	for _, want := range []string{"python-pandas", `image "analysis"`, "sandq image build analysis --packages-file images/analysis.packages", dir} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("without the analysis image: %v, want an error with %q", err, want)
+		}
+	}
+	o.Variants = []string{VariantShell, VariantPython}
+	if err := checkImages(o); err != nil {
+		t.Errorf("without python-pandas: %v", err)
+	}
+	o.Variants = []string{VariantPythonPandas}
+	fakeImage("analysis")
+	if err := checkImages(o); err != nil {
+		t.Errorf("with the analysis image: %v", err)
+	}
+}
+
+// TestSnapshotTargets computes the snapshot targets of hand-made rows:
+// each is met or not by its bound, python-pandas has the throughput one,
+// shell and a run without restored rows have none.
+func TestSnapshotTargets(t *testing.T) {
+	floors := func(cold, restored float64) []FloorRow {
+		return []FloorRow{{Name: FloorSandq, Dist: Dist{P50: cold}}, {Name: FloorSandqRestored, Dist: Dist{P50: restored}}, {Name: FloorSandqRestoredPool, Dist: Dist{P50: restored / 2}}}
+	}
+	drains := func(cold, restored, pool float64) []ThroughputRow {
+		return []ThroughputRow{
+			{Concurrency: 1, SandqJobsPerSecond: cold / 2, Restored: &WarmDrain{JobsPerSecond: restored / 2}, RestoredPool: &WarmDrain{JobsPerSecond: pool / 2}},
+			{Concurrency: 2, SandqJobsPerSecond: cold, Restored: &WarmDrain{JobsPerSecond: restored}, RestoredPool: &WarmDrain{JobsPerSecond: pool}},
+		}
+	}
+	for _, c := range []struct {
+		name    string
+		v       VariantReport
+		want    []string
+		wantMet []bool
+	}{
+		{"pandas met", VariantReport{Variant: VariantPythonPandas, Floors: floors(3000, 500), Throughput: drains(0.5, 1.4, 1.6)},
+			[]string{"restored p50 / cold p50, serial", "best restored throughput / best cold"}, []bool{true, true}},
+		{"pandas short", VariantReport{Variant: VariantPythonPandas, Floors: floors(3000, 700), Throughput: drains(0.5, 1.4, 1.2)},
+			[]string{"restored p50 / cold p50, serial", "best restored throughput / best cold"}, []bool{false, false}},
+		{"python no slower", VariantReport{Variant: VariantPython, Floors: floors(500, 500), Throughput: drains(2, 2, 2)},
+			[]string{"restored p50 / cold p50, serial"}, []bool{true}},
+		{"python slower", VariantReport{Variant: VariantPython, Floors: floors(500, 501), Throughput: drains(2, 2, 2)},
+			[]string{"restored p50 / cold p50, serial"}, []bool{false}},
+		{"shell", VariantReport{Variant: VariantShell, Floors: floors(500, 400)}, nil, nil},
+		{"no restored rows", VariantReport{Variant: VariantPythonPandas, Floors: []FloorRow{{Name: FloorSandq, Dist: Dist{P50: 3000}}}}, nil, nil},
+	} {
+		c.v.Restore = restoreRatios(c.v)
+		got := snapshotTargets(c.v)
+		var names []string
+		var met []bool
+		for _, tg := range got {
+			names, met = append(names, tg.Name), append(met, tg.Met)
+		}
+		if !slices.Equal(names, c.want) || !slices.Equal(met, c.wantMet) {
+			t.Errorf("%s: targets %+v, want %v met %v", c.name, got, c.want, c.wantMet)
+		}
 	}
 }

@@ -172,14 +172,10 @@ func measured[T any](ctx context.Context, e *env, name string, jobs int, fn func
 	return out, nil
 }
 
-// phaseName names a sandq phase of variant v: "shell serial",
-// "python open loop, 2 warm".
-func phaseName(v variant, what string, warm int) string {
-	name := v.name + " " + what
-	if warm > 0 {
-		name += fmt.Sprintf(", %d warm", warm)
-	}
-	return name
+// phaseName names a sandq phase of variant v in mode m: "shell serial",
+// "python open loop, 2 warm", "python-pandas serial, restored".
+func phaseName(v variant, what string, m mode) string {
+	return v.name + " " + what + m.suffix()
 }
 
 // RunscConditions describe the runsc binary and how it was run.

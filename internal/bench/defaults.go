@@ -12,9 +12,14 @@ const (
 	DefaultThroughputJobs = 500
 	DefaultMemoryJobs     = 2
 	DefaultSeed           = 1
+	// DefaultPandasImage is the image of the python-pandas variant: the
+	// default image has neither pandas nor matplotlib.
+	DefaultPandasImage = "analysis"
 )
 
-// DefaultVariants returns Options.Variants' default: every variant.
+// DefaultVariants returns Options.Variants' default: shell and python.
+// python-pandas is asked for by name: it needs the analysis image, and its
+// cold jobs take seconds each.
 func DefaultVariants() []string { return []string{VariantShell, VariantPython} }
 
 // DefaultConcurrency returns Options.Concurrency's default: the worker

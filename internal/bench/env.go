@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -71,9 +72,8 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 			return nil, fmt.Errorf("%s is not installed: %w (scripts/install-deps.sh installs what sandq needs)", bin, err)
 		}
 	}
-	rootfs := filepath.Join(o.ImageDir, o.Image, "rootfs")
-	if err := executor.CheckImage(rootfs); err != nil {
-		return nil, fmt.Errorf("image %q in %s: %w; build it with `sandq image build %s --packages-file images/default.packages`", o.Image, o.ImageDir, err, o.Image)
+	if err := checkImages(o); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp(o.TempDir, "sandq-bench-")
 	if err != nil {
@@ -134,6 +134,25 @@ func setup(ctx context.Context, o Options) (_ *env, err error) {
 	return e, nil
 }
 
+// checkImages refuses a run whose variants' images are missing: the
+// image for shell and python (and the memory run), and the one with
+// pandas for python-pandas.
+func checkImages(o Options) error {
+	rootfs := filepath.Join(o.ImageDir, o.Image, "rootfs")
+	if err := executor.CheckImage(rootfs); err != nil {
+		return fmt.Errorf("image %q in %s: %w; build it with `sandq image build %s --packages-file images/default.packages`", o.Image, o.ImageDir, err, o.Image)
+	}
+	if !slices.Contains(o.Variants, VariantPythonPandas) {
+		return nil
+	}
+	rootfs = filepath.Join(o.ImageDir, o.PandasImage, "rootfs")
+	if err := executor.CheckImage(rootfs); err != nil {
+		return fmt.Errorf("the %s variant runs on image %q, which has pandas and matplotlib (%q has not): in %s: %w; build it with `sandq image build %s --packages-file images/analysis.packages --overlay images/analysis.overlay`, or leave %s out of --variant",
+			VariantPythonPandas, o.PandasImage, o.Image, o.ImageDir, err, o.PandasImage, VariantPythonPandas)
+	}
+	return nil
+}
+
 // close stops everything setup started and removes the scratch directory,
 // unless something failed to stop.
 func (e *env) close() error {
@@ -153,19 +172,40 @@ func (e *env) next() int {
 }
 
 // startWorker starts an in-process worker serving queue at concurrency c
-// with warm warm sandboxes (0: none): the production configuration
+// in mode m, on the image of v: the production configuration
 // (jobs.Config defaults), sharing the run's runsc runner.
-func (e *env) startWorker(ctx context.Context, queue string, c, warm int) (*worker.Worker, error) {
-	cfg := e.cfg
-	cfg.Worker.Concurrency = c
-	cfg.Worker.WarmSandboxes = warm
-	cfg.Worker.Queues = map[string]int{queue: 1}
-	w, err := worker.New(cfg, e.runner, e.store, e.o.Logger)
+func (e *env) startWorker(ctx context.Context, v variant, queue string, c int, m mode) (*worker.Worker, error) {
+	w, err := e.newWorker(v, queue, c, m)
 	if err != nil {
 		return nil, err
 	}
 	if err := w.Start(ctx); err != nil {
 		return nil, err
+	}
+	return w, nil
+}
+
+// newWorker is startWorker's worker, not started yet. A worker with
+// snapshot templates has made (or found) its image's template when it is
+// returned; one that could not is refused, since its jobs would start
+// cold.
+func (e *env) newWorker(v variant, queue string, c int, m mode) (*worker.Worker, error) {
+	cfg := e.cfg
+	cfg.Worker.Image = e.imageName(v)
+	cfg.Worker.Concurrency = c
+	cfg.Worker.WarmSandboxes = m.warm
+	cfg.Worker.Snapshots = m.snapshots
+	cfg.Worker.SnapshotPool = m.pool
+	cfg.Worker.Queues = map[string]int{queue: 1}
+	w, err := worker.New(cfg, e.runner, e.store, e.o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	if m.snapshots && len(w.SnapshotTemplates()) == 0 {
+		// The worker logged why (at error level) and would start every
+		// job cold.
+		w.Shutdown()
+		return nil, fmt.Errorf("no snapshot template for image %q: the worker could not make one (its log says why)", cfg.Worker.Image)
 	}
 	return w, nil
 }

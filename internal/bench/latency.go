@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+
+	"github.com/sandq/sandq/jobs"
 )
 
 // floors runs the job serially, one at a time, each way: as a bare
@@ -17,19 +19,21 @@ func (e *env) floors(ctx context.Context, v variant) ([]FloorRow, StageSet, erro
 	var rows []FloorRow
 	var stages StageSet
 
-	// The bare process.
-	if _, err := e.runProcess(ctx, v); err != nil {
-		return nil, stages, fmt.Errorf("%s: warm-up: %w", FloorProcess, err)
-	}
+	// The bare process, unless the host's interpreter cannot run it.
 	var vals []float64
-	for range n {
-		d, err := e.runProcess(ctx, v)
-		if err != nil {
-			return nil, stages, fmt.Errorf("%s: %w", FloorProcess, err)
+	if v.noProcess == "" {
+		if _, err := e.runProcess(ctx, v); err != nil {
+			return nil, stages, fmt.Errorf("%s: warm-up: %w", FloorProcess, err)
 		}
-		vals = append(vals, ms(d))
+		for range n {
+			d, err := e.runProcess(ctx, v)
+			if err != nil {
+				return nil, stages, fmt.Errorf("%s: %w", FloorProcess, err)
+			}
+			vals = append(vals, ms(d))
+		}
+		rows = append(rows, FloorRow{Name: FloorProcess, What: "the interpreter on the host, script and input in a temporary directory", Dist: dist(vals)})
 	}
-	rows = append(rows, FloorRow{Name: FloorProcess, What: "the interpreter on the host, script and input in a temporary directory", Dist: dist(vals)})
 
 	// Bare runsc containers.
 	for _, f := range []struct {
@@ -62,9 +66,9 @@ func (e *env) floors(ctx context.Context, v variant) ([]FloorRow, StageSet, erro
 		}
 	}
 
-	// sandq, cold and with warm sandboxes.
-	for _, m := range e.modes() {
-		runs, err := e.serialSandq(ctx, v, n, m.warm)
+	// sandq, cold, with warm sandboxes and restored from a template.
+	for _, m := range e.modes(v) {
+		runs, err := e.serialSandq(ctx, v, n, m)
 		if err != nil {
 			return nil, stages, fmt.Errorf("%s: %w", m.result, err)
 		}
@@ -77,33 +81,76 @@ func (e *env) floors(ctx context.Context, v variant) ([]FloorRow, StageSet, erro
 			}
 			counts.count(r)
 		}
-		rows = append(rows, FloorRow{Name: m.result, What: m.what + ", worker concurrency 1: Client.Enqueue until the completed result is seen", Runs: counts, Dist: dist(toResult)})
+		what := m.what
+		if m.ahead() > 0 {
+			what += " (each job sent when one is ready)"
+		}
+		rows = append(rows, FloorRow{Name: m.result, What: what + ", worker concurrency 1: Client.Enqueue until the completed result is seen", Runs: counts, Dist: dist(toResult)})
 		if len(toHook) > 0 {
-			rows = append(rows, FloorRow{Name: m.hook, What: m.what + ": Client.Enqueue until the signed webhook arrives", Runs: counts, Dist: dist(toHook)})
+			rows = append(rows, FloorRow{Name: m.hook, What: what + ": Client.Enqueue until the signed webhook arrives", Runs: counts, Dist: dist(toHook)})
 		}
-		if m.warm > 0 {
-			stages.SandqWarm = sandqStageRows(runs)
-		} else {
-			stages.Sandq = sandqStageRows(runs)
-		}
+		*stages.of(m.key) = sandqStageRows(runs)
 	}
 	return rows, stages, nil
 }
 
-// mode is one way the bench runs sandq: cold (every job makes its sandbox)
-// or with warm sandboxes.
+// mode is one way the bench runs sandq: cold (every job makes its
+// sandbox), with warm sandboxes, restored from a snapshot template on the
+// job's path, or restored ahead of it (a pool of restored sandboxes).
 type mode struct {
-	warm               int
+	key string
+	// warm is the worker's warm sandboxes; snapshots turns its templates
+	// on; pool is its pool of restored sandboxes.
+	warm, pool         int
+	snapshots          bool
 	result, hook, what string
 }
 
-// modes are the sandq modes the run measures.
-func (e *env) modes() []mode {
-	ms := []mode{{0, FloorSandq, FloorSandqHook, "sandq"}}
+// Mode keys.
+const (
+	modeCold         = "cold"
+	modeWarm         = "warm"
+	modeRestored     = "restored"
+	modeRestoredPool = "restored_pool"
+)
+
+// modes are the sandq modes the run measures for v: cold, warm (unless
+// NoWarm), and for the python variants restored and restored with a pool
+// (unless NoSnapshots).
+func (e *env) modes(v variant) []mode {
+	ms := []mode{{key: modeCold, result: FloorSandq, hook: FloorSandqHook, what: "sandq"}}
 	if !e.o.NoWarm {
-		ms = append(ms, mode{e.o.Warm, FloorSandqWarm, FloorSandqWarmHook, fmt.Sprintf("sandq with %d warm sandboxes (each job sent when one is ready)", e.o.Warm)})
+		ms = append(ms, mode{key: modeWarm, warm: e.o.Warm, result: FloorSandqWarm, hook: FloorSandqWarmHook,
+			what: fmt.Sprintf("sandq with %d warm sandboxes", e.o.Warm)})
+	}
+	if e.snapshots(v) {
+		ms = append(ms,
+			mode{key: modeRestored, snapshots: true, result: FloorSandqRestored, hook: FloorSandqRestoredHook,
+				what: "sandq with snapshot templates (each job restored from its image's template)"},
+			mode{key: modeRestoredPool, snapshots: true, pool: e.o.Warm, result: FloorSandqRestoredPool, hook: FloorSandqRestoredPoolHook,
+				what: fmt.Sprintf("sandq with snapshot templates and %d sandboxes restored ahead", e.o.Warm)})
 	}
 	return ms
+}
+
+// snapshots reports whether v is measured restored.
+func (e *env) snapshots(v variant) bool { return !e.o.NoSnapshots && v.restorable() }
+
+// ahead is how many sandboxes the mode's worker makes ahead of its jobs,
+// warm or restored; serial jobs are sent once one is ready.
+func (m mode) ahead() int { return m.warm + m.pool }
+
+// suffix names the mode in a phase's name.
+func (m mode) suffix() string {
+	switch {
+	case m.pool > 0:
+		return fmt.Sprintf(", restored, pool of %d", m.pool)
+	case m.snapshots:
+		return ", restored"
+	case m.warm > 0:
+		return fmt.Sprintf(", %d warm", m.warm)
+	}
+	return ""
 }
 
 // bareStageRows are the stages of bare runs: waiting for a slot (from
@@ -161,6 +208,9 @@ func (c *Runs) count(r *sandqRun) {
 	}
 	if r.res.Timings != nil && r.res.Timings.WarmStart {
 		c.Warm++
+	}
+	if r.res.Timings != nil && r.res.Timings.StartMode == jobs.StartRestored {
+		c.Restored++
 	}
 	if r.res.Attempt > 1 {
 		c.Retried++
@@ -244,11 +294,11 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 	}
 	rep.BareStages = bareStageRows(bare, acquired)
 
-	// sandq, cold and with warm sandboxes.
+	// sandq, each mode.
 	bareDist := dist(bareLat)
 	rep.Rows = []LatencyRow{{Name: LatencyBare, What: "bare runsc container (create, start, wait, delete), from the scheduled send", Succeeded: len(bareLat), Runs: bareRuns, Dist: bareDist}}
-	for _, m := range e.modes() {
-		runs, err := measured(ctx, e, phaseName(v, "open loop", m.warm), len(sched)+1, func() ([]*sandqRun, error) { return e.openLoopSandq(ctx, v, sched, m.warm) })
+	for _, m := range e.modes(v) {
+		runs, err := measured(ctx, e, phaseName(v, "open loop", m), len(sched)+1, func() ([]*sandqRun, error) { return e.openLoopSandq(ctx, v, sched, m) })
 		if err != nil {
 			return rep, err
 		}
@@ -261,24 +311,26 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 				toHook = append(toHook, ms(r.hook.Sub(r.scheduled)))
 			}
 		}
-		what := "sandq"
-		if m.warm > 0 {
-			what = fmt.Sprintf("sandq with %d warm sandboxes", m.warm)
-		}
 		resultDist := dist(toResult)
-		rep.Rows = append(rep.Rows, LatencyRow{Name: m.result, What: what + ": scheduled send until the completed result is seen", Succeeded: len(toResult) - sandqRuns.Failed, Runs: sandqRuns, Dist: resultDist})
+		rep.Rows = append(rep.Rows, LatencyRow{Name: m.result, What: m.what + ": scheduled send until the completed result is seen", Succeeded: len(toResult) - sandqRuns.Failed, Runs: sandqRuns, Dist: resultDist})
 		ov := overhead(resultDist, bareDist)
 		var hookOv *Overhead
 		if len(toHook) > 0 {
 			hookDist := dist(toHook)
-			rep.Rows = append(rep.Rows, LatencyRow{Name: m.hook, What: what + ": scheduled send until the signed webhook arrives", Succeeded: len(toHook) - sandqRuns.Failed, Runs: sandqRuns, Dist: hookDist})
+			rep.Rows = append(rep.Rows, LatencyRow{Name: m.hook, What: m.what + ": scheduled send until the signed webhook arrives", Succeeded: len(toHook) - sandqRuns.Failed, Runs: sandqRuns, Dist: hookDist})
 			o := overhead(hookDist, bareDist)
 			hookOv = &o
 		}
-		if m.warm > 0 {
-			rep.WarmOverheadMS, rep.WarmWebhookOverheadMS, rep.SandqWarmStages = &ov, hookOv, sandqStageRows(runs)
-		} else {
-			rep.OverheadMS, rep.WebhookOverheadMS, rep.SandqStages = ov, hookOv, sandqStageRows(runs)
+		stages := sandqStageRows(runs)
+		switch m.key {
+		case modeCold:
+			rep.OverheadMS, rep.WebhookOverheadMS, rep.SandqStages = ov, hookOv, stages
+		case modeWarm:
+			rep.WarmOverheadMS, rep.WarmWebhookOverheadMS, rep.SandqWarmStages = &ov, hookOv, stages
+		case modeRestored:
+			rep.Restored = &ModeLatency{OverheadMS: ov, WebhookOverheadMS: hookOv, Stages: stages}
+		case modeRestoredPool:
+			rep.RestoredPool = &ModeLatency{OverheadMS: ov, WebhookOverheadMS: hookOv, Stages: stages}
 		}
 	}
 	if e.hooks != nil {
@@ -290,10 +342,10 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 }
 
 // openLoopSandq sends the schedule through a worker of the latency
-// concurrency with warm warm sandboxes (0: none), after one warm-up job.
-func (e *env) openLoopSandq(ctx context.Context, v variant, sched []time.Duration, warm int) ([]*sandqRun, error) {
+// concurrency in mode m, after one warm-up job.
+func (e *env) openLoopSandq(ctx context.Context, v variant, sched []time.Duration, m mode) ([]*sandqRun, error) {
 	queue := fmt.Sprintf("bench-latency-%s-%d", v.name, e.next())
-	w, err := e.startWorker(ctx, queue, e.o.LatencyConcurrency, warm)
+	w, err := e.startWorker(ctx, v, queue, e.o.LatencyConcurrency, m)
 	if err != nil {
 		return nil, err
 	}
@@ -301,14 +353,10 @@ func (e *env) openLoopSandq(ctx context.Context, v variant, sched []time.Duratio
 	if _, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil {
 		return nil, fmt.Errorf("sandq warm-up: %w", err)
 	}
-	if warm > 0 {
-		// The schedule starts with the pool full, as after any idle spell.
-		for w.WarmReady() < warm {
-			if err := waitWarm(ctx, w); err != nil {
-				return nil, err
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+	// The schedule starts with the warm or restored sandboxes all ready,
+	// as after any idle spell.
+	if err := waitAhead(ctx, w, m, m.ahead()); err != nil {
+		return nil, err
 	}
 	runs := make([]*sandqRun, len(sched))
 	errs := make([]error, len(sched))

@@ -42,6 +42,10 @@ type OptionsDoc struct {
 	MemoryJobs         int      `json:"memory_jobs"`
 	Seed               int64    `json:"seed"`
 	Image              string   `json:"image"`
+	// PandasImage is the python-pandas variant's image; Snapshots says
+	// whether the python variants were measured restored.
+	PandasImage string `json:"pandas_image"`
+	Snapshots   bool   `json:"snapshots"`
 }
 
 func optionsDoc(o Options) OptionsDoc {
@@ -49,6 +53,7 @@ func optionsDoc(o Options) OptionsDoc {
 		Variants: o.Variants, FloorRuns: o.FloorRuns, LatencyJobs: o.LatencyJobs, RatePerSecond: o.Rate,
 		LatencyConcurrency: o.LatencyConcurrency, ThroughputJobs: o.ThroughputJobs, Concurrency: o.Concurrency,
 		Webhook: !o.NoWebhook, MemoryJobs: o.MemoryJobs, Seed: o.Seed, Image: o.Image,
+		PandasImage: o.PandasImage, Snapshots: !o.NoSnapshots,
 	}
 }
 
@@ -88,12 +93,82 @@ func round1(v float64) float64 { return math.Round(v*10) / 10 }
 
 // VariantReport is everything measured for one variant of the job.
 type VariantReport struct {
-	Variant string     `json:"variant"`
-	Floors  []FloorRow `json:"floors"`
+	Variant string `json:"variant"`
+	// Image is the image the variant ran on.
+	Image string `json:"image"`
+	// Template is the snapshot template its restored jobs started from;
+	// nil without restored runs.
+	Template *TemplateDoc `json:"template,omitempty"`
+	// NoProcessFloor says why the variant has no bare_process floor.
+	NoProcessFloor string     `json:"no_process_floor,omitempty"`
+	Floors         []FloorRow `json:"floors"`
 	// FloorStages break the serial sandq and bare runsc floors down.
 	FloorStages StageSet        `json:"floor_stages"`
 	Latency     LatencyReport   `json:"latency"`
 	Throughput  []ThroughputRow `json:"throughput"`
+	// Restore is the restored p50s over the cold ones; nil without
+	// restored runs.
+	Restore *RestoreRatios `json:"restore,omitempty"`
+}
+
+// TemplateDoc is a snapshot template the run's restored jobs started
+// from, as the worker made or found it.
+type TemplateDoc struct {
+	Dir             string   `json:"dir"`
+	Digest          string   `json:"digest"`
+	Preload         []string `json:"preload"`
+	CheckpointBytes int64    `json:"checkpoint_bytes"`
+	// PreloadMS and CheckpointMS are the template's own build figures
+	// (from when it was built, maybe by an earlier run); ReadySeconds is
+	// how long the bench's first worker with snapshots took to be made,
+	// building or only checking the template.
+	PreloadMS    int64     `json:"preload_ms"`
+	CheckpointMS int64     `json:"checkpoint_ms"`
+	Created      time.Time `json:"created"`
+	ReadySeconds float64   `json:"ready_seconds"`
+}
+
+// RestoreRatios are p50s of restored jobs over those of cold ones, in the
+// same run: serial (the floors, Client.Enqueue until the result) and open
+// loop (from the scheduled send), without and with a pool of restored
+// sandboxes. Below 1 the restored jobs were faster.
+type RestoreRatios struct {
+	SerialP50       float64 `json:"serial_p50"`
+	OpenLoopP50     float64 `json:"open_loop_p50"`
+	PoolSerialP50   float64 `json:"pool_serial_p50"`
+	PoolOpenLoopP50 float64 `json:"pool_open_loop_p50"`
+}
+
+// restoreRatios computes v's RestoreRatios from its rows; nil without
+// restored rows.
+func restoreRatios(v VariantReport) *RestoreRatios {
+	p50 := func(rows []FloorRow, name string) float64 {
+		for _, r := range rows {
+			if r.Name == name {
+				return r.P50
+			}
+		}
+		return 0
+	}
+	var lat []FloorRow
+	for _, r := range v.Latency.Rows {
+		lat = append(lat, FloorRow{Name: r.Name, Dist: r.Dist})
+	}
+	ratio := func(a, b float64) float64 {
+		if b <= 0 {
+			return 0
+		}
+		return math.Round(a/b*1000) / 1000
+	}
+	if p50(v.Floors, FloorSandqRestored) == 0 {
+		return nil
+	}
+	return &RestoreRatios{
+		SerialP50:       ratio(p50(v.Floors, FloorSandqRestored), p50(v.Floors, FloorSandq)),
+		OpenLoopP50:     ratio(p50(lat, LatencySandqRestored), p50(lat, LatencySandq)),
+		PoolSerialP50:   ratio(p50(v.Floors, FloorSandqRestoredPool), p50(v.Floors, FloorSandq)),
+		PoolOpenLoopP50: ratio(p50(lat, LatencySandqRestoredPool), p50(lat, LatencySandq)),
+	}
 }
 
 // FloorRow is one way of running the job, serially, one at a time.
@@ -117,8 +192,10 @@ type Runs struct {
 	Retried  int `json:"retried"`
 	WaitLost int `json:"wait_lost"`
 	// Warm counts sandq jobs that ran in a warm sandbox
-	// (timings.warm_start).
-	Warm int `json:"warm"`
+	// (timings.warm_start); Restored those restored from a snapshot
+	// template (timings.start_mode "restored").
+	Warm     int `json:"warm"`
+	Restored int `json:"restored"`
 }
 
 // Floor row names.
@@ -131,6 +208,12 @@ const (
 	// The same with warm sandboxes (Options.Warm).
 	FloorSandqWarm     = "sandq_warm_result"
 	FloorSandqWarmHook = "sandq_warm_webhook"
+	// The same restored from snapshot templates, and with a pool of
+	// sandboxes restored ahead (Options.Warm of them).
+	FloorSandqRestored         = "sandq_restored_result"
+	FloorSandqRestoredHook     = "sandq_restored_webhook"
+	FloorSandqRestoredPool     = "sandq_restored_pool_result"
+	FloorSandqRestoredPoolHook = "sandq_restored_pool_webhook"
 )
 
 // LatencyReport is the open-loop run: each job's latency from its
@@ -155,6 +238,18 @@ type LatencyReport struct {
 	WarmOverheadMS        *Overhead  `json:"warm_overhead_ms,omitempty"`
 	WarmWebhookOverheadMS *Overhead  `json:"warm_webhook_overhead_ms,omitempty"`
 	SandqWarmStages       []StageRow `json:"sandq_warm_stages,omitempty"`
+	// Restored and RestoredPool are the same restored from snapshot
+	// templates, without and with a pool; absent without restored runs.
+	Restored     *ModeLatency `json:"restored,omitempty"`
+	RestoredPool *ModeLatency `json:"restored_pool,omitempty"`
+}
+
+// ModeLatency is one mode's open-loop overheads over the bare runsc
+// containers' and its stages.
+type ModeLatency struct {
+	OverheadMS        Overhead   `json:"overhead_ms"`
+	WebhookOverheadMS *Overhead  `json:"webhook_overhead_ms,omitempty"`
+	Stages            []StageRow `json:"stages"`
 }
 
 // LatencyRow is one way of running the open-loop schedule.
@@ -174,6 +269,11 @@ const (
 	// The same with warm sandboxes (Options.Warm).
 	LatencySandqWarm     = "sandq_warm_result"
 	LatencySandqWarmHook = "sandq_warm_webhook"
+	// The same restored, and restored with a pool.
+	LatencySandqRestored         = FloorSandqRestored
+	LatencySandqRestoredHook     = FloorSandqRestoredHook
+	LatencySandqRestoredPool     = FloorSandqRestoredPool
+	LatencySandqRestoredPoolHook = FloorSandqRestoredPoolHook
 )
 
 // Overhead is one distribution less another, percentile by percentile.
@@ -190,9 +290,24 @@ func overhead(a, b Dist) Overhead {
 
 // StageSet is the stages of sandq's jobs and of the bare containers.
 type StageSet struct {
-	Sandq     []StageRow `json:"sandq"`
-	SandqWarm []StageRow `json:"sandq_warm,omitempty"`
-	Bare      []StageRow `json:"bare"`
+	Sandq             []StageRow `json:"sandq"`
+	SandqWarm         []StageRow `json:"sandq_warm,omitempty"`
+	SandqRestored     []StageRow `json:"sandq_restored,omitempty"`
+	SandqRestoredPool []StageRow `json:"sandq_restored_pool,omitempty"`
+	Bare              []StageRow `json:"bare"`
+}
+
+// of is the set's stages of sandq in mode key.
+func (s *StageSet) of(key string) *[]StageRow {
+	switch key {
+	case modeWarm:
+		return &s.SandqWarm
+	case modeRestored:
+		return &s.SandqRestored
+	case modeRestoredPool:
+		return &s.SandqRestoredPool
+	}
+	return &s.Sandq
 }
 
 // StageRow is one stage of the jobs' trips.
@@ -220,16 +335,22 @@ type ThroughputRow struct {
 	// Ratio is sandq's jobs/s over the bare loop's.
 	Ratio float64 `json:"ratio"`
 	// Warm is the same drain by a worker with warm sandboxes; nil without
-	// the warm runs.
-	Warm *WarmDrain `json:"warm,omitempty"`
+	// the warm runs. Restored and RestoredPool are by a worker with
+	// snapshot templates, without and with a pool of restored sandboxes;
+	// nil without the restored runs.
+	Warm         *WarmDrain `json:"warm,omitempty"`
+	Restored     *WarmDrain `json:"restored,omitempty"`
+	RestoredPool *WarmDrain `json:"restored_pool,omitempty"`
 }
 
-// WarmDrain is a drain by a worker with warm sandboxes.
+// WarmDrain is a drain by a worker with warm sandboxes, or with snapshot
+// templates.
 type WarmDrain struct {
 	Succeeded int `json:"succeeded"`
 	Failed    int `json:"failed"`
 	Retried   int `json:"retried"`
-	// Started counts the jobs that ran in a warm sandbox.
+	// Started counts the jobs that ran in a warm sandbox, or for the
+	// restored drains, that were restored from a template.
 	Started       int     `json:"warm_started"`
 	Seconds       float64 `json:"seconds"`
 	JobsPerSecond float64 `json:"jobs_per_second"`
@@ -292,6 +413,41 @@ func targets(r *Report) []Target {
 			out = append(out, Target{Variant: v.Variant, Name: "best throughput vs bare runsc's best", Target: ">= 0.9", Measured: ratio, Unit: "ratio",
 				Met: ratio >= 0.9, Distance: math.Round((0.9-ratio)*1000) / 1000})
 		}
+		out = append(out, snapshotTargets(v)...)
+	}
+	return out
+}
+
+// snapshotTargets are the issue's snapshot targets that apply to v: its
+// restored serial p50 over its cold one (at most 1/5 for python-pandas,
+// no slower for python), and for python-pandas its best restored drain
+// (with or without a pool) over its best cold one (at least 3x).
+func snapshotTargets(v VariantReport) []Target {
+	def, ok := variants[v.Variant]
+	if !ok || v.Restore == nil {
+		return nil
+	}
+	var out []Target
+	if b := def.restoreTarget; b > 0 {
+		r := v.Restore.SerialP50
+		out = append(out, Target{Variant: v.Variant, Name: "restored p50 / cold p50, serial", Target: fmt.Sprintf("<= %g", b), Measured: r, Unit: "ratio",
+			Met: r > 0 && r <= b, Distance: math.Round((r-b)*1000) / 1000})
+	}
+	if b := def.throughputTarget; b > 0 {
+		var cold, restored float64
+		for _, t := range v.Throughput {
+			cold = max(cold, t.SandqJobsPerSecond)
+			for _, d := range []*WarmDrain{t.Restored, t.RestoredPool} {
+				if d != nil {
+					restored = max(restored, d.JobsPerSecond)
+				}
+			}
+		}
+		if cold > 0 {
+			r := math.Round(restored/cold*1000) / 1000
+			out = append(out, Target{Variant: v.Variant, Name: "best restored throughput / best cold", Target: fmt.Sprintf(">= %g", b), Measured: r, Unit: "ratio",
+				Met: r >= b, Distance: math.Round((b-r)*1000) / 1000})
+		}
 	}
 	return out
 }
@@ -329,30 +485,50 @@ func (r *Report) PrintTable(out io.Writer) error {
 		l.CPUSeconds, l.WallSeconds, l.CPUPercent, l.RedisCommandsPerSecond, l.RedisCommands)
 	for _, v := range r.Variants {
 		fmt.Fprintf(out, "\n== %s ==\n", v.Variant)
-		fmt.Fprintf(w, "floors, ms (serial, after 1 warm-up)\tn\tfailed\tretried\twait lost\twarm\tmin\tp50\tmean\tmax\t\n")
+		if v.Image != "" {
+			fmt.Fprintf(out, "image %s\n", v.Image)
+		}
+		if t := v.Template; t != nil {
+			fmt.Fprintf(out, "snapshot template: %s (%s), preload %s; %s of checkpoint; preload %d ms, checkpoint %d ms when built %s; ready for the bench's first worker in %.1fs\n",
+				t.Dir, t.Digest, strings.Join(t.Preload, ","), formatKiB(t.CheckpointBytes>>10), t.PreloadMS, t.CheckpointMS, t.Created.Format(time.RFC3339), t.ReadySeconds)
+		}
+		if v.NoProcessFloor != "" {
+			fmt.Fprintf(out, "no %s floor: %s\n", FloorProcess, v.NoProcessFloor)
+		}
+		fmt.Fprintf(w, "floors, ms (serial, after 1 warm-up)\tn\tfailed\tretried\twait lost\twarm\trestored\tmin\tp50\tmean\tmax\t\n")
 		for _, f := range v.Floors {
-			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", f.Name, f.N, f.Failed, f.Retried, f.WaitLost, f.Warm, f.Min, f.P50, f.Mean, f.Max)
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t\n", f.Name, f.N, f.Failed, f.Retried, f.WaitLost, f.Warm, f.Restored, f.Min, f.P50, f.Mean, f.Max)
 		}
 		w.Flush()
 		l := v.Latency
 		fmt.Fprintf(out, "\n")
-		fmt.Fprintf(w, "latency, ms (%d jobs, open loop %.3g/s, concurrency %d)\tok\tfailed\tretried\twait lost\twarm\tp50\tp90\tp99\tmax\tmean\t\n", l.Jobs, l.RatePerSecond, l.Concurrency)
+		fmt.Fprintf(w, "latency, ms (%d jobs, open loop %.3g/s, concurrency %d)\tok\tfailed\tretried\twait lost\twarm\trestored\tp50\tp90\tp99\tmax\tmean\t\n", l.Jobs, l.RatePerSecond, l.Concurrency)
 		for _, row := range l.Rows {
-			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", row.Name, row.Succeeded, row.Failed, row.Retried, row.WaitLost, row.Warm, row.P50, row.P90, row.P99, row.Max, row.Mean)
+			fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", row.Name, row.Succeeded, row.Failed, row.Retried, row.WaitLost, row.Warm, row.Restored, row.P50, row.P90, row.P99, row.Max, row.Mean)
 		}
-		for _, ov := range []struct {
-			name string
-			o    *Overhead
-		}{{LatencySandq, &l.OverheadMS}, {LatencySandqHook, l.WebhookOverheadMS}, {LatencySandqWarm, l.WarmOverheadMS}, {LatencySandqWarmHook, l.WarmWebhookOverheadMS}} {
+		overheads := []namedOverhead{{LatencySandq, &l.OverheadMS}, {LatencySandqHook, l.WebhookOverheadMS}, {LatencySandqWarm, l.WarmOverheadMS}, {LatencySandqWarmHook, l.WarmWebhookOverheadMS}}
+		if m := l.Restored; m != nil {
+			overheads = append(overheads, namedOverhead{LatencySandqRestored, &m.OverheadMS}, namedOverhead{LatencySandqRestoredHook, m.WebhookOverheadMS})
+		}
+		if m := l.RestoredPool; m != nil {
+			overheads = append(overheads, namedOverhead{LatencySandqRestoredPool, &m.OverheadMS}, namedOverhead{LatencySandqRestoredPoolHook, m.WebhookOverheadMS})
+		}
+		for _, ov := range overheads {
 			if o := ov.o; o != nil {
-				fmt.Fprintf(w, "overhead %s - bare_runsc\t\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", ov.name, o.P50, o.P90, o.P99, o.Max)
+				fmt.Fprintf(w, "overhead %s - bare_runsc\t\t\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", ov.name, o.P50, o.P90, o.P99, o.Max)
 			}
 		}
 		w.Flush()
+		if x := v.Restore; x != nil {
+			fmt.Fprintf(out, "restored p50 / cold p50: serial %.3f, open loop %.3f; with a pool of restored sandboxes: serial %.3f, open loop %.3f\n",
+				x.SerialP50, x.OpenLoopP50, x.PoolSerialP50, x.PoolOpenLoopP50)
+		}
 		for _, st := range []struct {
 			title         string
 			serial, loose []StageRow
-		}{{"sandq stages", v.FloorStages.Sandq, l.SandqStages}, {"sandq warm stages", v.FloorStages.SandqWarm, l.SandqWarmStages}, {"bare runsc stages", v.FloorStages.Bare, l.BareStages}} {
+		}{{"sandq stages", v.FloorStages.Sandq, l.SandqStages}, {"sandq warm stages", v.FloorStages.SandqWarm, l.SandqWarmStages},
+			{"sandq restored stages", v.FloorStages.SandqRestored, l.Restored.stages()}, {"sandq restored pool stages", v.FloorStages.SandqRestoredPool, l.RestoredPool.stages()},
+			{"bare runsc stages", v.FloorStages.Bare, l.BareStages}} {
 			if len(st.loose) == 0 {
 				continue
 			}
@@ -370,13 +546,24 @@ func (r *Report) PrintTable(out io.Writer) error {
 			w.Flush()
 		}
 		fmt.Fprintf(out, "\n")
-		fmt.Fprintf(w, "throughput\tjobs\tsandq jobs/s\tbare jobs/s\tratio\tsandq s\tbare s\tsandq failed\tsandq retried\tbare wait lost\twarm jobs/s\twarm ratio\twarm started\t\n")
-		for _, t := range v.Throughput {
-			warm := "-\t-\t-"
-			if d := t.Warm; d != nil {
-				warm = fmt.Sprintf("%.2f\t%.2f\t%d", d.JobsPerSecond, d.Ratio, d.Started)
+		fmt.Fprintf(w, "throughput\tjobs\tsandq jobs/s\tbare jobs/s\tratio\tsandq s\tbare s\tsandq failed\tsandq retried\tbare wait lost\twarm jobs/s\twarm ratio\twarm started\t")
+		restored := v.Restore != nil
+		if restored {
+			fmt.Fprintf(w, "restored jobs/s\trestored ratio\trestored started\tpool jobs/s\tpool ratio\tpool restored\t")
+		}
+		fmt.Fprintf(w, "\n")
+		drain := func(d *WarmDrain) string {
+			if d == nil {
+				return "-\t-\t-"
 			}
-			fmt.Fprintf(w, "concurrency %d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%d\t%s\t\n", t.Concurrency, t.Jobs, t.SandqJobsPerSecond, t.BareJobsPerSecond, t.Ratio, t.SandqSeconds, t.BareSeconds, t.SandqFailed, t.SandqRetried, t.BareWaitLost, warm)
+			return fmt.Sprintf("%.2f\t%.2f\t%d", d.JobsPerSecond, d.Ratio, d.Started)
+		}
+		for _, t := range v.Throughput {
+			fmt.Fprintf(w, "concurrency %d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t%.1f\t%d\t%d\t%d\t%s\t", t.Concurrency, t.Jobs, t.SandqJobsPerSecond, t.BareJobsPerSecond, t.Ratio, t.SandqSeconds, t.BareSeconds, t.SandqFailed, t.SandqRetried, t.BareWaitLost, drain(t.Warm))
+			if restored {
+				fmt.Fprintf(w, "%s\t%s\t", drain(t.Restored), drain(t.RestoredPool))
+			}
+			fmt.Fprintf(w, "\n")
 		}
 		w.Flush()
 	}
@@ -411,6 +598,20 @@ func (r *Report) PrintTable(out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// namedOverhead is an overhead row of the latency table.
+type namedOverhead struct {
+	name string
+	o    *Overhead
+}
+
+// stages are the mode's open-loop stages; none for a nil mode.
+func (m *ModeLatency) stages() []StageRow {
+	if m == nil {
+		return nil
+	}
+	return m.Stages
 }
 
 func formatKiB(k int64) string {

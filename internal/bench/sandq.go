@@ -147,33 +147,27 @@ var sandqStageNames = []struct{ name, what string }{
 }
 
 // serialSandq runs n jobs one after another (after one warm-up) through a
-// worker of concurrency 1. With warm > 0 the worker keeps that many warm
-// sandboxes, and each job is sent once one is ready: the light-load case
-// they are for.
-func (e *env) serialSandq(ctx context.Context, v variant, n, warm int) ([]*sandqRun, error) {
-	return measured(ctx, e, phaseName(v, "serial", warm), n+1, func() ([]*sandqRun, error) {
-		return e.serialSandqRuns(ctx, v, n, warm)
+// worker of concurrency 1 in mode m. When the mode's worker makes
+// sandboxes ahead of its jobs (warm or restored), each job is sent once
+// one is ready: the light-load case they are for.
+func (e *env) serialSandq(ctx context.Context, v variant, n int, m mode) ([]*sandqRun, error) {
+	return measured(ctx, e, phaseName(v, "serial", m), n+1, func() ([]*sandqRun, error) {
+		return e.serialSandqRuns(ctx, v, n, m)
 	})
 }
 
 // serialSandqRuns is serialSandq, unmeasured.
-func (e *env) serialSandqRuns(ctx context.Context, v variant, n, warm int) ([]*sandqRun, error) {
-	kind := "floor"
-	if warm > 0 {
-		kind = "floor-warm"
-	}
-	queue := fmt.Sprintf("bench-%s-%s-%d", kind, v.name, e.next())
-	w, err := e.startWorker(ctx, queue, 1, warm)
+func (e *env) serialSandqRuns(ctx context.Context, v variant, n int, m mode) ([]*sandqRun, error) {
+	queue := fmt.Sprintf("bench-floor-%s-%s-%d", m.key, v.name, e.next())
+	w, err := e.startWorker(ctx, v, queue, 1, m)
 	if err != nil {
 		return nil, err
 	}
 	defer w.Shutdown()
 	var runs []*sandqRun
 	for i := range n + 1 {
-		if warm > 0 {
-			if err := waitWarm(ctx, w); err != nil {
-				return nil, err
-			}
+		if err := waitAhead(ctx, w, m, 1); err != nil {
+			return nil, err
 		}
 		r, err := e.sendJob(ctx, v, queue, time.Time{})
 		if err != nil {
@@ -189,12 +183,22 @@ func (e *env) serialSandqRuns(ctx context.Context, v variant, n, warm int) ([]*s
 	return runs, nil
 }
 
-// waitWarm waits up to a minute for a worker to have a warm sandbox ready.
-func waitWarm(ctx context.Context, w *worker.Worker) error {
+// waitAhead waits up to a minute for a worker in mode m to have at least
+// n sandboxes made ahead ready (warm ones, or restored ones in its pool);
+// it returns at once for a mode that makes none.
+func waitAhead(ctx context.Context, w *worker.Worker, m mode, n int) error {
+	if m.ahead() == 0 {
+		return nil
+	}
+	ready := w.WarmReady
+	what := "warm"
+	if m.pool > 0 {
+		ready, what = w.SnapshotPoolReady, "restored"
+	}
 	deadline := time.Now().Add(time.Minute)
-	for w.WarmReady() == 0 {
+	for ready() < n {
 		if time.Now().After(deadline) {
-			return errors.New("no warm sandbox ready after a minute")
+			return fmt.Errorf("%d of %d %s sandboxes ready after a minute", ready(), n, what)
 		}
 		select {
 		case <-ctx.Done():

@@ -19,13 +19,14 @@ const drainPoll = 10 * time.Millisecond
 
 // throughput drains ThroughputJobs pre-queued jobs with a worker of
 // concurrency c, then runs as many bare runsc containers from a plain loop
-// of c goroutines, then (unless NoWarm) drains again with a worker that
-// has warm sandboxes.
+// of c goroutines, then drains again in each other mode (e.modes): with
+// warm sandboxes, restored, restored with a pool.
 func (e *env) throughput(ctx context.Context, v variant, c int) (ThroughputRow, error) {
 	m := e.o.ThroughputJobs
 	row := ThroughputRow{Concurrency: c, Jobs: m}
 
-	d, err := measured(ctx, e, phaseName(v, fmt.Sprintf("drain at concurrency %d", c), 0), m, func() (drained, error) { return e.drainSandq(ctx, v, c, 0) })
+	modes := e.modes(v)
+	d, err := measured(ctx, e, phaseName(v, fmt.Sprintf("drain at concurrency %d", c), modes[0]), m, func() (drained, error) { return e.drainSandq(ctx, v, c, modes[0]) })
 	if err != nil {
 		return row, err
 	}
@@ -73,39 +74,53 @@ func (e *env) throughput(ctx context.Context, v variant, c int) (ThroughputRow, 
 	}
 	row.Ratio = ratio(row.SandqJobsPerSecond)
 
-	// sandq again, with warm sandboxes.
-	if !e.o.NoWarm {
-		d, err := measured(ctx, e, phaseName(v, fmt.Sprintf("drain at concurrency %d", c), e.o.Warm), m, func() (drained, error) { return e.drainSandq(ctx, v, c, e.o.Warm) })
+	// sandq again, in each other mode.
+	for _, md := range modes[1:] {
+		d, err := measured(ctx, e, phaseName(v, fmt.Sprintf("drain at concurrency %d", c), md), m, func() (drained, error) { return e.drainSandq(ctx, v, c, md) })
 		if err != nil {
-			return row, fmt.Errorf("with warm sandboxes: %w", err)
+			return row, fmt.Errorf("%s: %w", md.what, err)
 		}
-		row.Warm = &WarmDrain{Succeeded: d.ok, Failed: d.failed, Retried: d.retried, Started: d.warm,
+		started := d.warm
+		if md.snapshots {
+			started = d.restored
+		}
+		drain := &WarmDrain{Succeeded: d.ok, Failed: d.failed, Retried: d.retried, Started: started,
 			Seconds: d.seconds, JobsPerSecond: d.jobsPerSecond, Ratio: ratio(d.jobsPerSecond)}
+		switch md.key {
+		case modeWarm:
+			row.Warm = drain
+		case modeRestored:
+			row.Restored = drain
+		case modeRestoredPool:
+			row.RestoredPool = drain
+		}
 	}
 	return row, nil
 }
 
 // drained is one drain by sandq.
 type drained struct {
-	ok, failed, retried, warm int
-	seconds, jobsPerSecond    float64
+	ok, failed, retried, warm, restored int
+	seconds, jobsPerSecond              float64
 }
 
-// drainSandq queues ThroughputJobs jobs (no webhooks), then starts a worker
-// of concurrency c with warm warm sandboxes and times it from its start
-// until every job is done. Jobs that ran out of retries count in the time,
-// not in the jobs.
-func (e *env) drainSandq(ctx context.Context, v variant, c, warm int) (drained, error) {
-	m := e.o.ThroughputJobs
-	queue := fmt.Sprintf("bench-throughput-%s-c%d-w%d-%d", v.name, c, warm, e.next())
+// drainSandq queues ThroughputJobs jobs (no webhooks), then makes a worker
+// of concurrency c in mode m and times it from its start until every job
+// is done. The worker is made before the clock starts: a worker with
+// snapshot templates makes or finds its image's template then, which is
+// done once per image and runsc, not per job. Jobs that ran out of
+// retries count in the time, not in the jobs.
+func (e *env) drainSandq(ctx context.Context, v variant, c int, m mode) (drained, error) {
+	n := e.o.ThroughputJobs
+	queue := fmt.Sprintf("bench-throughput-%s-c%d-%s-%d", v.name, c, m.key, e.next())
 	var next atomic.Int64
-	errs := make([]error, m)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= m {
+				if i >= n {
 					return
 				}
 				if _, err := e.client.Enqueue(ctx, v.submission(queue, "")); err != nil {
@@ -116,21 +131,25 @@ func (e *env) drainSandq(ctx context.Context, v variant, c, warm int) (drained, 
 	}
 	wg.Wait()
 	var d drained
-	if err := errJobs(errs, m); err != nil {
+	if err := errJobs(errs, n); err != nil {
 		return d, err
 	}
-	began := time.Now()
-	w, err := e.startWorker(ctx, queue, c, warm)
+	w, err := e.newWorker(v, queue, c, m)
 	if err != nil {
 		return d, err
 	}
-	done, err := e.drain(ctx, queue, m)
+	began := time.Now()
+	if err := w.Start(ctx); err != nil {
+		w.Shutdown()
+		return d, err
+	}
+	done, err := e.drain(ctx, queue, n)
 	elapsed := done.Sub(began)
 	w.Shutdown()
 	if err != nil {
 		return d, err
 	}
-	if d.ok, d.failed, d.retried, d.warm, err = e.countResults(v, queue, m); err != nil {
+	if d, err = e.countResults(v, queue, n); err != nil {
 		return d, err
 	}
 	d.seconds = math.Round(elapsed.Seconds()*100) / 100
@@ -163,34 +182,38 @@ func (e *env) drain(ctx context.Context, queue string, m int) (time.Time, error)
 
 // countResults checks every finished job's result: completed ones should
 // have succeeded with the expected output, archived ones ran out of
-// retries. It returns how many succeeded, failed, were retried and ran in a
-// warm sandbox.
-func (e *env) countResults(v variant, queue string, m int) (ok, failed, retried, warm int, err error) {
-	err = eachResult(e.insp, queue, func(_ string, res *jobs.Result, err error) {
+// retries. It returns how many succeeded, failed, were retried, ran in a
+// warm sandbox and were restored from a snapshot template.
+func (e *env) countResults(v variant, queue string, m int) (drained, error) {
+	var d drained
+	err := eachResult(e.insp, queue, func(_ string, res *jobs.Result, err error) {
 		if err == nil {
 			err = v.checkResult(res)
 		}
 		switch {
 		case err != nil:
-			failed++
+			d.failed++
 			e.recordFailure(err)
 		default:
-			ok++
+			d.ok++
 		}
 		if res != nil && res.Attempt > 1 {
-			retried++
+			d.retried++
 		}
 		if res != nil && res.Timings != nil && res.Timings.WarmStart {
-			warm++
+			d.warm++
+		}
+		if res != nil && res.Timings != nil && res.Timings.StartMode == jobs.StartRestored {
+			d.restored++
 		}
 	})
 	if err != nil {
-		return ok, failed, retried, warm, err
+		return d, err
 	}
-	if ok+failed != m {
-		return ok, failed, retried, warm, fmt.Errorf("queue %s: %d results for %d jobs", queue, ok+failed, m)
+	if d.ok+d.failed != m {
+		return d, fmt.Errorf("queue %s: %d results for %d jobs", queue, d.ok+d.failed, m)
 	}
-	return ok, failed, retried, warm, nil
+	return d, nil
 }
 
 // eachResult calls fn with the result of every completed and archived

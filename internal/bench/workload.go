@@ -29,6 +29,17 @@ type variant struct {
 	interp []string
 	// want is the output file's expected content.
 	want string
+	// pandas variants run on Options.PandasImage, which has pandas and
+	// matplotlib (the default image does not); the others on
+	// Options.Image.
+	pandas bool
+	// noProcess says why the variant has no bare process floor (the
+	// host's interpreter lacks its modules); empty when it has one.
+	noProcess string
+	// restoreTarget is the issue's bound on the restored serial p50 over
+	// the cold one (0: none); throughputTarget the bound on the best
+	// restored drain over the best cold one (0: none).
+	restoreTarget, throughputTarget float64
 }
 
 const (
@@ -57,9 +68,43 @@ with open(os.path.join(os.environ["INPUT_DIR"], "input.txt"), "rb") as f:
 with open(os.path.join(os.environ["OUTPUT_DIR"], "result.txt"), "w") as f:
     f.write("bytes=%d lines=%d\n" % (len(data), data.count(b"\n")))
 `,
-		want: "bytes=1024 lines=16\n",
+		want:          "bytes=1024 lines=16\n",
+		restoreTarget: 1,
+	},
+	VariantPythonPandas: {
+		name: VariantPythonPandas, runtime: jobs.RuntimePython, script: "job.py", interp: []string{"/usr/bin/python3"},
+		body: `import os
+import pandas, matplotlib
+with open(os.path.join(os.environ["INPUT_DIR"], "input.txt"), "rb") as f:
+    data = f.read()
+with open(os.path.join(os.environ["OUTPUT_DIR"], "result.txt"), "w") as f:
+    f.write("bytes=%d lines=%d modules=%s,%s\n" % (len(data), data.count(b"\n"), pandas.__name__, matplotlib.__name__))
+`,
+		want:      "bytes=1024 lines=16 modules=pandas,matplotlib\n",
+		pandas:    true,
+		noProcess: "the host's python has no pandas or matplotlib: the floor is bare runsc on the image",
+		// The issue's snapshot targets: restored at most 1/5 of cold, and
+		// at least 3x the cold drain's best throughput.
+		restoreTarget: 0.2, throughputTarget: 3,
 	},
 }
+
+// imageName is the image v runs on.
+func (e *env) imageName(v variant) string {
+	if v.pandas {
+		return e.o.PandasImage
+	}
+	return e.o.Image
+}
+
+// imagePath is the root filesystem of the image v runs on.
+func (e *env) imagePath(v variant) string {
+	return filepath.Join(e.o.ImageDir, e.imageName(v), "rootfs")
+}
+
+// restorable reports whether v's jobs can start from a snapshot template:
+// the worker makes templates for python jobs only.
+func (v variant) restorable() bool { return v.runtime == jobs.RuntimePython }
 
 // sleeper is the job the memory probe keeps running: it writes its output,
 // then sleeps, so that several run at once.
@@ -211,7 +256,7 @@ func (e *env) runBare(ctx context.Context, v variant, oneShot bool) (*bareRun, e
 	c := barerunsc.Container{
 		ID: fmt.Sprintf("bench-%d", e.next()),
 		Spec: executor.Spec{
-			Name: "bench", Image: e.cfg.ImagePath(), Args: append(append([]string(nil), v.interp...), path.Join(executor.JobMount, v.script)),
+			Name: "bench", Image: e.imagePath(v), Args: append(append([]string(nil), v.interp...), path.Join(executor.JobMount, v.script)),
 			Env: sandboxEnv(), UID: w.UID, GID: w.GID,
 			Limits: executor.Limits{
 				Timeout: l.Timeout, Memory: l.Memory, Disk: l.Disk, OutputBytes: l.OutputBytes, OutputFiles: l.OutputFiles,
