@@ -117,12 +117,22 @@ func tail(out string) string {
 // FreePortOn is a TCP port on host that nothing listened on a moment ago.
 func FreePortOn(t testing.TB, host string) int {
 	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatalf("a free port on %s: %v", host, err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Fatalf("a free port on %s: %v", host, err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free port on %s that this test process was not given already", host)
+	return 0
 }
 
 // hostPort is host:port.

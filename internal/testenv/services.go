@@ -140,13 +140,17 @@ func redisAnswers(addr string) error {
 // FreePort is a TCP port on 127.0.0.1 that nothing listened on a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return FreePortOn(t, "127.0.0.1")
 }
+
+// handedOut are the ports FreePortOn gave this test process: the kernel
+// may pick a port it has just freed again, and two services of one test
+// given the same port fail in ways that look like other bugs (a request
+// for one answered by the other).
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // FreeAddr is "127.0.0.1:PORT" of a FreePort.
 func FreeAddr(t testing.TB) string {
