@@ -26,12 +26,12 @@ build:
 # extra CAs change (otherwise `image build` returns at once).
 # default: Python 3 with matplotlib, Node.js.
 image: deps build
-	$(SANDQ) image build default --packages-file images/default.packages --image-dir $(IMAGE_DIR)
+	$(SANDQ) image build default --packages-file images/default.packages --preload-file images/default.preload --image-dir $(IMAGE_DIR)
 
 # analysis: default's plus pandas, scipy, openpyxl, Pillow, graphviz, sqlite3,
 # fonts and command-line tools; what examples/ runs on.
 image-analysis: deps build
-	$(SANDQ) image build analysis --packages-file images/analysis.packages --overlay images/analysis.overlay --image-dir $(IMAGE_DIR)
+	$(SANDQ) image build analysis --packages-file images/analysis.packages --overlay images/analysis.overlay --preload-file images/analysis.preload --image-dir $(IMAGE_DIR)
 
 images: image image-analysis
 

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sandq/sandq/executor/image"
 )
 
 // Snapshot templates.
@@ -119,10 +121,8 @@ func (ts TemplateSpec) check() error {
 	case ts.Limits.Memory <= 0 || ts.Limits.Disk <= 0 || ts.Limits.Pids <= 0:
 		return fmt.Errorf("template limits must be positive: memory %d, disk %d, pids %d", ts.Limits.Memory, ts.Limits.Disk, ts.Limits.Pids)
 	}
-	for _, m := range ts.Preload {
-		if !moduleName(m) {
-			return fmt.Errorf("preload module %q is not a Python module name", m)
-		}
+	if err := image.CheckPreload(ts.Preload); err != nil {
+		return err
 	}
 	if err := CheckImage(ts.Image); err != nil {
 		return err
@@ -131,21 +131,6 @@ func (ts TemplateSpec) check() error {
 		return err
 	}
 	return nil
-}
-
-// moduleName reports whether s is a dotted Python module name.
-func moduleName(s string) bool {
-	for _, part := range strings.Split(s, ".") {
-		if part == "" || part[0] >= '0' && part[0] <= '9' {
-			return false
-		}
-		for _, r := range part {
-			if !(r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // checkImageFile refuses an image without the executable file p (an

@@ -147,7 +147,9 @@ func (p *SnapshotRunner) fromPool(t *snapshotTemplate, spec Spec) Sandbox {
 	}
 	a, b := spec.Limits, r.shape.Limits
 	a.Timeout, b.Timeout = 0, 0
-	if a != b {
+	if a != b || spec.Egress != nil {
+		// A networked job's sandbox needs its own namespace and proxy
+		// session from the start; pooled ones have neither.
 		return nil
 	}
 	req, err := json.Marshal(snapshotRequest{Argv: spec.Args, Env: spec.Env, Cwd: WorkDir})

@@ -126,20 +126,27 @@ func (p *SnapshotRunner) Prepare(ctx context.Context, spec Spec) (Sandbox, error
 // spec, to be restored from t: its launcher is in its JobDir, and the
 // container's process is t's.
 func (p *SnapshotRunner) prepareRestore(ctx context.Context, t *snapshotTemplate, spec Spec) (*restoredSandbox, error) {
-	req, err := json.Marshal(snapshotRequest{Argv: spec.Args, Env: spec.Env, Cwd: WorkDir})
-	if err != nil {
-		return nil, fmt.Errorf("snapshot request: %w", err)
-	}
 	s, err := p.runsc.Prepare(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
 	sb := s.(*runscSandbox)
+	// The job as the runsc runner prepared it: a networked job's
+	// environment names its proxy. The restored container gets its own
+	// network namespace as a cold one would (runsc configures the restored
+	// stack from the namespace it is created in).
+	sb.mu.Lock()
+	job := sb.spec
+	sb.mu.Unlock()
+	req, err := json.Marshal(snapshotRequest{Argv: job.Args, Env: job.Env, Cwd: WorkDir})
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("snapshot request: %w", err), sb.Release(ctx))
+	}
 	if err := os.WriteFile(filepath.Join(sb.JobDir(), SnapshotLauncherFile), []byte(snapshotLauncher), 0o644); err != nil {
 		return nil, errors.Join(fmt.Errorf("%w: snapshot launcher: %w", ErrSandbox, err), sb.Release(ctx))
 	}
 	sb.mu.Lock()
-	sb.restore = &restorePlan{runner: p, t: t, job: spec, request: req}
+	sb.restore = &restorePlan{runner: p, t: t, job: job, request: req}
 	// The container's process is the template's, which restore checks
 	// against the checkpoint's; the job's own is in its request.
 	sb.spec.Args, sb.spec.Env = t.args(), t.Info.Env
@@ -181,8 +188,8 @@ func (p *SnapshotRunner) match(spec Spec) *snapshotTemplate {
 	return nil
 }
 
-// Fits reports whether a job of spec can start from t: no network; t's
-// image, user, memory and disk size; a script in the job directory run by
+// Fits reports whether a job of spec can start from t (networked or not):
+// t's image, user, memory and disk size; a script in the job directory run by
 // t's interpreter without options; arguments and environment in UTF-8
 // (the request carries them as JSON); and the same values as t for the
 // environment variables the interpreter and the preloaded modules read as
@@ -190,7 +197,7 @@ func (p *SnapshotRunner) match(spec Spec) *snapshotTemplate {
 func (t *Template) Fits(spec Spec) bool {
 	i := t.Info
 	l := spec.Limits
-	if spec.Egress != nil || spec.Image != t.rootfs || spec.UID != i.UID || spec.GID != i.GID || l.Memory != i.Memory || l.Disk != i.Disk {
+	if spec.Image != t.rootfs || spec.UID != i.UID || spec.GID != i.GID || l.Memory != i.Memory || l.Disk != i.Disk {
 		return false
 	}
 	if len(spec.Args) < 2 || spec.Args[0] != i.Python || !strings.HasPrefix(spec.Args[1], JobMount+"/") ||

@@ -399,8 +399,12 @@ func TestSnapshotFits(t *testing.T) {
 	if !tmpl.Fits(withEnv("GREETING=hi")) {
 		t.Error("a job with a variable of its own does not fit")
 	}
+	networked := base
+	networked.Egress = &Egress{Policy: egress.Policy{Hosts: []string{"example.com"}}}
+	if !tmpl.Fits(networked) {
+		t.Error("a networked job does not fit: it is restored into its own network namespace")
+	}
 	for name, change := range map[string]func(s *Spec){
-		"network":            func(s *Spec) { s.Egress = &Egress{Policy: egress.Policy{Hosts: []string{"example.com"}}} },
 		"another image":      func(s *Spec) { s.Image = "/other/rootfs" },
 		"another user":       func(s *Spec) { s.UID = 1001 },
 		"another group":      func(s *Spec) { s.GID = 1001 },

@@ -120,9 +120,12 @@ func (h *Handler) sandboxSpec(job *jobs.Job) (executor.Spec, string, error) {
 }
 
 // sandboxLimits are the sandbox's limits for a job's: the job's own and
-// this worker's per-sandbox settings.
+// the worker's (pids, logs).
 func (h *Handler) sandboxLimits(l jobs.Limits) executor.Limits {
-	w := h.cfg.Worker
+	return sandboxLimits(h.cfg.Worker, l)
+}
+
+func sandboxLimits(w jobs.WorkerConfig, l jobs.Limits) executor.Limits {
 	return executor.Limits{
 		Timeout: l.Timeout, Memory: l.Memory, Disk: l.Disk, OutputBytes: l.OutputBytes, OutputFiles: l.OutputFiles,
 		Pids: w.Pids, LogBytes: w.LogBytes, LogTail: w.LogTail,

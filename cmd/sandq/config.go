@@ -106,7 +106,7 @@ func workerFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "task-check-interval", DefaultText: jobs.DefaultTaskCheckInterval.String(), EnvVars: env("TASK_CHECK_INTERVAL"), Usage: "how often an idle worker polls Redis for work"},
 		&cli.IntFlag{Name: "warm-sandboxes", EnvVars: env("WARM_SANDBOXES"), Usage: "sandboxes kept created ahead of demand for jobs of the default image and limits without network (0: off); such jobs skip runsc create"},
 		&cli.IntFlag{Name: "snapshot-pool", EnvVars: env("SNAPSHOT_POOL"), Usage: "with --snapshots, sandboxes per template kept restored ahead of demand for jobs of the default limits (0: off); such jobs skip runsc create and restore"},
-		&cli.BoolFlag{Name: "snapshots", EnvVars: env("SNAPSHOTS"), Usage: "start python jobs of the default limits without network from a snapshot template of their image (built at start, kept beside the image), with its modules already imported"},
+		&cli.BoolFlag{Name: "snapshots", EnvVars: env("SNAPSHOTS"), Usage: "start python jobs of the default limits, networked or not, from a snapshot template of their image with its preload list already imported (made at start unless sandq image snapshot made it; kept beside the image)"},
 		&cli.DurationFlag{Name: "shutdown-grace", DefaultText: jobs.DefaultShutdownGrace.String(), EnvVars: env("SHUTDOWN_GRACE"), Usage: "time running jobs get to finish on SIGTERM"},
 		&cli.StringFlag{Name: "memory-budget", DefaultText: quoted(jobs.DefaultMemoryBudget.String()), EnvVars: env("MEMORY_BUDGET"),
 			Usage: "most memory the running jobs' limits may add up to: a fraction of the host's memory (0.75), a percentage (75%) or a size (8GiB); over it, jobs wait"},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/worker"
 )
 
 // imageDirFlag is the image commands' --image-dir. Its Value is the
@@ -28,6 +29,8 @@ func imageCommand() *cli.Command {
 			imageBuildCommand(),
 			imageImportCommand(),
 			imageListCommand(),
+			imagePreloadCommand(),
+			imageSnapshotCommand(),
 			imageHardenCommand(),
 			imageRmCommand(),
 		},
@@ -42,6 +45,7 @@ func imageBuildCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "packages-file", Required: true, Usage: "package names, whitespace-separated, # comments"},
 			&cli.StringFlag{Name: "overlay", Usage: "directory of files (config files) copied into the image after the packages, owned by root"},
+			preloadFileFlag(),
 			imageDirFlag(),
 			&cli.StringFlag{Name: "mirror", EnvVars: env("DEBIAN_MIRROR"), Usage: "Debian mirror (default: the host's configured one)"},
 			&cli.StringFlag{Name: "suite", DefaultText: quoted(image.DefaultSuite)},
@@ -51,14 +55,18 @@ func imageBuildCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return errors.New("image build takes exactly one NAME")
 			}
-			pkgs, err := image.ReadPackagesFile(c.String("packages-file"))
+			pkgs, err := image.ReadListFile(c.String("packages-file"))
+			if err != nil {
+				return err
+			}
+			preload, err := readPreloadFile(c)
 			if err != nil {
 				return err
 			}
 			start := time.Now()
 			img, err := image.Build(c.Context, image.BuildOptions{
 				Name: c.Args().First(), Dir: c.String("image-dir"), Packages: pkgs, Suite: c.String("suite"),
-				Mirror: c.String("mirror"), Overlay: c.String("overlay"), Force: c.Bool("force"), Logger: newLogger(c),
+				Mirror: c.String("mirror"), Overlay: c.String("overlay"), Preload: preload, Force: c.Bool("force"), Logger: newLogger(c),
 			})
 			if err != nil {
 				return err
@@ -85,6 +93,7 @@ func imageImportCommand() *cli.Command {
 			&cli.Int64Flag{Name: "max-entries", DefaultText: intText(image.DefaultMaxImportEntries), EnvVars: env("IMPORT_MAX_ENTRIES"),
 				Usage: fmt.Sprintf("cap on the tar entries of the archive and all its layers; at most %d", image.MaxImportEntriesLimit)},
 			&cli.BoolFlag{Name: "force", Usage: "replace an existing image of the same name"},
+			preloadFileFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 2 {
@@ -102,15 +111,107 @@ func imageImportCommand() *cli.Command {
 			if n := c.Int64("max-entries"); c.IsSet("max-entries") && (n <= 0 || n > image.MaxImportEntriesLimit) {
 				return fmt.Errorf("--max-entries %d: must be positive, at most %d", n, image.MaxImportEntriesLimit)
 			}
+			preload, err := readPreloadFile(c)
+			if err != nil {
+				return err
+			}
 			start := time.Now()
 			img, err := image.Import(c.Context, image.ImportOptions{
-				Archive: c.Args().Get(0), Name: c.Args().Get(1), Dir: c.String("image-dir"),
+				Archive: c.Args().Get(0), Name: c.Args().Get(1), Dir: c.String("image-dir"), Preload: preload,
 				MaxBytes: maxSize, MaxEntries: c.Int64("max-entries"), Force: c.Bool("force"), Logger: newLogger(c),
 			})
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(c.App.Writer, "image %s imported in %.1fs: %s (digest %s, config %s)\n", img.Name, time.Since(start).Seconds(), img.Rootfs, img.Digest, img.ConfigDigest)
+			return nil
+		},
+	}
+}
+
+// preloadFileFlag is --preload-file of image build and import.
+func preloadFileFlag() cli.Flag {
+	return &cli.StringFlag{Name: "preload-file", Usage: "Python modules the image's snapshot template imports (see sandq image preload), whitespace-separated, # comments"}
+}
+
+// readPreloadFile reads --preload-file, none when it is not set.
+func readPreloadFile(c *cli.Context) ([]string, error) {
+	path := c.String("preload-file")
+	if path == "" {
+		return nil, nil
+	}
+	mods, err := image.ReadListFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--preload-file: %w", err)
+	}
+	if err := image.CheckPreload(mods); err != nil {
+		return nil, fmt.Errorf("--preload-file %s: %w", path, err)
+	}
+	return mods, nil
+}
+
+func imagePreloadCommand() *cli.Command {
+	return &cli.Command{
+		Name: "preload",
+		Usage: "show or set the Python modules an image's snapshot template imports (matplotlib with the Agg backend); " +
+			"workers with --snapshots make a new template when the list changes, and make none for an image without one",
+		ArgsUsage: "NAME [MODULE...]",
+		Flags: []cli.Flag{
+			imageDirFlag(),
+			&cli.BoolFlag{Name: "clear", Usage: "remove the list: the image gets no template"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return errors.New("image preload takes a NAME, then the modules to set")
+			}
+			name, mods := c.Args().First(), c.Args().Tail()
+			if c.Bool("clear") && len(mods) > 0 {
+				return errors.New("image preload: --clear takes no modules")
+			}
+			if len(mods) == 0 && !c.Bool("clear") {
+				img, err := image.Lookup(c.String("image-dir"), name)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(c.App.Writer, strings.Join(img.Preload, " "))
+				return nil
+			}
+			img, err := image.SetPreload(c.String("image-dir"), name, mods)
+			if err != nil {
+				return err
+			}
+			if len(img.Preload) == 0 {
+				fmt.Fprintf(c.App.Writer, "image %s: no preload list\n", img.Name)
+			} else {
+				fmt.Fprintf(c.App.Writer, "image %s preloads %s\n", img.Name, strings.Join(img.Preload, " "))
+			}
+			return nil
+		},
+	}
+}
+
+func imageSnapshotCommand() *cli.Command {
+	return &cli.Command{
+		Name: "snapshot",
+		Usage: "make the snapshot templates workers with --snapshots would make when they start (of the images named, or of every image " +
+			"the worker's flags name that declares a preload list), so that they start at once; takes the worker's flags, which the templates must match (as root)",
+		ArgsUsage: "[NAME...]",
+		Flags:     workerFlags(),
+		Action: func(c *cli.Context) error {
+			cfg, err := loadWorkerConfig(c)
+			if err != nil {
+				return err
+			}
+			ctx, stop := interruptible(c)
+			defer stop()
+			ts, err := worker.MakeTemplates(ctx, cfg, c.Args().Slice(), newLogger(c))
+			if err != nil {
+				return err
+			}
+			for _, t := range ts {
+				fmt.Fprintf(c.App.Writer, "template %s: preloads %s; made in %.1fs (checkpoint %s)\n", t.Dir, strings.Join(t.Info.Preload, " "),
+					float64(t.Info.PreloadMS+t.Info.CheckpointMS)/1000, humanSize(t.Info.CheckpointBytes))
+			}
 			return nil
 		},
 	}

@@ -95,6 +95,40 @@ func TestImageImportListRm(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &listed) != nil || len(listed) != 1 || listed[0].Name != "tiny" || !strings.HasPrefix(listed[0].Digest, "sha256:") || listed[0].Hardening != 1 {
 		t.Fatalf("list --json: %q %v", out, err)
 	}
+	// The preload list: none, set, shown, refused, cleared.
+	if out, err := runImage(t, "preload tiny"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("preload of an image without a list: %q %v", out, err)
+	}
+	t.Setenv("SANDQ_STATE_DIR", t.TempDir())
+	if _, err := runImage(t, "snapshot tiny"); err == nil || !strings.Contains(err.Error(), `image "tiny" declares no preload list`) {
+		t.Errorf("snapshot of an image without a list: %v", err)
+	}
+	if out, err := runImage(t, "preload tiny numpy matplotlib.pyplot"); err != nil || !strings.Contains(out, "image tiny preloads numpy matplotlib.pyplot") {
+		t.Errorf("preload set: %q %v", out, err)
+	}
+	if out, err := runImage(t, "preload tiny"); err != nil || strings.TrimSpace(out) != "numpy matplotlib.pyplot" {
+		t.Errorf("preload shown: %q %v", out, err)
+	}
+	for args, want := range map[string]string{
+		"preload tiny numpy 2fast":   `"2fast" is not a Python module name`,
+		"preload tiny --clear numpy": "--clear takes no modules",
+		"preload":                    "takes a NAME",
+		"preload missing numpy":      "image not found",
+	} {
+		if _, err := runImage(t, args); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v; want %q", args, err, want)
+		}
+	}
+	// The image has no python: its template is refused, and nothing is made.
+	if _, err := runImage(t, "snapshot tiny"); err == nil || !strings.Contains(err.Error(), "snapshot template") {
+		t.Errorf("snapshot of an image without python: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "tiny", "templates")); !os.IsNotExist(err) {
+		t.Errorf("a refused template left its directory: %v", err)
+	}
+	if out, err := runImage(t, "preload tiny --clear"); err != nil || !strings.Contains(out, "image tiny: no preload list") {
+		t.Errorf("preload --clear: %q %v", out, err)
+	}
 	if out, err := runImage(t, "rm tiny"); err != nil || !strings.Contains(out, "image tiny removed") {
 		t.Fatalf("rm: %q %v", out, err)
 	}

@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -67,6 +68,10 @@ type BuildOptions struct {
 	// packages are installed (config files such as /etc/pip.conf), owned
 	// by root. Optional. Its files are part of the stamp.
 	Overlay string
+	// Preload is the image's preload list (see Image.Preload). It is not
+	// part of the stamp: changing it rewrites the metadata of an image
+	// otherwise up to date, never its tree.
+	Preload []string
 	// Force rebuilds even when the stamp matches.
 	Force  bool
 	Logger *slog.Logger
@@ -113,6 +118,9 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 			return nil, fmt.Errorf("package %q: not a package name", p)
 		}
 	}
+	if err := CheckPreload(o.Preload); err != nil {
+		return nil, err
+	}
 	if o.Mirror == "" {
 		return nil, errors.New("no Debian mirror is configured in this host's apt sources; pass --mirror (SANDQ_DEBIAN_MIRROR)")
 	}
@@ -134,7 +142,15 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	final := filepath.Join(o.Dir, o.Name)
 	if !o.Force {
 		if img, err := upToDate(o.Dir, o.Name, stamp, o.Logger); err != nil || img != nil {
-			return img, err
+			if err != nil || slices.Equal(img.Preload, o.Preload) {
+				return img, err
+			}
+			cached, err := SetPreload(o.Dir, o.Name, o.Preload)
+			if err != nil {
+				return nil, err
+			}
+			cached.Cached = true
+			return cached, nil
 		}
 	}
 	if err := prepareDir(o.Dir, o.Logger); err != nil {
@@ -198,7 +214,7 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	img := &Image{
 		Name: o.Name, Rootfs: filepath.Join(final, "rootfs"), Digest: content.Digest, Source: SourceBuild,
 		Created: time.Now().UTC().Truncate(time.Second), Size: content.Size, Files: content.Files, Stamp: stamp, Packages: pkgs,
-		Overlay: overlayPaths(overlay), Hardening: hardeningVersion,
+		Overlay: overlayPaths(overlay), Preload: slices.Clone(o.Preload), Hardening: hardeningVersion,
 	}
 	if err := os.WriteFile(filepath.Join(tmp, stampFile), []byte(stamp+"\n"), 0o644); err != nil {
 		return nil, err
@@ -338,8 +354,9 @@ func buildStamp(o BuildOptions, cas map[string][]byte, overlay []overlayEntry) s
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// ReadPackagesFile reads package names, one or more a line; # starts a comment.
-func ReadPackagesFile(path string) ([]string, error) {
+// ReadListFile reads a list of names (packages, modules), one or more a
+// line; # starts a comment.
+func ReadListFile(path string) ([]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

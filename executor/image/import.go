@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,6 +57,8 @@ type ImportOptions struct {
 	// together. Default DefaultMaxImportEntries, at most
 	// MaxImportEntriesLimit.
 	MaxEntries int64
+	// Preload is the image's preload list (see Image.Preload).
+	Preload []string
 	// Force replaces an existing image of the same name.
 	Force  bool
 	Logger *slog.Logger
@@ -88,6 +91,9 @@ func (o *ImportOptions) defaults() {
 func (o *ImportOptions) validate() error {
 	if o.MaxBytes < 0 || o.MaxBytes > MaxImportBytesLimit {
 		return fmt.Errorf("import size cap (--max-size, MaxBytes) %d: must be positive and at most %d (%s)", o.MaxBytes, MaxImportBytesLimit, bytesize.Format(MaxImportBytesLimit))
+	}
+	if err := CheckPreload(o.Preload); err != nil {
+		return err
 	}
 	if o.MaxEntries < 0 || o.MaxEntries > MaxImportEntriesLimit {
 		return fmt.Errorf("import entry cap (--max-entries, MaxEntries) %d: must be positive and at most %d", o.MaxEntries, MaxImportEntriesLimit)
@@ -203,7 +209,7 @@ func importInto(ctx context.Context, tmp string, o ImportOptions, cas map[string
 	img := &Image{
 		Name: o.Name, Digest: content.Digest, Source: SourceImport, Created: time.Now().UTC().Truncate(time.Second),
 		Size: content.Size, Files: content.Files, ConfigDigest: configDigest.String(), ManifestDigest: manifestDigest.String(),
-		Skipped: x.skipped, Hardening: hardeningVersion,
+		Skipped: x.skipped, Preload: slices.Clone(o.Preload), Hardening: hardeningVersion,
 	}
 	if err := writeMeta(tmp, img); err != nil {
 		return nil, err

@@ -60,6 +60,10 @@ type Image struct {
 	// Skipped counts archive entries an import left out (device nodes,
 	// FIFOs).
 	Skipped int `json:"skipped,omitempty"`
+	// Preload are the Python modules the image's snapshot template imports
+	// before it is checkpointed (see executor.TemplateSpec), in order;
+	// none: the image has no template, its jobs start cold.
+	Preload []string `json:"preload,omitempty"`
 	// Hardening is the version of the host-safety pass the image's tree
 	// has had (no setuid/setgid or world-write bits, file capabilities or
 	// special files; see Harden); 0 for an image made before it existed.

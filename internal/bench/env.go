@@ -202,10 +202,9 @@ func (e *env) newWorker(v variant, queue string, c int, m mode) (*worker.Worker,
 		return nil, err
 	}
 	if m.snapshots && len(w.SnapshotTemplates()) == 0 {
-		// The worker logged why (at error level) and would start every
-		// job cold.
+		// The worker logged why and would start every job cold.
 		w.Shutdown()
-		return nil, fmt.Errorf("no snapshot template for image %q: the worker could not make one (its log says why)", cfg.Worker.Image)
+		return nil, fmt.Errorf("no snapshot template for image %q: it declares no preload list (sandq image preload), or the worker could not make one (its log says why); --no-snapshots skips the restored runs", cfg.Worker.Image)
 	}
 	return w, nil
 }

@@ -338,11 +338,18 @@ func assertNoNetworks(t *testing.T) {
 	for env.worker.Running() > 0 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
+	assertNoNetworksOf(t, env.runner.WorkerID())
+}
+
+// assertNoNetworksOf fails t if the runner of worker ID workerID left any
+// job network: address leases, namespaces, interfaces or firewall rules.
+func assertNoNetworksOf(t *testing.T, workerID string) {
+	t.Helper()
 	m, err := jobnet.New(jobnet.Config{WorkerID: "e2e-check"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	leases, netns, ifaces, rules, err := m.Resources(env.runner.WorkerID())
+	leases, netns, ifaces, rules, err := m.Resources(workerID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,15 +11,17 @@ import (
 	"time"
 
 	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/egress"
 	"github.com/sandq/sandq/internal/runsc"
+	"github.com/sandq/sandq/internal/testenv"
 	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
 )
 
-// startSnapshotWorker starts a worker with cfg (snapshots on) and checks
-// it made one template, beside the image; a template made for the test is
-// removed when it ends.
-func startSnapshotWorker(t *testing.T, cfg jobs.Config) *sandqtest.Worker {
+// startSnapshotWorker starts a worker with cfg (snapshots on) and runsc
+// settings rc, and checks it made one template, beside the image; a
+// template made for the test is removed when it ends.
+func startSnapshotWorker(t *testing.T, cfg jobs.Config, rc executor.RunscConfig) *sandqtest.Worker {
 	t.Helper()
 	templates := filepath.Join(cfg.Worker.ImageDir, cfg.Worker.Image, "templates")
 	had := map[string]bool{}
@@ -26,7 +30,7 @@ func startSnapshotWorker(t *testing.T, cfg jobs.Config) *sandqtest.Worker {
 			had[e.Name()] = true
 		}
 	}
-	x := startWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
+	x := startWorker(t, cfg, rc)
 	tmpl := x.SnapshotTemplates()
 	if len(tmpl) != 1 || filepath.Dir(tmpl[0].Dir) != templates {
 		t.Fatalf("templates %+v, want one in %s", tmpl, templates)
@@ -50,7 +54,7 @@ func TestSnapshotJobs(t *testing.T) {
 	cfg.Worker.Queues = map[string]int{queue: 1}
 	cfg.Worker.Concurrency = 1
 	cfg.Worker.Snapshots = true
-	x := startSnapshotWorker(t, cfg)
+	x := startSnapshotWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
 	ctx := context.Background()
 	run := func(sub jobs.Submission) *jobs.Result {
 		t.Helper()
@@ -121,6 +125,23 @@ open("/tmp/left-by-a-job", "w").write("x")
 		t.Errorf("restored jobs share state: %q then %q", a.Stdout.Tail, b.Stdout.Tail)
 	}
 
+	// Without network a restored job reaches nothing: not a host beyond
+	// this one (a stand-in, which really answers from the host), not the
+	// host's own services.
+	far, accepted := testenv.StandInHost(t, testenv.StandInNet{Name: "sandq-e2e-snapfar", HostIf: "e2esnap0h", PeerIf: "e2esnap0n", Subnet: netip.MustParsePrefix("10.209.10.0/30")})
+	l, hostConns := testenv.Listen(t, "0.0.0.0:0")
+	targets := []string{"tcp:" + far.String() + ":9999", "tcp:" + hostAddress(t) + ":" + fmt.Sprint(l.Port)}
+	r = run(jobs.Submission{Script: file(t, "direct.py", testenv.BypassProbe), Args: append([]string{"5"}, targets...)})
+	restored(r, jobs.StatusSucceeded)
+	for target, got := range testenv.ProbeResults(r.Stdout.Tail) {
+		if got[0] == "connected" {
+			t.Errorf("a restored job without network reached %s", target)
+		}
+	}
+	if n := len(testenv.ProbeResults(r.Stdout.Tail)); n != len(targets) || accepted() != 0 || hostConns.Load() != 0 {
+		t.Errorf("%d of %d probes ran; the stand-in host accepted %d, the host service %d\n%s", n, len(targets), accepted(), hostConns.Load(), r.Stdout.Tail)
+	}
+
 	// The timeout and the memory limit kill a restored job as a cold one.
 	r = run(jobs.Submission{Script: file(t, "sleep.py", "import time\nprint('sleeping', flush=True)\ntime.sleep(600)\n"), Limits: jobs.LimitRequest{TimeoutSeconds: 5}})
 	restored(r, jobs.StatusTimedOut)
@@ -184,7 +205,7 @@ func TestSnapshotPoolJobs(t *testing.T) {
 	cfg.Worker.Concurrency = 1
 	cfg.Worker.Snapshots = true
 	cfg.Worker.SnapshotPool = 2
-	x := startSnapshotWorker(t, cfg)
+	x := startSnapshotWorker(t, cfg, executor.RunscConfig{StateDir: env.state})
 	waitReady := func(n int) {
 		t.Helper()
 		deadline := time.Now().Add(time.Minute)
@@ -211,4 +232,64 @@ func TestSnapshotPoolJobs(t *testing.T) {
 	if ids, err := x.Runner.Containers(context.Background()); err != nil || len(ids) != 0 {
 		t.Fatalf("containers after the worker stopped: %v %v", ids, err)
 	}
+}
+
+// A networked python job is restored too, into a network namespace of its
+// own: its allowed request goes through its proxy to the (stand-in)
+// upstream and is audited, a direct socket to a host beyond this one is
+// refused at once and counted, and a pooled sandbox (which has no network)
+// is never handed to it. Nothing of its network is left.
+func TestSnapshotNetworkedJobs(t *testing.T) {
+	up := newStandInUpstream(t)
+	const queue = "snapshot-egress-e2e"
+	cfg := env.cfg
+	cfg.Worker.Queues = map[string]int{queue: 1}
+	cfg.Worker.Concurrency = 1
+	cfg.Worker.Snapshots = true
+	cfg.Worker.SnapshotPool = 1
+	cfg.Egress.Groups = map[string][]string{"standin": {standInHost}}
+	cfg.Egress.Queues = map[string]jobs.QueueEgress{queue: {Max: []string{"standin"}, Default: []string{"standin"}, Ports: []int{up.port}}}
+	proxy := egress.Config{Resolver: testenv.Resolver{standInHost: testenv.Loopback}, AllowRanges: []string{"127.0.0.1/32"}}
+	x := startSnapshotWorker(t, cfg, executor.RunscConfig{StateDir: env.state, Network: &executor.NetworkConfig{Proxy: proxy}})
+	far, accepted := testenv.StandInHost(t, testenv.StandInNet{Name: "sandq-e2e-snapnet", HostIf: "e2esnap1h", PeerIf: "e2esnap1n", Subnet: netip.MustParsePrefix("10.209.11.0/30")})
+	script := file(t, "fetch.py", fmt.Sprintf(`import os, socket, sys, urllib.request, urllib.error
+print("proxy", os.environ.get("HTTPS_PROXY", "none"))
+try:
+    urllib.request.urlopen("http://%s:%d/restored-job", timeout=20)
+except urllib.error.HTTPError as e:
+    print("upstream answered", e.code)
+s = socket.socket()
+s.settimeout(10)
+try:
+    s.connect((%q, 9999))
+    print("direct connected")
+except Exception as e:
+    print("direct", type(e).__name__)
+`, standInHost, up.port, far.String()))
+	deadline := time.Now().Add(time.Minute)
+	for x.SnapshotPoolReady() != 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	r := x.Run(t, jobs.Submission{Queue: queue, Script: script, Network: []string{"standin"}}, 3*time.Minute)
+	if r.Status != jobs.StatusSucceeded || r.Timings == nil || r.Timings.StartMode != jobs.StartRestored {
+		t.Fatalf("networked job: %s (%s), timings %+v; stdout %q stderr %q", r.Status, r.Reason, r.Timings, r.Stdout.Tail, r.Stderr.Tail)
+	}
+	if !strings.Contains(r.Stdout.Tail, "proxy http://") || !strings.Contains(r.Stdout.Tail, "upstream answered 404") ||
+		!strings.Contains(r.Stdout.Tail, "direct ConnectionRefusedError") {
+		t.Errorf("the restored networked job saw:\n%s\nstderr %s", r.Stdout.Tail, r.Stderr.Tail)
+	}
+	if got := up.seen(); len(got) != 1 || got[0] != "/restored-job" {
+		t.Errorf("the stand-in upstream saw %q", got)
+	}
+	if n := accepted(); n != 0 {
+		t.Errorf("the stand-in host beyond this one accepted %d connections", n)
+	}
+	if e := r.Egress; e == nil || e.Allowed != 1 || e.Bypass == nil || e.Bypass.Attempts != 1 {
+		t.Errorf("egress %+v", e)
+	}
+	if n := workerMetric(t, x.Worker, "sandq_snapshot_pool_hits_total"); n != 0 {
+		t.Errorf("a networked job took a pooled sandbox: hits %v", n)
+	}
+	x.Stop()
+	assertNoNetworksOf(t, x.Runner.WorkerID())
 }
