@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -30,17 +28,7 @@ type restorePool struct {
 	p     *SnapshotRunner
 	t     *snapshotTemplate
 	shape Spec
-	size  int
-
-	mu     sync.Mutex
-	ready  []*restoredSandbox
-	making int
-	closed bool
-	wake   chan struct{}
-	stop   context.CancelFunc
-	done   chan struct{}
-	hits   atomic.Int64
-	misses atomic.Int64
+	*pool[*restoredSandbox]
 }
 
 // StartPools keeps size sandboxes restored ahead of demand for each of the
@@ -69,58 +57,26 @@ func (p *SnapshotRunner) StartPools(limits Limits, size int) error {
 		if err := checkSpec(shape); err != nil {
 			return fmt.Errorf("snapshot pools: %w", err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		pool := &restorePool{p: p, t: t, shape: shape, size: size, wake: make(chan struct{}, 1), stop: cancel, done: make(chan struct{})}
-		p.pools[t] = pool
-		go pool.fill(ctx)
+		r := &restorePool{p: p, t: t, shape: shape}
+		r.pool = newPool(size, r.make, r.failed)
+		// A quarantined template's pool makes no more.
+		r.paused = t.quarantined.Load
+		p.pools[t] = r
+		r.start()
 	}
 	return nil
 }
 
-// fill restores sandboxes until the pool holds size of them, then waits to
-// be woken by a release. A failed restore quarantines the template and ends
-// the pool.
-func (r *restorePool) fill(ctx context.Context) {
-	defer close(r.done)
-	for {
-		r.mu.Lock()
-		need := !r.closed && !r.t.quarantined.Load() && len(r.ready)+r.making < r.size
-		if need {
-			r.making++
-		}
-		r.mu.Unlock()
-		if !need {
-			select {
-			case <-ctx.Done():
-				return
-			case <-r.wake:
-				continue
-			}
-		}
-		sb, err := r.make(ctx)
-		r.mu.Lock()
-		r.making--
-		if err == nil && !r.closed {
-			r.ready = append(r.ready, sb)
-			sb = nil
-		}
-		r.mu.Unlock()
-		if sb != nil {
-			sb.Release(context.Background())
-		}
-		if err != nil {
-			if errors.Is(err, errRestore) {
-				r.p.quarantine(r.t, err)
-				return
-			}
-			r.p.logger.Error("making a restored sandbox for the pool", "template", r.t.Dir, "err", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(5 * time.Second):
-			}
-		}
+// failed handles a sandbox the pool could not make: a failed restore
+// quarantines the template and ends the pool; anything else is logged and
+// tried again after 5s.
+func (r *restorePool) failed(err error, _ int) (time.Duration, bool) {
+	if errors.Is(err, errRestore) {
+		r.p.quarantine(r.t, err)
+		return 0, true
 	}
+	r.p.logger.Error("making a restored sandbox for the pool", "template", r.t.Dir, "err", err)
+	return 5 * time.Second, false
 }
 
 // make prepares, creates and restores one sandbox of the pool's shape.
@@ -156,14 +112,8 @@ func (p *SnapshotRunner) fromPool(t *snapshotTemplate, spec Spec) Sandbox {
 	if err != nil {
 		return nil
 	}
-	r.mu.Lock()
-	var sb *restoredSandbox
-	if n := len(r.ready); n > 0 && !r.closed {
-		sb = r.ready[0]
-		r.ready = r.ready[1:]
-	}
-	r.mu.Unlock()
-	if sb == nil {
+	sb, ok := r.take()
+	if !ok {
 		r.misses.Add(1)
 		return nil
 	}
@@ -186,10 +136,7 @@ type pooledSandbox struct {
 
 func (s *pooledSandbox) Release(ctx context.Context) error {
 	err := s.restoredSandbox.Release(ctx)
-	select {
-	case s.pool.wake <- struct{}{}:
-	default:
-	}
+	s.pool.refill()
 	return err
 }
 
@@ -200,9 +147,7 @@ func (p *SnapshotRunner) PoolStats() (ready int, hits, misses int64) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	for _, r := range p.pools {
-		r.mu.Lock()
-		ready += len(r.ready)
-		r.mu.Unlock()
+		ready += r.readyCount()
 		hits += r.hits.Load()
 		misses += r.misses.Load()
 	}
@@ -219,16 +164,7 @@ func (p *SnapshotRunner) Close(ctx context.Context) error {
 	p.mu.Unlock()
 	var errs []error
 	for _, r := range pools {
-		r.mu.Lock()
-		r.closed = true
-		ready := r.ready
-		r.ready = nil
-		r.mu.Unlock()
-		r.stop()
-		<-r.done
-		for _, sb := range ready {
-			errs = append(errs, sb.Release(ctx))
-		}
+		errs = append(errs, r.close(ctx))
 	}
 	return errors.Join(errs...)
 }

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -40,20 +39,10 @@ const MaxWarm = 64
 // taken: so making the next one (a runsc create, CPU-heavy) does not
 // compete with the job that took the last one while it starts and runs.
 type WarmRunner struct {
-	base   warmBase
-	shape  Spec
-	size   int
-	logger *slog.Logger
-
-	mu       sync.Mutex
-	ready    []Sandbox
-	making   int
-	closed   bool
-	wake     chan struct{}
-	stop     context.CancelFunc
-	done     chan struct{}
-	hits     atomic.Int64
-	misses   atomic.Int64
+	base     warmBase
+	shape    Spec
+	logger   *slog.Logger
+	pool     *pool[Sandbox]
 	failures atomic.Int64
 }
 
@@ -102,7 +91,9 @@ func NewWarmRunner(base Runner, shape Spec, size int) (*WarmRunner, error) {
 	if err := checkLauncherTools(shape.Image); err != nil {
 		return nil, fmt.Errorf("warm sandboxes: %w", err)
 	}
-	return &WarmRunner{base: b, shape: shape, size: size, logger: b.warmLogger().With("warm_pool", size), wake: make(chan struct{}, 1), done: make(chan struct{})}, nil
+	p := &WarmRunner{base: b, shape: shape, logger: b.warmLogger().With("warm_pool", size)}
+	p.pool = newPool(size, p.make, p.failed)
+	return p, nil
 }
 
 // checkLauncherTools refuses an image without the shell and env a warm
@@ -123,57 +114,15 @@ func checkLauncherTools(rootfs string) error {
 }
 
 // Start fills the pool in the background until Close.
-func (p *WarmRunner) Start() {
-	ctx, cancel := context.WithCancel(context.Background())
-	p.stop = cancel
-	go p.fill(ctx)
-}
+func (p *WarmRunner) Start() { p.pool.start() }
 
-// fill makes sandboxes until the pool holds size of them, then waits to be
-// woken by a release. Failures back off from 1s to 30s.
-func (p *WarmRunner) fill(ctx context.Context) {
-	defer close(p.done)
-	backoff := time.Second
-	for {
-		p.mu.Lock()
-		need := !p.closed && len(p.ready)+p.making < p.size
-		if need {
-			p.making++
-		}
-		p.mu.Unlock()
-		if !need {
-			select {
-			case <-ctx.Done():
-				return
-			case <-p.wake:
-				continue
-			}
-		}
-		sb, err := p.make(ctx)
-		p.mu.Lock()
-		p.making--
-		if err == nil && !p.closed {
-			p.ready = append(p.ready, sb)
-			sb = nil
-		}
-		p.mu.Unlock()
-		if sb != nil {
-			// Made after Close began.
-			sb.Release(context.Background())
-		}
-		if err != nil {
-			p.failures.Add(1)
-			p.logger.Error("making a warm sandbox", "err", err, "retry_in", backoff)
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 30*time.Second)
-			continue
-		}
-		backoff = time.Second
-	}
+// failed logs a sandbox the pool could not make; the next try comes after
+// 1s, doubling to 30s while they keep failing.
+func (p *WarmRunner) failed(err error, inARow int) (time.Duration, bool) {
+	p.failures.Add(1)
+	backoff := min(time.Second<<min(inARow-1, 5), 30*time.Second)
+	p.logger.Error("making a warm sandbox", "err", err, "retry_in", backoff)
+	return backoff, false
 }
 
 // make prepares and creates one sandbox of the pool's shape.
@@ -232,15 +181,9 @@ func (p *WarmRunner) take(spec Spec) Sandbox {
 	if !p.fits(spec) {
 		return nil
 	}
-	p.mu.Lock()
-	var sb Sandbox
-	if n := len(p.ready); n > 0 && !p.closed {
-		sb = p.ready[0]
-		p.ready = p.ready[1:]
-	}
-	p.mu.Unlock()
-	if sb == nil {
-		p.misses.Add(1)
+	sb, ok := p.pool.take()
+	if !ok {
+		p.pool.misses.Add(1)
 		return nil
 	}
 	err := os.WriteFile(filepath.Join(sb.JobDir(), LaunchFile), []byte(launcher(spec.Args, spec.Env, p.shape.Env)), 0o644)
@@ -250,11 +193,11 @@ func (p *WarmRunner) take(spec Spec) Sandbox {
 	if err != nil {
 		p.logger.Error("handing a warm sandbox to its job", "sandbox", sb.ID(), "err", err)
 		sb.Release(context.Background())
-		p.misses.Add(1)
-		p.refill()
+		p.pool.misses.Add(1)
+		p.pool.refill()
 		return nil
 	}
-	p.hits.Add(1)
+	p.pool.hits.Add(1)
 	return sb
 }
 
@@ -268,7 +211,7 @@ type handedOut struct {
 
 func (s *handedOut) Release(ctx context.Context) error {
 	err := s.Sandbox.Release(ctx)
-	s.pool.refill()
+	s.pool.pool.refill()
 	return err
 }
 
@@ -276,14 +219,6 @@ func (s *handedOut) Release(ctx context.Context) error {
 func IsWarm(sb Sandbox) bool {
 	h, ok := sb.(*handedOut)
 	return ok && h.warm
-}
-
-// refill wakes the pool to make sandboxes in place of those taken.
-func (p *WarmRunner) refill() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
 }
 
 // launcher is the script that replaces the warm sandbox's shell with the
@@ -346,37 +281,18 @@ func shellQuote(s string) string {
 }
 
 // Ready is how many warm sandboxes wait for a job.
-func (p *WarmRunner) Ready() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.ready)
-}
+func (p *WarmRunner) Ready() int { return p.pool.readyCount() }
 
 // Stats are the jobs that found a warm sandbox ready (hits), those of the
 // pool's shape that found none ready (misses; jobs that do not fit are not
 // counted) and the sandboxes the pool failed to make.
 func (p *WarmRunner) Stats() (hits, misses, failures int64) {
-	return p.hits.Load(), p.misses.Load(), p.failures.Load()
+	return p.pool.hits.Load(), p.pool.misses.Load(), p.failures.Load()
 }
 
 // Close stops filling and releases the sandboxes still waiting. It does
 // not close the wrapped runner; Prepare then always uses it.
-func (p *WarmRunner) Close(ctx context.Context) error {
-	p.mu.Lock()
-	p.closed = true
-	ready := p.ready
-	p.ready = nil
-	p.mu.Unlock()
-	if p.stop != nil {
-		p.stop()
-		<-p.done
-	}
-	var errs []error
-	for _, sb := range ready {
-		errs = append(errs, sb.Release(ctx))
-	}
-	return errors.Join(errs...)
-}
+func (p *WarmRunner) Close(ctx context.Context) error { return p.pool.close(ctx) }
 
 // adopt gives one of this runner's sandboxes, created for a WarmRunner's
 // shape, to the job of spec (see warmBase).

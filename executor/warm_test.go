@@ -234,9 +234,9 @@ func TestWarmRunner(t *testing.T) {
 		}
 		drain = append(drain, s)
 	}
-	pool.mu.Lock()
-	pool.closed = true // stop refills for the check
-	pool.mu.Unlock()
+	pool.pool.mu.Lock()
+	pool.pool.closed = true // stop refills for the check
+	pool.pool.mu.Unlock()
 	if s, err := pool.Prepare(ctx, job); err != nil || IsWarm(s) {
 		t.Fatalf("Prepare on an empty pool: %v, warm %v", err, err == nil && IsWarm(s))
 	} else {
