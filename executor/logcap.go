@@ -6,18 +6,38 @@ import (
 	"sync"
 )
 
-// ring keeps the last len(buf) bytes written to it.
+// ring keeps the last max bytes written to it. Its buffer grows with what
+// is written, up to max, and only then wraps: most streams are short, and a
+// buffer of max bytes made up front (a job's log tail is 2MiB per stream by
+// default) would be allocated, zeroed and faulted in for every job, on the
+// CPU its sandbox is booting on.
 type ring struct {
-	buf  []byte
+	max  int
+	buf  []byte // the bytes in order until full; then len(buf) == max, wrapped at next
 	next int
 	full bool
 }
 
-func newRing(n int) *ring { return &ring{buf: make([]byte, n)} }
+func newRing(n int) *ring { return &ring{max: n} }
 
 func (r *ring) write(p []byte) {
-	if len(r.buf) == 0 {
+	if r.max == 0 || len(p) == 0 {
 		return
+	}
+	if !r.full && r.next+len(p) < r.max {
+		if need := r.next + len(p); need > cap(r.buf) {
+			nb := make([]byte, r.next, min(max(2*cap(r.buf), need, 512), r.max))
+			copy(nb, r.buf[:r.next])
+			r.buf = nb
+		}
+		r.buf = append(r.buf[:r.next], p...)
+		r.next += len(p)
+		return
+	}
+	if len(r.buf) < r.max {
+		nb := make([]byte, r.max)
+		copy(nb, r.buf[:r.next])
+		r.buf = nb
 	}
 	if len(p) >= len(r.buf) {
 		copy(r.buf, p[len(p)-len(r.buf):])
@@ -30,7 +50,7 @@ func (r *ring) write(p []byte) {
 		r.full = true
 	}
 	r.next = (r.next + len(p)) % len(r.buf)
-	if r.next == 0 && len(p) > 0 {
+	if r.next == 0 {
 		r.full = true
 	}
 }

@@ -245,3 +245,30 @@ func TestRing(t *testing.T) {
 		}
 	})
 }
+
+// A ring's buffer grows with what is written and never past its size: a
+// short stream costs a short buffer. Across random write sizes it keeps
+// exactly the last bytes, while growing and after it wraps.
+func TestRingGrowsOnlyAsWritten(t *testing.T) {
+	r := newRing(2 << 20)
+	r.write([]byte("hello\n"))
+	if c := cap(r.buf); c > 4096 {
+		t.Fatalf("a 6-byte stream holds a %d-byte buffer", c)
+	}
+	for _, size := range []int{1, 7, 512, 4096, 100000} {
+		data := stream(5*size + 3)
+		rng := rand.New(rand.NewPCG(uint64(size), 2))
+		r := newRing(size)
+		for off := 0; off < len(data); {
+			n := min(rng.IntN(2*size+1), len(data)-off)
+			r.write(data[off : off+n])
+			off += n
+			if got, want := r.bytes(), lastN(data[:off], size); !bytes.Equal(got, want) {
+				t.Fatalf("size %d after %d bytes: kept %d bytes, not the last %d", size, off, len(got), len(want))
+			}
+			if cap(r.buf) > size {
+				t.Fatalf("size %d: buffer of %d bytes", size, cap(r.buf))
+			}
+		}
+	}
+}
