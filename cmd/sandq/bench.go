@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -33,8 +34,10 @@ func benchCommand() *cli.Command {
 			&cli.IntFlag{Name: "warm", DefaultText: "latency concurrency, at least 2", Usage: "warm sandboxes (--warm-sandboxes) of the worker in the warm runs"},
 			&cli.BoolFlag{Name: "no-warm", Usage: "skip the warm runs (sandq with warm sandboxes)"},
 			&cli.BoolFlag{Name: "no-snapshots", Usage: "skip the restored runs of the python variants (sandq with snapshot templates, without and with a pool of --warm restored sandboxes)"},
+			&cli.BoolFlag{Name: "explain", Usage: "in each latency run, also run the bare loop beside sandq's control plane (the same schedule through a worker whose runner runs no sandbox but holds each job as long as a bare container takes): what the queue, store, webhooks and worker cost the sandboxes, apart from sandq's sandbox path"},
 			&cli.Int64Flag{Name: "seed", DefaultText: intText(bench.DefaultSeed), Usage: "seed of the open-loop schedule"},
 			&cli.StringFlag{Name: "out", Usage: "also write the report as JSON to this file"},
+			&cli.StringFlag{Name: "cpu-profile", Usage: "write a Go CPU profile of the bench process (the bench and its in-process workers, not runsc, Redis or MinIO) to this file, for `go tool pprof`"},
 		}, append(sandboxFlags(quoted(image.DefaultDir)),
 			&cli.StringFlag{Name: "temp-dir", Usage: "where the run keeps its services' data and sandboxes (default: the system's temporary directory)"})...),
 			controlPlaneFlags()...),
@@ -54,6 +57,13 @@ func benchCommand() *cli.Command {
 			}
 			o.Logger = newLogger(c)
 			o.Progress = c.App.ErrWriter
+			if path := c.String("cpu-profile"); path != "" {
+				stopProfile, err := startCPUProfile(path)
+				if err != nil {
+					return err
+				}
+				defer stopProfile()
+			}
 			ctx, stop := interruptible(c)
 			defer stop()
 			rep, err := bench.Run(ctx, o)
@@ -93,6 +103,7 @@ func benchOptions(c *cli.Context) (bench.Options, error) {
 	o.MemoryJobs = c.Int("memory-jobs")
 	o.NoWebhook = c.Bool("no-webhook")
 	o.Warm, o.NoWarm, o.NoSnapshots = c.Int("warm"), c.Bool("no-warm"), c.Bool("no-snapshots")
+	o.Explain = c.Bool("explain")
 	o.Seed = c.Int64("seed")
 	sb := sandboxSettingsFromFlags(c)
 	o.Runsc, o.Platform, o.ImageDir, o.Image = sb.runsc.Runsc, sb.runsc.Platform, sb.imageDir, sb.image
@@ -129,4 +140,22 @@ func parseList[T any](s, what string, parse func(string) (T, error)) ([]T, error
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// startCPUProfile starts writing a Go CPU profile to path; the function it
+// returns stops it and closes the file.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -233,4 +233,7 @@ func TestBenchOptions(t *testing.T) {
 	if got := load("sandq bench --variant python,python-pandas --no-snapshots"); !got.NoSnapshots || !slices.Equal(got.Variants, []string{"python", "python-pandas"}) {
 		t.Errorf("--variant python,python-pandas --no-snapshots: %+v", got)
 	}
+	if got := load("sandq bench --explain"); !got.Explain {
+		t.Errorf("--explain: %+v", got)
+	}
 }

@@ -69,6 +69,16 @@ type Options struct {
 	// image's template on its path, and by one that also keeps Warm
 	// sandboxes restored ahead of demand (SnapshotPool).
 	NoSnapshots bool
+	// Explain adds to each latency run the bare loop run again on the same
+	// schedule beside sandq's control plane: at each send the bench also
+	// submits the job to a worker whose runner runs no sandbox but holds
+	// each job as long as a bare container took (the bare loop's median),
+	// so that Redis, MinIO, asynq, the worker's own work, the webhook and
+	// the bench's following of results all run beside the bare
+	// containers, as they run beside sandq's. Its row against the plain
+	// bare row is what the control plane costs the sandboxes; the rest of
+	// sandq's overhead is its sandbox path.
+	Explain bool
 	// MemoryJobs is how many jobs run at once while the child worker's
 	// memory is sampled. Default 2.
 	MemoryJobs int

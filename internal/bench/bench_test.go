@@ -30,7 +30,7 @@ func TestQuickBenchmark(t *testing.T) {
 	img := testenv.NeedImage(t)
 	bin := testenv.Sandq(t)
 	var progress bytes.Buffer
-	o := Quick(Options{SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, NoSnapshots: true, Progress: &progress})
+	o := Quick(Options{SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, NoSnapshots: true, Explain: true, Progress: &progress})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, o)
@@ -64,7 +64,7 @@ func TestQuickBenchmark(t *testing.T) {
 		t.Errorf("%d targets, want 4 per variant: %+v", len(rep.Targets), rep.Targets)
 	}
 	for _, name := range []string{FloorProcess, FloorBare, FloorBareRun, FloorSandq, FloorSandqHook, FloorSandqWarm, FloorSandqWarmHook, "overhead sandq_result - bare_runsc",
-		"overhead sandq_warm_result - bare_runsc", "sandq warm stages", "warm jobs/s", "queue_wait", "concurrency 2", "memory (child `sandq worker`)", "p99 overhead", "p50 overhead, warm sandboxes"} {
+		"overhead sandq_warm_result - bare_runsc", "sandq warm stages", "warm jobs/s", "queue_wait", "concurrency 2", "memory (child `sandq worker`)", "p99 overhead", "p50 overhead, warm sandboxes", "overhead bare_runsc_beside_control_plane - bare_runsc"} {
 		if !strings.Contains(table.String(), name) {
 			t.Errorf("table lacks %q", name)
 		}
@@ -124,11 +124,15 @@ func checkConditions(t *testing.T, o Options, c Conditions) {
 	}
 	// Per variant and mode (cold, warm, and for python restored without
 	// and with a pool): the serial floor, the open loop and a drain per
-	// concurrency.
+	// concurrency; and with Explain, the bare loop beside the control
+	// plane.
 	e := &env{o: o}
 	want := 0
 	for _, name := range o.Variants {
 		want += len(e.modes(variants[name])) * (2 + len(o.Concurrency))
+		if o.Explain {
+			want++
+		}
 	}
 	if len(l.SandqPhases) != want {
 		t.Errorf("%d sandq phases measured, want %d: %+v", len(l.SandqPhases), want, l.SandqPhases)
@@ -284,6 +288,12 @@ func checkVariant(t *testing.T, o Options, v VariantReport) {
 		}
 	}
 	want = []string{LatencyBare}
+	if o.Explain {
+		want = append(want, LatencyBareBesideControlPlane)
+		if l.BesideControlPlaneMS == nil || l.ControlPlaneHoldMS <= 0 {
+			t.Errorf("%s: --explain without its overhead (%v) or hold (%v)", name, l.BesideControlPlaneMS, l.ControlPlaneHoldMS)
+		}
+	}
 	for _, m := range modes {
 		want = append(want, m.result, m.hook)
 	}

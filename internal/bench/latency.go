@@ -2,12 +2,18 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/sandq/sandq/executor"
+	"github.com/sandq/sandq/executor/executortest"
 	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/worker"
 )
 
 // floors runs the job serially, one at a time, each way: as a bare
@@ -255,34 +261,9 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 	if _, err := e.runBare(ctx, v, false); err != nil {
 		return rep, fmt.Errorf("bare warm-up: %w", err)
 	}
-	bare := make([]*bareRun, len(sched))
-	acquired := make([]time.Time, len(sched))
-	errs := make([]error, len(sched))
-	slots := make(chan struct{}, o.LatencyConcurrency)
-	start := time.Now().Add(100 * time.Millisecond)
-	var wg sync.WaitGroup
-	for i, off := range sched {
-		wg.Go(func() {
-			at := start.Add(off)
-			if err := sleepUntil(ctx, at); err != nil {
-				errs[i] = err
-				return
-			}
-			slots <- struct{}{}
-			defer func() { <-slots }()
-			acquired[i] = time.Now()
-			r, err := e.runBare(ctx, v, false)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			r.began = at // latency counts from the scheduled time
-			bare[i] = r
-		})
-	}
-	wg.Wait()
-	if err := errJobs(errs, len(sched)); err != nil {
-		return rep, fmt.Errorf("bare runsc: %w", err)
+	bare, acquired, err := e.openLoopBare(ctx, v, sched, time.Now().Add(100*time.Millisecond))
+	if err != nil {
+		return rep, err
 	}
 	var bareLat []float64
 	var bareRuns Runs
@@ -297,6 +278,31 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 	// sandq, each mode.
 	bareDist := dist(bareLat)
 	rep.Rows = []LatencyRow{{Name: LatencyBare, What: "bare runsc container (create, start, wait, delete), from the scheduled send", Succeeded: len(bareLat), Runs: bareRuns, Dist: bareDist}}
+	if o.Explain {
+		var held []float64
+		for i, r := range bare {
+			held = append(held, ms(r.done.Sub(acquired[i])))
+		}
+		hold := time.Duration(dist(held).P50 * float64(time.Millisecond))
+		beside, err := measured(ctx, e, phaseName(v, "bare beside the control plane", mode{key: modeCold}), len(sched)+1, func() ([]*bareRun, error) {
+			return e.bareBesideControlPlane(ctx, v, sched, hold)
+		})
+		if err != nil {
+			return rep, err
+		}
+		var lat []float64
+		var runs Runs
+		for _, r := range beside {
+			if r.waitLost {
+				runs.WaitLost++
+			}
+			lat = append(lat, ms(r.done.Sub(r.began)))
+		}
+		d := dist(lat)
+		rep.Rows = append(rep.Rows, LatencyRow{Name: LatencyBareBesideControlPlane, What: fmt.Sprintf("bare runsc again, while the same schedule runs through sandq's control plane without sandboxes (each job held %.0f ms, the bare median)", ms(hold)), Succeeded: len(lat), Runs: runs, Dist: d})
+		ov := overhead(d, bareDist)
+		rep.BesideControlPlaneMS, rep.ControlPlaneHoldMS = &ov, round1(ms(hold))
+	}
 	for _, m := range e.modes(v) {
 		runs, err := measured(ctx, e, phaseName(v, "open loop", m), len(sched)+1, func() ([]*sandqRun, error) { return e.openLoopSandq(ctx, v, sched, m) })
 		if err != nil {
@@ -339,6 +345,101 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+// openLoopBare runs the schedule from start in bare runsc containers, at
+// the latency concurrency; each run's latency counts from its scheduled
+// time, and acquired is when it got a slot.
+func (e *env) openLoopBare(ctx context.Context, v variant, sched []time.Duration, start time.Time) (bare []*bareRun, acquired []time.Time, _ error) {
+	bare = make([]*bareRun, len(sched))
+	acquired = make([]time.Time, len(sched))
+	errs := make([]error, len(sched))
+	slots := make(chan struct{}, e.o.LatencyConcurrency)
+	var wg sync.WaitGroup
+	for i, off := range sched {
+		wg.Go(func() {
+			at := start.Add(off)
+			if err := sleepUntil(ctx, at); err != nil {
+				errs[i] = err
+				return
+			}
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			acquired[i] = time.Now()
+			r, err := e.runBare(ctx, v, false)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			r.began = at // latency counts from the scheduled time
+			bare[i] = r
+		})
+	}
+	wg.Wait()
+	if err := errJobs(errs, len(sched)); err != nil {
+		return nil, nil, fmt.Errorf("bare runsc: %w", err)
+	}
+	return bare, acquired, nil
+}
+
+// bareBesideControlPlane runs the schedule in bare runsc containers while
+// sending it, at the same times, through a worker whose runner runs no
+// sandbox and holds each job for hold (see Options.Explain); the
+// control-plane jobs are followed to their results and webhooks as sandq's
+// are, and must succeed.
+func (e *env) bareBesideControlPlane(ctx context.Context, v variant, sched []time.Duration, hold time.Duration) ([]*bareRun, error) {
+	queue := fmt.Sprintf("bench-beside-%s-%d", v.name, e.next())
+	runner := &executortest.Runner{Dir: filepath.Join(e.dir, "no-sandbox", queue), Job: func(ctx context.Context, sb *executortest.Sandbox) executortest.Run {
+		select {
+		case <-ctx.Done():
+			return executortest.Run{Err: ctx.Err()}
+		case <-time.After(hold):
+		}
+		if err := os.WriteFile(filepath.Join(sb.OutputsDir(), outputName), []byte(v.want), 0o644); err != nil {
+			return executortest.Run{Err: err}
+		}
+		zero := 0
+		return executortest.Run{Outcome: executor.Outcome{ExitCode: &zero}}
+	}}
+	cfg := e.cfg
+	cfg.Worker.Concurrency = e.o.LatencyConcurrency
+	cfg.Worker.Queues = map[string]int{queue: 1}
+	w, err := worker.New(cfg, runner, e.store, e.o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Start(ctx); err != nil {
+		return nil, err
+	}
+	defer w.Shutdown()
+	if r, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil || !r.ok() {
+		return nil, fmt.Errorf("control-plane warm-up: %v %v", err, r.failure)
+	}
+	start := time.Now().Add(100 * time.Millisecond)
+	errs := make([]error, len(sched))
+	var wg sync.WaitGroup
+	for i, off := range sched {
+		wg.Go(func() {
+			at := start.Add(off)
+			if errs[i] = sleepUntil(ctx, at); errs[i] != nil {
+				return
+			}
+			r, err := e.sendJob(ctx, v, queue, at)
+			if err == nil && !r.ok() {
+				err = errors.New(r.failure)
+			}
+			errs[i] = err
+		})
+	}
+	bare, _, err := e.openLoopBare(ctx, v, sched, start)
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	if err := errJobs(errs, len(sched)); err != nil {
+		return nil, fmt.Errorf("control plane beside the bare loop: %w", err)
+	}
+	return bare, nil
 }
 
 // openLoopSandq sends the schedule through a worker of the latency

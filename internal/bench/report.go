@@ -242,6 +242,11 @@ type LatencyReport struct {
 	// templates, without and with a pool; absent without restored runs.
 	Restored     *ModeLatency `json:"restored,omitempty"`
 	RestoredPool *ModeLatency `json:"restored_pool,omitempty"`
+	// BesideControlPlaneMS is the bare loop beside sandq's control plane
+	// less the plain bare loop (Options.Explain), with the hold each
+	// control-plane job had; absent without it.
+	BesideControlPlaneMS *Overhead `json:"beside_control_plane_ms,omitempty"`
+	ControlPlaneHoldMS   float64   `json:"control_plane_hold_ms,omitempty"`
 }
 
 // ModeLatency is one mode's open-loop overheads over the bare runsc
@@ -274,6 +279,10 @@ const (
 	LatencySandqRestoredHook     = FloorSandqRestoredHook
 	LatencySandqRestoredPool     = FloorSandqRestoredPool
 	LatencySandqRestoredPoolHook = FloorSandqRestoredPoolHook
+	// LatencyBareBesideControlPlane is the bare loop again, beside sandq's
+	// control plane running the same schedule without sandboxes
+	// (Options.Explain).
+	LatencyBareBesideControlPlane = "bare_runsc_beside_control_plane"
 )
 
 // Overhead is one distribution less another, percentile by percentile.
@@ -513,6 +522,7 @@ func (r *Report) PrintTable(out io.Writer) error {
 		if m := l.RestoredPool; m != nil {
 			overheads = append(overheads, namedOverhead{LatencySandqRestoredPool, &m.OverheadMS}, namedOverhead{LatencySandqRestoredPoolHook, m.WebhookOverheadMS})
 		}
+		overheads = append(overheads, namedOverhead{LatencyBareBesideControlPlane, l.BesideControlPlaneMS})
 		for _, ov := range overheads {
 			if o := ov.o; o != nil {
 				fmt.Fprintf(w, "overhead %s - bare_runsc\t\t\t\t\t\t\t%.1f\t%.1f\t%.1f\t%.1f\t\t\n", ov.name, o.P50, o.P90, o.P99, o.Max)
