@@ -26,9 +26,22 @@ const (
 // generators, tempfile's name sequence and directory), takes the job's
 // environment, working directory and argv, and runs the script in the
 // process's own __main__ module as `python3 SCRIPT ARGS...` would: a
-// SystemExit ends the process as it would there, an uncaught exception
-// prints its traceback (from the script's first frame on) and exits 1, and
-// the interpreter's shutdown (threads, atexit, flushing) is the usual one.
+// SystemExit ends the process with its status (a message printed to stderr
+// as there), an uncaught exception prints its traceback (from the script's
+// first frame on) and exits 1.
+//
+// It then ends the process the way the interpreter's shutdown would, in
+// its order, for everything a job can observe: it waits for the job's
+// non-daemon threads, runs the atexit handlers (the job's own, logging's
+// shutdown, weakref finalizers, multiprocessing's), flushes sys.stdout and
+// sys.stderr (a failed stdout flush exits 120, as there), flushes the files
+// the job opened for writing (with open or io.open) and left open, and
+// calls the C library's exit, which runs C-level atexit handlers and
+// flushes C stdio buffers. What it skips is the teardown of every module:
+// in a restored process that touches the template's whole memory, paging it
+// in, and took about 0.6 s for an analysis template against 0.07 s without
+// it (measured on a 2-core VM); the only thing lost is __del__ of objects
+// still alive at exit, which Python does not promise to call.
 const snapshotLauncher = `# The sandq snapshot launcher; see executor/snapshot_launcher.go.
 import os
 import sys
@@ -69,6 +82,17 @@ def _sandq_launch(main_globals, base):
                 os.unlink(path)
         except OSError:
             pass
+    # The C library's exit, for the end (see _sandq_finish); loaded now so
+    # that no job pays for it.
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        c_exit, c_fflush = libc.exit, libc.fflush
+        c_exit.argtypes, c_fflush.argtypes = [ctypes.c_int], [ctypes.c_void_p]
+        c_stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        del libc
+    except Exception:
+        c_exit = c_fflush = c_stdout = None
     import gc
     gc.collect()
     os.write(1, b"` + snapshotReadyLine + `\n")
@@ -126,26 +150,121 @@ def _sandq_launch(main_globals, base):
         raise SystemExit(2)
     from importlib.machinery import SourceFileLoader
 
+    # The module's globals are about to become the job's: what the end
+    # needs is kept here.
+    opened = _sandq_track_writes()
+    exit_status, finish = _sandq_exit_status, _sandq_finish
     main_globals.clear()
     main_globals.update(base)
     main_globals["__file__"] = script
     main_globals["__loader__"] = SourceFileLoader("__main__", script)
-    code = None
+    compiled = None
+    failed = False
     try:
-        code = compile(source, script, "exec", dont_inherit=True)
+        compiled = compile(source, script, "exec", dont_inherit=True)
         del source
-        exec(code, main_globals)
-    except SystemExit:
-        raise
+        exec(compiled, main_globals)
     except BaseException as e:
-        # The traceback a cold interpreter prints starts at the script.
-        tb = e.__traceback__
-        while tb is not None and tb.tb_frame.f_code is not code:
-            tb = tb.tb_next
-        e.__traceback__ = tb
-        sys.excepthook(type(e), e, tb)
-        del e, tb
-        raise SystemExit(1)
+        failed = e
+    # As the interpreter does once the script is over: stderr and stdout
+    # are flushed; a script that ended by an exception (SystemExit or any
+    # other) also has the C library's stdout flushed before the rest of
+    # the shutdown.
+    for stream in (sys.stderr, sys.stdout):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    status = 0
+    if failed is not False:
+        if c_fflush is not None:
+            c_fflush(c_stdout)
+        if isinstance(failed, SystemExit):
+            status = exit_status(failed)
+        else:
+            # The traceback a cold interpreter prints starts at the script.
+            tb = failed.__traceback__
+            while tb is not None and tb.tb_frame.f_code is not compiled:
+                tb = tb.tb_next
+            failed.__traceback__ = tb
+            sys.excepthook(type(failed), failed, tb)
+            del tb
+            status = 1
+    del failed
+    finish(status, opened, c_exit)
+
+
+def _sandq_track_writes():
+    # open and io.open, as they are, remembering (weakly) what is opened
+    # for writing, for _sandq_finish to flush.
+    import builtins
+    import io
+    import weakref
+
+    opened = weakref.WeakSet()
+    real_open = io.open
+
+    def open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None, closefd=True, opener=None):
+        f = real_open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+        if isinstance(mode, str) and any(c in mode for c in "wax+"):
+            try:
+                opened.add(f)
+            except TypeError:
+                pass
+        return f
+
+    open.__doc__, open.__module__ = real_open.__doc__, "io"
+    builtins.open = io.open = open
+    return opened
+
+
+def _sandq_exit_status(e):
+    # What the interpreter does with a SystemExit that ends the program.
+    import sys
+
+    code = e.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code if -(1 << 31) <= code < (1 << 31) else -1
+    try:
+        sys.stderr.write(str(code) + "\n")
+    except Exception:
+        pass
+    return 1
+
+
+def _sandq_finish(status, opened, c_exit):
+    # The interpreter's shutdown, up to the teardown of its modules (see
+    # executor/snapshot_launcher.go), then the C library's exit.
+    import os
+    import sys
+
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        try:
+            threading._shutdown()
+        except BaseException:
+            pass
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            if stream is sys.stdout and status == 0:
+                status = 120
+    for f in list(opened):
+        try:
+            if not f.closed:
+                f.flush()
+        except Exception:
+            pass
+    if c_exit is not None:
+        c_exit(status)
+    os._exit(status & 0xFF)
 
 
 _sandq_launch(globals(), {k: v for k, v in globals().items() if k.startswith("__")})

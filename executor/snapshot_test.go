@@ -310,6 +310,79 @@ if mode == "raise":
 	}
 }
 
+// A restored job ends as a cold one does, for all it can observe: its
+// non-daemon threads finish, atexit handlers and weakref finalizers run,
+// logging is shut down, files it left open with buffered writes are
+// complete, C stdio buffers are flushed, and SystemExit's status and
+// message are the interpreter's; the same script run cold gives the same
+// outputs, stdout, stderr and exit status.
+func TestSnapshotRestoredJobsEndLikeColdOnes(t *testing.T) {
+	r, p, _, rootfs := snapshotRunner(t)
+	script := `import atexit, ctypes, logging, os, sys, threading, time, weakref
+out = os.environ["OUTPUT_DIR"]
+mode = sys.argv[1]
+left_open = open(os.path.join(out, "left-open.txt"), "w")
+left_open.write("buffered line\n" * 200)
+binary = open(os.path.join(out, "left-open.bin"), mode="wb", buffering=1 << 20)
+binary.write(b"x" * 5000)
+logging.basicConfig(filename=os.path.join(out, "job.log"), level=logging.INFO)
+logging.info("logged, never shut down by the job")
+atexit.register(lambda: print("atexit handler ran"))
+class Held:
+    pass
+held = Held()
+weakref.finalize(held, print, "finalizer ran")
+def late():
+    time.sleep(0.5)
+    with open(os.path.join(out, "thread.txt"), "w") as f:
+        f.write("the thread finished after the script")
+    print("thread done")
+threading.Thread(target=late).start()
+ctypes.CDLL(None).printf(b"from C stdio, never flushed by the job\n")
+print("python stdout, not flushed")
+sys.stderr.write("stderr, no newline")
+if mode == "message":
+    sys.exit("exiting with a message")
+if mode == "exit5":
+    sys.exit(5)
+if mode == "raise":
+    raise KeyError("gone")
+`
+	for _, c := range []struct {
+		mode string
+		code int
+	}{{"ok", 0}, {"message", 1}, {"exit5", 5}, {"raise", 1}} {
+		spec := pythonSpec(rootfs, c.mode)
+		restored := runPython(t, p, spec, script)
+		cold := runPython(t, r, spec, script)
+		if restored.out.StartMode != StartRestored || cold.out.StartMode != StartCold {
+			t.Fatalf("%s: start modes %q and %q", c.mode, restored.out.StartMode, cold.out.StartMode)
+		}
+		for name, x := range map[string]ran{"restored": restored, "cold": cold} {
+			if x.out.ExitCode == nil || *x.out.ExitCode != c.code {
+				t.Errorf("%s %s: exit %s, want %d; stderr %q", c.mode, name, exitCode(x.out), c.code, x.stderr)
+			}
+			if len(x.outputs["left-open.txt"]) != 200*len("buffered line\n") || len(x.outputs["left-open.bin"]) != 5000 ||
+				!strings.Contains(x.outputs["job.log"], "logged") || x.outputs["thread.txt"] == "" {
+				t.Errorf("%s %s: outputs %d, %d bytes, log %q, thread %q", c.mode, name, len(x.outputs["left-open.txt"]), len(x.outputs["left-open.bin"]), x.outputs["job.log"], x.outputs["thread.txt"])
+			}
+			for _, want := range []string{"from C stdio", "python stdout", "atexit handler ran", "finalizer ran", "thread done"} {
+				if !strings.Contains(x.stdout, want) {
+					t.Errorf("%s %s: stdout lacks %q: %q", c.mode, name, want, x.stdout)
+				}
+			}
+		}
+		if restored.stdout != cold.stdout || restored.stderr != cold.stderr {
+			t.Errorf("%s: restored and cold differ:\nstdout %q\n       %q\nstderr %q\n       %q", c.mode, restored.stdout, cold.stdout, restored.stderr, cold.stderr)
+		}
+		for name, body := range cold.outputs {
+			if restored.outputs[name] != body {
+				t.Errorf("%s: output %s differs", c.mode, name)
+			}
+		}
+	}
+}
+
 // Restored jobs share nothing: their random numbers, uuids and temporary
 // file names differ, a file one writes under /tmp, /work or /dev/shm is not
 // there for the next, and they find /tmp and /work as a cold job does (the
