@@ -72,29 +72,38 @@ func (e *env) sendJob(ctx context.Context, v variant, queue string, scheduled ti
 // Without a message (pub/sub is at most once) it reads the task every
 // jobs.Config.PollInterval.
 func (e *env) awaitResult(ctx context.Context, queue, id string, limit time.Duration) (*jobs.Result, time.Time, error) {
+	info, err := e.awaitTask(ctx, queue, id, time.Now().Add(limit))
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	seen := time.Now()
+	// Archived: its retries ran out; the last attempt wrote an error
+	// result.
+	res, err := jobs.ParseResult(info.Result)
+	if err != nil {
+		return nil, seen, fmt.Errorf("job %s (%s, %s): result: %w", id, info.State, info.LastErr, err)
+	}
+	return res, seen, nil
+}
+
+// awaitTask follows task id of queue until asynq shows it completed or
+// archived, learning of its end by push (see awaitResult), and returns it.
+func (e *env) awaitTask(ctx context.Context, queue, id string, deadline time.Time) (*asynq.TaskInfo, error) {
 	watch := e.client.WatchDone(ctx, id)
 	defer watch.Stop()
-	deadline := time.Now().Add(limit)
 	for {
 		info, err := e.insp.GetTaskInfo(queue, id)
 		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("job %s: %w", id, err)
+			return nil, fmt.Errorf("job %s: %w", id, err)
 		}
-		// Archived: its retries ran out; the last attempt wrote an error
-		// result.
 		if info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived {
-			seen := time.Now()
-			res, err := jobs.ParseResult(info.Result)
-			if err != nil {
-				return nil, seen, fmt.Errorf("job %s (%s, %s): result: %w", id, info.State, info.LastErr, err)
-			}
-			return res, seen, nil
+			return info, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, time.Time{}, fmt.Errorf("job %s not done after %s (state %s)", id, limit, info.State)
+			return nil, fmt.Errorf("job %s not done by %s (state %s)", id, deadline.Format(time.TimeOnly), info.State)
 		}
 		if err := watch.Next(ctx); err != nil {
-			return nil, time.Time{}, err
+			return nil, err
 		}
 	}
 }

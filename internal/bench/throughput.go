@@ -13,10 +13,6 @@ import (
 	"github.com/sandq/sandq/jobs"
 )
 
-// drainPoll is how often the throughput run asks asynq how many jobs are
-// done.
-const drainPoll = 10 * time.Millisecond
-
 // throughput drains ThroughputJobs pre-queued jobs with a worker of
 // concurrency c, then runs as many bare runsc containers from a plain loop
 // of c goroutines, then drains again in each other mode (e.modes): with
@@ -115,6 +111,7 @@ func (e *env) drainSandq(ctx context.Context, v variant, c int, m mode) (drained
 	queue := fmt.Sprintf("bench-throughput-%s-c%d-%s-%d", v.name, c, m.key, e.next())
 	var next atomic.Int64
 	errs := make([]error, n)
+	ids := make([]string, n)
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
@@ -123,9 +120,12 @@ func (e *env) drainSandq(ctx context.Context, v variant, c int, m mode) (drained
 				if i >= n {
 					return
 				}
-				if _, err := e.client.Enqueue(ctx, v.submission(queue, "")); err != nil {
+				enq, err := e.client.Enqueue(ctx, v.submission(queue, ""))
+				if err != nil {
 					errs[i] = fmt.Errorf("enqueue: %w", err)
+					continue
 				}
+				ids[i] = enq.ID
 			}
 		})
 	}
@@ -143,7 +143,7 @@ func (e *env) drainSandq(ctx context.Context, v variant, c int, m mode) (drained
 		w.Shutdown()
 		return d, err
 	}
-	done, err := e.drain(ctx, queue, n)
+	done, err := e.drain(ctx, queue, ids)
 	elapsed := done.Sub(began)
 	w.Shutdown()
 	if err != nil {
@@ -157,27 +157,21 @@ func (e *env) drainSandq(ctx context.Context, v variant, c int, m mode) (drained
 	return d, nil
 }
 
-// drain waits until m tasks of queue are completed or archived and returns
-// when it saw that.
-func (e *env) drain(ctx context.Context, queue string, m int) (time.Time, error) {
-	deadline := time.Now().Add(time.Duration(m) * time.Minute)
-	for {
-		info, err := e.insp.GetQueueInfo(queue)
-		if err != nil {
+// drain waits until every job of ids (all on queue) is completed or
+// archived and returns when it saw the last one so. It learns of each end
+// by push, as awaitResult does: it reads a job's task, and reads it again
+// only when the worker says it is done (or every jobs.Config.PollInterval
+// without a message), so that following the drain costs Redis a few reads
+// per job, not a poll of the queue every few milliseconds.
+func (e *env) drain(ctx context.Context, queue string, ids []string) (time.Time, error) {
+	limit := time.Duration(len(ids)) * time.Minute
+	deadline := time.Now().Add(limit)
+	for _, id := range ids {
+		if _, err := e.awaitTask(ctx, queue, id, deadline); err != nil {
 			return time.Time{}, fmt.Errorf("queue %s: %w", queue, err)
 		}
-		if info.Completed+info.Archived >= m {
-			return time.Now(), nil
-		}
-		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("queue %s: %d of %d jobs done after %s", queue, info.Completed+info.Archived, m, time.Duration(m)*time.Minute)
-		}
-		select {
-		case <-ctx.Done():
-			return time.Time{}, ctx.Err()
-		case <-time.After(drainPoll):
-		}
 	}
+	return time.Now(), nil
 }
 
 // countResults checks every finished job's result: completed ones should
