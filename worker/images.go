@@ -47,8 +47,9 @@ func (h *Handler) newWarmRunner(n int) (*executor.WarmRunner, error) {
 }
 
 // templateSpec is the snapshot template a worker of cfg makes for img, for
-// the jobs most jobs are: python, the default limits and no network. It
-// imports the image's preload list.
+// the jobs most jobs are: python with the default limits (networked or not:
+// a networked job is restored into its own namespace). It imports the
+// image's preload list.
 func templateSpec(cfg jobs.Config, img *image.Image) executor.TemplateSpec {
 	return executor.TemplateSpec{
 		Image: img.Rootfs, ImageDigest: img.Digest, Preload: img.Preload, Env: sandboxEnv(nil),
