@@ -88,6 +88,17 @@ func pythonSpec(rootfs string, args ...string) Spec {
 	}
 }
 
+// runRestoredAndCold runs script as spec's job restored (through p) and
+// cold (through r), and checks each started so.
+func runRestoredAndCold(t *testing.T, p, r Runner, spec Spec, script string) (restored, cold ran) {
+	t.Helper()
+	restored, cold = runPython(t, p, spec, script), runPython(t, r, spec, script)
+	if restored.out.StartMode != StartRestored || cold.out.StartMode != StartCold {
+		t.Fatalf("%s: start modes %q and %q", strings.Join(spec.Args[2:], " "), restored.out.StartMode, cold.out.StartMode)
+	}
+	return restored, cold
+}
+
 // ran is one job's run through a runner.
 type ran struct {
 	out     *Outcome
@@ -281,11 +292,7 @@ if mode == "raise":
 	}{{"ok", 0}, {"exit3", 3}, {"raise", 1}} {
 		spec := pythonSpec(rootfs, c.mode, "it's two words")
 		spec.Env = append(append([]string(nil), spec.Env...), "GREETING=hello 'world'")
-		restored := runPython(t, p, spec, script)
-		cold := runPython(t, r, spec, script)
-		if restored.out.StartMode != StartRestored || cold.out.StartMode != StartCold {
-			t.Fatalf("%s: start modes %q and %q", c.mode, restored.out.StartMode, cold.out.StartMode)
-		}
+		restored, cold := runRestoredAndCold(t, p, r, spec, script)
 		for name, x := range map[string]ran{"restored": restored, "cold": cold} {
 			if x.out.ExitCode == nil || *x.out.ExitCode != c.code {
 				t.Errorf("%s %s: exit %s, want %d; stderr %q", c.mode, name, exitCode(x.out), c.code, x.stderr)
@@ -353,11 +360,7 @@ if mode == "raise":
 		code int
 	}{{"ok", 0}, {"message", 1}, {"exit5", 5}, {"raise", 1}} {
 		spec := pythonSpec(rootfs, c.mode)
-		restored := runPython(t, p, spec, script)
-		cold := runPython(t, r, spec, script)
-		if restored.out.StartMode != StartRestored || cold.out.StartMode != StartCold {
-			t.Fatalf("%s: start modes %q and %q", c.mode, restored.out.StartMode, cold.out.StartMode)
-		}
+		restored, cold := runRestoredAndCold(t, p, r, spec, script)
 		for name, x := range map[string]ran{"restored": restored, "cold": cold} {
 			if x.out.ExitCode == nil || *x.out.ExitCode != c.code {
 				t.Errorf("%s %s: exit %s, want %d; stderr %q", c.mode, name, exitCode(x.out), c.code, x.stderr)

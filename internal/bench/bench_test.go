@@ -24,14 +24,11 @@ import (
 // complete and sane. It never asserts on speed. A missing runsc, Redis,
 // MinIO, image or root fails it (under -short, skips it). The restored
 // runs are left to TestPandasBenchmark, to keep this one short.
-func TestQuickBenchmark(t *testing.T) {
-	testenv.NeedRunsc(t)
-	testenv.NeedBinary(t, "redis-server", "minio")
-	img := testenv.NeedImage(t)
-	bin := testenv.Sandq(t)
-	var progress bytes.Buffer
-	o := Quick(Options{SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, NoSnapshots: true, Explain: true, Progress: &progress})
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+// runBench runs the bench with o, logs its progress and table, and checks
+// that every sandq job succeeded and the conditions are complete.
+func runBench(t *testing.T, o Options, progress *bytes.Buffer, timeout time.Duration) (*Report, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	rep, err := Run(ctx, o)
 	t.Logf("progress:\n%s", progress.String())
@@ -43,12 +40,22 @@ func TestQuickBenchmark(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("table:\n%s", table.String())
-	o = o.WithDefaults()
-
 	if rep.FailedJobs != 0 {
 		t.Errorf("%d sandq jobs did not succeed: %q", rep.FailedJobs, rep.Failures)
 	}
-	checkConditions(t, o, rep.Conditions)
+	checkConditions(t, o.WithDefaults(), rep.Conditions)
+	return rep, table.String()
+}
+
+func TestQuickBenchmark(t *testing.T) {
+	testenv.NeedRunsc(t)
+	testenv.NeedBinary(t, "redis-server", "minio")
+	img := testenv.NeedImage(t)
+	bin := testenv.Sandq(t)
+	var progress bytes.Buffer
+	o := Quick(Options{SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, NoSnapshots: true, Explain: true, Progress: &progress})
+	rep, table := runBench(t, o, &progress, 15*time.Minute)
+	o = o.WithDefaults()
 	if got := variantNames(rep); !slices.Equal(got, []string{VariantShell, VariantPython}) {
 		t.Fatalf("variants %v, want shell and python", got)
 	}
@@ -65,7 +72,7 @@ func TestQuickBenchmark(t *testing.T) {
 	}
 	for _, name := range []string{FloorProcess, FloorBare, FloorBareRun, FloorSandq, FloorSandqHook, FloorSandqWarm, FloorSandqWarmHook, "overhead sandq_result - bare_runsc",
 		"overhead sandq_warm_result - bare_runsc", "sandq warm stages", "warm jobs/s", "queue_wait", "concurrency 2", "memory (child `sandq worker`)", "p99 overhead", "p50 overhead, warm sandboxes", "overhead bare_runsc_beside_control_plane - bare_runsc"} {
-		if !strings.Contains(table.String(), name) {
+		if !strings.Contains(table, name) {
 			t.Errorf("table lacks %q", name)
 		}
 	}
@@ -500,24 +507,8 @@ func TestPandasBenchmark(t *testing.T) {
 		Variants: []string{VariantPython, VariantPythonPandas}, FloorRuns: 2, LatencyJobs: 4, Rate: 1, ThroughputJobs: 4, Concurrency: []int{2},
 		MemoryJobs: 1, SandqBinary: bin, ImageDir: img.Dir, Image: img.Name, Progress: &progress,
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	rep, err := Run(ctx, o)
-	t.Logf("progress:\n%s", progress.String())
-	if err != nil {
-		t.Fatalf("benchmark: %v", err)
-	}
-	var table bytes.Buffer
-	if err := rep.PrintTable(&table); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("table:\n%s", table.String())
+	rep, table := runBench(t, o, &progress, 20*time.Minute)
 	o = o.WithDefaults()
-
-	if rep.FailedJobs != 0 {
-		t.Errorf("%d sandq jobs did not succeed: %q", rep.FailedJobs, rep.Failures)
-	}
-	checkConditions(t, o, rep.Conditions)
 	if got := variantNames(rep); !slices.Equal(got, o.Variants) {
 		t.Fatalf("variants %v, want %v", got, o.Variants)
 	}
@@ -549,7 +540,7 @@ func TestPandasBenchmark(t *testing.T) {
 	}
 	for _, want := range []string{FloorSandqRestored, FloorSandqRestoredPoolHook, "restored p50 / cold p50: serial", "sandq restored pool stages", "restored jobs/s", "pool restored",
 		"snapshot template: ", "no bare_process floor: ", "best restored throughput / best cold"} {
-		if !strings.Contains(table.String(), want) {
+		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q", want)
 		}
 	}

@@ -265,14 +265,7 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	var bareLat []float64
-	var bareRuns Runs
-	for _, r := range bare {
-		if r.waitLost {
-			bareRuns.WaitLost++
-		}
-		bareLat = append(bareLat, ms(r.done.Sub(r.began)))
-	}
+	bareLat, bareRuns := bareLatencies(bare)
 	rep.BareStages = bareStageRows(bare, acquired)
 
 	// sandq, each mode.
@@ -290,14 +283,7 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 		if err != nil {
 			return rep, err
 		}
-		var lat []float64
-		var runs Runs
-		for _, r := range beside {
-			if r.waitLost {
-				runs.WaitLost++
-			}
-			lat = append(lat, ms(r.done.Sub(r.began)))
-		}
+		lat, runs := bareLatencies(beside)
 		d := dist(lat)
 		rep.Rows = append(rep.Rows, LatencyRow{Name: LatencyBareBesideControlPlane, What: fmt.Sprintf("bare runsc again, while the same schedule runs through sandq's control plane without sandboxes (each job held %.0f ms, the bare median)", ms(hold)), Succeeded: len(lat), Runs: runs, Dist: d})
 		ov := overhead(d, bareDist)
@@ -345,6 +331,20 @@ func (e *env) latency(ctx context.Context, v variant) (LatencyReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+// bareLatencies are the bare runs' latencies, from their scheduled times,
+// and their counts.
+func bareLatencies(bare []*bareRun) ([]float64, Runs) {
+	var lat []float64
+	var runs Runs
+	for _, r := range bare {
+		if r.waitLost {
+			runs.WaitLost++
+		}
+		lat = append(lat, ms(r.done.Sub(r.began)))
+	}
+	return lat, runs
 }
 
 // openLoopBare runs the schedule from start in bare runsc containers, at
@@ -409,11 +409,14 @@ func (e *env) bareBesideControlPlane(ctx context.Context, v variant, sched []tim
 		return nil, err
 	}
 	if err := w.Start(ctx); err != nil {
+		w.Shutdown()
 		return nil, err
 	}
 	defer w.Shutdown()
-	if r, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil || !r.ok() {
-		return nil, fmt.Errorf("control-plane warm-up: %v %v", err, r.failure)
+	if r, err := e.sendJob(ctx, v, queue, time.Time{}); err != nil {
+		return nil, fmt.Errorf("control-plane warm-up: %w", err)
+	} else if !r.ok() {
+		return nil, fmt.Errorf("control-plane warm-up: %s", r.failure)
 	}
 	start := time.Now().Add(100 * time.Millisecond)
 	errs := make([]error, len(sched))
