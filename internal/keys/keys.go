@@ -95,3 +95,9 @@ func RateLimit(tenant string) string { return "sandq:ratelimit:" + tenant }
 // Streams is the sorted set of a tenant's open event streams on the API
 // (leases, scored by expiry).
 func Streams(tenant string) string { return "sandq:streams:" + tenant }
+
+// LiveLog is a job's live output: a Redis stream the worker running it
+// appends stdout and stderr chunks to as they are written (jobs.LogEvent),
+// capped in bytes per attempt, expiring with the job's result. Producers
+// follow it with XREAD; the API serves it as "log" events.
+func LiveLog(jobID string) string { return "sandq:live:" + jobID }
