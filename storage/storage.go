@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -180,7 +181,20 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, po
 	if size < 0 {
 		opts.PartSize = streamPartSize
 	}
-	info, err := s.client.PutObject(ctx, s.bucket, key, io.TeeReader(r, h), size, opts)
+	body := io.TeeReader(r, h)
+	if rs, ok := r.(io.ReadSeeker); ok && size >= 0 {
+		// A body minio-go can seek back to start is sent again when the
+		// store answers a retryable error (a distributed MinIO short of
+		// its write quorum for a moment answers SlowDownWrite); a teed
+		// stream would fail the upload on the first such answer. The
+		// hash is taken in a pass of its own, then.
+		sum, err := hashSection(rs, size)
+		if err != nil {
+			return Object{}, fmt.Errorf("upload %s: %w", key, err)
+		}
+		h, body = sum, rs
+	}
+	info, err := s.client.PutObject(ctx, s.bucket, key, body, size, opts)
 	if err != nil {
 		return Object{}, fmt.Errorf("upload %s: %w", key, convert(err))
 	}
@@ -188,6 +202,27 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader, size int64, po
 		return Object{}, fmt.Errorf("upload %s: stored %d bytes, expected %d", key, info.Size, size)
 	}
 	return Object{Key: key, Size: info.Size, SHA256: hex.EncodeToString(h.Sum(nil)), ContentType: contentType}, nil
+}
+
+// hashSection hashes the next size bytes of rs and seeks back to where
+// they began.
+func hashSection(rs io.ReadSeeker, size int64) (hash.Hash, error) {
+	start, err := rs.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	n, err := io.CopyN(h, rs, size)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if n != size {
+		return nil, fmt.Errorf("read %d bytes, expected %d", n, size)
+	}
+	if _, err := rs.Seek(start, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return h, nil
 }
 
 // PutFile stores the file at path under key.
