@@ -135,6 +135,20 @@ def _sandq_launch(main_globals, base):
         os.environ[k] = v
     time.tzset()
     os.chdir(request["cwd"])
+    # A cold interpreter imports the first sitecustomize on its path as it
+    # starts. The template imported one before its job directory became
+    # the job's: one that the job's PYTHONPATH holds now (the worker puts
+    # one in the job directory) is run here, as a cold start would have.
+    import importlib.machinery, importlib.util
+    site_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # A directory missing when the template started is cached as having no
+    # finder.
+    for missing in [p for p in site_path if sys.path_importer_cache.get(p, False) is None]:
+        del sys.path_importer_cache[missing]
+    site_spec = importlib.machinery.PathFinder.find_spec("sitecustomize", site_path) if site_path else None
+    if site_spec is not None and site_spec.origin != getattr(sys.modules.get("sitecustomize"), "__file__", None):
+        site_spec.loader.exec_module(importlib.util.module_from_spec(site_spec))
+    del site_path, site_spec
     argv = request["argv"]
     script = argv[1]
     sys.argv = argv[1:]

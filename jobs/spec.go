@@ -184,6 +184,23 @@ func CheckName(field, name string) error {
 	return nil
 }
 
+// ReservedPrefix begins the names sandq gives its own files in the job
+// directory (/mnt/job) beside the script: launchers, requests, the Python
+// site directory. A script may not be named so.
+const ReservedPrefix = ".sandq-"
+
+// checkScriptName checks the script's name: a name as CheckName has it,
+// outside the names sandq keeps for itself in the job directory.
+func checkScriptName(name string) error {
+	if err := CheckName("script", name); err != nil {
+		return err
+	}
+	if first, _, _ := strings.Cut(name, "/"); strings.HasPrefix(first, ReservedPrefix) {
+		return &FieldError{Field: "script", Msg: fmt.Sprintf("name %q begins with %s, which sandq keeps for its own files beside the script", name, ReservedPrefix)}
+	}
+	return nil
+}
+
 // CheckNames checks each name and refuses duplicates, also those that differ
 // only in case (they would collide on case-insensitive file systems), and a
 // name that is both a file and a directory of another.

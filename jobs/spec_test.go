@@ -634,3 +634,17 @@ func TestIdempotentJobID(t *testing.T) {
 		t.Errorf("NewJobID: %v", err)
 	}
 }
+
+func TestScriptNamesOfSandqsOwnFilesAreRefused(t *testing.T) {
+	for _, name := range []string{".sandq-site", ".sandq-launch", ".sandq-x/job.py"} {
+		var fe *FieldError
+		if err := checkScriptName(name); !errors.As(err, &fe) || fe.Field != "script" || !strings.Contains(fe.Msg, ReservedPrefix) {
+			t.Errorf("script %q: %v, want a refusal of field script naming %s", name, err, ReservedPrefix)
+		}
+	}
+	for _, name := range []string{"job.py", "x/.sandq-site.py", "sandq-site.py"} {
+		if err := checkScriptName(name); err != nil {
+			t.Errorf("script %q refused: %v", name, err)
+		}
+	}
+}

@@ -47,7 +47,7 @@ func (c *Client) Validate(s *Submission) (string, Limits, error) {
 	if err != nil {
 		return "", Limits{}, err
 	}
-	if err := CheckName("script", s.Script.Name); err != nil {
+	if err := checkScriptName(s.Script.Name); err != nil {
 		return "", Limits{}, err
 	}
 	rt, err := ResolveRuntime(s.Runtime, s.Script.Name)
@@ -223,7 +223,7 @@ func (d *Draft) AddScript(ctx context.Context, name string, r io.Reader, size in
 	if d.job.Script.Key != "" {
 		return &FieldError{Field: "script", Msg: "more than one script"}
 	}
-	if err := CheckName("script", name); err != nil {
+	if err := checkScriptName(name); err != nil {
 		return err
 	}
 	rt, err := ResolveRuntime(d.job.Runtime, name)

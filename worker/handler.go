@@ -62,6 +62,9 @@ var baseEnv = map[string]string{
 	"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 	"HOME": executor.WorkDir,
 	"LANG": "C.UTF-8",
+	// Python finds the job directory's sitecustomize (pythonSitecustomize)
+	// first; a job's own PYTHONPATH comes after it.
+	"PYTHONPATH": pythonSitePath,
 }
 
 // sandboxEnv is a job's whole environment: the base, what the job asked
@@ -73,6 +76,9 @@ func sandboxEnv(job map[string]string) []string {
 	}
 	for k, v := range job {
 		env[k] = v
+	}
+	if p, ok := job["PYTHONPATH"]; ok && p != "" {
+		env["PYTHONPATH"] = pythonSitePath + ":" + p
 	}
 	env["INPUT_DIR"] = executor.InputsMount
 	env["OUTPUT_DIR"] = executor.OutputsMount

@@ -69,6 +69,7 @@ func (h *Handler) fetchAll(ctx context.Context, job *jobs.Job, sb executor.Sandb
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(jobs.Transfers)
 	g.Go(func() error { return h.fetch(gctx, job.Script, sb.JobDir()) })
+	g.Go(func() error { return writePythonSite(sb.JobDir()) })
 	for _, in := range job.Inputs {
 		g.Go(func() error { return h.fetch(gctx, in, sb.InputsDir()) })
 	}

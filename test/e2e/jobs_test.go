@@ -125,7 +125,7 @@ print("cwd:", os.getcwd(), "uid:", os.getuid())
 			t.Errorf("%s: link %q expiring %s, content type %q", o.Path, o.URL, o.ExpiresAt, o.ContentType)
 		}
 	}
-	if !strings.Contains(r.Stdout.Tail, "env: HOME,INPUT_DIR,LANG,MY_SETTING,OUTPUT_DIR,PATH\n") {
+	if !strings.Contains(r.Stdout.Tail, "env: HOME,INPUT_DIR,LANG,MY_SETTING,OUTPUT_DIR,PATH,PYTHONPATH\n") {
 		t.Errorf("environment is not exactly the job's: %s", r.Stdout.Tail)
 	}
 	if strings.Contains(r.Stdout.Tail, canary) || strings.Contains(r.Stdout.Tail, "do-not-leak") {
@@ -403,6 +403,7 @@ func TestRefusedSubmissionsLeaveNothing(t *testing.T) {
 		{"timeout over max", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{TimeoutSeconds: 86400}}, "timeout"},
 		{"unknown runtime", jobs.Submission{Script: ok, Runtime: "cobol"}, "runtime"},
 		{"reserved env", jobs.Submission{Script: ok, Env: map[string]string{"OUTPUT_DIR": "/etc"}}, "env"},
+		{"script named as sandq's own files", jobs.Submission{Script: file(t, ".sandq-site", "print(1)"), Runtime: "python"}, "script"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -864,5 +865,32 @@ for i in range(600):
 	last := m.Outputs[599]
 	if got := string(download(t, last.URL)); got != "599" {
 		t.Errorf("%s through the manifest: %q", last.Path, got)
+	}
+}
+
+// A Python job's print reaches the pipe at the end of its line, before a
+// later write straight to the file descriptor; block-buffered, the print
+// would come out last. A job's own PYTHONPATH comes after sandq's site
+// directory, whose sitecustomize runs the next one on the path; an empty
+// PYTHONPATH turns the line buffering off.
+func TestPythonOutputIsLineBuffered(t *testing.T) {
+	script := file(t, "lines.py", `
+import builtins, os, sys
+print("first")
+os.write(1, b"second\n")
+print("third", "chained" if getattr(builtins, "JOB_SITE", False) else "not chained")
+sys.stderr.write("err one\n")
+os.write(2, b"err two\n")
+`)
+	site := file(t, "sitecustomize.py", "import builtins\nbuiltins.JOB_SITE = True\n")
+	r := runJob(t, jobs.Submission{Script: script, Inputs: []jobs.File{site}, Env: map[string]string{"PYTHONPATH": "/mnt/inputs"}})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	if r.Stdout.Tail != "first\nsecond\nthird chained\n" || r.Stderr.Tail != "err one\nerr two\n" {
+		t.Errorf("line-buffered python: stdout %q stderr %q; want first, second, third chained / err one, err two", r.Stdout.Tail, r.Stderr.Tail)
+	}
+	r = runJob(t, jobs.Submission{Script: script, Env: map[string]string{"PYTHONPATH": ""}})
+	wantStatus(t, r, jobs.StatusSucceeded)
+	if r.Stdout.Tail != "second\nfirst\nthird not chained\n" {
+		t.Errorf("with PYTHONPATH empty, stdout %q; want the block-buffered order (second, first, third not chained)", r.Stdout.Tail)
 	}
 }

@@ -99,6 +99,14 @@ print("to stderr", file=sys.stderr)
 		t.Errorf("logs: stdout %q stderr %q", warm.Stdout.Tail, warm.Stderr.Tail)
 	}
 
+	// Line-buffered output, as cold (the job directory's sitecustomize,
+	// run by the launcher): the print comes before the later raw write.
+	lines := run(jobs.Submission{Script: file(t, "lines.py", "import os\nprint('first')\nos.write(1, b'second\\n')\n")})
+	restored(lines, jobs.StatusSucceeded)
+	if lines.Stdout.Tail != "first\nsecond\n" {
+		t.Errorf("restored python's stdout %q, want line-buffered first, second", lines.Stdout.Tail)
+	}
+
 	// Exit codes and an uncaught exception.
 	r := run(jobs.Submission{Script: file(t, "fail.py", "import sys\nsys.stderr.write('something broke\\n')\nsys.exit(3)\n")})
 	restored(r, jobs.StatusFailed)
