@@ -342,3 +342,32 @@ func TestDownloadTrimmedResultReadsTheManifest(t *testing.T) {
 		t.Errorf("another job's manifest: %v", err)
 	}
 }
+
+func TestDownloadLogLengthIsChecked(t *testing.T) {
+	whole := bytes.Repeat([]byte("line\n"), 100)
+	capped := append(append(bytes.Repeat([]byte("h"), 2000), "\n[sandq: 1000 bytes dropped here]\n"...), bytes.Repeat([]byte("t"), 2000)...)
+	s := newObjectServer(t, map[string][]byte{"whole": whole, "capped": capped, "short": whole[:100]})
+	link := func(key string, b, dropped int64) *LogDoc {
+		return &LogDoc{Bytes: b, DroppedBytes: dropped, URL: s.URL + "/" + key, ExpiresAt: time.Now().Add(time.Hour)}
+	}
+	dir := t.TempDir()
+	// A whole log is its bytes exactly; a capped one is its head and tail
+	// with the marker between them.
+	res := &Result{ID: "j1", Stdout: link("whole", int64(len(whole)), 0), Stderr: link("capped", 5000, 1000)}
+	if _, err := Download(context.Background(), nil, res, dir, DownloadOptions{Logs: true}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "stderr.log")); !bytes.Equal(b, capped) {
+		t.Errorf("stderr.log holds %d bytes, want %d", len(b), len(capped))
+	}
+	for _, doc := range []*LogDoc{link("short", int64(len(whole)), 0), link("short", 5000, 1000)} {
+		dir := t.TempDir()
+		_, err := Download(context.Background(), nil, &Result{ID: "j1", Stdout: doc}, dir, DownloadOptions{Logs: true})
+		if !errors.Is(err, ErrChecksumMismatch) || !strings.Contains(err.Error(), `"stdout.log"`) {
+			t.Errorf("a short log (%+v): %v", doc, err)
+		}
+		if l := listDir(t, dir); len(l) != 0 {
+			t.Errorf("left %q", l)
+		}
+	}
+}
