@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Starts `sandq dev` (Redis, MinIO, a worker on the analysis image and the
 # API server), runs the spreadsheet example end to end (a workbook and a CSV
-# in; a chart and a summary workbook out) and prints its result with
-# download links, then stops the stack. Used by `make demo`, which builds
-# the analysis image first.
+# in; a chart and a summary workbook out), prints its result and saves its
+# outputs under demo-out/ (SANDQ_DEMO_OUT), which outlive the stack and its
+# links, then stops the stack. Used by `make demo`, which builds the
+# analysis image first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SANDQ=bin/sandq
@@ -26,5 +27,8 @@ for _ in $(seq 1 120); do
 done
 cat "$DATA/dev.out"
 echo
-echo "+ sandq enqueue examples/budget_report.py --input examples/budget.xlsx --input examples/actuals.csv --wait"
-$SANDQ enqueue examples/budget_report.py --input examples/budget.xlsx --input examples/actuals.csv --wait
+OUT=${SANDQ_DEMO_OUT:-demo-out}
+echo "+ sandq enqueue examples/budget_report.py --input examples/budget.xlsx --input examples/actuals.csv --wait --download $OUT/"
+$SANDQ enqueue examples/budget_report.py --input examples/budget.xlsx --input examples/actuals.csv --wait --download "$OUT/"
+echo
+echo "The chart and the workbook are in $(cd "$OUT" && pwd)/"

@@ -85,7 +85,7 @@ func globalFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-retry", DefaultText: intText(jobs.DefaultMaxRetry), EnvVars: env("MAX_RETRY"), Usage: "retries of a job the system could not run"},
 		&cli.DurationFlag{Name: "result-retention", DefaultText: jobs.DefaultResultRetention.String(), EnvVars: env("RESULT_RETENTION")},
 		&cli.DurationFlag{Name: "link-expiry", DefaultText: jobs.DefaultLinkExpiry.String(), EnvVars: env("LINK_EXPIRY"), Usage: "life of presigned links (at most " + hours(storage.MaxLinkExpiry) + ")"},
-		&cli.StringFlag{Name: "server", EnvVars: env("SERVER"), Usage: "API server URL: enqueue, status, wait and cancel go through it instead of Redis and S3"},
+		&cli.StringFlag{Name: "server", EnvVars: env("SERVER"), Usage: "API server URL: enqueue, status, wait, cancel and download go through it instead of Redis and S3"},
 		&cli.StringFlag{Name: "token", EnvVars: env("TOKEN"), Usage: "API token, with --server"},
 		&cli.StringFlag{Name: "log-level", Value: defaultLogLevel, EnvVars: env("LOG_LEVEL"), Usage: "debug, info, warn or error"},
 	}

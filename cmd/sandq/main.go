@@ -43,6 +43,7 @@ func newApp() *cli.App {
 			statusCommand(),
 			waitCommand(),
 			cancelCommand(),
+			downloadCommand(),
 			workerCommand(),
 			devCommand(),
 			imageCommand(),

@@ -40,6 +40,7 @@ func enqueueCommand() *cli.Command {
 			&cli.StringFlag{Name: "image", Usage: "image to run on (default: the queue's); the queue's workers must allow it"},
 			&cli.StringFlag{Name: "webhook", Usage: "URL the result is POSTed to (signed, Standard Webhooks) when the job ends"},
 			&cli.BoolFlag{Name: "wait", Usage: "follow the job and print its result"},
+			downloadFlag,
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: func(c *cli.Context) error {
@@ -51,6 +52,9 @@ func enqueueCommand() *cli.Command {
 }
 
 func enqueue(ctx context.Context, c *cli.Context, client producer) error {
+	if c.String("download") != "" && !c.Bool("wait") {
+		return errors.New("--download needs --wait; without it, `sandq download JOB DIR` fetches the outputs once the job is done")
+	}
 	sub, err := submissionFromFlags(c)
 	if err != nil {
 		return err
@@ -185,7 +189,7 @@ func waitCommand() *cli.Command {
 		Name:      "wait",
 		Usage:     "wait for a job to finish and print its result",
 		ArgsUsage: "ID",
-		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print the result document as JSON"}},
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print the result document as JSON"}, downloadFlag},
 		Action: func(c *cli.Context) error {
 			return withJob(c, func(ctx context.Context, client producer, id string) error {
 				return follow(ctx, c, client, id)
@@ -264,7 +268,13 @@ func follow(ctx context.Context, c *cli.Context, client producer, id string) err
 		}
 		return err
 	}
-	return printStatus(c, st)
+	// A job that did not succeed may still have written outputs: they are
+	// downloaded too, and the exit status stays the job's.
+	err = printStatus(c, st)
+	if derr := downloadAfterWait(ctx, c, st.Result); derr != nil {
+		return derr
+	}
+	return err
 }
 
 func printStatus(c *cli.Context, st *jobs.JobStatus) error {
