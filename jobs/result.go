@@ -79,6 +79,9 @@ type Result struct {
 	// attempt carries.
 	Webhook *WebhookRef `json:"webhook,omitempty"`
 	Worker  string      `json:"worker,omitempty"`
+	// Inputs are the files the job was given, each with where it came
+	// from when it was another job's output.
+	Inputs []InputDoc `json:"inputs,omitempty"`
 
 	// UploadedBytes is what this attempt stored (outputs and logs), counted
 	// before a size cap cuts the lists: for the worker's metrics, not part
