@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -67,5 +68,27 @@ func TestInputDocsCarryTheOrigin(t *testing.T) {
 	docs := InputDocs(j)
 	if len(docs) != 2 || docs[0].From != nil || docs[1].From == nil || *docs[1].From != (InputOrigin{Job: "j1", Path: "out/a.csv"}) || docs[1].SHA256 != "bb" || docs[1].Size != 5 {
 		t.Errorf("InputDocs = %+v", docs)
+	}
+}
+
+// TestFitResultCutsInputs: a result whose inputs list puts it over the cap
+// loses inputs from the end, after the skipped outputs and before any
+// output, and says how many.
+func TestFitResultCutsInputs(t *testing.T) {
+	r := &Result{ID: "j", Outputs: []OutputDoc{{Path: "out.csv", SHA256: strings.Repeat("a", 64)}}}
+	for i := range 100 {
+		r.Inputs = append(r.Inputs, InputDoc{Name: fmt.Sprintf("%s-%03d.csv", strings.Repeat("n", 200), i), SHA256: strings.Repeat("b", 64),
+			From: &InputOrigin{Job: "step-1", Path: fmt.Sprintf("%s-%03d.csv", strings.Repeat("n", 200), i)}})
+	}
+	full := JSONSize(r)
+	max := full - full/4
+	if !FitResult(r, max) || JSONSize(r) > max {
+		t.Fatalf("not fitted: %d bytes, cap %d", JSONSize(r), max)
+	}
+	if n := r.Trimmed.Inputs; n == 0 || n+len(r.Inputs) != 100 || len(r.Outputs) != 1 || r.Trimmed.Outputs != 0 {
+		t.Errorf("cut %+v: %d inputs and %d outputs left", r.Trimmed, len(r.Inputs), len(r.Outputs))
+	}
+	if last := r.Inputs[len(r.Inputs)-1].Name; !strings.HasSuffix(last, fmt.Sprintf("-%03d.csv", len(r.Inputs)-1)) {
+		t.Errorf("the inputs kept are not the first ones: last is %s", last)
 	}
 }
