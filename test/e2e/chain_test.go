@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/internal/testenv/sandqtest"
 	"github.com/sandq/sandq/jobs"
@@ -403,5 +405,55 @@ func TestInputFromThroughTheAPI(t *testing.T) {
 		if strings.Contains(k, ":t:") && !contains(keysBefore, k) && !strings.HasSuffix(k, ":"+sleeper.ID) {
 			t.Errorf("new task key in Redis: %s", k)
 		}
+	}
+}
+
+// TestCopiedInputIsCheckedBySHA256: a copied input carries its output's
+// sha256, and the worker checks the file against it: a copy changed in the
+// store before the job runs ends the job in error, never run on the bytes.
+func TestCopiedInputIsCheckedBySHA256(t *testing.T) {
+	ctx := context.Background()
+	step1 := runJob(t, jobs.Submission{Script: file(t, "w.sh", "printf original > /mnt/outputs/out.csv")})
+	wantStatus(t, step1, jobs.StatusSucceeded)
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: env.stack.RedisAddr})
+	defer insp.Close()
+	if err := insp.PauseQueue("other"); err != nil {
+		t.Fatal(err)
+	}
+	paused := true
+	defer func() {
+		if paused {
+			insp.UnpauseQueue("other")
+		}
+	}()
+	enq := submit(t, jobs.Submission{Script: file(t, "r.sh", "cat /mnt/inputs/out.csv"), Queue: "other", InputsFrom: []jobs.InputFrom{{Job: step1.ID}}})
+	keys, err := env.store.List(ctx, jobs.JobPrefix(enq.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var copied string
+	for _, k := range keys {
+		if strings.HasSuffix(k, "/inputs/out.csv") {
+			copied = k
+		}
+	}
+	if copied == "" {
+		t.Fatalf("no copied input among %v", keys)
+	}
+	// Same size, other bytes.
+	if _, err := env.store.Put(ctx, copied, strings.NewReader("tampered"), 8, storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := insp.UnpauseQueue("other"); err != nil {
+		t.Fatal(err)
+	}
+	paused = false
+	r := waitResult(t, enq.ID, 2*time.Minute)
+	wantStatus(t, r, jobs.StatusError)
+	if !strings.Contains(r.Reason, "input out.csv: sha256") || !strings.Contains(r.Reason, step1.Outputs[0].SHA256) {
+		t.Errorf("reason %q, want the sha256 mismatch of out.csv against step 1's %s", r.Reason, step1.Outputs[0].SHA256)
+	}
+	if r.Stdout != nil && strings.Contains(r.Stdout.Tail, "tampered") {
+		t.Errorf("the job ran on the changed bytes: %q", r.Stdout.Tail)
 	}
 }
