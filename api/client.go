@@ -67,8 +67,13 @@ func (e *StatusError) Unwrap() error {
 	case http.StatusNotFound:
 		return jobs.ErrJobNotFound
 	case http.StatusConflict:
-		if e.Err.Code == "job_finished" {
+		switch e.Err.Code {
+		case "job_finished":
 			return jobs.ErrJobFinished
+		case "job_not_finished":
+			return jobs.ErrJobNotFinished
+		case "job_not_succeeded":
+			return jobs.ErrJobNotSucceeded
 		}
 	}
 	return nil
@@ -123,6 +128,7 @@ func (c *Client) Enqueue(ctx context.Context, s jobs.Submission) (*jobs.Enqueued
 	spec, err := json.Marshal(Spec{
 		Runtime: s.Runtime, Args: s.Args, Env: s.Env, Limits: s.Limits, Network: s.Network,
 		Webhook: s.Webhook, Queue: s.Queue, IdempotencyKey: s.IdempotencyKey, Image: s.Image,
+		InputsFrom: s.InputsFrom,
 	})
 	if err != nil {
 		return nil, err

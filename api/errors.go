@@ -52,6 +52,7 @@ func classify(err error) *Error {
 	var tm *jobs.TooManyOpenError
 	var mb *http.MaxBytesError
 	var bt *bodyTimeoutError
+	var inf *jobs.InputFromError
 	switch {
 	case errors.As(err, &ae):
 		return ae
@@ -69,6 +70,16 @@ func classify(err error) *Error {
 		return apiError(http.StatusRequestEntityTooLarge, "too_large", tl.Field, tl.Error())
 	case errors.As(err, &fe):
 		return apiError(http.StatusBadRequest, "invalid_spec", fe.Field, fe.Error())
+	case errors.As(err, &inf):
+		// Named, unlike a job read: the submitter gave the ID, and a job
+		// of another tenant is refused in the same words as none at all.
+		switch {
+		case errors.Is(err, jobs.ErrJobNotFound):
+			return apiError(http.StatusNotFound, "not_found", "inputs_from", inf.Error())
+		case errors.Is(err, jobs.ErrJobNotSucceeded):
+			return apiError(http.StatusConflict, "job_not_succeeded", "inputs_from", inf.Error())
+		}
+		return apiError(http.StatusConflict, "job_not_finished", "inputs_from", inf.Error())
 	case errors.As(err, &tm):
 		return apiError(http.StatusTooManyRequests, "too_many_pending", "", tm.Error())
 	case errors.Is(err, jobs.ErrJobNotFound):

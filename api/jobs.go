@@ -29,6 +29,8 @@ type Spec struct {
 	Queue          string            `json:"queue,omitempty"`
 	IdempotencyKey string            `json:"idempotency_key,omitempty"`
 	Image          string            `json:"image,omitempty"`
+	// InputsFrom takes outputs of the tenant's finished jobs as inputs.
+	InputsFrom []jobs.InputFrom `json:"inputs_from,omitempty"`
 }
 
 // Part names of a submission.
@@ -96,6 +98,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 			return &Error{} // answered: fail writes nothing more
 		}
 		draft = d
+		// Before any file: a refused entry (a job not found or not
+		// finished, a glob matching nothing) refuses the submission
+		// before its files are read.
+		if err := d.AddInputsFrom(ctx, spec.InputsFrom); err != nil {
+			return classify(err)
+		}
 		return nil
 	}
 	fail := func(e *Error) {

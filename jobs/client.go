@@ -110,6 +110,9 @@ type Submission struct {
 	Tenant string
 	// MaxOpen caps the tenant's unfinished jobs; 0 is no cap.
 	MaxOpen int
+	// InputsFrom takes outputs of finished jobs as inputs, copied inside
+	// the store (Draft.AddInputsFrom).
+	InputsFrom []InputFrom
 }
 
 // Enqueued tells where a submission went.

@@ -79,6 +79,9 @@ type Result struct {
 	// attempt carries.
 	Webhook *WebhookRef `json:"webhook,omitempty"`
 	Worker  string      `json:"worker,omitempty"`
+	// Inputs are the files the job was given, each with where it came
+	// from when it was another job's output.
+	Inputs []InputDoc `json:"inputs,omitempty"`
 
 	// UploadedBytes is what this attempt stored (outputs and logs), counted
 	// before a size cap cuts the lists: for the worker's metrics, not part
@@ -137,9 +140,10 @@ type SkippedDoc struct {
 
 // TrimmedDoc says what was cut from a result document over the worker's
 // result size cap (Config.MaxResultBytes). Lists are cut from their end:
-// skipped outputs first, then outputs beyond the first MinOutputsListed,
-// then egress requests (refused and failed ones before allowed ones), then
-// the remaining outputs, then the log tails. Counts stay whole.
+// skipped outputs first, then inputs, then outputs beyond the first
+// MinOutputsListed, then egress requests (refused and failed ones before
+// allowed ones), then the remaining outputs, then the log tails. Counts
+// stay whole.
 type TrimmedDoc struct {
 	Reason   string `json:"reason"`
 	MaxBytes int64  `json:"max_bytes"`
@@ -148,6 +152,8 @@ type TrimmedDoc struct {
 	SkippedOutputs int `json:"skipped_outputs,omitempty"`
 	Outputs        int `json:"outputs,omitempty"`
 	EgressRequests int `json:"egress_requests,omitempty"`
+	// Inputs counts the entries cut from inputs.
+	Inputs int `json:"inputs,omitempty"`
 	// EgressDestinations and EgressRefusals count the per-destination
 	// totals folded into egress.other_destinations and other_refusals
 	// (their counts and bytes stay in those totals).
@@ -179,6 +185,8 @@ type Manifest struct {
 	// totals, before any was folded into the result's "other" totals.
 	EgressDestinations []EgressDestination `json:"egress_destinations,omitempty"`
 	EgressRefusals     []EgressRefusal     `json:"egress_refusals,omitempty"`
+	// Inputs are the job's inputs (Result.Inputs), whole.
+	Inputs []InputDoc `json:"inputs,omitempty"`
 }
 
 // EgressDoc is a networked job's policy and the audit of its network.

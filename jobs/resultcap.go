@@ -57,6 +57,9 @@ func FitResult(r *Result, maxBytes int64) bool {
 			return cutWhere(&r.SkippedOutputs, func(int, SkippedDoc) bool { return true }, over, &t.SkippedOutputs)
 		},
 		func() bool {
+			return cutWhere(&r.Inputs, func(int, InputDoc) bool { return true }, over, &t.Inputs)
+		},
+		func() bool {
 			return cutWhere(&r.Outputs, func(i int, _ OutputDoc) bool { return i >= MinOutputsListed }, over, &t.Outputs)
 		},
 		func() bool {

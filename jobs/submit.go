@@ -72,6 +72,9 @@ func (c *Client) Validate(s *Submission) (string, Limits, error) {
 	if err := CheckNames("inputs", names); err != nil {
 		return "", Limits{}, err
 	}
+	if err := CheckInputsFrom(s.InputsFrom); err != nil {
+		return "", Limits{}, err
+	}
 	return rt, lim, nil
 }
 
@@ -141,6 +144,13 @@ func (c *Client) Enqueue(ctx context.Context, s Submission) (*Enqueued, error) {
 	if err != nil || existing != nil {
 		return existing, err
 	}
+	// Other jobs' outputs first: their refusals (a job not finished, a
+	// glob matching nothing) come before anything is uploaded, and their
+	// copies take no time the uploads would wait for.
+	if err := d.AddInputsFrom(ctx, s.InputsFrom); err != nil {
+		d.Abort(ctx)
+		return nil, err
+	}
 	if err := d.addFiles(ctx, s.Script, s.Inputs); err != nil {
 		d.Abort(ctx)
 		return nil, err
@@ -158,6 +168,8 @@ type Draft struct {
 	names   []string
 	total   int64
 	uploads bool
+	// uploadedInputs: addFiles has run.
+	uploadedInputs bool
 	// member is the job's entry in its tenant's set of unfinished jobs,
 	// held (reserved) from Begin until Commit or Abort.
 	member   string
@@ -269,11 +281,16 @@ func (d *Draft) AddInput(ctx context.Context, name string, r io.Reader, size int
 }
 
 // addFiles uploads a script and inputs of known sizes, several at a time,
-// for Enqueue, which has checked their names and declared sizes (Validate).
-// Each streams capped at what its declared size was checked against.
+// for Enqueue, which has checked their names and declared sizes (Validate)
+// by themselves; here they are checked again beside the inputs copied
+// from other jobs already (AddInputsFrom). Each streams capped at what its
+// declared size was checked against.
 func (d *Draft) addFiles(ctx context.Context, script File, inputs []File) error {
-	if d.job.Script.Key != "" || len(d.names) > 0 {
+	if d.job.Script.Key != "" || d.uploadedInputs {
 		return errors.New("draft has files already")
+	}
+	if n := len(d.names) + len(inputs); n > d.c.cfg.MaxInputs {
+		return d.c.tooManyInputs(n)
 	}
 	rt, err := ResolveRuntime(d.job.Runtime, script.Name)
 	if err != nil {
@@ -286,14 +303,20 @@ func (d *Draft) addFiles(ctx context.Context, script File, inputs []File) error 
 		over     func(int64) error
 	}
 	ups := []upload{{script, "script/", d.c.cfg.MaxScriptBytes, func(n int64) error { return d.c.checkScriptSize(script.Name, n) }}}
-	names := make([]string, len(inputs))
-	var total int64
+	names := append(d.names[:len(d.names):len(d.names)], make([]string, len(inputs))...)
+	total := d.total
 	for i, in := range inputs {
-		names[i] = in.Name
+		names[len(d.names)+i] = in.Name
+		if err := d.c.checkInputSize(in.Name, in.Size, total); err != nil {
+			return err
+		}
 		before := total
 		capBytes := min(d.c.cfg.MaxInputBytes, d.c.cfg.MaxInputsTotal-before)
 		ups = append(ups, upload{in, "inputs/", capBytes, func(n int64) error { return d.c.checkInputSize(in.Name, n, before) }})
 		total += in.Size
+	}
+	if err := CheckNames("inputs", names); err != nil {
+		return err
 	}
 	refs := make([]FileRef, len(ups))
 	g, gctx := errgroup.WithContext(ctx)
@@ -309,7 +332,7 @@ func (d *Draft) addFiles(ctx context.Context, script File, inputs []File) error 
 			return err
 		})
 	}
-	d.uploads = true
+	d.uploads, d.uploadedInputs = true, true
 	if err := g.Wait(); err != nil {
 		return err
 	}

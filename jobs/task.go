@@ -48,6 +48,9 @@ type FileRef struct {
 	Key    string `json:"key"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
+	// From is set for an input copied from another job's output
+	// (Submission.InputsFrom).
+	From *InputOrigin `json:"from,omitempty"`
 }
 
 // Marshal is the job as a task payload.

@@ -24,7 +24,9 @@ const (
 	RoleWorker Role = "worker"
 	// RoleProducer submits jobs (sandq serve, and sandq enqueue without
 	// --server): it writes inputs and removes them when a submission is
-	// refused or a queued job is cancelled. It never reads an object.
+	// refused or a queued job is cancelled. The only objects it reads are
+	// jobs' outputs and manifests, which it copies as a new job's inputs
+	// (Copy, for --input-from); never inputs or logs.
 	RoleProducer Role = "producer"
 	// RoleSetup prepares the bucket once (sandq s3 setup): it creates the
 	// bucket and sets the expiry rule of ObjectPrefix. Keep these
@@ -37,18 +39,27 @@ var Roles = []Role{RoleWorker, RoleProducer, RoleSetup}
 
 // Permissions are the S3 actions a role needs: Bucket on the bucket
 // (arn:aws:s3:::BUCKET), Objects on the objects under ObjectPrefix
-// (arn:aws:s3:::BUCKET/jobs/*).
+// (arn:aws:s3:::BUCKET/jobs/*), Outputs on jobs' outputs and manifests
+// only (OutputResources).
 type Permissions struct {
 	Bucket  []string
 	Objects []string
+	Outputs []string
 }
+
+// OutputResources are the keys, under ObjectPrefix, of jobs' outputs
+// (jobs/ID/run-N-S/outputs/PATH) and of their manifests (a trimmed
+// result's whole lists), as S3 policy resource patterns.
+var OutputResources = []string{"*/outputs/*", "*/manifest.json"}
 
 // Why each action is needed, from the calls in this package:
 //
 //	s3:ListBucket                 HeadBucket (EnsureBucket's check) and
 //	                              ListObjectsV2 (RemovePrefix)
-//	s3:GetObject                  GetObject/HeadObject (Download, Read) and
-//	                              the presigned links the worker signs
+//	s3:GetObject                  GetObject/HeadObject (Download, Read), the
+//	                              presigned links the worker signs, and the
+//	                              source of CopyObject (Copy; the producer,
+//	                              on outputs and manifests only)
 //	s3:PutObject                  PutObject, and CreateMultipartUpload,
 //	                              UploadPart, CompleteMultipartUpload of
 //	                              uploads over a part or of unknown size
@@ -70,6 +81,7 @@ var rolePermissions = map[Role]Permissions{
 	RoleProducer: {
 		Bucket:  []string{"s3:ListBucket"},
 		Objects: []string{"s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject"},
+		Outputs: []string{"s3:GetObject"},
 	},
 	RoleSetup: {
 		Bucket: []string{"s3:CreateBucket", "s3:ListBucket", "s3:GetLifecycleConfiguration", "s3:PutLifecycleConfiguration"},
@@ -82,7 +94,7 @@ func RolePermissions(role Role) (Permissions, error) {
 	if !ok {
 		return Permissions{}, fmt.Errorf("s3 role %q: want one of %s", role, roleNames())
 	}
-	return Permissions{Bucket: append([]string(nil), p.Bucket...), Objects: append([]string(nil), p.Objects...)}, nil
+	return Permissions{Bucket: append([]string(nil), p.Bucket...), Objects: append([]string(nil), p.Objects...), Outputs: append([]string(nil), p.Outputs...)}, nil
 }
 
 func roleNames() string {
@@ -127,6 +139,13 @@ func Policy(bucket string, role Role) ([]byte, error) {
 			Sid: "SandqObjects", Effect: "Allow", Action: p.Objects,
 			Resource: []string{"arn:aws:s3:::" + bucket + "/" + ObjectPrefix + "*"},
 		})
+	}
+	if len(p.Outputs) > 0 {
+		st := policyStatement{Sid: "SandqOutputs", Effect: "Allow", Action: p.Outputs}
+		for _, r := range OutputResources {
+			st.Resource = append(st.Resource, "arn:aws:s3:::"+bucket+"/"+ObjectPrefix+r)
+		}
+		doc.Statement = append(doc.Statement, st)
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {

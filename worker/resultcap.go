@@ -25,7 +25,7 @@ func (h *Handler) capResult(ctx context.Context, res *jobs.Result, prefix string
 	if h.cfg.MaxResultBytes <= 0 || size <= limit {
 		return nil
 	}
-	m := jobs.Manifest{ID: res.ID, Outputs: res.Outputs, SkippedOutputs: res.SkippedOutputs, SkippedOutputsOmitted: res.SkippedOutputsOmitted}
+	m := jobs.Manifest{ID: res.ID, Outputs: res.Outputs, SkippedOutputs: res.SkippedOutputs, SkippedOutputsOmitted: res.SkippedOutputsOmitted, Inputs: res.Inputs}
 	if m.SkippedOutputs == nil {
 		m.SkippedOutputs = []jobs.SkippedDoc{}
 	}

@@ -25,6 +25,7 @@ func (h *Handler) run(ctx context.Context, a *attempt) (_ *jobs.Result, retErr e
 		SubmittedAt: job.SubmittedAt, Limits: jobs.NewLimitsDoc(job.Limits), Outputs: []jobs.OutputDoc{}, Worker: h.name,
 		Timings: &jobs.Timings{QueueWaitMS: max(0, began.Sub(job.SubmittedAt).Milliseconds())},
 	}
+	res.Inputs = jobs.InputDocs(job)
 	if errors.Is(context.Cause(ctx), errCanceled) {
 		return canceledEarly(res, "canceled before it started", began, began), nil
 	}

@@ -27,6 +27,7 @@ func enqueueCommand() *cli.Command {
 		ArgsUsage: "SCRIPT",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "input file, mounted at /mnt/inputs/<base name>; NAME=PATH names it (repeatable)"},
+			&cli.StringSliceFlag{Name: "input-from", Usage: "JOB[:GLOB]: a finished job's outputs (those whose path GLOB matches) as inputs, copied inside the store and named by their paths (repeatable)"},
 			&cli.StringSliceFlag{Name: "arg", Usage: "argument to the script (repeatable)"},
 			&cli.StringSliceFlag{Name: "env", Usage: "environment variable K=V (repeatable)"},
 			&cli.StringFlag{Name: "runtime", Usage: "python, node or shell (default: from the script's extension)"},
@@ -103,6 +104,13 @@ func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 			return sub, fmt.Errorf("input: %w", err)
 		}
 		sub.Inputs = append(sub.Inputs, f)
+	}
+	for _, s := range c.StringSlice("input-from") {
+		f, err := jobs.ParseInputFrom(s)
+		if err != nil {
+			return sub, fmt.Errorf("--input-from: %w", err)
+		}
+		sub.InputsFrom = append(sub.InputsFrom, f)
 	}
 	if kvs := c.StringSlice("env"); len(kvs) > 0 {
 		sub.Env = map[string]string{}

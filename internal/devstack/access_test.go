@@ -189,7 +189,20 @@ func TestProvisionBucketGivesEachRoleOnlyItsActions(t *testing.T) {
 	mustAllow(t, "producer: write an input", put(ctx, p, "sandq", "jobs/j2/in-1/data.csv"))
 	mustAllow(t, "producer: list a job's prefix", list(ctx, p, "sandq", "jobs/j2/"))
 	mustAllow(t, "producer: delete an input", p.RemoveObject(ctx, "sandq", "jobs/j2/in-1/data.csv", minio.RemoveObjectOptions{}))
-	mustDeny(t, "producer: read an output", get(ctx, p, "sandq", "jobs/j1/run-1/out.txt"))
+	mustDeny(t, "producer: read an object that is not an output", get(ctx, p, "sandq", "jobs/j1/run-1/out.txt"))
+	mustDeny(t, "producer: read a log", get(ctx, p, "sandq", "jobs/j1/run-1/logs/stdout.log"))
+	// A job's outputs it may read, to copy them as another job's inputs
+	// (--input-from): inside the store, and only under jobs/.
+	mustAllow(t, "worker: write an output under outputs/", put(ctx, w, "sandq", "jobs/j1/run-1/outputs/a.csv"))
+	ps := mustStore(t, s, a.Producer)
+	_, err = ps.Copy(ctx, "jobs/j1/run-1/outputs/a.csv", "jobs/j2/in-1/inputs/a.csv", 4, storage.PutOptions{})
+	mustAllow(t, "producer: copy an output as an input", err)
+	mustAllow(t, "producer: remove a copied input", ps.RemovePrefix(ctx, "jobs/j2/"))
+	_, err = ps.Copy(ctx, "jobs/j1/run-1/out.txt", "jobs/j2/in-1/inputs/out.txt", 4, storage.PutOptions{})
+	if !errors.Is(err, storage.ErrAccessDenied) {
+		t.Errorf("producer: copy an object that is not an output: %v, want access denied", err)
+	}
+	mustDeny(t, "producer: read an output of another bucket", get(ctx, p, "other", "secret.txt"))
 	if code := presignedStatus(t, p, "sandq", "jobs/j1/run-1/out.txt"); code != http.StatusForbidden {
 		t.Errorf("a link the producer signed: %d, want 403", code)
 	}

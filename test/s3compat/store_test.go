@@ -63,6 +63,23 @@ func storeCalls(t *testing.T, srv testenv.S3Server, bucket string) {
 	if _, err := st.Download(ctx, "jobs/x/big.bin", dst+".2", 1024); !errors.Is(err, storage.ErrTooLarge) {
 		t.Errorf("Download over the cap: %v, want ErrTooLarge", err)
 	}
+	// A copy inside the store (--input-from): of a multipart object, byte
+	// for byte; refused for a source of another size or none.
+	if obj, err := st.Copy(ctx, "jobs/x/big.bin", "jobs/x/copy.bin", int64(len(big)), storage.PutOptions{}); err != nil || obj.Size != int64(len(big)) {
+		t.Fatalf("Copy: %+v, %v", obj, err)
+	}
+	if _, err := st.Download(ctx, "jobs/x/copy.bin", dst+".copy", -1); err != nil {
+		t.Fatalf("Download of the copy: %v", err)
+	}
+	if got, _ := os.ReadFile(dst + ".copy"); !bytes.Equal(got, big) {
+		t.Errorf("Copy: %d bytes differ from the %d put", len(got), len(big))
+	}
+	if _, err := st.Copy(ctx, "jobs/x/small.txt", "jobs/x/wrong.txt", 3, storage.PutOptions{}); !errors.Is(err, storage.ErrSizeMismatch) {
+		t.Errorf("Copy of a source of another size: %v, want ErrSizeMismatch", err)
+	}
+	if _, err := st.Copy(ctx, "jobs/x/missing", "jobs/x/wrong.txt", 3, storage.PutOptions{}); !errors.Is(err, storage.ErrObjectNotExist) {
+		t.Errorf("Copy of a missing key: %v, want ErrObjectNotExist", err)
+	}
 	if got, err := st.Read(ctx, "jobs/x/small.txt", 100); err != nil || !bytes.Equal(got, small) {
 		t.Errorf("Read: %q, %v", got, err)
 	}
@@ -77,7 +94,7 @@ func storeCalls(t *testing.T, srv testenv.S3Server, bucket string) {
 	}
 	keys, err := st.List(ctx, "jobs/x/")
 	slices.Sort(keys)
-	if want := []string{"jobs/x/big.bin", long, "jobs/x/small.txt"}; err != nil || !slices.Equal(keys, want) {
+	if want := []string{"jobs/x/big.bin", "jobs/x/copy.bin", long, "jobs/x/small.txt"}; err != nil || !slices.Equal(keys, want) {
 		t.Errorf("List: %q, %v; want %q", keys, err, want)
 	}
 	if up, err := st.ListIncomplete(ctx, "jobs/"); err != nil || len(up) != 0 {
