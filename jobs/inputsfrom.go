@@ -108,10 +108,6 @@ func checkGlob(g string) error {
 	return nil
 }
 
-// maxManifestBytes bounds the manifest read for a trimmed result's whole
-// list of outputs.
-const maxManifestBytes = 256 << 20
-
 // copySource is one output to copy as an input.
 type copySource struct {
 	out  OutputDoc
