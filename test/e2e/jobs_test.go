@@ -868,15 +868,17 @@ for i in range(600):
 	}
 }
 
-// A Python job's print reaches the pipe at the end of its line, before a
-// later write straight to the file descriptor; block-buffered, the print
-// would come out last. A job's own PYTHONPATH comes after sandq's site
-// directory, whose sitecustomize runs the next one on the path; an empty
-// PYTHONPATH turns the line buffering off.
-func TestPythonOutputIsLineBuffered(t *testing.T) {
+// A Python job's print reaches the pipe within moments, before a write
+// straight to the file descriptor two seconds later (the sitecustomize's
+// flush every 100 ms); block-buffered, the print would come out last. A
+// job's own PYTHONPATH comes after sandq's site directory, whose
+// sitecustomize runs the next one on the path; an empty PYTHONPATH turns
+// the flushing off.
+func TestPythonOutputIsFlushedAsItRuns(t *testing.T) {
 	script := file(t, "lines.py", `
-import builtins, os, sys
+import builtins, os, sys, time
 print("first")
+time.sleep(2)
 os.write(1, b"second\n")
 print("third", "chained" if getattr(builtins, "JOB_SITE", False) else "not chained")
 sys.stderr.write("err one\n")
@@ -886,7 +888,7 @@ os.write(2, b"err two\n")
 	r := runJob(t, jobs.Submission{Script: script, Inputs: []jobs.File{site}, Env: map[string]string{"PYTHONPATH": "/mnt/inputs"}})
 	wantStatus(t, r, jobs.StatusSucceeded)
 	if r.Stdout.Tail != "first\nsecond\nthird chained\n" || r.Stderr.Tail != "err one\nerr two\n" {
-		t.Errorf("line-buffered python: stdout %q stderr %q; want first, second, third chained / err one, err two", r.Stdout.Tail, r.Stderr.Tail)
+		t.Errorf("python flushed as it runs: stdout %q stderr %q; want first, second, third chained / err one, err two", r.Stdout.Tail, r.Stderr.Tail)
 	}
 	r = runJob(t, jobs.Submission{Script: script, Env: map[string]string{"PYTHONPATH": ""}})
 	wantStatus(t, r, jobs.StatusSucceeded)

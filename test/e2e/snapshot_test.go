@@ -99,12 +99,13 @@ print("to stderr", file=sys.stderr)
 		t.Errorf("logs: stdout %q stderr %q", warm.Stdout.Tail, warm.Stderr.Tail)
 	}
 
-	// Line-buffered output, as cold (the job directory's sitecustomize,
-	// run by the launcher): the print comes before the later raw write.
-	lines := run(jobs.Submission{Script: file(t, "lines.py", "import os\nprint('first')\nos.write(1, b'second\\n')\n")})
+	// Output flushed as the job runs, as cold (the job directory's
+	// sitecustomize, run by the launcher): the print comes before a raw
+	// write two seconds later.
+	lines := run(jobs.Submission{Script: file(t, "lines.py", "import os, time\nprint('first')\ntime.sleep(2)\nos.write(1, b'second\\n')\n")})
 	restored(lines, jobs.StatusSucceeded)
 	if lines.Stdout.Tail != "first\nsecond\n" {
-		t.Errorf("restored python's stdout %q, want line-buffered first, second", lines.Stdout.Tail)
+		t.Errorf("restored python's stdout %q, want first (flushed), then second", lines.Stdout.Tail)
 	}
 
 	// Exit codes and an uncaught exception.
