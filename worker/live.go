@@ -112,13 +112,14 @@ func (l *liveOutput) Write(stream string, p []byte) {
 	}
 	for len(p) > 0 {
 		last := len(l.pending) - 1
-		joined := last >= 0 && l.pending[last].Stream == stream && len(l.pending[last].Data) < liveEntryBytes
+		// After a drop, a marker comes first, saying where in the output
+		// the drop was, and the data gets an entry of its own.
+		joined := l.dropped == 0 && last >= 0 && l.pending[last].Stream == stream && len(l.pending[last].Data) < liveEntryBytes
 		room := l.bufferBytes - l.buffered
 		if !joined {
 			room -= liveEntryOverhead
 		}
 		if l.dropped > 0 {
-			// A marker first: it says where in the output the drop was.
 			room -= liveEntryOverhead
 		}
 		n := int(min(int64(len(p)), l.limit-l.taken, int64(max(room, 0))))
@@ -134,7 +135,6 @@ func (l *liveOutput) Write(stream string, p []byte) {
 			l.pending = append(l.pending, jobs.LogEvent{Attempt: l.attempt, Dropped: l.dropped})
 			l.buffered += liveEntryOverhead
 			l.dropped, l.lastMarker = 0, time.Now()
-			joined = false
 		}
 		if joined {
 			l.pending[last].Data += string(p[:n])

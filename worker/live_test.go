@@ -264,3 +264,38 @@ func TestLiveOutputThroughWorker(t *testing.T) {
 		t.Fatalf("with live output off the stream exists (%d, %v)", n, err)
 	}
 }
+
+// A large chunk is cut into entries of at most liveEntryBytes; a job
+// alternating streams a byte at a time fills the buffer with entries'
+// overhead long before the cap, and the rest is dropped and counted.
+func TestLiveOutputEntrySizes(t *testing.T) {
+	rdb := liveRedis(t)
+	l := newLiveOutput(rdb, "job-big", 1, 1<<20, time.Hour, time.Hour, slog.New(slog.DiscardHandler), nil)
+	l.flushEvery = time.Hour
+	l.start()
+	l.Write(executor.StreamStdout, []byte(strings.Repeat("y", 40000)))
+	l.Close()
+	var sizes []int
+	for _, e := range liveEntries(t, rdb, "job-big") {
+		if e.Stream != "" {
+			sizes = append(sizes, len(e.Data))
+		}
+	}
+	if fmt.Sprint(sizes) != fmt.Sprint([]int{liveEntryBytes, liveEntryBytes, 40000 - 2*liveEntryBytes}) {
+		t.Fatalf("entries of %v bytes", sizes)
+	}
+
+	l = newLiveOutput(rdb, "job-tiny", 1, 1<<20, time.Hour, time.Hour, slog.New(slog.DiscardHandler), nil)
+	l.flushEvery = time.Hour
+	l.start()
+	const writes = 10000
+	for i := range writes {
+		l.Write([]string{executor.StreamStdout, executor.StreamStderr}[i%2], []byte{'.'})
+	}
+	l.Close()
+	entries := liveEntries(t, rdb, "job-tiny")
+	_, data, dropped := liveSummary(entries)
+	if max := liveBufferBytes / (liveEntryOverhead + 1); len(entries) > max+2 || int64(len(data))+dropped != writes || dropped == 0 {
+		t.Fatalf("%d entries (at most %d+2 fit), %d bytes kept, %d dropped of %d", len(entries), max, len(data), dropped, writes)
+	}
+}
