@@ -144,8 +144,11 @@ func checkFollowed(t *testing.T, mode string, out *Outcome, rec *liveRecorder, s
 		t.Errorf("%s: followed output in order %q, want %q", mode, got, want)
 	}
 	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.chunks) == 0 {
+		t.Fatalf("%s: nothing was followed", mode)
+	}
 	first := rec.chunks[0].at
-	rec.mu.Unlock()
 	// The job sleeps 0.3 s after its first line; that line was heard
 	// before the job ended, not handed over with the logs at the end.
 	if !first.Before(out.FinishedAt.Add(-200 * time.Millisecond)) {
