@@ -184,9 +184,10 @@ func TestFollowColdAndWarm(t *testing.T) {
 }
 
 // A sandbox restored from a snapshot template, on the job's path or ahead
-// of it in a pool, hands out what the job writes as it writes it.
+// of it in a pool, or created again cold when the restore failed, hands
+// out what the job writes as it writes it.
 func TestFollowRestored(t *testing.T) {
-	_, p, _, rootfs := snapshotRunner(t)
+	r, p, tmpl, rootfs := snapshotRunner(t)
 	ctx := context.Background()
 	script := "import sys, time\nprint('o1', flush=True)\ntime.sleep(0.3)\nprint('e1', file=sys.stderr, flush=True)\ntime.sleep(0.1)\nprint('o2', flush=True)\ntime.sleep(0.1)\nprint('e2', file=sys.stderr)\n"
 	want := []string{"stdout:o1\n", "stderr:e1\n", "stdout:o2\n", "stderr:e2\n"}
@@ -211,4 +212,25 @@ func TestFollowRestored(t *testing.T) {
 		t.Fatalf("the job did not take the pooled sandbox: %d hits", hits)
 	}
 	checkFollowed(t, "pooled", out, rec, stdout, stderr, want)
+
+	// A template corrupted after it was loaded: the restore fails and the
+	// sandbox's container is created again, cold, with new pipes.
+	dir := filepath.Join(t.TempDir(), tmpl.Info.Key)
+	if err := os.CopyFS(dir, os.DirFS(tmpl.Dir)); err != nil {
+		t.Fatal(err)
+	}
+	corrupt := *tmpl
+	corrupt.Dir = dir
+	if err := os.WriteFile(filepath.Join(corrupt.CheckpointDir(), templateStateFile), []byte("not a checkpoint"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broken, err := NewSnapshotRunner(r, []*Template{&corrupt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, rec, stdout, stderr = followed(t, broken, spec, map[string]string{"job.py": script}, StartCold)
+	if _, fallbacks, _ := broken.Stats(); fallbacks != 1 {
+		t.Fatalf("the corrupt template did not fall back cold: %d fallbacks", fallbacks)
+	}
+	checkFollowed(t, "fallen back cold", out, rec, stdout, stderr, want)
 }
