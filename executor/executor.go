@@ -133,6 +133,12 @@ type Sandbox interface {
 	// the caller fills JobDir and InputsDir, whose contents the job sees as
 	// they are when Run starts it. Calling it is optional.
 	Create(ctx context.Context) error
+	// Follow has the sandbox hand out what it writes to stdout and stderr
+	// from now on, as it is read, to out as well as to its logs; nil
+	// stops it. Call it before Run: a warm or restored sandbox's pipes
+	// exist before its job is known, so the job's sink cannot come with
+	// its Spec. The Outcome's logs are the same with or without it.
+	Follow(out LiveOutput)
 	// Run starts the container (creating it first if Create was not
 	// called), waits for it and removes it. Cancelling ctx kills it; the
 	// cause is reported in Outcome.Interrupted.

@@ -323,6 +323,10 @@ type runscSandbox struct {
 	deleted bool
 	net     *jobnet.Net
 	session *egress.Session
+	// live hears the output as it is drained (Follow); its logs are
+	// drained through it, including those of a container created again
+	// after a failed restore.
+	live liveTee
 }
 
 func (s *runscSandbox) ID() string         { return s.id }
@@ -333,6 +337,9 @@ func (s *runscSandbox) bundleDir() string  { return filepath.Join(s.dir, "bundle
 func (s *runscSandbox) bootLogDir() string { return filepath.Join(s.dir, "logs", "runsc") }
 func (s *runscSandbox) pidFile() string    { return filepath.Join(s.dir, "sandbox.pid") }
 func (s *runscSandbox) cgroupPath() string { return filepath.Join(s.r.cgroupDir(), s.id) }
+
+// Follow sends what the sandbox writes from now on to out as well.
+func (s *runscSandbox) Follow(out LiveOutput) { s.live.set(out) }
 
 // flags are runsc's global flags for this sandbox, the same on every call.
 func (s *runscSandbox) flags() []string {
@@ -383,13 +390,13 @@ func (s *runscSandbox) openLogs() (_ *sandboxLogs, outW, errW *os.File, err erro
 	if l.errR, errW, err = pipe("stderr"); err != nil {
 		return nil, nil, nil, err
 	}
-	drain := func(r *os.File, w *LogCapture) {
+	drain := func(r *os.File, w teeCapture) {
 		defer l.drained.Done()
 		io.Copy(w, r)
 	}
 	l.drained.Add(2)
-	go drain(l.outR, l.stdout)
-	go drain(l.errR, l.stderr)
+	go drain(l.outR, teeCapture{l.stdout, &s.live, StreamStdout})
+	go drain(l.errR, teeCapture{l.stderr, &s.live, StreamStderr})
 	return l, outW, errW, nil
 }
 

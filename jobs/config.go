@@ -140,6 +140,11 @@ type WorkerConfig struct {
 	// LogTail is how much of each stream's end the result carries. Default
 	// DefaultLogTail.
 	LogTail int
+	// LiveOutputBytes caps what each attempt of a job puts in its live
+	// output stream in Redis (keys.LiveLog), stdout and stderr together;
+	// past it, output is dropped and counted. Default
+	// DefaultLiveOutputSize; NoLiveOutput turns live output off.
+	LiveOutputBytes int64
 	// ShutdownGrace is how long a stopping worker lets running jobs finish
 	// before killing them and handing them back to the queue. Default
 	// DefaultShutdownGrace.
@@ -215,6 +220,7 @@ func (c Config) WithDefaults() Config {
 	set64(&w.Pids, DefaultPids)
 	set64(&w.LogBytes, DefaultLogSize)
 	setInt(&w.LogTail, DefaultLogTail)
+	set64(&w.LiveOutputBytes, DefaultLiveOutputSize)
 	setDur(&w.ShutdownGrace, DefaultShutdownGrace)
 	setDur(&w.TaskCheckInterval, DefaultTaskCheckInterval)
 	if w.MemoryBudget == (MemoryBudget{}) {
@@ -262,6 +268,8 @@ func (c Config) Validate() error {
 		return errors.New("worker concurrency must be at least 1")
 	case c.Worker.LogBytes < 1024 || c.Worker.LogTail < 0 || int64(c.Worker.LogTail) > c.Worker.LogBytes:
 		return errors.New("worker log limits: log bytes at least 1KiB, tail between 0 and log bytes")
+	case c.Worker.LiveOutputBytes < NoLiveOutput:
+		return fmt.Errorf("live output size %d: want a size, or NoLiveOutput (%d) for none", c.Worker.LiveOutputBytes, NoLiveOutput)
 	}
 	for q, p := range c.Worker.Queues {
 		if err := CheckQueue(q); err != nil {
@@ -302,6 +310,10 @@ func (c Config) Validate() error {
 
 // NoRetry as Config.MaxRetry means a job that could not run is not retried.
 const NoRetry = -1
+
+// NoLiveOutput as WorkerConfig.LiveOutputBytes turns live output off: no
+// job's output goes to Redis while it runs.
+const NoLiveOutput = -1
 
 // CheckImageName refuses an image name that is not a plain name.
 func CheckImageName(name string) error {

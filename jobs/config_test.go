@@ -62,6 +62,7 @@ func TestConfigWithDefaults(t *testing.T) {
 		{"Worker.Pids", c.Worker.Pids, int64(1024)},
 		{"Worker.LogBytes", c.Worker.LogBytes, int64(16 << 20)},
 		{"Worker.LogTail", c.Worker.LogTail, 8 << 10},
+		{"Worker.LiveOutputBytes", c.Worker.LiveOutputBytes, int64(1 << 20)},
 		{"Worker.ShutdownGrace", c.Worker.ShutdownGrace, 30 * time.Second},
 		{"Worker.TaskCheckInterval", c.Worker.TaskCheckInterval, 10 * time.Millisecond},
 		{"ImagePath", c.ImagePath(), image.DefaultDir + "/default/rootfs"},
@@ -161,6 +162,7 @@ func TestConfigValidate(t *testing.T) {
 		{"several worker queues", func(c *Config) { c.Worker.Queues = map[string]int{"default": 1, "high": 6, "low.v2": 1} }},
 		{"image name with dots", func(c *Config) { c.Worker.Image = "python-3.12" }},
 		{"log tail equal to log bytes", func(c *Config) { c.Worker.LogBytes, c.Worker.LogTail = 4096, 4096 }},
+		{"no live output", func(c *Config) { c.Worker.LiveOutputBytes = NoLiveOutput }},
 	}
 	for _, tt := range ok {
 		t.Run("ok/"+tt.name, func(t *testing.T) {
@@ -205,6 +207,7 @@ func TestConfigValidate(t *testing.T) {
 		{"log bytes under 1KiB", func(c *Config) { c.Worker.LogBytes = 1023 }, "worker log limits"},
 		{"negative log tail", func(c *Config) { c.Worker.LogTail = -1 }, "worker log limits"},
 		{"log tail over log bytes", func(c *Config) { c.Worker.LogBytes, c.Worker.LogTail = 4096, 4097 }, "worker log limits"},
+		{"live output size under NoLiveOutput", func(c *Config) { c.Worker.LiveOutputBytes = -2 }, "live output size -2"},
 
 		{"worker queue with a space", func(c *Config) { c.Worker.Queues = map[string]int{"default": 1, "bad queue": 1} }, "worker queues"},
 		{"worker queue with a slash", func(c *Config) { c.Worker.Queues = map[string]int{"a/b": 1} }, "worker queues"},

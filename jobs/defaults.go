@@ -78,6 +78,9 @@ const (
 	// much of its end the result carries.
 	DefaultLogSize = 16 << 20
 	DefaultLogTail = 8 << 10
+	// DefaultLiveOutputSize caps the live output of each attempt of a job
+	// (stdout and stderr together) in its Redis stream.
+	DefaultLiveOutputSize = 1 << 20
 	// DefaultShutdownGrace is how long a stopping worker lets running jobs
 	// finish.
 	DefaultShutdownGrace = 30 * time.Second

@@ -6,8 +6,9 @@
 //
 // Handler.ProcessTask is a short sequence of named steps (process.go): it
 // parses the job, applies this worker's limits and network policy, runs it
-// (run.go: reserve memory, set up the sandbox, run, classify how it ended,
-// upload) and ends the attempt in one of a few named ways: done, refuse,
+// (run.go: reserve memory, set up the sandbox, run with its output going
+// live to the job's Redis stream (live.go), classify how it ended, upload)
+// and ends the attempt in one of a few named ways: done, refuse,
 // passOn, or failed, whose verdict (decide) is requeue, postpone, retry
 // or giveUp. classify and decide are pure functions with unit tests; the
 // handler's other paths are tested with a fake executor.Runner.

@@ -91,9 +91,15 @@ func sandboxEnv(job map[string]string) []string {
 }
 
 // previousResult is the result an earlier attempt of the job wrote, if any.
-func (h *Handler) previousResult(queue, id string) *jobs.Result {
-	info, err := h.insp.GetTaskInfo(queue, id)
-	if err != nil || len(info.Result) == 0 {
+// It notes the task's result retention in the attempt on the way, which
+// the job's live output expires with.
+func (h *Handler) previousResult(a *attempt, id string) *jobs.Result {
+	info, err := h.insp.GetTaskInfo(a.queue, id)
+	if err != nil {
+		return nil
+	}
+	a.retention = info.Retention
+	if len(info.Result) == 0 {
 		return nil
 	}
 	r, err := jobs.ParseResult(info.Result)

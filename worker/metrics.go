@@ -28,6 +28,7 @@ type Metrics struct {
 	egressBypass      prometheus.Counter
 	webhookDeliveries *prometheus.CounterVec
 	jobStarts         *prometheus.CounterVec
+	liveDroppedBytes  prometheus.Counter
 }
 
 // NewMetrics makes a registry with sandq's metrics and asynq's queue
@@ -64,7 +65,10 @@ func NewMetrics(insp *asynq.Inspector) *Metrics {
 	m.jobStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sandq_job_starts_total", Help: "Finished jobs that had a sandbox, by queue and how its container came to run them (start_mode: cold, warm, restored).",
 	}, []string{"queue", "start_mode"})
-	m.reg.MustRegister(m.jobsFinished, m.jobDuration, m.queueWait, m.sandboxStart, m.uploadedBytes, m.egressRequests, m.egressBypass, m.webhookDeliveries, m.jobStarts,
+	m.liveDroppedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "sandq_live_output_dropped_bytes_total", Help: "Bytes of jobs' stdout and stderr left out of their live output streams in Redis: past --live-output-size in an attempt, or while Redis fell behind.",
+	})
+	m.reg.MustRegister(m.jobsFinished, m.jobDuration, m.queueWait, m.sandboxStart, m.uploadedBytes, m.egressRequests, m.egressBypass, m.webhookDeliveries, m.jobStarts, m.liveDroppedBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if insp != nil {
 		m.reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(insp))
@@ -201,6 +205,13 @@ func (m *Metrics) observe(res *jobs.Result) {
 		if e.Bypass != nil {
 			m.egressBypass.Add(float64(e.Bypass.Attempts))
 		}
+	}
+}
+
+// liveDropped counts bytes left out of a job's live output.
+func (m *Metrics) liveDropped(n int64) {
+	if m != nil {
+		m.liveDroppedBytes.Add(float64(n))
 	}
 }
 

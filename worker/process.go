@@ -26,6 +26,9 @@ type attempt struct {
 	// final: the task ends with this attempt whatever it returns (the job
 	// was refused or given up), as on its last attempt.
 	final bool
+	// retention is how long the task's result is kept (its producer's
+	// setting), once read; 0 before.
+	retention time.Duration
 }
 
 func newAttempt(ctx context.Context, t *asynq.Task, logger *slog.Logger) *attempt {
@@ -56,7 +59,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	a.job = job
 	// An earlier attempt that wrote the result but could not queue the
 	// webhook: the job has run; only the event is left to send.
-	if prev := h.previousResult(a.queue, job.ID); prev != nil && prev.Attempt <= a.n {
+	if prev := h.previousResult(a, job.ID); prev != nil && prev.Attempt <= a.n {
 		return h.resendWebhook(ctx, a, prev)
 	}
 	if err := h.applyLimits(a); err != nil {

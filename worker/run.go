@@ -70,7 +70,10 @@ func (h *Handler) run(ctx context.Context, a *attempt) (_ *jobs.Result, retErr e
 		return nil, err
 	}
 	res.Timings.DownloadMS = fetched.Sub(reserved).Milliseconds()
+	live := h.followLive(a, sb)
 	out, err := sb.Run(ctx)
+	// The sandbox is gone and its pipes drained: the output is over.
+	live.Close()
 	if err != nil {
 		return nil, fmt.Errorf("run sandbox: %w", err)
 	}

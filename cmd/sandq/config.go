@@ -102,6 +102,7 @@ func workerFlags() []cli.Flag {
 	return append(flags,
 		&cli.StringSliceFlag{Name: "images", EnvVars: env("IMAGES"), Usage: "other images jobs on this worker's queues may name (comma-separated or repeated)"},
 		&cli.StringFlag{Name: "log-size", DefaultText: sizeText(jobs.DefaultLogSize), EnvVars: env("LOG_SIZE"), Usage: "stored bytes of each of stdout and stderr"},
+		&cli.StringFlag{Name: "live-output-size", DefaultText: sizeText(jobs.DefaultLiveOutputSize), EnvVars: env("LIVE_OUTPUT_SIZE"), Usage: "bytes of stdout and stderr together each attempt of a job streams live through Redis, kept as long as results; past it output is dropped and counted (0: off)"},
 		&cli.StringFlag{Name: "max-result-size", DefaultText: sizeText(jobs.DefaultMaxResultBytes), EnvVars: env("MAX_RESULT_SIZE"), Usage: "largest result document (JSON); over it, lists are cut and kept whole in a manifest object (at least " + jobs.FormatSize(jobs.MinMaxResultBytes) + ")"},
 		&cli.DurationFlag{Name: "task-check-interval", DefaultText: jobs.DefaultTaskCheckInterval.String(), EnvVars: env("TASK_CHECK_INTERVAL"), Usage: "how often an idle worker polls Redis for work"},
 		&cli.IntFlag{Name: "warm-sandboxes", EnvVars: env("WARM_SANDBOXES"), Usage: "sandboxes kept created ahead of demand for jobs of the default image and limits without network (0: off); such jobs skip runsc create"},
@@ -224,8 +225,12 @@ func globalConfig(c *cli.Context) (jobs.Config, error) {
 
 // workerConfig maps the worker flags onto cfg, as globalConfig does.
 func workerConfig(c *cli.Context, cfg *jobs.Config) error {
-	if err := parseSizes(c, []sizeFlag{{"log-size", &cfg.Worker.LogBytes}, {"max-result-size", &cfg.MaxResultBytes}}); err != nil {
+	if err := parseSizes(c, []sizeFlag{{"log-size", &cfg.Worker.LogBytes}, {"max-result-size", &cfg.MaxResultBytes}, {"live-output-size", &cfg.Worker.LiveOutputBytes}}); err != nil {
 		return err
+	}
+	// 0 turns live output off; unset is the default.
+	if c.IsSet("live-output-size") && cfg.Worker.LiveOutputBytes == 0 {
+		cfg.Worker.LiveOutputBytes = jobs.NoLiveOutput
 	}
 	w := &cfg.Worker
 	sb := sandboxSettingsFromFlags(c)

@@ -174,6 +174,7 @@ func TestHelpShowsConfigDefaults(t *testing.T) {
 		{"worker", "platform", `"` + executor.DefaultPlatform + `"`},
 		{"worker", "image-dir", "STATE_DIR/images"},
 		{"worker", "log-size", `"` + jobs.FormatSize(jobs.DefaultLogSize) + `"`},
+		{"worker", "live-output-size", `"` + jobs.FormatSize(jobs.DefaultLiveOutputSize) + `"`},
 		{"worker", "memory-budget", `"` + jobs.DefaultMemoryBudget.String() + `"`},
 		{"worker", "shutdown-grace", jobs.DefaultShutdownGrace.String()},
 		{"serve", "body-timeout", api.DefaultBodyTimeout.String()},

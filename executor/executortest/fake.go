@@ -30,8 +30,10 @@ type Run struct {
 	// Outcome flags: ExitCode, Signal, TimedOut, OOMKilled, TaskLimited.
 	// Interrupted, the timestamps and the logs are filled in by the fake.
 	Outcome executor.Outcome
-	Stdout  string
-	Stderr  string
+	// Stdout and Stderr are printed as the run ends, after what the Job
+	// printed while it ran (Sandbox.Print).
+	Stdout string
+	Stderr string
 	// Err fails the run itself (the sandbox machinery), not the job.
 	Err error
 }
@@ -89,6 +91,12 @@ type Sandbox struct {
 	job     Job
 	id, dir string
 	ran     bool
+
+	// mu guards what the job printed and where it goes live: a Job may
+	// print from goroutines of its own.
+	mu      sync.Mutex
+	live    executor.LiveOutput
+	printed map[string][]byte
 }
 
 var _ executor.Sandbox = (*Sandbox)(nil)
@@ -98,6 +106,30 @@ func (s *Sandbox) InputsDir() string  { return filepath.Join(s.dir, "inputs") }
 func (s *Sandbox) JobDir() string     { return filepath.Join(s.dir, "job") }
 func (s *Sandbox) OutputsDir() string { return filepath.Join(s.dir, "outputs") }
 func (s *Sandbox) logDir() string     { return filepath.Join(s.dir, "logs") }
+
+// Follow sends what the job prints from now on to out as well (see
+// Print); what the run returns in Stdout and Stderr goes to it as the run
+// ends.
+func (s *Sandbox) Follow(out executor.LiveOutput) {
+	s.mu.Lock()
+	s.live = out
+	s.mu.Unlock()
+}
+
+// Print is a running Job writing text to stream ("stdout" or "stderr"):
+// it goes to the sandbox's log and, as it is written, to the LiveOutput
+// the sandbox follows with, if any.
+func (s *Sandbox) Print(stream, text string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.printed == nil {
+		s.printed = map[string][]byte{}
+	}
+	s.printed[stream] = append(s.printed[stream], text...)
+	if s.live != nil && text != "" {
+		s.live.Write(stream, []byte(text))
+	}
+}
 
 // Create fails with the runner's CreateErr, if any.
 func (s *Sandbox) Create(ctx context.Context) error { return s.r.CreateErr }
@@ -116,6 +148,8 @@ func (s *Sandbox) Run(ctx context.Context) (*executor.Outcome, error) {
 	if run.Err != nil {
 		return nil, run.Err
 	}
+	s.Print(executor.StreamStdout, run.Stdout)
+	s.Print(executor.StreamStderr, run.Stderr)
 	out := run.Outcome
 	out.CreatedAt, out.StartedAt, out.FinishedAt = created, created, time.Now()
 	if ctx.Err() != nil {
@@ -123,11 +157,14 @@ func (s *Sandbox) Run(ctx context.Context) (*executor.Outcome, error) {
 		out.ExitCode = nil
 		out.Signal = "SIGKILL"
 	}
+	s.mu.Lock()
+	stdout, stderr := string(s.printed[executor.StreamStdout]), string(s.printed[executor.StreamStderr])
+	s.mu.Unlock()
 	var err error
-	if out.Stdout, err = s.log("stdout", run.Stdout); err != nil {
+	if out.Stdout, err = s.log("stdout", stdout); err != nil {
 		return nil, err
 	}
-	if out.Stderr, err = s.log("stderr", run.Stderr); err != nil {
+	if out.Stderr, err = s.log("stderr", stderr); err != nil {
 		return nil, err
 	}
 	return &out, nil
