@@ -39,6 +39,14 @@ func writeBundle(bundleDir string, s *specs.Spec) error {
 func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath, netns string) *specs.Spec {
 	memory := spec.Limits.Memory
 	pids := spec.Limits.Pids
+	// The CPU limit is in the spec for runsc to apply at create; Run sets
+	// it again as the job starts (see applyCPULimit), which a sandbox made
+	// before its job needs.
+	var cpu *specs.LinuxCPU
+	if spec.Limits.CPUs > 0 {
+		quota, period := cpuQuotaMicros(spec.Limits.CPUs), uint64(CPUPeriodMicros)
+		cpu = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
 	ro := []string{"bind", "ro", "nosuid", "nodev"}
 	return &specs.Spec{
 		Version: specs.Version,
@@ -71,6 +79,7 @@ func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath, netns string
 			Resources: &specs.LinuxResources{
 				Memory: &specs.LinuxMemory{Limit: &memory, Swap: &memory},
 				Pids:   &specs.LinuxPids{Limit: &pids},
+				CPU:    cpu,
 			},
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
