@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -151,6 +152,14 @@ func TestCPULimit(t *testing.T) {
 		t.Logf("job %s: periods throttled by the CPU quota of the worker's sandbox cgroups: %v", r.ID, seen)
 		return r, seen
 	}
+	// The operator's maximum bites at enqueue, naming the field.
+	over := jobs.HostCPUs() + 1
+	_, err := x.Client.Enqueue(context.Background(), jobs.Submission{Queue: queue, Script: file(t, "busy.py", busyLoop), Limits: jobs.LimitRequest{CPUs: &over}})
+	var fe *jobs.FieldError
+	if !errors.As(err, &fe) || fe.Field != "cpus" || !strings.Contains(fe.Msg, "over the maximum") {
+		t.Fatalf("enqueue with %v CPUs, over the maximum: %v", over, err)
+	}
+
 	quarter := 0.25
 	// Another memory limit than the default shape's: a cold sandbox.
 	coldMem := int64(1 << 30)
