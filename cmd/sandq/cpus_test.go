@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,5 +81,17 @@ func TestCPUsConfigFlags(t *testing.T) {
 	}
 	if _, err := load("--max-cpus", "0", "worker"); err == nil || !strings.Contains(err.Error(), "--max-cpus: ") {
 		t.Errorf("--max-cpus 0: %v", err)
+	}
+}
+
+// The human status shows the CPU time a job used beside its limit.
+func TestHumanOutputShowsCPU(t *testing.T) {
+	cpu := 0.921
+	var out bytes.Buffer
+	printHuman(&out, &jobs.JobStatus{ID: "job-1", Queue: "default", State: jobs.StateDone, Result: &jobs.Result{
+		Status: jobs.StatusSucceeded, DurationMS: 3847, CPUSeconds: &cpu, Limits: jobs.LimitsDoc{CPUs: 0.25}, Attempt: 1,
+	}})
+	if want := "cpu      0.921s (limit 0.25 CPUs)\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("output %q, want a line %q", out.String(), want)
 	}
 }
