@@ -35,18 +35,15 @@ func writeBundle(bundleDir string, s *specs.Spec) error {
 
 // ociSpec is the OCI runtime spec of one sandbox: the image as root (runsc
 // layers a size-capped overlay over it, so the image is never written), the job's
-// directories as bind mounts, no capabilities, and cgroup limits.
+// directories as bind mounts, no capabilities, and cgroup limits. The CPU
+// limit is not among them, though runsc would apply one (seen with
+// systrap on cgroup v1): Run sets it as the job starts (applyCPULimit),
+// for every kind of sandbox alike, so that neither a cold sandbox's
+// creation nor a restore is slowed by the job's limit, and a sandbox made
+// before its job still runs under the job's.
 func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath, netns string) *specs.Spec {
 	memory := spec.Limits.Memory
 	pids := spec.Limits.Pids
-	// The CPU limit is in the spec for runsc to apply at create; Run sets
-	// it again as the job starts (see applyCPULimit), which a sandbox made
-	// before its job needs.
-	var cpu *specs.LinuxCPU
-	if spec.Limits.CPUs > 0 {
-		quota, period := cpuQuotaMicros(spec.Limits.CPUs), uint64(CPUPeriodMicros)
-		cpu = &specs.LinuxCPU{Quota: &quota, Period: &period}
-	}
 	ro := []string{"bind", "ro", "nosuid", "nodev"}
 	return &specs.Spec{
 		Version: specs.Version,
@@ -79,7 +76,6 @@ func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath, netns string
 			Resources: &specs.LinuxResources{
 				Memory: &specs.LinuxMemory{Limit: &memory, Swap: &memory},
 				Pids:   &specs.LinuxPids{Limit: &pids},
-				CPU:    cpu,
 			},
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
