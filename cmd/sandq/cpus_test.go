@@ -91,7 +91,7 @@ func TestHumanOutputShowsCPU(t *testing.T) {
 	printHuman(&out, &jobs.JobStatus{ID: "job-1", Queue: "default", State: jobs.StateDone, Result: &jobs.Result{
 		Status: jobs.StatusSucceeded, DurationMS: 3847, CPUSeconds: &cpu, Limits: jobs.LimitsDoc{CPUs: 0.25}, Attempt: 1,
 	}})
-	if want := "cpu      0.921s (limit 0.25 CPUs)\n"; !strings.Contains(out.String(), want) {
+	if want := "cpu      0.921s used (limit: --cpus 0.25)\n"; !strings.Contains(out.String(), want) {
 		t.Errorf("output %q, want a line %q", out.String(), want)
 	}
 }

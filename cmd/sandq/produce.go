@@ -330,7 +330,7 @@ func printHuman(w io.Writer, st *jobs.JobStatus) {
 	}
 	fmt.Fprintf(w, "duration %s (attempt %d)\n", time.Duration(r.DurationMS)*time.Millisecond, r.Attempt)
 	if r.CPUSeconds != nil {
-		fmt.Fprintf(w, "cpu      %gs (limit %g CPUs)\n", *r.CPUSeconds, r.Limits.CPUs)
+		fmt.Fprintf(w, "cpu      %gs used (limit: --cpus %g)\n", *r.CPUSeconds, r.Limits.CPUs)
 	}
 	for _, l := range []struct {
 		name string
