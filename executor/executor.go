@@ -34,6 +34,11 @@ type Limits struct {
 	Timeout time.Duration
 	// Memory is the sandbox's cgroup memory limit, in bytes.
 	Memory int64
+	// CPUs caps the CPU time of the sandbox's cgroup: CPUs × CPUPeriodMicros
+	// in each CPUPeriodMicros (0.5 is half a core, 2 two cores); 0 for no
+	// limit. It is set when the job starts, whatever kind of sandbox runs
+	// it, so warm and restored sandboxes take any job's.
+	CPUs float64
 	// Disk caps the overlay file store that holds every write to the root
 	// filesystem (a file in the sandbox's scratch directory), in bytes.
 	Disk int64
@@ -113,6 +118,12 @@ type Outcome struct {
 	// StartMode is how the container came to run the job: StartCold,
 	// StartWarm or StartRestored (from a snapshot template).
 	StartMode string
+	// CPUSeconds is the CPU time the sandbox's cgroup used from the job's
+	// start until it ended (the job's processes and gVisor's kernel
+	// serving them; not the container's creation or restore before),
+	// read from the cgroup just before the container is deleted; nil when
+	// it could not be read.
+	CPUSeconds *float64
 }
 
 // Runner makes sandboxes.

@@ -35,7 +35,12 @@ func writeBundle(bundleDir string, s *specs.Spec) error {
 
 // ociSpec is the OCI runtime spec of one sandbox: the image as root (runsc
 // layers a size-capped overlay over it, so the image is never written), the job's
-// directories as bind mounts, no capabilities, and cgroup limits.
+// directories as bind mounts, no capabilities, and cgroup limits. The CPU
+// limit is not among them, though runsc would apply one (seen with
+// systrap on cgroup v1): Run sets it as the job starts (applyCPULimit),
+// for every kind of sandbox alike, so that neither a cold sandbox's
+// creation nor a restore is slowed by the job's limit, and a sandbox made
+// before its job still runs under the job's.
 func ociSpec(spec Spec, inputsDir, jobDir, outputsDir, cgroupsPath, netns string) *specs.Spec {
 	memory := spec.Limits.Memory
 	pids := spec.Limits.Pids

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -273,6 +274,8 @@ func checkSpec(spec Spec) error {
 	switch {
 	case len(spec.Args) == 0 || !strings.HasPrefix(spec.Args[0], "/"):
 		return errors.New("sandbox args: the first must be an absolute path")
+	case l.CPUs < 0 || l.CPUs != l.CPUs || math.IsInf(l.CPUs, 0) || (l.CPUs > 0 && l.CPUs < MinCPUs):
+		return fmt.Errorf("sandbox CPU limit %v: want 0 (none) or from %v", l.CPUs, MinCPUs)
 	case l.Timeout <= 0 || l.Memory <= 0 || l.Disk <= 0 || l.OutputBytes <= 0 || l.OutputFiles <= 0 || l.Pids <= 0 || l.LogBytes <= 0:
 		return fmt.Errorf("sandbox limits must all be positive: %+v", l)
 	}
@@ -512,6 +515,15 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 		defer w.Close()
 		waited = w.Result()
 	}
+	// The job's CPU limit, whatever the sandbox was created with, and
+	// the CPU time used so far (creating, restoring or waiting for the
+	// job), which is not the job's.
+	if err := s.applyCPULimit(lim.CPUs); err != nil {
+		s.delete(ctx)
+		logs.finish(s.logger, out)
+		return nil, fmt.Errorf("%w: %w", ErrSandbox, err)
+	}
+	cpuBefore, cpuErr := cpuUsage(s.cgroupPath())
 	startAt := time.Now()
 	if err := s.startProcess(context.WithoutCancel(ctx)); err != nil {
 		s.delete(ctx)
@@ -552,6 +564,17 @@ func (s *runscSandbox) Run(ctx context.Context) (*Outcome, error) {
 	}
 	out.OOMKilled = oomKills(s.cgroupPath()) > 0
 	tasksHit := pidsLimitHits(s.cgroupPath()) > 0
+	// The cgroup goes with the container: its count is read now.
+	if cpuErr == nil {
+		var cpuAfter float64
+		if cpuAfter, cpuErr = cpuUsage(s.cgroupPath()); cpuErr == nil {
+			used := max(cpuAfter-cpuBefore, 0)
+			out.CPUSeconds = &used
+		}
+	}
+	if cpuErr != nil {
+		s.logger.Warn("reading the sandbox's CPU time", "err", cpuErr)
+	}
 	derr := s.delete(ctx)
 	if derr == nil {
 		s.deleted = true

@@ -102,7 +102,9 @@ func (p *SnapshotRunner) fromPool(t *snapshotTemplate, spec Spec) Sandbox {
 		return nil
 	}
 	a, b := spec.Limits, r.shape.Limits
+	// The timeout and the CPU limit are the job's own, set as it starts.
 	a.Timeout, b.Timeout = 0, 0
+	a.CPUs, b.CPUs = 0, 0
 	if a != b || spec.Egress != nil {
 		// A networked job's sandbox needs its own namespace and proxy
 		// session from the start; pooled ones have neither.
@@ -119,7 +121,7 @@ func (p *SnapshotRunner) fromPool(t *snapshotTemplate, spec Spec) Sandbox {
 	}
 	r.hits.Add(1)
 	sb.mu.Lock()
-	sb.spec.Name, sb.spec.Limits.Timeout = spec.Name, spec.Limits.Timeout
+	sb.spec.Name, sb.spec.Limits.Timeout, sb.spec.Limits.CPUs = spec.Name, spec.Limits.Timeout, spec.Limits.CPUs
 	sb.restore.job, sb.restore.request = spec, req
 	sb.logger = p.runsc.logger.With("sandbox", sb.id, "job_id", spec.Name)
 	sb.createdAt = time.Now()

@@ -30,7 +30,8 @@ const MaxWarm = 64
 // and `runsc create` done, not started. Prepare hands a job one of them
 // when the job fits the pool's shape and one is ready, and otherwise
 // prepares one with the wrapped runner. Only jobs of the pool's shape fit:
-// the same image, user, limits (the timeout aside) and no network, because
+// the same image, user, limits (the timeout and CPU limit aside: Run sets
+// those for the job) and no network, because
 // the container's cgroup limits, disk overlay, outputs tmpfs and the memory
 // size the guest sees are fixed at create.
 //
@@ -141,7 +142,9 @@ func (p *WarmRunner) make(ctx context.Context) (Sandbox, error) {
 // sandboxes: its shape matches, and its environment sets HOME.
 func (p *WarmRunner) fits(spec Spec) bool {
 	a, b := spec.Limits, p.shape.Limits
+	// The timeout and the CPU limit are the job's own, set as it starts.
 	a.Timeout, b.Timeout = 0, 0
+	a.CPUs, b.CPUs = 0, 0
 	if spec.Egress != nil || spec.Image != p.shape.Image || spec.UID != p.shape.UID || spec.GID != p.shape.GID || a != b {
 		return false
 	}
@@ -303,7 +306,7 @@ func (r *RunscRunner) adopt(s Sandbox, spec Spec) error {
 	}
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	sb.spec.Name, sb.spec.Args, sb.spec.Env, sb.spec.Limits.Timeout = spec.Name, spec.Args, spec.Env, spec.Limits.Timeout
+	sb.spec.Name, sb.spec.Args, sb.spec.Env, sb.spec.Limits.Timeout, sb.spec.Limits.CPUs = spec.Name, spec.Args, spec.Env, spec.Limits.Timeout, spec.Limits.CPUs
 	sb.logger = r.logger.With("sandbox", sb.id, "job_id", spec.Name)
 	sb.createdAt = time.Now()
 	sb.warm = true

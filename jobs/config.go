@@ -60,7 +60,9 @@ type Config struct {
 
 	// DefaultLimits apply when a job asks for nothing; MaxLimits are the most
 	// a job may ask for. Defaults: DefaultTimeout, DefaultMemory, ... and
-	// DefaultMaxTimeout, DefaultMaxMemory, ... (defaults.go).
+	// DefaultMaxTimeout, DefaultMaxMemory, ... (defaults.go); the CPU
+	// limit's maximum defaults to the host's CPUs (HostCPUs), and its
+	// default to DefaultCPUs, or the maximum when that is less.
 	DefaultLimits Limits
 	MaxLimits     Limits
 
@@ -185,8 +187,9 @@ func (c Config) WithDefaults() Config {
 	setDur(&c.RedisWaitTimeout, DefaultRedisWaitTimeout)
 	c.Storage = c.Storage.WithDefaults()
 	setString(&c.Queue, DefaultQueue)
-	setLimits(&c.DefaultLimits, Limits{Timeout: DefaultTimeout, Memory: DefaultMemory, Disk: DefaultDisk, OutputBytes: DefaultOutputSize, OutputFiles: DefaultOutputFiles})
-	setLimits(&c.MaxLimits, Limits{Timeout: DefaultMaxTimeout, Memory: DefaultMaxMemory, Disk: DefaultMaxDisk, OutputBytes: DefaultMaxOutputSize, OutputFiles: DefaultMaxOutputFiles})
+	setLimits(&c.MaxLimits, Limits{Timeout: DefaultMaxTimeout, Memory: DefaultMaxMemory, Disk: DefaultMaxDisk, OutputBytes: DefaultMaxOutputSize, OutputFiles: DefaultMaxOutputFiles, CPUs: HostCPUs()})
+	// Under a maximum of less than one CPU, the default is the maximum.
+	setLimits(&c.DefaultLimits, Limits{Timeout: DefaultTimeout, Memory: DefaultMemory, Disk: DefaultDisk, OutputBytes: DefaultOutputSize, OutputFiles: DefaultOutputFiles, CPUs: min(DefaultCPUs, c.MaxLimits.CPUs)})
 	setInt(&c.MaxInputs, DefaultMaxInputs)
 	set64(&c.MaxInputBytes, DefaultMaxInputSize)
 	set64(&c.MaxInputsTotal, DefaultMaxInputsSize)
@@ -282,6 +285,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("worker queue %s: priority must be at least 1", q)
 		}
 	}
+	if err := validateCPUs(d.CPUs, m.CPUs); err != nil {
+		return err
+	}
 	if err := c.Worker.MemoryBudget.validate(); err != nil {
 		return err
 	}
@@ -350,6 +356,9 @@ func setLimits(l *Limits, def Limits) {
 	set64(&l.Disk, def.Disk)
 	set64(&l.OutputBytes, def.OutputBytes)
 	setInt(&l.OutputFiles, def.OutputFiles)
+	if l.CPUs == 0 {
+		l.CPUs = def.CPUs
+	}
 }
 
 func setString(p *string, v string) {

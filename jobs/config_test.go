@@ -34,8 +34,8 @@ func TestConfigWithDefaults(t *testing.T) {
 		{"RedisDB", c.RedisDB, 0},
 		{"Storage.Region", c.Storage.Region, "us-east-1"},
 		{"Queue", c.Queue, "default"},
-		{"DefaultLimits", c.DefaultLimits, Limits{Timeout: 5 * time.Minute, Memory: 2 << 30, Disk: 2 << 30, OutputBytes: 512 << 20, OutputFiles: 1000}},
-		{"MaxLimits", c.MaxLimits, Limits{Timeout: time.Hour, Memory: 8 << 30, Disk: 10 << 30, OutputBytes: 2 << 30, OutputFiles: 10000}},
+		{"DefaultLimits", c.DefaultLimits, Limits{Timeout: 5 * time.Minute, Memory: 2 << 30, Disk: 2 << 30, OutputBytes: 512 << 20, OutputFiles: 1000, CPUs: min(1, float64(runtime.NumCPU()))}},
+		{"MaxLimits", c.MaxLimits, Limits{Timeout: time.Hour, Memory: 8 << 30, Disk: 10 << 30, OutputBytes: 2 << 30, OutputFiles: 10000, CPUs: float64(runtime.NumCPU())}},
 		{"MaxInputs", c.MaxInputs, 100},
 		{"MaxInputBytes", c.MaxInputBytes, int64(1 << 30)},
 		{"MaxInputsTotal", c.MaxInputsTotal, int64(4 << 30)},
@@ -144,7 +144,7 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("Resolve(zero) = %+v, %v; want the defaults", got, err)
 		}
 		m := c.MaxLimits
-		got, err = LimitRequest{m.Timeout.Seconds(), m.Memory, m.Disk, m.OutputBytes, m.OutputFiles}.Resolve(c.DefaultLimits, m)
+		got, err = LimitRequest{m.Timeout.Seconds(), m.Memory, m.Disk, m.OutputBytes, m.OutputFiles, &m.CPUs}.Resolve(c.DefaultLimits, m)
 		if err != nil || got != m {
 			t.Errorf("Resolve(max) = %+v, %v; want the maxima", got, err)
 		}

@@ -24,9 +24,13 @@ const (
 	DefaultDisk        = 2 << 30
 	DefaultOutputSize  = 512 << 20
 	DefaultOutputFiles = 1000
+	// DefaultCPUs is one core: with the worker's concurrency defaulting
+	// to the host's CPUs, as many jobs as cores each get one.
+	DefaultCPUs = 1.0
 )
 
-// Defaults of Config.MaxLimits: the most a job may ask for.
+// Defaults of Config.MaxLimits: the most a job may ask for. The CPU
+// limit's is the host's CPUs (HostCPUs).
 const (
 	DefaultMaxTimeout     = time.Hour
 	DefaultMaxMemory      = 8 << 30

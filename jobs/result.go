@@ -54,7 +54,12 @@ type Result struct {
 	StartedAt   time.Time `json:"started_at"`
 	FinishedAt  time.Time `json:"finished_at"`
 	// DurationMS is the script's run time, start to exit.
-	DurationMS int64       `json:"duration_ms"`
+	DurationMS int64 `json:"duration_ms"`
+	// CPUSeconds is the CPU time the job's sandbox used while the job ran
+	// (its processes and gVisor's kernel working for them), from the
+	// sandbox's cgroup; absent when the job did not run or it could not
+	// be read.
+	CPUSeconds *float64    `json:"cpu_seconds,omitempty"`
 	Limits     LimitsDoc   `json:"limits"`
 	Stdout     *LogDoc     `json:"stdout"`
 	Stderr     *LogDoc     `json:"stderr"`
@@ -96,11 +101,14 @@ type LimitsDoc struct {
 	DiskBytes      int64   `json:"disk_bytes"`
 	OutputBytes    int64   `json:"output_bytes"`
 	OutputFiles    int     `json:"output_files"`
+	// CPUs is the CPU limit, in cores; absent for a job refused before
+	// its limits were known.
+	CPUs float64 `json:"cpus,omitempty"`
 }
 
 // NewLimitsDoc is the result's account of a job's limits.
 func NewLimitsDoc(l Limits) LimitsDoc {
-	return LimitsDoc{TimeoutSeconds: l.Timeout.Seconds(), MemoryBytes: l.Memory, DiskBytes: l.Disk, OutputBytes: l.OutputBytes, OutputFiles: l.OutputFiles}
+	return LimitsDoc{TimeoutSeconds: l.Timeout.Seconds(), MemoryBytes: l.Memory, DiskBytes: l.Disk, OutputBytes: l.OutputBytes, OutputFiles: l.OutputFiles, CPUs: l.CPUs}
 }
 
 // LogDoc is one output stream: its tail, and a link to the stored log.

@@ -78,6 +78,9 @@ type LimitRequest struct {
 	DiskBytes      int64   `json:"disk_bytes,omitempty"`
 	OutputBytes    int64   `json:"output_bytes,omitempty"`
 	OutputFiles    int     `json:"output_files,omitempty"`
+	// CPUs is the CPU limit asked for (0.5: half a core); nil takes the
+	// queue's default. Zero, negative and non-finite values are refused.
+	CPUs *float64 `json:"cpus,omitempty"`
 }
 
 // Limits are a job's resolved limits.
@@ -87,6 +90,10 @@ type Limits struct {
 	Disk        int64         `json:"disk_bytes"`
 	OutputBytes int64         `json:"output_bytes"`
 	OutputFiles int           `json:"output_files"`
+	// CPUs is the CPU limit, in cores (see executor.Limits.CPUs). 0 only
+	// in tasks queued before there was one: the worker then applies its
+	// default.
+	CPUs float64 `json:"cpus,omitempty"`
 }
 
 // Resolve applies defaults to what a job asked for and refuses anything over
@@ -114,6 +121,12 @@ func (r LimitRequest) Resolve(def, max Limits) (Limits, error) {
 	if r.OutputFiles > 0 {
 		l.OutputFiles = r.OutputFiles
 	}
+	if r.CPUs != nil {
+		if err := checkCPUs(*r.CPUs, max.CPUs); err != nil {
+			return Limits{}, err
+		}
+		l.CPUs = *r.CPUs
+	}
 	switch {
 	case l.Timeout > max.Timeout:
 		return Limits{}, &FieldError{Field: "timeout", Msg: fmt.Sprintf("%s is over the maximum of %s", l.Timeout, max.Timeout)}
@@ -133,6 +146,8 @@ func (r LimitRequest) Resolve(def, max Limits) (Limits, error) {
 		return Limits{}, &FieldError{Field: "output_size", Msg: "under the minimum of 4KiB"}
 	case l.OutputFiles > max.OutputFiles:
 		return Limits{}, &FieldError{Field: "output_files", Msg: fmt.Sprintf("%d is over the maximum of %d", l.OutputFiles, max.OutputFiles)}
+	case l.CPUs > max.CPUs:
+		return Limits{}, &FieldError{Field: "cpus", Msg: fmt.Sprintf("the default of %g is over the maximum of %g", l.CPUs, max.CPUs)}
 	}
 	return l, nil
 }

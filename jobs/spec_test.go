@@ -381,8 +381,8 @@ func TestCheckIdempotencyKey(t *testing.T) {
 }
 
 func TestLimitRequestResolve(t *testing.T) {
-	def := Limits{Timeout: 5 * time.Minute, Memory: 2 << 30, Disk: 2 << 30, OutputBytes: 512 << 20, OutputFiles: 1000}
-	max := Limits{Timeout: time.Hour, Memory: 8 << 30, Disk: 10 << 30, OutputBytes: 2 << 30, OutputFiles: 10000}
+	def := Limits{Timeout: 5 * time.Minute, Memory: 2 << 30, Disk: 2 << 30, OutputBytes: 512 << 20, OutputFiles: 1000, CPUs: 1}
+	max := Limits{Timeout: time.Hour, Memory: 8 << 30, Disk: 10 << 30, OutputBytes: 2 << 30, OutputFiles: 10000, CPUs: 4}
 
 	ok := []struct {
 		name string
@@ -390,14 +390,14 @@ func TestLimitRequestResolve(t *testing.T) {
 		want Limits
 	}{
 		{"zero takes defaults", LimitRequest{}, def},
-		{"timeout", LimitRequest{TimeoutSeconds: 90}, Limits{90 * time.Second, def.Memory, def.Disk, def.OutputBytes, def.OutputFiles}},
-		{"fractional timeout", LimitRequest{TimeoutSeconds: 1.5}, Limits{1500 * time.Millisecond, def.Memory, def.Disk, def.OutputBytes, def.OutputFiles}},
-		{"memory", LimitRequest{MemoryBytes: 256 << 20}, Limits{def.Timeout, 256 << 20, def.Disk, def.OutputBytes, def.OutputFiles}},
-		{"disk", LimitRequest{DiskBytes: 5 << 30}, Limits{def.Timeout, def.Memory, 5 << 30, def.OutputBytes, def.OutputFiles}},
-		{"output bytes", LimitRequest{OutputBytes: 4096}, Limits{def.Timeout, def.Memory, def.Disk, 4096, def.OutputFiles}},
-		{"output files", LimitRequest{OutputFiles: 1}, Limits{def.Timeout, def.Memory, def.Disk, def.OutputBytes, 1}},
-		{"all at the maxima", LimitRequest{3600, 8 << 30, 10 << 30, 2 << 30, 10000}, max},
-		{"all at the minima", LimitRequest{1, MinMemory, MinDisk, 4096, 1}, Limits{time.Second, MinMemory, MinDisk, 4096, 1}},
+		{"timeout", LimitRequest{TimeoutSeconds: 90}, Limits{90 * time.Second, def.Memory, def.Disk, def.OutputBytes, def.OutputFiles, def.CPUs}},
+		{"fractional timeout", LimitRequest{TimeoutSeconds: 1.5}, Limits{1500 * time.Millisecond, def.Memory, def.Disk, def.OutputBytes, def.OutputFiles, def.CPUs}},
+		{"memory", LimitRequest{MemoryBytes: 256 << 20}, Limits{def.Timeout, 256 << 20, def.Disk, def.OutputBytes, def.OutputFiles, def.CPUs}},
+		{"disk", LimitRequest{DiskBytes: 5 << 30}, Limits{def.Timeout, def.Memory, 5 << 30, def.OutputBytes, def.OutputFiles, def.CPUs}},
+		{"output bytes", LimitRequest{OutputBytes: 4096}, Limits{def.Timeout, def.Memory, def.Disk, 4096, def.OutputFiles, def.CPUs}},
+		{"output files", LimitRequest{OutputFiles: 1}, Limits{def.Timeout, def.Memory, def.Disk, def.OutputBytes, 1, def.CPUs}},
+		{"all at the maxima", LimitRequest{3600, 8 << 30, 10 << 30, 2 << 30, 10000, ptr(4.0)}, max},
+		{"all at the minima", LimitRequest{1, MinMemory, MinDisk, 4096, 1, ptr(MinCPUs)}, Limits{time.Second, MinMemory, MinDisk, 4096, 1, MinCPUs}},
 	}
 	for _, tt := range ok {
 		t.Run(tt.name, func(t *testing.T) {

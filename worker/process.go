@@ -107,10 +107,16 @@ func (h *Handler) resendWebhook(ctx context.Context, a *attempt, prev *jobs.Resu
 // nothing over its own maxima, whatever the producer let through.
 func (h *Handler) applyLimits(a *attempt) error {
 	job := a.job
-	lim, err := jobs.LimitRequest{
+	req := jobs.LimitRequest{
 		TimeoutSeconds: job.Limits.Timeout.Seconds(), MemoryBytes: job.Limits.Memory, DiskBytes: job.Limits.Disk,
 		OutputBytes: job.Limits.OutputBytes, OutputFiles: job.Limits.OutputFiles,
-	}.Resolve(h.cfg.DefaultLimits, h.cfg.MaxLimits)
+	}
+	// A task queued before jobs had a CPU limit takes this worker's
+	// default.
+	if job.Limits.CPUs != 0 {
+		req.CPUs = &job.Limits.CPUs
+	}
+	lim, err := req.Resolve(h.cfg.DefaultLimits, h.cfg.MaxLimits)
 	if err != nil {
 		return fmt.Errorf("refused by this worker's limits: %w", err)
 	}

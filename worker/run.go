@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"path"
 	"time"
 
@@ -131,7 +132,7 @@ func (h *Handler) sandboxLimits(l jobs.Limits) executor.Limits {
 
 func sandboxLimits(w jobs.WorkerConfig, l jobs.Limits) executor.Limits {
 	return executor.Limits{
-		Timeout: l.Timeout, Memory: l.Memory, Disk: l.Disk, OutputBytes: l.OutputBytes, OutputFiles: l.OutputFiles,
+		Timeout: l.Timeout, Memory: l.Memory, Disk: l.Disk, OutputBytes: l.OutputBytes, OutputFiles: l.OutputFiles, CPUs: l.CPUs,
 		Pids: w.Pids, LogBytes: w.LogBytes, LogTail: w.LogTail,
 	}
 }
@@ -178,6 +179,11 @@ func (h *Handler) record(res *jobs.Result, job *jobs.Job, out *executor.Outcome)
 		}
 	}
 	res.Timings.RunMS = res.DurationMS
+	if out.CPUSeconds != nil {
+		// Milliseconds are as precise as the run time beside it.
+		cpu := math.Round(*out.CPUSeconds*1000) / 1000
+		res.CPUSeconds = &cpu
+	}
 	res.ExitCode, res.Signal = out.ExitCode, out.Signal
 	if job.Network != nil {
 		res.Egress = egressDoc(job.Network, out.Egress, out.Bypass)

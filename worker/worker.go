@@ -51,6 +51,9 @@ func New(cfg jobs.Config, runner executor.Runner, store *storage.Store, logger *
 	if err := cfg.CheckImages(logger); err != nil {
 		return nil, err
 	}
+	if err := cfg.CheckHostCPUs(); err != nil {
+		return nil, err
+	}
 	hostMem, err := jobs.HostMemory()
 	if err != nil {
 		return nil, err

@@ -78,6 +78,8 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "max-output-size", DefaultText: sizeText(jobs.DefaultMaxOutputSize), EnvVars: env("MAX_OUTPUT_SIZE")},
 		&cli.IntFlag{Name: "default-output-files", DefaultText: intText(jobs.DefaultOutputFiles), EnvVars: env("DEFAULT_OUTPUT_FILES")},
 		&cli.IntFlag{Name: "max-output-files", DefaultText: intText(jobs.DefaultMaxOutputFiles), EnvVars: env("MAX_OUTPUT_FILES")},
+		&cli.StringFlag{Name: "default-cpus", DefaultText: "1, or --max-cpus when less", EnvVars: env("DEFAULT_CPUS"), Usage: "CPU limit of a job that asks for none, in cores"},
+		&cli.StringFlag{Name: "max-cpus", DefaultText: "number of CPUs", EnvVars: env("MAX_CPUS"), Usage: "largest CPU limit, in cores; a worker's may not be over its host's CPUs"},
 		&cli.IntFlag{Name: "max-inputs", DefaultText: intText(jobs.DefaultMaxInputs), EnvVars: env("MAX_INPUTS")},
 		&cli.StringFlag{Name: "max-input-size", DefaultText: sizeText(jobs.DefaultMaxInputSize), EnvVars: env("MAX_INPUT_SIZE"), Usage: "largest input file"},
 		&cli.StringFlag{Name: "max-inputs-size", DefaultText: sizeText(jobs.DefaultMaxInputsSize), EnvVars: env("MAX_INPUTS_SIZE"), Usage: "all inputs of a job together"},
@@ -215,6 +217,18 @@ func globalConfig(c *cli.Context) (jobs.Config, error) {
 	d, m := &cfg.DefaultLimits, &cfg.MaxLimits
 	d.Timeout, m.Timeout = c.Duration("default-timeout"), c.Duration("max-timeout")
 	d.OutputFiles, m.OutputFiles = c.Int("default-output-files"), c.Int("max-output-files")
+	for _, f := range []struct {
+		flag string
+		dst  *float64
+	}{{"default-cpus", &d.CPUs}, {"max-cpus", &m.CPUs}} {
+		if c.IsSet(f.flag) {
+			n, err := jobs.ParseCPUs(c.String(f.flag))
+			if err != nil {
+				return cfg, fmt.Errorf("--%s: %w", f.flag, err)
+			}
+			*f.dst = n
+		}
+	}
 	return cfg, parseSizes(c, []sizeFlag{
 		{"default-memory", &d.Memory}, {"max-memory", &m.Memory},
 		{"default-disk", &d.Disk}, {"max-disk", &m.Disk},

@@ -36,6 +36,7 @@ func enqueueCommand() *cli.Command {
 			&cli.StringFlag{Name: "disk", Usage: "size of the sandbox's writable root, e.g. 1GiB"},
 			&cli.StringFlag{Name: "output-size", Usage: "total bytes the job may write to /mnt/outputs"},
 			&cli.IntFlag{Name: "output-files", Usage: "entries the job may create in /mnt/outputs"},
+			&cli.StringFlag{Name: "cpus", Usage: "CPU limit in cores, e.g. 0.5 or 2 (default: the configured default)"},
 			&cli.StringFlag{Name: "idempotency-key", Usage: "enqueueing twice with one key returns the first job"},
 			&cli.StringSliceFlag{Name: "network", Usage: "none (default), default (the queue's default), or groups and hosts, comma-separated or repeated"},
 			&cli.StringFlag{Name: "image", Usage: "image to run on (default: the queue's); the queue's workers must allow it"},
@@ -139,6 +140,13 @@ func submissionFromFlags(c *cli.Context) (jobs.Submission, error) {
 		}
 	}
 	sub.Limits.OutputFiles = c.Int("output-files")
+	if c.IsSet("cpus") {
+		cpus, err := jobs.ParseCPUs(c.String("cpus"))
+		if err != nil {
+			return sub, fmt.Errorf("--cpus: %w", err)
+		}
+		sub.Limits.CPUs = &cpus
+	}
 	for _, n := range c.StringSlice("network") {
 		for _, part := range strings.Split(n, ",") {
 			if part = strings.TrimSpace(part); part != "" {
@@ -339,6 +347,9 @@ func printHuman(w io.Writer, st *jobs.JobStatus) {
 		fmt.Fprintf(w, "reason   %s\n", esc(r.Reason))
 	}
 	fmt.Fprintf(w, "duration %s (attempt %d)\n", time.Duration(r.DurationMS)*time.Millisecond, r.Attempt)
+	if r.CPUSeconds != nil {
+		fmt.Fprintf(w, "cpu      %gs used (limit: --cpus %g)\n", *r.CPUSeconds, r.Limits.CPUs)
+	}
 	for _, l := range []struct {
 		name string
 		doc  *jobs.LogDoc

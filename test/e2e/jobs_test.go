@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"mime"
 	"net/http/httptest"
 	"os"
@@ -401,6 +402,9 @@ func TestRefusedSubmissionsLeaveNothing(t *testing.T) {
 		{"colliding inputs", jobs.Submission{Script: ok, Inputs: []jobs.File{file(t, "a.csv", "x"), file(t, "A.csv", "y")}}, "inputs"},
 		{"memory over max", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{MemoryBytes: 64 << 30}}, "memory"},
 		{"timeout over max", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{TimeoutSeconds: 86400}}, "timeout"},
+		{"cpus zero", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{CPUs: new(0.0)}}, "cpus"},
+		{"cpus NaN", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{CPUs: new(math.NaN())}}, "cpus"},
+		{"cpus over max", jobs.Submission{Script: ok, Limits: jobs.LimitRequest{CPUs: new(jobs.HostCPUs() + 1)}}, "cpus"},
 		{"unknown runtime", jobs.Submission{Script: ok, Runtime: "cobol"}, "runtime"},
 		{"reserved env", jobs.Submission{Script: ok, Env: map[string]string{"OUTPUT_DIR": "/etc"}}, "env"},
 		{"script named as sandq's own files", jobs.Submission{Script: file(t, ".sandq-site", "print(1)"), Runtime: "python"}, "script"},
