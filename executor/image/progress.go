@@ -119,10 +119,11 @@ type packageCounter struct {
 	buf    []byte
 
 	// debootstrap: packages fetched (by name: a download is retrieved,
-	// then validated), unpacked and configured. Every package fetched is
-	// installed, so the fetch count is the total of the later steps.
-	fetched                 map[string]bool
-	debUnpacked, debConfigd int
+	// then validated), unpacked and configured (by name too: a package
+	// whose triggers run is configured again, libc-bin three times).
+	// Every package fetched is installed, so the fetch count is the total
+	// of the later steps.
+	fetched, debUnpacked, debConfigd map[string]bool
 
 	// apt-get install: the packages it will install (its summary line),
 	// whether it downloads all of them (no part of them in the cache),
@@ -132,7 +133,7 @@ type packageCounter struct {
 }
 
 func newPackageCounter(report func(step string, done, total int)) *packageCounter {
-	return &packageCounter{report: report, fetched: map[string]bool{}}
+	return &packageCounter{report: report, fetched: map[string]bool{}, debUnpacked: map[string]bool{}, debConfigd: map[string]bool{}}
 }
 
 func (p *packageCounter) Write(b []byte) (int, error) {
@@ -168,19 +169,15 @@ func (p *packageCounter) line(l string) {
 	// libc6:amd64...". Extracting is a first, quicker unpacking of the
 	// required packages and is not counted.
 	case strings.HasPrefix(l, "I: Retrieving ") || strings.HasPrefix(l, "I: Validating "):
-		f := strings.Fields(l)
-		if len(f) == 4 && !p.fetched[f[2]] {
-			p.fetched[f[2]] = true
-			p.report(StepFetched, len(p.fetched), 0)
+		if f := strings.Fields(l); len(f) == 4 {
+			p.debCount(StepFetched, p.fetched, f[2])
 		}
 	// A package's name has no space; "I: Unpacking required packages..."
 	// and "I: Configuring the base system..." are debootstrap's stages.
 	case strings.HasPrefix(l, "I: Unpacking ") && strings.HasSuffix(l, "...") && len(strings.Fields(l)) == 3:
-		p.debUnpacked++
-		p.report(StepUnpacked, p.debUnpacked, p.debTotal(p.debUnpacked))
+		p.debCount(StepUnpacked, p.debUnpacked, strings.Fields(l)[2])
 	case strings.HasPrefix(l, "I: Configuring ") && strings.HasSuffix(l, "...") && len(strings.Fields(l)) == 3:
-		p.debConfigd++
-		p.report(StepConfigured, p.debConfigd, p.debTotal(p.debConfigd))
+		p.debCount(StepConfigured, p.debConfigd, strings.Fields(l)[2])
 
 	// apt-get install.
 	case aptSummaryLine.MatchString(l):
@@ -210,11 +207,18 @@ func (p *packageCounter) line(l string) {
 	}
 }
 
-// debTotal is debootstrap's package total for a count of done, or 0 when
-// done is past it (then the fetch count was not the total after all).
-func (p *packageCounter) debTotal(done int) int {
-	if done > len(p.fetched) {
-		return 0
+// debCount adds a package to one of debootstrap's steps and reports the
+// step's count if it is new. Fetching has no total; the later steps have
+// the fetch count, or none if they go past it (then it was not the total
+// after all).
+func (p *packageCounter) debCount(step string, seen map[string]bool, name string) {
+	if seen[name] {
+		return
 	}
-	return len(p.fetched)
+	seen[name] = true
+	total := 0
+	if step != StepFetched && len(seen) <= len(p.fetched) {
+		total = len(p.fetched)
+	}
+	p.report(step, len(seen), total)
 }

@@ -2,6 +2,8 @@ package image
 
 import (
 	"fmt"
+	"maps"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -51,6 +53,7 @@ I: Unpacking adduser...
 I: Configuring required packages...
 I: Configuring libc6:amd64...
 I: Configuring adduser...
+I: Configuring libc6:amd64...
 I: Unpacking the base system...
 I: Unpacking apt...
 I: Configuring the base system...
@@ -147,5 +150,34 @@ func TestPackageCounterLongLine(t *testing.T) {
 	pc.Write([]byte("\nI: Retrieving adduser 3.134\n"))
 	if !slices.Equal(got, []string{"fetched 1/0"}) {
 		t.Errorf("counts after a long line: %v", got)
+	}
+}
+
+// TestPackageCounterRealBuild reads the log of a real build (debootstrap
+// with its cache warm, then apt-get update and apt-get install of bash,
+// already in the base, and less; the mirror's name replaced): each tool's
+// last counts are all its packages through every step.
+func TestPackageCounterRealBuild(t *testing.T) {
+	b, err := os.ReadFile("testdata/build.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	debootstrap, apt, ok := strings.Cut(string(b), "I: Base system installed successfully.\n")
+	if !ok {
+		t.Fatal("testdata/build.log has no end of debootstrap")
+	}
+	last := func(out string) map[string]string {
+		m := map[string]string{}
+		pc := newPackageCounter(func(step string, done, total int) { m[step] = fmt.Sprintf("%d/%d", done, total) })
+		pc.Write([]byte(out))
+		return m
+	}
+	// 91 packages, all from the cache: validated, not retrieved. libc-bin
+	// is configured three times, ca-certificates twice.
+	if got, want := last(debootstrap), map[string]string{StepFetched: "91/0", StepUnpacked: "91/91", StepConfigured: "91/91"}; !maps.Equal(got, want) {
+		t.Errorf("debootstrap's last counts %v, want %v", got, want)
+	}
+	if got, want := last(apt), map[string]string{StepFetched: "1/1", StepUnpacked: "1/1", StepConfigured: "1/1"}; !maps.Equal(got, want) {
+		t.Errorf("apt's last counts %v, want %v", got, want)
 	}
 }
