@@ -191,7 +191,7 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	cmd := exec.CommandContext(ctx, debootstrap, args...)
 	cmd.Env = append(os.Environ(), reproducibleEnv...)
 	setOutput(cmd, logFile, rep)
-	err = cmd.Run()
+	err = runTool(cmd)
 	logFile.Close()
 	if err != nil {
 		if b, rerr := os.ReadFile(filepath.Join(rootfs, "debootstrap", "debootstrap.log")); rerr == nil {
@@ -322,7 +322,7 @@ func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPat
 		cmd := exec.CommandContext(ctx, "chroot", append([]string{rootfs}, args...)...)
 		cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8"}, reproducibleEnv...)
 		setOutput(cmd, logFile, rep)
-		if err := cmd.Run(); err != nil {
+		if err := runTool(cmd); err != nil {
 			return fmt.Errorf("%s: %w", strings.Join(args, " "), err)
 		}
 		return nil
@@ -345,6 +345,16 @@ func setOutput(cmd *exec.Cmd, logFile *os.File, rep *reporter) {
 	w := io.MultiWriter(logFile, newPackageCounter(rep.count))
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.WaitDelay = 10 * time.Second
+}
+
+// runTool runs a build tool. A tool that succeeded while something it
+// started still holds its output pipe (see setOutput) has succeeded, as it
+// would have with its output sent straight to the log.
+func runTool(cmd *exec.Cmd) error {
+	if err := cmd.Run(); err != nil && !errors.Is(err, exec.ErrWaitDelay) {
+		return err
+	}
+	return nil
 }
 
 // hostCAs reads the host's extra CA certificates.

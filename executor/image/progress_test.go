@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // countsOf feeds out to a packageCounter in writes of n bytes, which split
@@ -179,5 +181,34 @@ func TestPackageCounterRealBuild(t *testing.T) {
 	}
 	if got, want := last(apt), map[string]string{StepFetched: "1/1", StepUnpacked: "1/1", StepConfigured: "1/1"}; !maps.Equal(got, want) {
 		t.Errorf("apt's last counts %v, want %v", got, want)
+	}
+}
+
+// TestRunToolOutputHeldOpen: with progress, a tool's output goes through a
+// pipe; a tool that succeeded while a process it started still holds the
+// pipe succeeds once WaitDelay has passed (not hanging, not failing), and
+// what it printed is counted. A tool that fails still fails.
+func TestRunToolOutputHeldOpen(t *testing.T) {
+	log, err := os.Create(t.TempDir() + "/build.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	var events []Event
+	rep := newReporter(func(e Event) { events = append(events, e) })
+	rep.begin(PhaseDebootstrap)
+	cmd := exec.Command("sh", "-c", "sleep 3 & echo 'I: Retrieving adduser 3.134'")
+	setOutput(cmd, log, rep)
+	cmd.WaitDelay = 200 * time.Millisecond
+	if err := runTool(cmd); err != nil {
+		t.Fatalf("a tool that succeeded, its pipe held open: %v", err)
+	}
+	if len(events) != 2 || events[1].Kind != PackageCount || events[1].Done != 1 {
+		t.Errorf("events %+v, want the start and one package fetched", events)
+	}
+	cmd = exec.Command("sh", "-c", "exit 3")
+	setOutput(cmd, log, rep)
+	if err := runTool(cmd); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+		t.Errorf("a tool that failed: %v", err)
 	}
 }
