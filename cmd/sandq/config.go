@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -148,12 +149,15 @@ func sandboxSettingsFromFlags(c *cli.Context) sandboxSettings {
 	}
 }
 
-func newLogger(c *cli.Context) *slog.Logger {
+func newLogger(c *cli.Context) *slog.Logger { return newLoggerTo(c, os.Stderr) }
+
+// newLoggerTo is newLogger writing to w.
+func newLoggerTo(c *cli.Context, w io.Writer) *slog.Logger {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		level = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 // interruptible returns the command's context, ended by Ctrl-C or SIGTERM.

@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"
@@ -64,10 +66,20 @@ func imageBuildCommand() *cli.Command {
 				return err
 			}
 			start := time.Now()
+			// The phases and package counts go to stderr (see progress.go);
+			// the log shares it, so its lines pass through the progress.
+			prog := newBuildProgress(os.Stderr, term.IsTerminal(int(os.Stderr.Fd())), time.Now)
+			stopTicker := func() {}
+			if prog.term {
+				stopTicker = ticker(time.Second, prog.tick)
+			}
 			img, err := image.Build(c.Context, image.BuildOptions{
 				Name: c.Args().First(), Dir: c.String("image-dir"), Packages: pkgs, Suite: c.String("suite"),
-				Mirror: c.String("mirror"), Overlay: c.String("overlay"), Preload: preload, Force: c.Bool("force"), Logger: newLogger(c),
+				Mirror: c.String("mirror"), Overlay: c.String("overlay"), Preload: preload, Force: c.Bool("force"),
+				Logger: newLoggerTo(c, prog.logWriter()), Progress: prog.event,
 			})
+			stopTicker()
+			prog.close()
 			if err != nil {
 				return err
 			}

@@ -44,6 +44,8 @@ func enqueueCommand() *cli.Command {
 			&cli.BoolFlag{Name: "wait", Usage: "follow the job and print its result"},
 			downloadFlag,
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+			&cli.BoolFlag{Name: "quiet", Usage: "print nothing on stderr but errors: no upload progress, no notes, no job states while waiting"},
+			&cli.BoolFlag{Name: "progress", Usage: "show upload progress also when stderr is not a terminal (a line every 15s)"},
 		},
 		Action: func(c *cli.Context) error {
 			return withClient(c, "SCRIPT", func(ctx context.Context, client producer) error {
@@ -61,11 +63,17 @@ func enqueue(ctx context.Context, c *cli.Context, client producer) error {
 	if err != nil {
 		return err
 	}
+	if c.Bool("quiet") && c.Bool("progress") {
+		return errors.New("--quiet and --progress contradict each other; give one")
+	}
+	uploaded := showUploads(c, &sub)
 	enq, err := client.Enqueue(ctx, sub)
+	uploaded(err == nil)
 	if err != nil {
 		return fmt.Errorf("job not queued: %w", err)
 	}
-	if enq.Existing {
+	quiet := c.Bool("quiet")
+	if enq.Existing && !quiet {
 		fmt.Fprintf(os.Stderr, "job %s already exists for idempotency key %q; not enqueued again\n", enq.ID, sub.IdempotencyKey)
 	}
 	if !c.Bool("wait") {
@@ -75,7 +83,7 @@ func enqueue(ctx context.Context, c *cli.Context, client producer) error {
 		fmt.Fprintln(c.App.Writer, enq.ID)
 		return nil
 	}
-	if !c.Bool("json") {
+	if !c.Bool("json") && !quiet {
 		fmt.Fprintf(os.Stderr, "job %s queued on %s\n", enq.ID, enq.Queue)
 	}
 	return follow(ctx, c, client, enq.ID)
@@ -265,12 +273,14 @@ func withClient(c *cli.Context, what string, fn func(context.Context, producer) 
 // its result and exits non-zero unless it succeeded.
 func follow(ctx context.Context, c *cli.Context, client producer, id string) error {
 	start := time.Now()
-	live := term.IsTerminal(int(os.Stderr.Fd()))
+	// enqueue --quiet shows no states (wait has no --quiet: false).
+	quiet := c.Bool("quiet")
+	live := !quiet && term.IsTerminal(int(os.Stderr.Fd()))
 	var last jobs.State
 	st, err := client.Wait(ctx, id, func(st *jobs.JobStatus) {
 		if live {
 			fmt.Fprintf(os.Stderr, "\r\033[K%s  %-9s %5.1fs", id, st.State, time.Since(start).Seconds())
-		} else if st.State != last && !c.Bool("json") {
+		} else if st.State != last && !c.Bool("json") && !quiet {
 			fmt.Fprintf(os.Stderr, "%s %s\n", id, st.State)
 		}
 		last = st.State

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,9 @@ func manifestDiff(t *testing.T, a, b string) (onlyA, onlyB []string) {
 // TestBuildDigestRecordedAndStable builds the same small image twice, for
 // real, with debootstrap and the host's Debian mirror: the digest is
 // recorded beside each, is the digest of the tree, and is the same for both
-// builds; building again is skipped and keeps it.
+// builds; building again is skipped and keeps it. The first build's
+// progress reports its phases in order and debootstrap's and apt's package
+// counts (less is not in the base, so apt has a package to install).
 func TestBuildDigestRecordedAndStable(t *testing.T) {
 	needRoot(t, "image builds")
 	if _, err := exec.LookPath("debootstrap"); err != nil {
@@ -68,12 +71,17 @@ func TestBuildDigestRecordedAndStable(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	opts := func(name string) BuildOptions {
-		return BuildOptions{Name: name, Dir: dir, Packages: []string{"bash"}, Logger: testLogger(t)}
+		return BuildOptions{Name: name, Dir: dir, Packages: []string{"bash", "less"}, Logger: testLogger(t)}
 	}
 	var imgs []*Image
+	var events []Event
 	for _, name := range []string{"first", "second"} {
 		start := time.Now()
-		img, err := Build(ctx, opts(name))
+		o := opts(name)
+		if name == "first" {
+			o.Progress = func(e Event) { events = append(events, e) }
+		}
+		img, err := Build(ctx, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,6 +92,7 @@ func TestBuildDigestRecordedAndStable(t *testing.T) {
 		imgs = append(imgs, img)
 	}
 	first, second := imgs[0], imgs[1]
+	checkBuildEvents(t, events)
 	if first.Digest != second.Digest {
 		onlyA, onlyB := manifestDiff(t, first.Rootfs, second.Rootfs)
 		t.Fatalf("two builds of the same packages differ:\nonly in the first:\n  %s\nonly in the second:\n  %s",
@@ -149,10 +158,16 @@ func TestBuildDigestRecordedAndStable(t *testing.T) {
 		t.Errorf("image.json records hardening %d, want %d", meta.Hardening, hardeningVersion)
 	}
 
-	// Nothing changed: skipped, same digest.
-	again, err := Build(ctx, opts("first"))
+	// Nothing changed: skipped, same digest, no phases reported.
+	events = nil
+	o := opts("first")
+	o.Progress = func(e Event) { events = append(events, e) }
+	again, err := Build(ctx, o)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(events) != 0 {
+		t.Errorf("a build skipped as up to date reported %+v", events)
 	}
 	if !again.Cached || again.Digest != first.Digest {
 		t.Fatalf("rebuild without changes: cached %v digest %s, want cached %s", again.Cached, again.Digest, first.Digest)
@@ -196,5 +211,53 @@ func TestBuildDigestRecordedAndStable(t *testing.T) {
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(dir, ".*")); len(leftovers) != 0 {
 		t.Errorf("left in the image directory: %v", leftovers)
+	}
+}
+
+// checkBuildEvents checks a build's progress (one with packages, no
+// overlay): each phase started then done, in the build's order, and
+// debootstrap's and apt's package counts reported inside their phases,
+// ending with every package configured.
+func checkBuildEvents(t *testing.T, events []Event) {
+	t.Helper()
+	var phases []string
+	counts := map[string]map[string]Event{} // phase, step: the last count
+	open := ""
+	for _, e := range events {
+		switch e.Kind {
+		case PhaseStarted:
+			if open != "" {
+				t.Errorf("%s started while %s was not done", e.Phase, open)
+			}
+			open = e.Phase
+			phases = append(phases, e.Phase)
+		case PhaseDone:
+			if e.Phase != open || e.Elapsed <= 0 {
+				t.Errorf("%s done (after %s) while %q was the phase", e.Phase, e.Elapsed, open)
+			}
+			open = ""
+		case PackageCount:
+			if e.Phase != open || (e.Phase != PhaseDebootstrap && e.Phase != PhasePackages) {
+				t.Errorf("package count %+v in phase %q", e, open)
+			}
+			if counts[e.Phase] == nil {
+				counts[e.Phase] = map[string]Event{}
+			}
+			counts[e.Phase][e.Step] = e
+		}
+	}
+	want := []string{PhaseDebootstrap, PhasePackages, PhaseFinish, PhaseNormalize, PhaseHarden, PhaseDigest}
+	if !slices.Equal(phases, want) || open != "" {
+		t.Errorf("phases %v (open: %q), want %v", phases, open, want)
+	}
+	for _, phase := range []string{PhaseDebootstrap, PhasePackages} {
+		t.Logf("%s: last counts %+v", phase, counts[phase])
+		c := counts[phase][StepConfigured]
+		if c.Done == 0 || c.Done != c.Total {
+			t.Errorf("%s: last configured count %d/%d, want all of a known total", phase, c.Done, c.Total)
+		}
+	}
+	if f := counts[PhaseDebootstrap][StepFetched]; f.Done != counts[PhaseDebootstrap][StepConfigured].Total {
+		t.Errorf("debootstrap fetched %d packages, configured %d", f.Done, counts[PhaseDebootstrap][StepConfigured].Total)
 	}
 }

@@ -75,6 +75,12 @@ type BuildOptions struct {
 	// Force rebuilds even when the stamp matches.
 	Force  bool
 	Logger *slog.Logger
+	// Progress, if set, is told of the build's phases as they start and
+	// end, and of debootstrap's and apt's package counts (see Event). It
+	// is called one event at a time, from the building goroutine or the
+	// one reading the tools' output, and should return quickly. A build
+	// skipped as up to date reports nothing.
+	Progress func(Event)
 }
 
 func (o *BuildOptions) defaults() {
@@ -177,10 +183,15 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	var rep *reporter
+	if o.Progress != nil {
+		rep = newReporter(o.Progress)
+	}
+	rep.begin(PhaseDebootstrap)
 	cmd := exec.CommandContext(ctx, debootstrap, args...)
 	cmd.Env = append(os.Environ(), reproducibleEnv...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	err = cmd.Run()
+	setOutput(cmd, logFile, rep)
+	err = runTool(cmd)
 	logFile.Close()
 	if err != nil {
 		if b, rerr := os.ReadFile(filepath.Join(rootfs, "debootstrap", "debootstrap.log")); rerr == nil {
@@ -188,27 +199,42 @@ func Build(ctx context.Context, o BuildOptions) (*Image, error) {
 		}
 		return nil, fmt.Errorf("debootstrap %s: %w\n%s(full log: %s)", o.Name, err, tailOf(logPath, 2000), logPath)
 	}
+	rep.end()
 	if len(o.Packages) > 0 {
-		if err := aptInstall(ctx, rootfs, filepath.Join(o.CacheDir, "apt"), o.Packages, logPath); err != nil {
+		rep.begin(PhasePackages)
+		if err := aptInstall(ctx, rootfs, filepath.Join(o.CacheDir, "apt"), o.Packages, logPath, rep); err != nil {
 			return nil, fmt.Errorf("image %s: %w\n%s(full log: %s)", o.Name, err, tailOf(logPath, 2000), logPath)
 		}
+		rep.end()
 	}
-	if err := applyOverlay(rootfs, overlay); err != nil {
-		return nil, fmt.Errorf("image %s: %w", o.Name, err)
+	// The steps after the tools are Go code; each is a phase.
+	steps := []struct {
+		phase string
+		run   func() error
+	}{
+		{PhaseOverlay, func() error { return applyOverlay(rootfs, overlay) }},
+		{PhaseFinish, func() error {
+			return finish(rootfs, finishOptions{UID: o.UID, GID: o.GID, CAs: cas, chrootUpdateCA: true})
+		}},
+		{PhaseNormalize, func() error { return normalize(rootfs) }},
+		{PhaseHarden, func() error { _, err := harden(rootfs); return err }},
 	}
-	if err := finish(rootfs, finishOptions{UID: o.UID, GID: o.GID, CAs: cas, chrootUpdateCA: true}); err != nil {
-		return nil, fmt.Errorf("image %s: %w", o.Name, err)
+	for _, s := range steps {
+		if s.phase == PhaseOverlay && len(overlay) == 0 {
+			continue
+		}
+		rep.begin(s.phase)
+		if err := s.run(); err != nil {
+			return nil, fmt.Errorf("image %s: %w", o.Name, err)
+		}
+		rep.end()
 	}
-	if err := normalize(rootfs); err != nil {
-		return nil, fmt.Errorf("image %s: %w", o.Name, err)
-	}
-	if _, err := harden(rootfs); err != nil {
-		return nil, fmt.Errorf("image %s: %w", o.Name, err)
-	}
+	rep.begin(PhaseDigest)
 	content, err := Digest(rootfs)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", o.Name, err)
 	}
+	rep.end()
 	pkgs := append([]string{}, o.Packages...)
 	sort.Strings(pkgs)
 	img := &Image{
@@ -266,7 +292,7 @@ var reproducibleEnv = []string{"SOURCE_DATE_EPOCH=" + sourceDateEpoch, "PYTHONHA
 // aptInstall installs packages inside rootfs with its own apt, the host's
 // package cache directory bind-mounted as apt's archive cache so that
 // rebuilds reuse downloads. Services are kept from starting.
-func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPath string) (err error) {
+func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPath string, rep *reporter) (err error) {
 	archives := filepath.Join(rootfs, "var/cache/apt/archives")
 	for _, d := range []string{filepath.Join(cache, "partial"), archives} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -295,8 +321,8 @@ func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPat
 	run := func(args ...string) error {
 		cmd := exec.CommandContext(ctx, "chroot", append([]string{rootfs}, args...)...)
 		cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8"}, reproducibleEnv...)
-		cmd.Stdout, cmd.Stderr = logFile, logFile
-		if err := cmd.Run(); err != nil {
+		setOutput(cmd, logFile, rep)
+		if err := runTool(cmd); err != nil {
 			return fmt.Errorf("%s: %w", strings.Join(args, " "), err)
 		}
 		return nil
@@ -305,6 +331,30 @@ func aptInstall(ctx context.Context, rootfs, cache string, pkgs []string, logPat
 		return err
 	}
 	return run(append([]string{"apt-get", "install", "-y", "-q", "--no-install-recommends"}, pkgs...)...)
+}
+
+// setOutput sends a build tool's output to the build log and, when the
+// build reports progress, through a packageCounter too. The counter reads
+// from a pipe, so Wait waits a bounded time for it once the tool is gone:
+// a daemon left holding the pipe does not hang the build.
+func setOutput(cmd *exec.Cmd, logFile *os.File, rep *reporter) {
+	if rep == nil {
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		return
+	}
+	w := io.MultiWriter(logFile, newPackageCounter(rep.count))
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.WaitDelay = 10 * time.Second
+}
+
+// runTool runs a build tool. A tool that succeeded while something it
+// started still holds its output pipe (see setOutput) has succeeded, as it
+// would have with its output sent straight to the log.
+func runTool(cmd *exec.Cmd) error {
+	if err := cmd.Run(); err != nil && !errors.Is(err, exec.ErrWaitDelay) {
+		return err
+	}
+	return nil
 }
 
 // hostCAs reads the host's extra CA certificates.
