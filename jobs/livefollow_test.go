@@ -291,13 +291,21 @@ func TestFollowGivesDoneAfterTheOutput(t *testing.T) {
 	if strings.Join(logs, " ") != "log:0 log:1 log:2 log:" || order[len(order)-1] != "state:done" {
 		t.Fatalf("callbacks %v, want the output in order, then the done state last", order)
 	}
+}
 
-	// The function refuses the first event: the follow ends with its error.
-	id2 := enqueueBare(t, c)
-	addLog(t, c.rdb, id2, LogEvent{Attempt: 1, Stream: "stdout", Data: "x"})
+// TestFollowEndsOnAnOutputError: an error of the output's function ends
+// Follow of a job still pending (no worker here), as a live output error
+// wrapping it, with the job's state.
+func TestFollowEndsOnAnOutputError(t *testing.T) {
+	addr := testenv.Redis(t)
+	c := doneClient(t, addr, 50*time.Millisecond)
+	id := enqueueBare(t, c)
+	addLog(t, c.rdb, id, LogEvent{Attempt: 1, Stream: "stdout", Data: "x"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	refused := errors.New("cannot print")
-	_, err = c.Follow(ctx, id2, "", nil, func(LogEvent) error { return refused })
-	if !errors.Is(err, ErrLiveOutput) || !errors.Is(err, refused) {
-		t.Fatalf("follow with a failing function: %v, want ErrLiveOutput wrapping its error", err)
+	st, err := c.Follow(ctx, id, "", nil, func(LogEvent) error { return refused })
+	if !errors.Is(err, ErrLiveOutput) || !errors.Is(err, refused) || st == nil || st.State != StatePending {
+		t.Fatalf("follow with a failing function: %+v %v, want ErrLiveOutput wrapping its error and the pending state", st, err)
 	}
 }
