@@ -26,9 +26,9 @@ import (
 const (
 	// liveReadCount is the most entries one XREAD returns.
 	liveReadCount = 256
-	// liveBlock is how long a read waits for new entries before the
-	// follower reads the job's state again: the bound on how late it
-	// notices a job that ended without an End entry.
+	// liveBlock bounds how long a follower goes without reading the
+	// job's state when it hears nothing: the bound on how late it notices
+	// a job that ended without an End entry and whose end it did not hear.
 	liveBlock = time.Second
 	// liveEndGrace is how long a finished job's stream, whose last entry
 	// is not an End, is given for more entries before the follow stops.
@@ -107,6 +107,10 @@ func (c *Client) follow(ctx context.Context, id string, tenant *string, after st
 			onState(st)
 		}
 	}
+	// The first state goes out before any output.
+	if st.State != StateDone {
+		state(st)
+	}
 	var logsDone chan error
 	waitCtx, stopWait := context.WithCancel(ctx)
 	defer stopWait()
@@ -129,12 +133,13 @@ func (c *Client) follow(ctx context.Context, id string, tenant *string, after st
 		}()
 	}
 	for st.State != StateDone {
-		state(st)
 		err := w.Next(waitCtx)
 		if err == nil {
 			var next *JobStatus
 			if next, err = c.statusIn(waitCtx, st.Queue, id, tenant); err == nil {
-				st = next
+				if st = next; st.State != StateDone {
+					state(st)
+				}
 				continue
 			}
 		}
@@ -178,28 +183,35 @@ func (c *Client) logs(ctx context.Context, id string, tenant *string, after stri
 	if !follow {
 		return r.drain(ctx)
 	}
+	// A read waits for new entries at most a poll interval (up to
+	// liveBlock): the done watch cannot cut a blocking read short, so a
+	// job that ends without an End entry is noticed by the next read of
+	// its state after the read returns.
+	block := min(c.cfg.PollInterval, liveBlock)
 	lastState := time.Now()
 	for {
 		if st.State == StateDone {
 			return r.finish(ctx)
 		}
-		if r.last.End {
-			// The attempt's output ended: its result, or a retry's first
-			// output, comes next. The done watch hears the result.
-			if err := w.Next(ctx); err != nil {
-				return err
+		if r.last.End || len(w.wake) > 0 {
+			// The attempt's output ended, or the job's end was heard: its
+			// result (or a retry's first output) comes next, and Next
+			// paces the reads of the state until it shows; a retry's
+			// output is looked for at least every liveBlock.
+			nctx, cancel := context.WithTimeout(ctx, liveBlock)
+			err := w.Next(nctx)
+			cancel()
+			if err != nil && ctx.Err() != nil {
+				return ctx.Err()
 			}
 			if _, err := r.read(ctx, -1); err != nil {
 				return err
 			}
 		} else {
-			n, err := r.read(ctx, liveBlock)
-			if err != nil {
+			if _, err := r.read(ctx, block); err != nil {
 				return err
 			}
-			// A pending wake-up is left for Next, which starts its burst of
-			// reads with it.
-			if n > 0 && !r.last.End && len(w.wake) == 0 && time.Since(lastState) < liveBlock {
+			if !r.last.End && len(w.wake) == 0 && time.Since(lastState) < liveBlock {
 				continue
 			}
 		}

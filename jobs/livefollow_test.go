@@ -309,3 +309,31 @@ func TestFollowEndsOnAnOutputError(t *testing.T) {
 		t.Fatalf("follow with a failing function: %+v %v, want ErrLiveOutput wrapping its error and the pending state", st, err)
 	}
 }
+
+// TestLogsFollowsARetry: after an attempt's End, while the job waits for
+// its retry, the follower goes on and gets the next attempt's output (the
+// poll interval is an hour: it does not wait for one).
+func TestLogsFollowsARetry(t *testing.T) {
+	addr := testenv.Redis(t)
+	c := doneClient(t, addr, time.Hour)
+	id := enqueueBare(t, c)
+	addLog(t, c.rdb, id, LogEvent{Attempt: 1, Stream: "stdout", Data: "first try"})
+	addLog(t, c.rdb, id, LogEvent{Attempt: 1, End: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got []LogEvent
+	seen := errors.New("saw the retry's output")
+	err := c.Logs(ctx, id, "", true, func(e LogEvent) error {
+		got = append(got, e)
+		if e.End {
+			addLog(t, c.rdb, id, LogEvent{Attempt: 2, Stream: "stderr", Data: "second try"})
+		}
+		if e.Attempt == 2 {
+			return seen
+		}
+		return nil
+	})
+	if !errors.Is(err, seen) || text(got) != "1:stdout:first try|end:1|2:stderr:second try|" {
+		t.Fatalf("follow across a retry: %q %v, want both attempts' output", text(got), err)
+	}
+}
