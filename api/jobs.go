@@ -421,7 +421,15 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 		sendState(st)
 		return
 	}
+	// The keep-alive ends before the handler returns: nothing may write
+	// to w after that.
+	keepAlive := make(chan struct{})
+	defer func() {
+		cancel()
+		<-keepAlive
+	}()
 	go func() {
+		defer close(keepAlive)
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
 		for {
