@@ -15,8 +15,8 @@ import (
 )
 
 // Reading a job's live output (livelog.go has the stream's format). A
-// follower reads the stream with XREAD, blocking for new entries while
-// the job runs, and learns of the job's end from its state: the worker
+// follower reads the stream with XREAD every poll interval while the job
+// runs, and learns of the job's end from its state: the worker
 // writes the attempt's End entry before the result, so in the usual case
 // the End entry comes, the done watch wakes the follower as the result is
 // written, and the follower stops once it has read the stream to its end.
@@ -26,9 +26,10 @@ import (
 const (
 	// liveReadCount is the most entries one XREAD returns.
 	liveReadCount = 256
-	// liveBlock bounds how long a follower goes without reading the
-	// job's state when it hears nothing: the bound on how late it notices
-	// a job that ended without an End entry and whose end it did not hear.
+	// liveBlock bounds how long a follower waits between reads of the
+	// stream, and goes without reading the job's state: the bound on how
+	// late it notices a job that ended without an End entry and whose end
+	// it did not hear.
 	liveBlock = time.Second
 	// liveEndGrace is how long a finished job's stream, whose last entry
 	// is not an End, is given for more entries before the follow stops.
@@ -183,42 +184,43 @@ func (c *Client) logs(ctx context.Context, id string, tenant *string, after stri
 	if !follow {
 		return r.drain(ctx)
 	}
-	// A read waits for new entries at most a poll interval (up to
-	// liveBlock): the done watch cannot cut a blocking read short, so a
-	// job that ends without an End entry is noticed by the next read of
-	// its state after the read returns.
-	block := min(c.cfg.PollInterval, liveBlock)
+	// The stream is polled, not read with a blocking XREAD: a blocked
+	// read holds one of the client's pooled connections, and an API
+	// server follows many jobs at once. Between reads the follower waits
+	// a poll interval (at most liveBlock), or less when the done watch
+	// hears the job's end.
+	wait := min(c.cfg.PollInterval, liveBlock)
 	lastState := time.Now()
 	for {
 		if st.State == StateDone {
 			return r.finish(ctx)
 		}
-		if r.last.End || len(w.wake) > 0 {
-			// The attempt's output ended, or the job's end was heard: its
-			// result (or a retry's first output) comes next, and Next
-			// paces the reads of the state until it shows; a retry's
-			// output is looked for at least every liveBlock.
-			nctx, cancel := context.WithTimeout(ctx, liveBlock)
-			err := w.Next(nctx)
-			cancel()
-			if err != nil && ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if _, err := r.read(ctx, -1); err != nil {
+		n, err := r.read(ctx)
+		if err != nil {
+			return err
+		}
+		if n == liveReadCount {
+			continue // a backlog: read on
+		}
+		// The state is read when it may have changed: the attempt's
+		// output ended (its result, or a retry, comes next), the job's
+		// end was heard, or liveBlock has passed.
+		if r.last.End || len(w.wake) > 0 || time.Since(lastState) >= liveBlock {
+			if st, err = c.statusIn(ctx, st.Queue, id, tenant); err != nil {
 				return err
 			}
-		} else {
-			if _, err := r.read(ctx, block); err != nil {
-				return err
-			}
-			if !r.last.End && len(w.wake) == 0 && time.Since(lastState) < liveBlock {
+			lastState = time.Now()
+			if st.State == StateDone {
 				continue
 			}
 		}
-		if st, err = c.statusIn(ctx, st.Queue, id, tenant); err != nil {
-			return err
+		// Next starts its burst of reads when woken.
+		nctx, cancel := context.WithTimeout(ctx, wait)
+		err = w.Next(nctx)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
 		}
-		lastState = time.Now()
 	}
 }
 
@@ -233,11 +235,10 @@ type liveReader struct {
 	last LogEvent
 }
 
-// read reads the entries after the cursor, waiting up to block for one
-// when there is none (negative: not waiting), and returns how many it
-// read.
-func (r *liveReader) read(ctx context.Context, block time.Duration) (int, error) {
-	res, err := r.c.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{r.key, r.cursor}, Count: liveReadCount, Block: block}).Result()
+// read reads the entries after the cursor (without waiting for any) and
+// returns how many it read.
+func (r *liveReader) read(ctx context.Context) (int, error) {
+	res, err := r.c.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{r.key, r.cursor}, Count: liveReadCount, Block: -1}).Result()
 	if errors.Is(err, redis.Nil) {
 		return 0, nil
 	}
@@ -267,7 +268,7 @@ func (r *liveReader) read(ctx context.Context, block time.Duration) (int, error)
 // drain reads every entry the stream holds now.
 func (r *liveReader) drain(ctx context.Context) error {
 	for {
-		n, err := r.read(ctx, -1)
+		n, err := r.read(ctx)
 		if err != nil || n < liveReadCount {
 			return err
 		}
@@ -299,7 +300,14 @@ func (r *liveReader) finish(ctx context.Context) error {
 		if graced {
 			return nil
 		}
-		n, err := r.read(ctx, liveEndGrace)
+		t := time.NewTimer(liveEndGrace)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		n, err := r.read(ctx)
 		if err != nil {
 			return err
 		}
