@@ -204,8 +204,9 @@ func (c *Client) logs(ctx context.Context, id string, tenant *string, after stri
 		}
 		// The state is read when it may have changed: the attempt's
 		// output ended (its result, or a retry, comes next), the job's
-		// end was heard, or liveBlock has passed.
-		if r.last.End || len(w.wake) > 0 || time.Since(lastState) >= liveBlock {
+		// end was heard (a wake-up pending, or the burst of reads Next
+		// starts after one), or liveBlock has passed.
+		if r.last.End || len(w.wake) > 0 || w.delay > 0 || time.Since(lastState) >= liveBlock {
 			if st, err = c.statusIn(ctx, st.Queue, id, tenant); err != nil {
 				return err
 			}
