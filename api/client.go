@@ -80,14 +80,23 @@ func (e *StatusError) Unwrap() error {
 }
 
 func (c *Client) request(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	h := http.Header{}
+	if contentType != "" {
+		h.Set("Content-Type", contentType)
+	}
+	return c.requestWith(ctx, method, path, body, h)
+}
+
+// requestWith is request with headers of the caller's.
+func (c *Client) requestWith(ctx context.Context, method, path string, body io.Reader, h http.Header) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+	for k, v := range h {
+		req.Header[k] = v
 	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, path, err)
@@ -219,19 +228,53 @@ func (c *Client) List(ctx context.Context, f jobs.ListFilter) (*JobList, error) 
 }
 
 // Wait follows a job's event stream until it is done, calling onState on
-// every event. A stream that breaks (a server restarting) is reopened.
+// every state event. A stream that breaks (a server restarting) is
+// reopened.
 func (c *Client) Wait(ctx context.Context, id string, onState func(*jobs.JobStatus)) (*jobs.JobStatus, error) {
+	return c.events(ctx, id, "", true, onState, nil)
+}
+
+// Follow is Wait with the job's live output: onLog gets each "log" event
+// after the entry after ("" is from the start), in order, and the done
+// state comes after the last of them. A stream that breaks is reopened
+// where it broke (Last-Event-ID), so no event is missed or repeated. An
+// error of onLog ends Follow (jobs.ErrLiveOutput).
+func (c *Client) Follow(ctx context.Context, id, after string, onState func(*jobs.JobStatus), onLog func(jobs.LogEvent) error) (*jobs.JobStatus, error) {
+	if err := jobs.CheckLogCursor(after); err != nil {
+		return nil, err
+	}
+	return c.events(ctx, id, after, true, onState, onLog)
+}
+
+// Logs calls fn on each event of a job's live output after the entry
+// after, like jobs.Client.Logs: without follow, the output written so far
+// (?follow=false); with follow, until the job is done.
+func (c *Client) Logs(ctx context.Context, id, after string, follow bool, fn func(jobs.LogEvent) error) error {
+	if err := jobs.CheckLogCursor(after); err != nil {
+		return err
+	}
+	_, err := c.events(ctx, id, after, follow, nil, fn)
+	return err
+}
+
+// events reads a job's event stream from cursor, reopening it when it
+// breaks, until it ends with the job (or, without follow, with the
+// state after the output so far).
+func (c *Client) events(ctx context.Context, id, cursor string, follow bool, onState func(*jobs.JobStatus), onLog func(jobs.LogEvent) error) (*jobs.JobStatus, error) {
 	var last *jobs.JobStatus
 	for {
-		st, err := c.follow(ctx, id, onState)
+		st, ended, err := c.stream(ctx, id, &cursor, follow, onState, onLog)
 		if st != nil {
 			last = st
 		}
-		if err == nil && last != nil && last.State == jobs.StateDone {
+		if err == nil && ended {
 			return last, nil
 		}
 		if ctx.Err() != nil {
 			return last, ctx.Err()
+		}
+		if errors.Is(err, jobs.ErrLiveOutput) {
+			return last, err
 		}
 		// A refusal is final, but for a server that is overloaded, has
 		// lost Redis for a moment, or has the tenant at its rate or its
@@ -252,17 +295,28 @@ func (c *Client) Wait(ctx context.Context, id string, onState func(*jobs.JobStat
 	}
 }
 
-// follow reads one event stream; it returns the last state seen.
-func (c *Client) follow(ctx context.Context, id string, onState func(*jobs.JobStatus)) (*jobs.JobStatus, error) {
-	resp, err := c.request(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id)+"/events", nil, "")
+// stream reads one event stream, resuming after *cursor, which it moves
+// on with every event's ID. It returns the last state seen, and whether
+// the stream ended as it should: with the done event, or (without
+// follow) with the state after the output.
+func (c *Client) stream(ctx context.Context, id string, cursor *string, follow bool, onState func(*jobs.JobStatus), onLog func(jobs.LogEvent) error) (*jobs.JobStatus, bool, error) {
+	path := "/v1/jobs/" + url.PathEscape(id) + "/events"
+	if !follow {
+		path += "?follow=false"
+	}
+	h := http.Header{}
+	if *cursor != "" {
+		h.Set("Last-Event-ID", *cursor)
+	}
+	resp, err := c.requestWith(ctx, http.MethodGet, path, nil, h)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer resp.Body.Close()
 	var last *jobs.JobStatus
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	event, data := "", &bytes.Buffer{}
+	event, eventID, data := "", "", &bytes.Buffer{}
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
@@ -271,26 +325,48 @@ func (c *Client) follow(ctx context.Context, id string, onState func(*jobs.JobSt
 			case "state", "done":
 				var j Job
 				if err := json.Unmarshal(data.Bytes(), &j); err != nil || j.JobStatus == nil {
-					return last, fmt.Errorf("event stream: bad %s event: %v", event, err)
+					return last, false, fmt.Errorf("event stream: bad %s event: %v", event, err)
 				}
 				last = j.JobStatus
 				if onState != nil {
 					onState(last)
 				}
-				if event == "done" {
-					return last, nil
+				if event == "done" || !follow {
+					return last, true, nil
+				}
+			case "log":
+				var e jobs.LogEvent
+				if err := json.Unmarshal(data.Bytes(), &e); err != nil || e.ID == "" {
+					return last, false, fmt.Errorf("event stream: bad log event: %v", err)
+				}
+				if onLog != nil {
+					if err := onLog(e); err != nil {
+						return last, false, fmt.Errorf("%w of job %s: %w", jobs.ErrLiveOutput, id, err)
+					}
 				}
 			case "error":
 				var eb struct {
 					Error Error `json:"error"`
 				}
 				json.Unmarshal(data.Bytes(), &eb)
-				return last, fmt.Errorf("event stream: %s (%s)", eb.Error.Message, eb.Error.Code)
+				if eb.Error.Code == "not_found" {
+					// The job is gone (cancelled before it ran, or past
+					// its retention): no reconnection finds it.
+					return last, false, &StatusError{Status: http.StatusNotFound, Err: eb.Error}
+				}
+				return last, false, fmt.Errorf("event stream: %s (%s)", eb.Error.Message, eb.Error.Code)
 			}
-			event = ""
+			// An event's ID is where the stream resumes, once it has
+			// been handled.
+			if event != "" && eventID != "" {
+				*cursor = eventID
+			}
+			event, eventID = "", ""
 			data.Reset()
 		case strings.HasPrefix(line, "event:"):
 			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "id:"):
+			eventID = strings.TrimPrefix(strings.TrimPrefix(line, "id:"), " ")
 		case strings.HasPrefix(line, "data:"):
 			if data.Len() > 0 {
 				data.WriteByte('\n')
@@ -299,7 +375,7 @@ func (c *Client) follow(ctx context.Context, id string, onState func(*jobs.JobSt
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return last, fmt.Errorf("event stream: %w", err)
+		return last, false, fmt.Errorf("event stream: %w", err)
 	}
-	return last, errors.New("event stream ended before the job did")
+	return last, false, errors.New("event stream ended before the job did")
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sandq/sandq/jobs"
@@ -330,23 +332,31 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request, p *principal)
 	writeJSON(w, http.StatusAccepted, CancelResponse{ID: st.ID, Outcome: out})
 }
 
-// events streams a job's state as Server-Sent Events: a "state" event with
-// the job (as GET shows it) on every change, and a final "done" event with
-// its result, after which the stream ends. The job's state is read every
-// poll interval, and at once when the worker announces the job's end
-// (jobs.Client.WatchDone), so "done" follows the result without a poll's
-// delay. A comment line every 15s keeps proxies from closing an idle
-// stream. Each tenant has at most MaxStreams
-// streams open (429 too_many_streams), and each write must reach the
-// client within the stream write timeout, or the stream ends.
+// events streams a job as Server-Sent Events: a "state" event with the
+// job (as GET shows it) on every change, "log" events with its live
+// output as the job writes it (jobs.LogEvent, each with its stream entry
+// ID as the event's ID), and a final "done" event with its result, after
+// every "log" event, after which the stream ends. The job's state is read
+// every poll interval, and at once when the worker announces the job's
+// end (jobs.Client.WatchDone), so "done" follows the result without a
+// poll's delay. Every event's ID is the position in the live output
+// reached so far ("0" before any), so a client that reconnects with
+// Last-Event-ID (or ?after=) gets the job's current state and the output
+// it missed, whichever event it saw last. With ?follow=false the stream
+// holds the output written so far, then the job's state, and ends. A
+// comment line every 15s keeps proxies from closing an idle stream. Each
+// tenant has at most MaxStreams streams open (429 too_many_streams), and
+// each write must reach the client within the stream write timeout, or
+// the stream ends.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
-	ctx := r.Context()
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
 	view := s.client.Tenant(p.tenant)
-	// Watched before the first read, so that an end in between is heard.
-	// An ID that is not the tenant's job is refused below; its watch only
-	// lives as long as the request.
-	watch := s.client.WatchDone(ctx, r.PathValue("id"))
-	defer watch.Stop()
+	after, follow, e := eventsQuery(r)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
 	st, e := s.jobOf(ctx, p, r.PathValue("id"))
 	if e != nil {
 		writeError(w, e)
@@ -362,47 +372,112 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, p *principal) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
-	// send writes and flushes under the per-write deadline.
+	// send writes and flushes under the per-write deadline; the stream
+	// ends at the first write that fails. The keep-alive writes from
+	// their own goroutine, hence the lock.
+	var mu sync.Mutex
+	lastWrite := time.Now()
 	send := func(format string, args ...any) error {
+		mu.Lock()
+		defer mu.Unlock()
 		rc.SetWriteDeadline(time.Now().Add(s.timeouts.StreamWrite))
-		if _, err := fmt.Fprintf(w, format, args...); err != nil {
-			return err
+		_, err := fmt.Fprintf(w, format, args...)
+		if err == nil {
+			err = rc.Flush()
 		}
-		return rc.Flush()
+		if err != nil {
+			cancel()
+		}
+		lastWrite = time.Now()
+		return err
 	}
-	w.WriteHeader(http.StatusOK)
-	lastBeat := time.Now()
+	// The callbacks below take turns (jobs.Client.Follow).
+	cursor := cmp.Or(after, "0")
 	var last []byte
-	n := 0
-	for {
+	sendState := func(st *jobs.JobStatus) {
 		b, _ := json.Marshal(Job{JobStatus: st})
 		event := "state"
 		if st.State == jobs.StateDone {
 			event = "done"
 		}
-		var err error
 		if !bytes.Equal(b, last) {
-			n++
-			err = send("id: %d\nevent: %s\ndata: %s\n\n", n, event, b)
-			last, lastBeat = b, time.Now()
-		} else if time.Since(lastBeat) > 15*time.Second {
-			err = send(": keep-alive\n\n")
-			lastBeat = time.Now()
+			last = b
+			send("id: %s\nevent: %s\ndata: %s\n\n", cursor, event, b)
 		}
-		if err != nil || event == "done" {
-			return
-		}
-		if watch.Next(ctx) != nil {
-			return
-		}
-		slot.renew(ctx)
-		next, err := view.StatusIn(ctx, st.Queue, st.ID)
-		if err != nil {
-			ae := classify(err)
-			b, _ := json.Marshal(errorBody{ae})
-			send("event: error\ndata: %s\n\n", b)
-			return
-		}
-		st = next
 	}
+	sendLog := func(ev jobs.LogEvent) error {
+		b, _ := json.Marshal(ev)
+		cursor = ev.ID
+		return send("id: %s\nevent: log\ndata: %s\n\n", ev.ID, b)
+	}
+	sendError := func(err error) {
+		if ctx.Err() == nil {
+			b, _ := json.Marshal(errorBody{classify(err)})
+			send("event: error\ndata: %s\n\n", b)
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+	if !follow {
+		err := view.Logs(ctx, st.ID, after, false, sendLog)
+		if err == nil {
+			st, err = view.StatusIn(ctx, st.Queue, st.ID)
+		}
+		if err != nil {
+			sendError(err)
+			return
+		}
+		sendState(st)
+		return
+	}
+	// The keep-alive ends before the handler returns: nothing may write
+	// to w after that.
+	keepAlive := make(chan struct{})
+	defer func() {
+		cancel()
+		<-keepAlive
+	}()
+	go func() {
+		defer close(keepAlive)
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			slot.renew(ctx)
+			mu.Lock()
+			idle := time.Since(lastWrite)
+			mu.Unlock()
+			if idle > 15*time.Second {
+				send(": keep-alive\n\n")
+			}
+		}
+	}()
+	if _, err := view.Follow(ctx, st.ID, after, sendState, sendLog); err != nil {
+		sendError(err)
+	}
+}
+
+// eventsQuery reads where an event stream resumes (the Last-Event-ID
+// header a reconnecting client sends, else ?after=) and whether it
+// follows the job (?follow=, default true).
+func eventsQuery(r *http.Request) (after string, follow bool, e *Error) {
+	q := r.URL.Query()
+	field, after := "after", q.Get("after")
+	if h := r.Header.Get("Last-Event-ID"); h != "" {
+		field, after = "Last-Event-ID", h
+	}
+	if err := jobs.CheckLogCursor(after); err != nil {
+		return "", false, apiError(http.StatusBadRequest, "invalid_request", field, field+": "+err.Error())
+	}
+	switch q.Get("follow") {
+	case "", "true":
+		follow = true
+	case "false":
+	default:
+		return "", false, apiError(http.StatusBadRequest, "invalid_request", "follow", fmt.Sprintf("follow: %q is neither true nor false", q.Get("follow")))
+	}
+	return after, follow, nil
 }

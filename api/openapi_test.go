@@ -177,6 +177,7 @@ var documentedTypes = map[string]reflect.Type{
 	"JobStatus":      reflect.TypeFor[jobs.JobStatus](),
 	"JobList":        reflect.TypeFor[JobList](),
 	"CancelResponse": reflect.TypeFor[CancelResponse](),
+	"LogEvent":       reflect.TypeFor[jobs.LogEvent](),
 	"Result":         reflect.TypeFor[jobs.Result](),
 	"LimitsDoc":      reflect.TypeFor[jobs.LimitsDoc](),
 	"LogDoc":         reflect.TypeFor[jobs.LogDoc](),

@@ -433,7 +433,7 @@ func (f *fixture) stream(t *testing.T, token, id string) (answer, func()) {
 	// Closed before the server is (httptest waits for open streams).
 	t.Cleanup(closeIt)
 	line, err := bufio.NewReader(resp.Body).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "id: 1") {
+	if err != nil || !strings.HasPrefix(line, "id: 0") {
 		t.Fatalf("first line of the stream: %q %v", line, err)
 	}
 	return answer{code: 200, header: resp.Header}, closeIt

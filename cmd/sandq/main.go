@@ -42,6 +42,7 @@ func newApp() *cli.App {
 			enqueueCommand(),
 			statusCommand(),
 			waitCommand(),
+			logsCommand(),
 			cancelCommand(),
 			downloadCommand(),
 			workerCommand(),

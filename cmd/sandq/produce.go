@@ -171,6 +171,9 @@ type producer interface {
 	Enqueue(context.Context, jobs.Submission) (*jobs.Enqueued, error)
 	Status(context.Context, string) (*jobs.JobStatus, error)
 	Wait(context.Context, string, func(*jobs.JobStatus)) (*jobs.JobStatus, error)
+	// Follow is Wait with the job's live output after an entry (logs.go).
+	Follow(ctx context.Context, id, after string, onState func(*jobs.JobStatus), onLog func(jobs.LogEvent) error) (*jobs.JobStatus, error)
+	Logs(ctx context.Context, id, after string, follow bool, fn func(jobs.LogEvent) error) error
 	Cancel(context.Context, string) (jobs.CancelOutcome, error)
 	Close() error
 }
@@ -269,25 +272,26 @@ func withClient(c *cli.Context, what string, fn func(context.Context, producer) 
 	return fn(ctx, client)
 }
 
-// follow waits for a job, showing a live state line on a terminal, prints
-// its result and exits non-zero unless it succeeded.
+// follow waits for a job, printing its live output (not with --json) and
+// showing a live state line on a terminal, prints its result and exits
+// non-zero unless it succeeded.
 func follow(ctx context.Context, c *cli.Context, client producer, id string) error {
 	start := time.Now()
-	// enqueue --quiet shows no states (wait has no --quiet: false).
+	// enqueue --quiet shows no states (wait has no --quiet: false); the
+	// job's own output is printed all the same.
 	quiet := c.Bool("quiet")
 	live := !quiet && term.IsTerminal(int(os.Stderr.Fd()))
+	out := newLivePrinter(c.App.Writer, os.Stderr, live)
 	var last jobs.State
-	st, err := client.Wait(ctx, id, func(st *jobs.JobStatus) {
+	st, err := followJob(ctx, client, id, func(st *jobs.JobStatus) {
 		if live {
-			fmt.Fprintf(os.Stderr, "\r\033[K%s  %-9s %5.1fs", id, st.State, time.Since(start).Seconds())
+			out.state(fmt.Sprintf("%s  %-9s %5.1fs", id, st.State, time.Since(start).Seconds()))
 		} else if st.State != last && !c.Bool("json") && !quiet {
-			fmt.Fprintf(os.Stderr, "%s %s\n", id, st.State)
+			out.notice(fmt.Sprintf("%s %s", id, st.State))
 		}
 		last = st.State
-	})
-	if live {
-		fmt.Fprintln(os.Stderr)
-	}
+	}, out, c.Bool("json"))
+	out.finish(true)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return fmt.Errorf("stopped waiting; job %s goes on (sandq status %s)", id, id)

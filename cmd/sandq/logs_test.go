@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sandq/sandq/internal/keys"
+	"github.com/sandq/sandq/internal/testenv"
+	"github.com/sandq/sandq/jobs"
+)
+
+// runLogs runs `sandq --redis-addr ADDR logs ARGS...` and returns its
+// stdout, stderr and error.
+func runLogs(addr string, args ...string) (string, string, error) {
+	var out, errOut bytes.Buffer
+	app := newApp()
+	app.Writer, app.ErrWriter = &out, &errOut
+	err := app.Run(append([]string{"sandq", "--redis-addr", addr, "logs"}, args...))
+	return out.String(), errOut.String(), err
+}
+
+// TestLogsCommand: `sandq logs` prints a job's live output from Redis (the
+// worker side is not this package's: the test writes the stream in its
+// format): stdout chunks to stdout, stderr chunks to stderr, escaped, a
+// UTF-8 character split across chunks whole, markers for dropped output
+// and a new attempt on stderr. With --follow it ends once the job is done;
+// an unknown job is an error, a job without output says so.
+func TestLogsCommand(t *testing.T) {
+	addr := testenv.Redis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	add := func(id string, e jobs.LogEvent) {
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.LiveLog(id), Values: e.Values()}).Err(); err != nil {
+			t.Error(err)
+		}
+	}
+	// A stand-in worker writes the output, its End, and a result.
+	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: addr}, asynq.Config{
+		Concurrency: 1, Queues: map[string]int{jobs.DefaultQueue: 1}, TaskCheckInterval: 10 * time.Millisecond, LogLevel: asynq.FatalLevel,
+	})
+	if err := srv.Start(asynq.HandlerFunc(func(ctx context.Context, task *asynq.Task) error {
+		id, _ := asynq.GetTaskID(ctx)
+		if strings.HasPrefix(id, "quiet") {
+			// Ends without output.
+		} else {
+			add(id, jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "hello \xc3"})
+			add(id, jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "\xa9t\xc3\xa9\n"})
+			add(id, jobs.LogEvent{Attempt: 1, Stream: "stderr", Data: "warn \x1b[31mred\n"})
+			add(id, jobs.LogEvent{Attempt: 1, End: true})
+			add(id, jobs.LogEvent{Attempt: 2, Stream: "stdout", Data: "again"})
+			add(id, jobs.LogEvent{Attempt: 2, Dropped: 3 << 20})
+			add(id, jobs.LogEvent{Attempt: 2, Stream: "stdout", Data: "tail\n"})
+			add(id, jobs.LogEvent{Attempt: 2, End: true})
+		}
+		b, _ := json.Marshal(&jobs.Result{ID: id, Queue: jobs.DefaultQueue, Status: jobs.StatusSucceeded, Outputs: []jobs.OutputDoc{}})
+		_, err := task.ResultWriter().Write(b)
+		return err
+	})); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	enq := asynq.NewClient(asynq.RedisClientOpt{Addr: addr})
+	defer enq.Close()
+	var ids []string
+	for _, prefix := range []string{"loud", "quiet"} {
+		id := prefix + "-" + jobs.NewJobID()
+		if _, err := enq.Enqueue(asynq.NewTask(jobs.TypeRun, []byte(fmt.Sprintf(`{"id":%q}`, id))), asynq.TaskID(id), asynq.Retention(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	loud, quiet := ids[0], ids[1]
+
+	// --follow returns by itself once the job is done and its output read.
+	out, errOut, err := runLogs(addr, "--follow", loud)
+	if err != nil {
+		t.Fatalf("logs --follow: %v\n%s", err, errOut)
+	}
+	// stdout is not a terminal: the bytes stay as the job wrote them, the
+	// marker of the bytes dropped between them going to stderr.
+	if want := "hello été\nagaintail\n"; out != want {
+		t.Errorf("stdout %q, want %q", out, want)
+	}
+	wantErr := "warn \\x1b[31mred\n--- attempt 2 ---\n--- 3MiB of output dropped"
+	if !strings.HasPrefix(errOut, wantErr) || strings.Contains(errOut, "\x1b") {
+		t.Errorf("stderr %q, want it to start %q, escaped", errOut, wantErr)
+	}
+	// Without --follow, what the stream holds: the same, the job being done.
+	if out2, _, err := runLogs(addr, loud); err != nil || out2 != out {
+		t.Errorf("logs without --follow: %q %v, want %q", out2, err, out)
+	}
+
+	out, errOut, err = runLogs(addr, "-f", quiet)
+	if err != nil || out != "" || !strings.Contains(errOut, "job "+quiet+" has no live output") {
+		t.Errorf("a job without output: %q %q %v, want nothing on stdout and a note", out, errOut, err)
+	}
+	if _, _, err := runLogs(addr, "no-such-job"); err == nil || !strings.Contains(err.Error(), "job not found: no-such-job") {
+		t.Errorf("an unknown job: %v, want job not found", err)
+	}
+	if _, _, err := runLogs(addr); err == nil || !strings.Contains(err.Error(), "logs takes exactly one job ID") {
+		t.Errorf("no job ID: %v", err)
+	}
+}
+
+// TestLivePrinterKeepsTheStateLineApart: on a terminal, the state line is
+// cleared before output is written and drawn again only once the output
+// has ended its line, so that neither garbles the other.
+func TestLivePrinterKeepsTheStateLineApart(t *testing.T) {
+	var out, errOut bytes.Buffer
+	p := newLivePrinter(&out, &errOut, true)
+	p.state("job running 1s")
+	p.event(jobs.LogEvent{Attempt: 1, Stream: "stderr", Data: "half a line"})
+	p.state("job running 2s") // not drawn: the line is open
+	p.event(jobs.LogEvent{Attempt: 1, Stream: "stderr", Data: ", done\n"})
+	p.event(jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "to a file"})
+	p.finish(true)
+	want := "\r\033[Kjob running 1s" + "\r\033[Khalf a line" + ", done\n\r\033[Kjob running 2s" + "\r\033[K\r\033[Kjob running 2s\n"
+	if errOut.String() != want {
+		t.Errorf("stderr %q\nwant   %q", errOut.String(), want)
+	}
+	// stdout is not the terminal here: its open line does not hold the
+	// state line back, and it is ended before the result.
+	if out.String() != "to a file\n" {
+		t.Errorf("stdout %q", out.String())
+	}
+}
