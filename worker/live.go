@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -114,7 +115,8 @@ func (l *liveOutput) Write(stream string, p []byte) {
 		last := len(l.pending) - 1
 		// After a drop, a marker comes first, saying where in the output
 		// the drop was, and the data gets an entry of its own.
-		joined := l.dropped == 0 && last >= 0 && l.pending[last].Stream == stream && len(l.pending[last].Data) < liveEntryBytes
+		// (An entry with room for less than a character is full.)
+		joined := l.dropped == 0 && last >= 0 && l.pending[last].Stream == stream && len(l.pending[last].Data) <= liveEntryBytes-utf8.UTFMax
 		room := l.bufferBytes - l.buffered
 		if !joined {
 			room -= liveEntryOverhead
@@ -127,6 +129,12 @@ func (l *liveOutput) Write(stream string, p []byte) {
 			n = min(n, liveEntryBytes-len(l.pending[last].Data))
 		} else {
 			n = min(n, liveEntryBytes)
+		}
+		if n < len(p) {
+			// An entry ends on a character's boundary: its data goes
+			// out as JSON (the API's log events), where half a UTF-8
+			// character would become U+FFFD.
+			n -= partialRune(p[:n])
 		}
 		if n <= 0 {
 			break
@@ -184,11 +192,28 @@ func (l *liveOutput) flush(end bool) {
 	l.mu.Lock()
 	batch := l.pending
 	l.pending = nil
+	// The start of a UTF-8 character whose rest the job has yet to write
+	// (or the pipe to hand over) waits for it in an entry of its own,
+	// unless the output is over.
+	kept := 0
+	if last := len(batch) - 1; !end && last >= 0 {
+		if k := partialRune([]byte(batch[last].Data)); k > 0 {
+			e := batch[last]
+			batch[last].Data = e.Data[:len(e.Data)-k]
+			l.pending = []jobs.LogEvent{{Attempt: e.Attempt, Stream: e.Stream, Data: e.Data[len(e.Data)-k:]}}
+			kept = k + liveEntryOverhead
+			l.buffered += liveEntryOverhead
+			if batch[last].Data == "" {
+				batch = batch[:last]
+				l.buffered -= liveEntryOverhead
+			}
+		}
+	}
 	if l.dropped > 0 && (end || time.Since(l.lastMarker) >= liveMarkerEvery) {
 		batch = append(batch, jobs.LogEvent{Attempt: l.attempt, Dropped: l.dropped})
 		l.dropped, l.lastMarker = 0, time.Now()
 	}
-	inFlight := l.buffered
+	inFlight := l.buffered - kept
 	l.mu.Unlock()
 	if end {
 		batch = append(batch, jobs.LogEvent{Attempt: l.attempt, End: true})
@@ -269,4 +294,35 @@ func (h *Handler) followLive(a *attempt, sb executor.Sandbox) *liveOutput {
 	l := newLiveOutput(h.rdb, a.job.ID, a.n, limit, running, keep, a.logger, h.metrics.liveDropped).start()
 	sb.Follow(l)
 	return l
+}
+
+// partialRune is how many bytes at the end of p begin a UTF-8 character
+// whose rest is missing (0 when p ends on a boundary, or its end is not
+// UTF-8 at all).
+func partialRune(p []byte) int {
+	for k := 1; k <= min(utf8.UTFMax-1, len(p)); k++ {
+		b := p[len(p)-k]
+		if b < utf8.RuneSelf {
+			return 0
+		}
+		if !utf8.RuneStart(b) {
+			continue
+		}
+		var need int
+		switch {
+		case b&0xE0 == 0xC0:
+			need = 2
+		case b&0xF0 == 0xE0:
+			need = 3
+		case b&0xF8 == 0xF0:
+			need = 4
+		default:
+			return 0
+		}
+		if need > k {
+			return k
+		}
+		return 0
+	}
+	return 0
 }

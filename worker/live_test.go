@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -286,7 +287,9 @@ func TestLiveOutputEntrySizes(t *testing.T) {
 	}
 
 	l = newLiveOutput(rdb, "job-tiny", 1, 1<<20, time.Hour, time.Hour, slog.New(slog.DiscardHandler), nil)
-	l.flushEvery = time.Hour
+	// Nothing is sent before Close, so the buffer alone bounds the entries
+	// (a flush woken by the bytes waiting would make room for more).
+	l.flushEvery, l.flushBytes = time.Hour, 1<<30
 	l.start()
 	const writes = 10000
 	for i := range writes {
@@ -297,5 +300,41 @@ func TestLiveOutputEntrySizes(t *testing.T) {
 	_, data, dropped := liveSummary(entries)
 	if max := liveBufferBytes / (liveEntryOverhead + 1); len(entries) > max+2 || int64(len(data))+dropped != writes || dropped == 0 {
 		t.Fatalf("%d entries (at most %d+2 fit), %d bytes kept, %d dropped of %d", len(entries), max, len(data), dropped, writes)
+	}
+}
+
+// Every entry holds whole UTF-8 characters, however the output was cut:
+// across writes (the pipe's reads), at the entry size and at a flush.
+func TestLiveOutputEntriesEndOnCharacters(t *testing.T) {
+	rdb := liveRedis(t)
+	l := newLiveOutput(rdb, "job-utf8", 1, 1<<20, time.Hour, time.Hour, slog.New(slog.DiscardHandler), nil)
+	l.flushEvery = time.Hour
+	l.start()
+	euro := []byte("€") // 3 bytes
+	l.Write(executor.StreamStdout, euro[:1])
+	l.flush(false) // the first byte waits for the rest
+	l.Write(executor.StreamStdout, euro[1:])
+	big := []byte("a" + strings.Repeat("€", liveEntryBytes)) // cut at 16KiB inside a character
+	l.Write(executor.StreamStdout, big)
+	l.Write(executor.StreamStderr, []byte("😀")[:2])
+	l.Close() // the output is over: a partial character goes as it is
+	entries := liveEntries(t, rdb, "job-utf8")
+	var out strings.Builder
+	for i, e := range entries {
+		if e.Stream == executor.StreamStdout {
+			if !utf8.ValidString(e.Data) {
+				t.Errorf("entry %d of %d splits a character: %q...", i+1, len(entries), e.Data[max(0, len(e.Data)-4):])
+			}
+			out.WriteString(e.Data)
+		}
+	}
+	if out.String() != "€"+string(big) {
+		t.Fatalf("stdout of %d bytes, want %d", out.Len(), len("€")+len(big))
+	}
+	if last := entries[len(entries)-2]; last.Stream != executor.StreamStderr || last.Data != string([]byte("😀")[:2]) {
+		t.Fatalf("the partial character at the end went as %+v", last)
+	}
+	if got := partialRune([]byte("ok\xff")); got != 0 {
+		t.Errorf("output that is not UTF-8 is held back: %d bytes", got)
 	}
 }
