@@ -26,14 +26,20 @@ func sandqBin(t *testing.T) string {
 	return bin
 }
 
+// sandqEnv is the environment of the real binary run against the test
+// stack.
+func sandqEnv() []string {
+	return append(os.Environ(),
+		"SANDQ_REDIS_ADDR="+env.stack.RedisAddr, "SANDQ_S3_ENDPOINT="+env.stack.MinioAddr,
+		"SANDQ_S3_ACCESS_KEY=e2e-access", "SANDQ_S3_SECRET_KEY=e2e-secret-key", "SANDQ_S3_BUCKET=e2e")
+}
+
 // sandq runs the real binary against the test stack and returns its stdout,
 // stderr and exit code.
 func sandq(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(sandqBin(t), args...)
-	cmd.Env = append(os.Environ(),
-		"SANDQ_REDIS_ADDR="+env.stack.RedisAddr, "SANDQ_S3_ENDPOINT="+env.stack.MinioAddr,
-		"SANDQ_S3_ACCESS_KEY=e2e-access", "SANDQ_S3_SECRET_KEY=e2e-secret-key", "SANDQ_S3_BUCKET=e2e")
+	cmd.Env = sandqEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
