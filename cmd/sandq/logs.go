@@ -78,6 +78,11 @@ type livePrinter struct {
 	// events counts the events printed.
 	events  int
 	attempt int
+	// heard counts the bytes of each stream of the attempt printed, and
+	// gap is set when some of the attempt's output was dropped, so that
+	// the result need not print again what was all shown (shownWhole).
+	heard map[string]int64
+	gap   bool
 	// carry is the start of a UTF-8 sequence a chunk ended in the middle
 	// of, per stream, kept for the next chunk.
 	carry map[string][]byte
@@ -112,12 +117,15 @@ func (p *livePrinter) event(e jobs.LogEvent) error {
 			p.ownLine(fmt.Sprintf("--- attempt %d ---", e.Attempt))
 		}
 		p.attempt = e.Attempt
+		p.heard, p.gap = map[string]int64{}, false
 	}
 	if e.Dropped > 0 {
+		p.gap = true
 		p.ownLine(fmt.Sprintf("--- %s of output dropped: written faster than live output takes (the full logs are in the result) ---", jobs.FormatSize(e.Dropped)))
 	}
 	var err error
 	if e.Stream != "" {
+		p.heard[e.Stream] += int64(len(e.Data))
 		err = p.write(e.Stream, e.Data)
 	}
 	if e.End {
@@ -249,4 +257,19 @@ func (p *livePrinter) finish(more bool) {
 		fmt.Fprintln(p.stderr)
 	}
 	p.openOut, p.openErr = false, false
+}
+
+// shownWhole reports which of the result's logs were printed whole as live
+// output: every byte of the attempt's stream, with nothing dropped.
+func (p *livePrinter) shownWhole(r *jobs.Result) map[string]bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	shown := map[string]bool{}
+	if r == nil || p.attempt != r.Attempt || p.gap {
+		return shown
+	}
+	for name, doc := range map[string]*jobs.LogDoc{"stdout": r.Stdout, "stderr": r.Stderr} {
+		shown[name] = doc != nil && doc.Bytes > 0 && p.heard[name] == doc.Bytes
+	}
+	return shown
 }

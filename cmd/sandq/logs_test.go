@@ -134,3 +134,49 @@ func TestLivePrinterKeepsTheStateLineApart(t *testing.T) {
 		t.Errorf("stdout %q", out.String())
 	}
 }
+
+// A result's log tails are not printed again when the live output showed
+// every byte of them for the result's attempt; a gap, another attempt or a
+// stream shown in part brings the tail back.
+func TestResultLeavesOutLogsShownLive(t *testing.T) {
+	res := func(attempt int, out, errOut string) *jobs.Result {
+		return &jobs.Result{ID: "job-1", Status: jobs.StatusSucceeded, Attempt: attempt,
+			Stdout: &jobs.LogDoc{Tail: out, Bytes: int64(len(out)), URL: "http://store/stdout"},
+			Stderr: &jobs.LogDoc{Tail: errOut, Bytes: int64(len(errOut)), URL: "http://store/stderr"}}
+	}
+	heard := func(events ...jobs.LogEvent) *livePrinter {
+		var out, errOut strings.Builder
+		p := newLivePrinter(&out, &errOut, false)
+		for _, e := range events {
+			if err := p.event(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return p
+	}
+	print := func(p *livePrinter, r *jobs.Result) string {
+		var b strings.Builder
+		printHumanShown(&b, &jobs.JobStatus{ID: r.ID, Queue: "default", State: jobs.StateDone, Result: r}, p.shownWhole(r))
+		return b.String()
+	}
+	whole := heard(jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "one\n"}, jobs.LogEvent{Attempt: 1, Stream: "stderr", Data: "warn\n"},
+		jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "two\n"}, jobs.LogEvent{Attempt: 1, End: true})
+	got := print(whole, res(1, "one\ntwo\n", "warn\n"))
+	if strings.Contains(got, "one\n") || strings.Contains(got, "warn\n") ||
+		!strings.Contains(got, "--- stdout (8 bytes, shown above) http://store/stdout\n") || !strings.Contains(got, "--- stderr (5 bytes, shown above)") {
+		t.Errorf("logs shown whole were printed again:\n%s", got)
+	}
+	for name, c := range map[string]struct {
+		p *livePrinter
+		r *jobs.Result
+	}{
+		"a gap": {heard(jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "one\n"}, jobs.LogEvent{Attempt: 1, Dropped: 4},
+			jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "two\n"}), res(1, "one\nXXXXtwo\n", "")},
+		"another attempt": {heard(jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "one\n"}), res(2, "one\n", "")},
+		"part of it":      {heard(jobs.LogEvent{Attempt: 1, Stream: "stdout", Data: "one\n"}), res(1, "zero\none\n", "")},
+	} {
+		if got := print(c.p, c.r); !strings.Contains(got, c.r.Stdout.Tail) || strings.Contains(got, "shown above") {
+			t.Errorf("%s: the tail is left out:\n%s", name, got)
+		}
+	}
+}

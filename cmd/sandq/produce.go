@@ -300,14 +300,18 @@ func follow(ctx context.Context, c *cli.Context, client producer, id string) err
 	}
 	// A job that did not succeed may still have written outputs: they are
 	// downloaded too, and the exit status stays the job's.
-	err = printStatus(c, st)
+	err = printResult(c, st, out.shownWhole(st.Result))
 	if derr := downloadAfterWait(ctx, c, st.Result); derr != nil {
 		return derr
 	}
 	return err
 }
 
-func printStatus(c *cli.Context, st *jobs.JobStatus) error {
+func printStatus(c *cli.Context, st *jobs.JobStatus) error { return printResult(c, st, nil) }
+
+// printResult is printStatus leaving out the log tails shown already
+// (shown["stdout"], shown["stderr"]): a follower printed them live.
+func printResult(c *cli.Context, st *jobs.JobStatus, shown map[string]bool) error {
 	w := c.App.Writer
 	if c.Bool("json") {
 		var err error
@@ -320,7 +324,7 @@ func printStatus(c *cli.Context, st *jobs.JobStatus) error {
 			return err
 		}
 	} else {
-		printHuman(w, st)
+		printHumanShown(w, st, shown)
 	}
 	if st.State == jobs.StateDone && !st.Result.Status.Succeeded() {
 		return cli.Exit("", exitJobNotSucceeded)
@@ -337,7 +341,11 @@ func printJSON(w io.Writer, v any) error {
 // printHuman prints a job's state or result for a person. Everything a job,
 // a host it asked for or a webhook receiver controls goes through esc (log
 // tails through escLog), so none of it can drive the operator's terminal.
-func printHuman(w io.Writer, st *jobs.JobStatus) {
+func printHuman(w io.Writer, st *jobs.JobStatus) { printHumanShown(w, st, nil) }
+
+// printHumanShown is printHuman without the tails of the logs in shown,
+// which were printed whole as the job wrote them.
+func printHumanShown(w io.Writer, st *jobs.JobStatus, shown map[string]bool) {
 	fmt.Fprintf(w, "job      %s (queue %s)\n", esc(st.ID), esc(st.Queue))
 	if st.State != jobs.StateDone {
 		fmt.Fprintf(w, "state    %s\n", esc(string(st.State)))
@@ -374,6 +382,10 @@ func printHuman(w io.Writer, st *jobs.JobStatus) {
 		note := ""
 		if l.doc.Truncated {
 			note = fmt.Sprintf(", last %d shown", len(l.doc.Tail))
+		}
+		if shown[l.name] {
+			fmt.Fprintf(w, "--- %s (%d bytes, shown above) %s\n", l.name, l.doc.Bytes, esc(l.doc.URL))
+			continue
 		}
 		tail := escLog(l.doc.Tail)
 		fmt.Fprintf(w, "--- %s (%d bytes%s) %s\n%s", l.name, l.doc.Bytes, note, esc(l.doc.URL), tail)
