@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/sandq/sandq/executor/image"
+	"github.com/sandq/sandq/internal/bytesize"
 	"github.com/sandq/sandq/jobs"
 )
 
@@ -306,14 +307,4 @@ func (c *countingReader) Close() error { return c.r.Close() }
 
 // progressSize is a size to a tenth of its binary unit, so that a status
 // line keeps its width as the count grows.
-func progressSize(n int64) string {
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.mult {
-			return fmt.Sprintf("%.1f%s", float64(n)/float64(u.mult), u.suffix)
-		}
-	}
-	return fmt.Sprintf("%dB", n)
-}
+func progressSize(n int64) string { return bytesize.Tenth(n) }

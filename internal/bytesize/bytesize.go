@@ -57,6 +57,12 @@ func Format(n int64) string {
 			return fmt.Sprintf("%d%s", n/u.mult, u.suffix)
 		}
 	}
+	return Tenth(n)
+}
+
+// Tenth prints a byte size to a tenth of its binary unit (up to GiB), so
+// that a growing count keeps its width.
+func Tenth(n int64) string {
 	for _, u := range []struct {
 		suffix string
 		mult   int64
