@@ -186,5 +186,13 @@ func readmeScript(t *testing.T) string {
 	if !strings.Contains(script, "budget_report.py") {
 		t.Fatalf("the README's first python block is not the spreadsheet example:\n%s", script)
 	}
+	// docs/api.md shows the same script.
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "api.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(doc, []byte("```python\n"+script+"```")) {
+		t.Errorf("docs/api.md does not show the script of clients/python/README.md as it is:\n%s", script)
+	}
 	return script
 }

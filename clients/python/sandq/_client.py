@@ -421,7 +421,7 @@ class Client:
                 raise Unavailable("event stream ended before the job did")
             except WaitTimeout:
                 raise
-            except (Unavailable, SandqError) as e:
+            except SandqError as e:
                 # A refusal is final, but for a server overloaded, short of
                 # Redis for a moment, or at the tenant's rate or cap of
                 # streams: those are tried again when the server says.

@@ -382,6 +382,17 @@ class ServerTest(unittest.TestCase):
                 self.assertEqual((e.status, e.code, e.field), (status, code, field), str(e))
                 self.assertTrue(e.message)
 
+    def test_refused_mid_upload(self):
+        # A script over the server's cap (1 MiB) is refused while it
+        # arrives: the answer, not a broken pipe, is what the caller gets.
+        big = os.path.join(self.tmp, "big.py")
+        with open(big, "wb") as f:
+            f.write(b"#" * (4 << 20))
+        with self.assertRaises(sandq.TooLarge) as cm:
+            self.client.submit(big)
+        e = cm.exception
+        self.assertEqual((e.status, e.code, e.field), (413, "too_large", "script"), str(e))
+
     def test_other_tenants_job_is_not_found(self):
         job = self.client.submit(("mine.sh", b"echo mine > /mnt/outputs/mine.txt"), timeout=60)
         done = self.client.wait(job, 120)
