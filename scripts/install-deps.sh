@@ -4,6 +4,10 @@
 #   redis-server, debootstrap, iproute2, docker-compose  Debian packages
 #                              (docker-compose only validates compose.yaml)
 #   chromium                   Debian package; headless, for the dashboard test
+#   python3, python3-venv, python3-pip, python3-setuptools, python3-wheel
+#                              Debian packages; the Python client's tests run
+#                              with /usr/bin/python3 and pip-install it into a
+#                              venv without a package index
 #   runsc                      gVisor, built statically from the Go module proxy
 #                              (Debian's 2022 runsc is too old for current kernels)
 #   minio                      MinIO server, from the Go module proxy
@@ -42,6 +46,12 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v docker-compose >/dev/null || missing+=(docker-compose) # only to validate compose.yaml
 command -v chromium >/dev/null || missing+=(chromium)             # headless, for the dashboard test (e2e)
+# Debian's Python, not whatever python3 is first on the PATH: the Python
+# client's tests (test/e2e/python_test.go) run /usr/bin/python3, and build
+# the package with Debian's setuptools and wheel (no package index).
+for pkg in python3 python3-venv python3-pip python3-setuptools python3-wheel; do
+	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing ${missing[*]} from Debian"
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
