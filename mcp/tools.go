@@ -178,7 +178,10 @@ func (s *Server) await(ctx context.Context, b backend, id string, wait time.Dura
 // fault is named as such.
 func explain(err error) error {
 	var fe *jobs.FieldError
+	var inf *jobs.InputFromError
 	switch {
+	case errors.As(err, &inf):
+		return fmt.Errorf("refused: %w", inf)
 	case errors.As(err, &fe):
 		return fmt.Errorf("refused: %s: %s", fe.Field, fe.Msg)
 	case errors.Is(err, jobs.ErrJobNotFound):
