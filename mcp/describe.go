@@ -90,7 +90,7 @@ func (sb *Sandbox) runCodeDescription(maxWait time.Duration) string {
 			fmt.Fprintf(&b, "Image %q (pass image=%q)", img.Name, img.Name)
 		}
 		if len(img.Packages) > 0 {
-			fmt.Fprintf(&b, ": Debian bookworm with %s.\n", strings.Join(img.Packages, ", "))
+			fmt.Fprintf(&b, ": a minimal Debian with the packages %s.\n", strings.Join(img.Packages, ", "))
 		} else {
 			b.WriteString(": packages not known to this server.\n")
 		}

@@ -65,7 +65,7 @@ func TestSubmissionRefusesBadArguments(t *testing.T) {
 func TestDescriptionSaysWhatTheSandboxHas(t *testing.T) {
 	s := testServer(t, nil)
 	d := s.sandbx.runCodeDescription(time.Minute)
-	for _, want := range []string{`Image "analysis" (the default): Debian bookworm with python3, python3-matplotlib.`, `Image "default" (pass image="default"): packages not known`, "Network: none.", "timeout " + s.sandbx.Default.Timeout.String()} {
+	for _, want := range []string{`Image "analysis" (the default): a minimal Debian with the packages python3, python3-matplotlib.`, `Image "default" (pass image="default"): packages not known`, "Network: none.", "timeout " + s.sandbx.Default.Timeout.String()} {
 		if !strings.Contains(d, want) {
 			t.Errorf("description lacks %q:\n%s", want, d)
 		}

@@ -260,13 +260,28 @@ except Exception as e:
 // which see nothing of other owners' jobs.
 func TestMCPOverHTTP(t *testing.T) {
 	startMCPWorker(t)
-	tok, entry, err := api.NewToken("mcp-tenant", "e2e")
-	if err != nil {
-		t.Fatal(err)
+	// mcp-tenant may use the queue; slow-tenant only twice (burst 2, then
+	// one request in 1000s); other-tenant only another queue; one-tenant
+	// may have one unfinished job.
+	tokens := map[string]string{}
+	var entries []api.TokenEntry
+	for _, tenant := range []string{"mcp-tenant", "slow-tenant", "other-tenant", "one-tenant"} {
+		tok, entry, err := api.NewToken(tenant, "e2e")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[tenant] = tok
+		entries = append(entries, entry)
 	}
+	tok := tokens["mcp-tenant"]
 	dir := t.TempDir()
 	authPath := filepath.Join(dir, "auth.json")
-	b, _ := json.Marshal(map[string]any{"tenants": map[string]any{"mcp-tenant": map[string]any{"queues": []string{mcpQueue}}}, "tokens": []any{entry}})
+	b, _ := json.Marshal(map[string]any{"tenants": map[string]any{
+		"mcp-tenant":   map[string]any{"queues": []string{mcpQueue}},
+		"slow-tenant":  map[string]any{"queues": []string{mcpQueue}, "rate_per_second": 0.001, "burst": 2},
+		"other-tenant": map[string]any{"queues": []string{"other"}},
+		"one-tenant":   map[string]any{"queues": []string{mcpQueue}, "max_pending": 1},
+	}, "tokens": entries})
 	if err := os.WriteFile(authPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -297,15 +312,23 @@ func TestMCPOverHTTP(t *testing.T) {
 		}
 	}
 
-	client := sdk.NewClient(&sdk.Implementation{Name: "sandq-e2e", Version: "1"}, nil)
-	hc := &http.Client{Transport: bearer{tok}}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cs, err := client.Connect(ctx, &sdk.StreamableClientTransport{Endpoint: endpoint, HTTPClient: hc, DisableStandaloneSSE: true}, nil)
-	if err != nil {
-		t.Fatalf("connect over HTTP with a token: %v", err)
+	// The tenant's request rate, shared with the API, applies.
+	for i := range 3 {
+		req, _ := http.NewRequest("POST", endpoint, strings.NewReader(initialize))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+tokens["slow-tenant"])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{true: http.StatusOK, false: http.StatusTooManyRequests}[i < 2]; resp.StatusCode != want || (i == 2 && resp.Header.Get("Retry-After") == "") {
+			t.Errorf("slow tenant's request %d: %d (Retry-After %q), want %d", i+1, resp.StatusCode, resp.Header.Get("Retry-After"), want)
+		}
 	}
-	defer cs.Close()
+
+	cs := mcpHTTP(t, endpoint, tok)
 	var out mcp.JobOutput
 	res := call(t, cs, "run_code", map[string]any{"language": "shell", "code": "echo hello from http"}, &out)
 	if res.IsError || out.Status != "succeeded" || !strings.Contains(out.Stdout, "hello from http") {
@@ -332,6 +355,65 @@ func TestMCPOverHTTP(t *testing.T) {
 	if st, err := env.client.Status(context.Background(), enq.ID); err != nil || (st.State == jobs.StateDone && st.Result.Status == jobs.StatusCanceled) {
 		t.Errorf("the other owner's job was touched: %+v, %v", st, err)
 	}
+
+	// A tenant that may not use the queue is refused, naming it.
+	other := mcpHTTP(t, endpoint, tokens["other-tenant"])
+	if res := call(t, other, "run_code", map[string]any{"language": "shell", "code": "true"}, nil); !res.IsError || !strings.Contains(texts(res), `queue: tenant other-tenant may not use queue "mcp"`) {
+		t.Errorf("a tenant without the queue: %v %s", res.IsError, texts(res))
+	}
+
+	// A tenant at its cap of unfinished jobs is refused; cancel_job ends
+	// the running job, which frees its place.
+	one := mcpHTTP(t, endpoint, tokens["one-tenant"])
+	first := make(chan mcp.JobOutput, 1)
+	go func() {
+		var out mcp.JobOutput
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		res, err := one.CallTool(ctx, &sdk.CallToolParams{Name: "run_code", Arguments: map[string]any{"language": "shell", "code": "echo running; sleep 100", "timeout_seconds": 120}})
+		if err == nil && res.StructuredContent != nil {
+			b, _ := json.Marshal(res.StructuredContent)
+			json.Unmarshal(b, &out)
+		}
+		first <- out
+	}()
+	var running *jobs.JobStatus
+	for deadline := time.Now().Add(2 * time.Minute); running == nil && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		list, _, err := env.client.Tenant("one-tenant").List(context.Background(), jobs.ListFilter{State: jobs.StateActive})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) > 0 {
+			running = list[0]
+		}
+	}
+	if running == nil {
+		t.Fatal("the first job of one-tenant never ran")
+	}
+	if res := call(t, one, "run_code", map[string]any{"language": "shell", "code": "true"}, nil); !res.IsError || !strings.Contains(texts(res), "unfinished jobs") {
+		t.Errorf("a tenant at its cap: %v %s", res.IsError, texts(res))
+	}
+	var cancelled mcp.CancelOutput
+	if res := call(t, one, "cancel_job", map[string]any{"job_id": running.ID}, &cancelled); res.IsError || cancelled.Outcome != string(jobs.CancelSignalled) {
+		t.Errorf("cancel_job of a running job: %+v %s", cancelled, texts(res))
+	}
+	if out := <-first; out.JobID != running.ID || out.Status != string(jobs.StatusCanceled) {
+		t.Errorf("the cancelled job's run_code returned %+v", out)
+	}
+}
+
+// mcpHTTP connects the SDK's client to `sandq mcp --listen` with a token.
+func mcpHTTP(t *testing.T, endpoint, tok string) *sdk.ClientSession {
+	t.Helper()
+	client := sdk.NewClient(&sdk.Implementation{Name: "sandq-e2e", Version: "1"}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cs, err := client.Connect(ctx, &sdk.StreamableClientTransport{Endpoint: endpoint, HTTPClient: &http.Client{Transport: bearer{tok}}, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		t.Fatalf("connect over HTTP with a token: %v", err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
 }
 
 // bearer adds a bearer token to every request.
