@@ -38,7 +38,7 @@ func (c *Client) Config() Config { return c.cfg }
 // images; nil when none has (no worker serving it has started).
 func (c *Client) PublishedImages(ctx context.Context, queue string) (*QueueImages, error) {
 	var p publishedImages
-	ok, err := c.readPublished(ctx, keys.Images, queue, &p)
+	ok, err := c.readPublished(ctx, keys.Images, "images", queue, &p)
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -49,7 +49,7 @@ func (c *Client) PublishedImages(ctx context.Context, queue string) (*QueueImage
 // published; nil when none has (the queue's jobs get no network).
 func (c *Client) PublishedNetwork(ctx context.Context, queue string) (*QueueNetwork, error) {
 	var p publishedEgress
-	ok, err := c.readPublished(ctx, keys.Egress, queue, &p)
+	ok, err := c.readPublished(ctx, keys.Egress, "network policy", queue, &p)
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -60,16 +60,16 @@ func (c *Client) PublishedNetwork(ctx context.Context, queue string) (*QueueNetw
 	return &QueueNetwork{Groups: p.Groups, Max: p.Queue.Max, Default: p.Queue.Default, Ports: ports}, nil
 }
 
-func (c *Client) readPublished(ctx context.Context, hash, queue string, v any) (bool, error) {
+func (c *Client) readPublished(ctx context.Context, hash, what, queue string, v any) (bool, error) {
 	b, err := c.rdb.HGet(ctx, hash, queue).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read %s of queue %s: %w", hash, queue, err)
+		return false, fmt.Errorf("read the %s published for queue %s: %w", what, queue, err)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		return false, fmt.Errorf("%s of queue %s: %w", hash, queue, err)
+		return false, fmt.Errorf("the %s published for queue %s (%s): %w", what, queue, hash, err)
 	}
 	return true, nil
 }
