@@ -24,6 +24,13 @@ func (s *Server) Handler() http.Handler {
 	srv := s.mcpServer()
 	h := sdk.NewStreamableHTTPHandler(func(*http.Request) *sdk.Server { return srv }, &sdk.StreamableHTTPOptions{
 		Stateless: true, JSONResponse: true, Logger: s.logger,
+		// The SDK's guard against DNS rebinding refuses a request that
+		// reaches a loopback address under another name, which is what a
+		// reverse proxy on this host forwarding the public name sends.
+		// It is not needed: every request takes a bearer token, which a
+		// browser never adds by itself, so a page that rebinds a name to
+		// this server gets 401.
+		DisableLocalhostProtection: true,
 	})
 	verify := auth.RequireBearerToken(s.verifyToken, &auth.RequireBearerTokenOptions{AllowMissingExpiration: true})
 	return s.authenticate(verify(h))

@@ -312,6 +312,22 @@ func TestMCPOverHTTP(t *testing.T) {
 		}
 	}
 
+	// A reverse proxy on this host forwards the public name: with a
+	// token, it is served.
+	req, _ := http.NewRequest("POST", endpoint, strings.NewReader(initialize))
+	req.Host = "sandq.example.internal"
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a request under a proxied name: %d, want 200", resp.StatusCode)
+	}
+
 	// The tenant's request rate, shared with the API, applies.
 	for i := range 3 {
 		req, _ := http.NewRequest("POST", endpoint, strings.NewReader(initialize))
