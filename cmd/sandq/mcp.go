@@ -28,6 +28,9 @@ func mcpCommand() *cli.Command {
 			if c.Args().Len() > 0 {
 				return fmt.Errorf("sandq mcp takes no arguments (got %q)", c.Args().First())
 			}
+			if c.String("server") != "" {
+				return fmt.Errorf("--server: sandq mcp submits jobs through Redis and S3 itself, not through an API server; to reach a shared deployment, point the assistant at the HTTP transport of a sandq mcp --listen there")
+			}
 			cfg, err := loadConfig(c)
 			if err != nil {
 				return err
