@@ -53,6 +53,7 @@ func newApp() *cli.App {
 			tokenCommand(),
 			benchCommand(),
 			s3Command(),
+			mcpCommand(),
 		},
 		ExitErrHandler: func(c *cli.Context, err error) {},
 	}

@@ -1,0 +1,123 @@
+package mcp
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/sandq/sandq/api"
+	"github.com/sandq/sandq/jobs"
+	"github.com/sandq/sandq/storage"
+)
+
+// testServer is a server on a client whose Redis is never reached: the
+// tests here stop before any call would reach it.
+func testServer(t *testing.T, auth *api.AuthConfig) *Server {
+	t.Helper()
+	c, err := jobs.NewClient(jobs.Config{RedisAddr: "127.0.0.1:1", Storage: storage.Config{Endpoint: "127.0.0.1:1", Bucket: "b", AccessKey: "k", SecretKey: "s"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cfg := c.Config()
+	return &Server{
+		cfg:    Config{Client: c, Auth: auth, MaxWait: time.Minute, MaxInlineBytes: DefaultMaxInlineBytes, MaxImageBytes: DefaultMaxImageBytes, MaxInlineFiles: DefaultMaxInlineFiles},
+		queue:  "default",
+		sandbx: &Sandbox{Queue: "default", DefaultImage: "analysis", Images: []ImageInfo{{Name: "analysis", Packages: []string{"python3", "python3-matplotlib"}}, {Name: "default"}}, Default: cfg.DefaultLimits, Max: cfg.MaxLimits},
+		logger: slog.New(slog.DiscardHandler),
+	}
+}
+
+func TestSubmissionRefusesBadArguments(t *testing.T) {
+	s := testServer(t, nil)
+	for _, c := range []struct {
+		in   RunCodeInput
+		want string
+	}{
+		{RunCodeInput{Code: "1"}, "language: give python, node or shell"},
+		{RunCodeInput{Language: "cobol", Code: "1"}, `runtime: unknown runtime "cobol"`},
+		{RunCodeInput{Language: "python"}, "code: empty"},
+		{RunCodeInput{Language: "python", Code: "1", Files: []FileInput{{Name: "a", Text: "x", Base64: "eA=="}}}, "files[0] (a): give text or base64, not both"},
+		{RunCodeInput{Language: "python", Code: "1", Files: []FileInput{{Name: "b", Base64: "!!"}}}, "files[0] (b): base64"},
+	} {
+		_, err := s.submission(c.in)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.in, err, c.want)
+		}
+	}
+	sub, err := s.submission(RunCodeInput{Language: "js", Code: "console.log(1)", Network: []string{"default"}, TimeoutSeconds: 5,
+		Files: []FileInput{{Name: "t.txt", Text: "hi"}, {Name: "b.bin", Base64: "AAE="}}, InputsFrom: []InputFrom{{JobID: "j", Glob: "*.png"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Script.Name != "main.js" || sub.Runtime != jobs.RuntimeNode || sub.Queue != "default" || sub.Limits.TimeoutSeconds != 5 ||
+		len(sub.Inputs) != 2 || sub.Inputs[1].Size != 2 || sub.InputsFrom[0] != (jobs.InputFrom{Job: "j", Glob: "*.png"}) {
+		t.Errorf("submission %+v", sub)
+	}
+}
+
+func TestDescriptionSaysWhatTheSandboxHas(t *testing.T) {
+	s := testServer(t, nil)
+	d := s.sandbx.runCodeDescription(time.Minute)
+	for _, want := range []string{`Image "analysis" (the default): a minimal Debian with the packages python3, python3-matplotlib.`, `Image "default" (pass image="default"): packages not known`, "Network: none.", "timeout " + s.sandbx.Default.Timeout.String()} {
+		if !strings.Contains(d, want) {
+			t.Errorf("description lacks %q:\n%s", want, d)
+		}
+	}
+	s.sandbx.Network = jobs.QueueNetwork{Groups: map[string][]string{"pypi": {"pypi.org"}}, Max: []string{"pypi", "*.example.com"}, Default: []string{"pypi"}, Ports: []int{443}}
+	d = s.sandbx.runCodeDescription(time.Minute)
+	for _, want := range []string{`group "pypi" (pypi.org); host "*.example.com"; "default" is pypi. Ports 443.`} {
+		if !strings.Contains(d, want) {
+			t.Errorf("description lacks %q:\n%s", want, d)
+		}
+	}
+}
+
+func TestHTTPRefusesRequestsWithoutAValidToken(t *testing.T) {
+	tok, entry, err := api.NewToken("t1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &api.AuthConfig{Tenants: map[string]api.Tenant{"t1": {Queues: []string{"*"}}}, Tokens: []api.TokenEntry{entry}}
+	if err := auth.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range map[string]*Server{"with auth": testServer(t, auth), "without auth": testServer(t, nil)} {
+		h := s.Handler()
+		for _, header := range []string{"", "Bearer", "Bearer sandq_wrong", "Basic " + tok, "Bearer " + tok + "x"} {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest("POST", "/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
+			if header != "" {
+				req.Header.Set("Authorization", header)
+			}
+			h.ServeHTTP(rec, req)
+			var body struct {
+				Error struct{ Code, Message string }
+			}
+			json.Unmarshal(rec.Body.Bytes(), &body)
+			if rec.Code != http.StatusUnauthorized || body.Error.Code != "unauthenticated" || rec.Header().Get("WWW-Authenticate") == "" {
+				t.Errorf("%s, Authorization %q: %d %s", name, header, rec.Code, rec.Body)
+			}
+		}
+	}
+}
+
+func TestCallsOverHTTPNeverGetTheDirectProducer(t *testing.T) {
+	s := testServer(t, nil)
+	if b, err := s.backendOf(t.Context(), &sdk.CallToolRequest{}); err != nil || b != backend(s.cfg.Client) {
+		t.Fatalf("stdio: %v, %v", b, err)
+	}
+	s.Handler()
+	if _, err := s.backendOf(t.Context(), &sdk.CallToolRequest{}); err == nil || !strings.Contains(err.Error(), "unauthenticated") {
+		t.Errorf("HTTP without a token: %v", err)
+	}
+	if _, err := s.backendOf(t.Context(), &sdk.CallToolRequest{Extra: &sdk.RequestExtra{}}); err == nil {
+		t.Error("HTTP with no token info: no error")
+	}
+}
