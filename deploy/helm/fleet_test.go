@@ -121,14 +121,51 @@ func writeItems(t *testing.T, items []corev1.KeyToPath, data map[string]string) 
 // Redis and MinIO on this machine: the API takes a token from the auth
 // ConfigMap, the worker runs a job submitted through the API in a real
 // sandbox, and on SIGTERM the worker exits within the pod's termination
-// grace. What a cluster adds (the container runtime, the kubelet, the pod
-// network) is not here; see docs/kubernetes.md.
+// grace. Once per way of reaching Redis: one server, TLS with a client
+// certificate (from a Secret of the user's, as the chart expects it), and
+// Sentinel with a password and replicated writes. What a cluster adds (the
+// container runtime, the kubelet, the pod network) is not here; see
+// docs/kubernetes.md.
 func TestRenderedFleetRunsAJob(t *testing.T) {
 	testenv.NeedRoot(t)
 	testenv.NeedRunsc(t)
 	testenv.NeedNetns(t)
 	img := testenv.NeedImage(t)
 	sandq := testenv.Sandq(t)
+	t.Run("redis", func(t *testing.T) {
+		// The Redis of testenv.Services.
+		runFleet(t, sandq, img, func(stack *devstack.Stack) (string, map[string]*corev1.Secret) {
+			return fmt.Sprintf(`redis: {url: "redis://%s/0", password: ""}`, stack.RedisAddr), nil
+		})
+	})
+	t.Run("tls", func(t *testing.T) {
+		addr, files := testenv.RedisTLS(t, testenv.RedisTLSOptions{RequireClientCert: true, Args: []string{"--maxmemory-policy", "noeviction"}})
+		runFleet(t, sandq, img, func(*devstack.Stack) (string, map[string]*corev1.Secret) {
+			data := map[string]string{}
+			for key, file := range map[string]string{"ca.crt": files.CA, "tls.crt": files.ClientCert, "tls.key": files.ClientKey} {
+				b, err := os.ReadFile(file)
+				if err != nil {
+					t.Fatal(err)
+				}
+				data[key] = string(b)
+			}
+			return fmt.Sprintf(`redis: {url: "rediss://%s", password: "", tls: {existingSecret: redis-client-tls, clientCertificate: true}}`, addr),
+				map[string]*corev1.Secret{"redis-client-tls": {StringData: data}}
+		})
+	})
+	t.Run("sentinel", func(t *testing.T) {
+		set := testenv.StartSentinel(t, testenv.SentinelOptions{Password: "sentinel-data-secret"})
+		runFleet(t, sandq, img, func(*devstack.Stack) (string, map[string]*corev1.Secret) {
+			return fmt.Sprintf(`redis: {url: "redis+sentinel://%s/%s", password: %q, waitReplicas: 1}`,
+				strings.Join(set.SentinelAddrs(), ","), set.MasterName, set.Password), nil
+		})
+	})
+}
+
+// runFleet renders the chart with the Redis values redis gives (and the
+// Secrets of the user's it names), starts the API server and a worker
+// from it, and runs a job through them.
+func runFleet(t *testing.T, sandq string, img testenv.Image, redis func(*devstack.Stack) (string, map[string]*corev1.Secret)) {
 	stack := testenv.Services(t, testenv.ServicesOptions{AccessKey: "sandq-root", SecretKey: "sandq-root-secret", AppendOnly: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -157,8 +194,8 @@ func TestRenderedFleetRunsAJob(t *testing.T) {
 		t.Fatalf("sandq token create printed %s: %v", out, err)
 	}
 	apiPort, metricsPort := testenv.FreePort(t), testenv.FreePort(t)
-	f := render(t, fmt.Sprintf(`
-redis: {url: "redis://%s/0", password: ""}
+	redisValues, userSecrets := redis(stack)
+	f := render(t, redisValues, fmt.Sprintf(`
 s3:
   endpoint: %s
   secure: false
@@ -177,11 +214,14 @@ worker:
   concurrency: "2"
   metricsPort: %d
   hostPaths: {state: %q, images: %q, runsc: /usr/local/bin/runsc}
-`, stack.RedisAddr, stack.MinioAddr, access.Worker.AccessKey, access.Worker.SecretKey,
+`, stack.MinioAddr, access.Worker.AccessKey, access.Worker.SecretKey,
 		access.Producer.AccessKey, access.Producer.SecretKey, apiPort, tok.Entry,
 		img.Name, metricsPort, t.TempDir(), img.Dir))
 	checkWorker(t, f)
 	checkAPI(t, f)
+	for name, secret := range userSecrets {
+		f.secrets[name] = secret
+	}
 
 	d, apiC := f.api(t)
 	api := testenv.Start(t, pod(t, f, d.Spec.Template.Spec, apiC, sandq), filepath.Join(t.TempDir(), "api.log"))
