@@ -16,11 +16,14 @@
 #   weed                       SeaweedFS, the second S3 server the tests run
 #                              sandq against; built from the Go module proxy in
 #                              tools/seaweedfs (its go.mod pins the version)
+#   helm                       Helm, from the Go module proxy; only the test of
+#                              the chart in deploy/helm runs it (lint, template)
 set -euo pipefail
 
 RUNSC_VERSION=v0.0.0-20260905035102-160fafc42237
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
+HELM_VERSION=v4.3.2
 REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
 BIN_DIR=${SANDQ_BIN_DIR:-/usr/local/bin}
 
@@ -82,8 +85,12 @@ if [ "$(module_version "$BIN_DIR/mc" github.com/minio/mc)" != "$MC_VERSION" ]; t
 	log "building mc $MC_VERSION (about 3 minutes on 2 cores)"
 	GOBIN=$BIN_DIR go install "github.com/minio/mc@$MC_VERSION"
 fi
+if [ "$(module_version "$BIN_DIR/helm" helm.sh/helm/v4)" != "$HELM_VERSION" ]; then
+	log "building helm $HELM_VERSION (about 4 minutes on 2 cores)"
+	GOBIN=$BIN_DIR go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+fi
 if [ "$(module_version "$BIN_DIR/weed" github.com/seaweedfs/seaweedfs)" != "$SEAWEEDFS_VERSION" ]; then
 	log "building weed (SeaweedFS) $SEAWEEDFS_VERSION (about 6 minutes on 2 cores)"
 	(cd "$REPO_DIR/tools/seaweedfs" && go build -o "$BIN_DIR/weed" github.com/seaweedfs/seaweedfs/weed)
 fi
-log "ready: $(redis-server --version | cut -d' ' -f3), runsc $RUNSC_VERSION, minio $MINIO_VERSION, mc $MC_VERSION, weed $SEAWEEDFS_VERSION, $(debootstrap --version)"
+log "ready: $(redis-server --version | cut -d' ' -f3), runsc $RUNSC_VERSION, minio $MINIO_VERSION, mc $MC_VERSION, helm $HELM_VERSION, weed $SEAWEEDFS_VERSION, $(debootstrap --version)"

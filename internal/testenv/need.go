@@ -116,6 +116,7 @@ var install = map[string]string{
 	"ip":             "`make deps` installs iproute2",
 	"docker-compose": "`make deps` installs it (it only validates compose.yaml)",
 	"chromium":       "`make deps` installs it (headless, for the dashboard test)",
+	"helm":           "`make deps` builds it (only the chart's test in deploy/helm runs it)",
 	"python3":        "apt-get install python3",
 	"curl":           "apt-get install curl",
 }
