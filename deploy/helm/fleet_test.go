@@ -173,13 +173,7 @@ func runFleet(t *testing.T, sandq string, img testenv.Image, redis func(*devstac
 	// (168h) and link expiry (24h): 7 days, plus one.
 	access, err := stack.ProvisionBucket(ctx, "sandq", devstack.ProvisionOptions{ExpiryDays: 8})
 	if err != nil {
-		// Seen once in five runs: MinIO answered "canned policy does not
-		// exist" to attaching the policy it had just created. Every step
-		// of ProvisionBucket is idempotent, so it is tried once more.
-		t.Logf("provisioning the bucket, trying again: %v", err)
-		if access, err = stack.ProvisionBucket(ctx, "sandq", devstack.ProvisionOptions{ExpiryDays: 8}); err != nil {
-			t.Fatal(err)
-		}
+		t.Fatal(err)
 	}
 
 	out, err := exec.Command(sandq, "token", "create", "--tenant", "analytics", "--name", "helm-test", "--json").Output()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	madmin "github.com/minio/madmin-go/v3"
 
@@ -139,12 +140,31 @@ func provisionUser(ctx context.Context, adm *madmin.AdminClient, bucket string, 
 		}
 	}
 	if !attached {
-		if _, err := adm.AttachPolicy(ctx, madmin.PolicyAssociationReq{User: c.AccessKey, Policies: []string{name}}); err != nil {
-			return fmt.Errorf("attach policy %s to user %s: %w", name, c.AccessKey, err)
+		// MinIO has been seen to answer "canned policy does not exist" to
+		// attaching a policy it had just created (once in about five
+		// runs of the Helm chart's test); it is asked again, a moment
+		// later, a few times.
+		for try := 1; ; try++ {
+			_, err := adm.AttachPolicy(ctx, madmin.PolicyAssociationReq{User: c.AccessKey, Policies: []string{name}})
+			if err == nil {
+				break
+			}
+			if try == attachTries || !strings.Contains(err.Error(), "does not exist") {
+				return fmt.Errorf("attach policy %s to user %s: %w", name, c.AccessKey, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(try) * 200 * time.Millisecond):
+			}
 		}
 	}
 	return nil
 }
+
+// attachTries is how many times provisionUser asks MinIO to attach a
+// policy it says does not exist yet.
+const attachTries = 5
 
 // loadAccess reads the credentials a previous call kept, if any.
 func loadAccess(path, bucket string) (*BucketAccess, error) {
