@@ -145,7 +145,23 @@ func TestMinioDistributedSurvivesAKilledNode(t *testing.T) {
 	if err != nil || !bytes.Equal(got, body) {
 		t.Fatalf("after healing, during.csv reads %q, %v; want %q", got, err, body)
 	}
-	roundTrip(t, srv, "set-test", "after.csv", []byte("after\n"))
+	// MinIO answers a write it lacks the quorum for with SlowDownWrite
+	// (503), and did so for longer than minio-go's retries (about 4 s) once
+	// in today's CI runs, right after the node came back: the set is given
+	// 30 s to take writes again.
+	after := []byte("after\n")
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		_, err := c.PutObject(context.Background(), "set-test", "after.csv", bytes.NewReader(after), int64(len(after)), minio.PutObjectOptions{})
+		if err == nil {
+			break
+		}
+		if minio.ToErrorResponse(err).Code != "SlowDownWrite" || time.Now().After(deadline) {
+			t.Fatalf("put after.csv once node %d healed: %v", k, err)
+		}
+		t.Logf("put after.csv once node %d healed, trying again: %v", k, err)
+		time.Sleep(time.Second)
+	}
+	roundTrip(t, srv, "set-test", "after.csv", after)
 }
 
 // TestMinioSetOptionsRefuseTooFewNodes: a set of one node is refused,
