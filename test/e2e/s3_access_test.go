@@ -100,13 +100,28 @@ func TestWorkerS3CredentialsAreLeastPrivilege(t *testing.T) {
 	}
 
 	// The producer (the suite's client, as the API server) wrote this
-	// job's inputs; it may not read its outputs, nor touch the bucket.
+	// job's inputs. It may read its outputs, the sources of a follow-up
+	// job's inputs (copied inside the store), but not its inputs or logs,
+	// nor touch the bucket.
 	ps := env.producerS3
 	if ps.AccessKey == e2eRootKey || ps.AccessKey == sc.AccessKey {
 		t.Errorf("the producer runs with %q: want a user of its own", ps.AccessKey)
 	}
 	p := s3As(t, ps.AccessKey, ps.SecretKey)
-	wantDenied(t, "producer: read an output", getAll(p, sc.Bucket, r.Outputs[0].Key))
+	if err := getAll(p, sc.Bucket, r.Outputs[0].Key); err != nil {
+		t.Errorf("producer: read an output (what --input-from copies): %v", err)
+	}
+	var inputKey string
+	for o := range root.ListObjects(ctx, sc.Bucket, minio.ListObjectsOptions{Prefix: "jobs/" + r.ID + "/", Recursive: true}) {
+		if strings.HasSuffix(o.Key, "/in.txt") {
+			inputKey = o.Key
+		}
+	}
+	if inputKey == "" {
+		t.Fatalf("no input object under jobs/%s/", r.ID)
+	}
+	wantDenied(t, "producer: read an input", getAll(p, sc.Bucket, inputKey))
+	wantDenied(t, "producer: read a log", getAll(p, sc.Bucket, r.Stdout.Key))
 	wantDenied(t, "producer: create a bucket", p.MakeBucket(ctx, "e2e-made-by-producer", minio.MakeBucketOptions{}))
 	wantDenied(t, "producer: delete the bucket", p.RemoveBucket(ctx, sc.Bucket))
 	wantDenied(t, "producer: read another bucket", getAll(p, "e2e-foreign", "jobs/secret"))
