@@ -20,22 +20,8 @@ type sseEvent struct{ name, data string }
 
 // readEvent reads the next event of a stream, skipping comments.
 func readEvent(r *bufio.Reader) (sseEvent, error) {
-	var ev sseEvent
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return ev, err
-		}
-		line = strings.TrimRight(line, "\n")
-		switch {
-		case line == "" && ev.name != "":
-			return ev, nil
-		case strings.HasPrefix(line, "event: "):
-			ev.name = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			ev.data = strings.TrimPrefix(line, "data: ")
-		}
-	}
+	ev, err := readFull(r)
+	return sseEvent{ev.name, ev.data}, err
 }
 
 // TestEventStreamHearsCompletion: with a poll interval of an hour, a job's

@@ -84,18 +84,8 @@ func mcpCommand() *cli.Command {
 			}
 			mux := http.NewServeMux()
 			mux.Handle("/mcp", srv.Handler())
-			hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-			go func() {
-				<-ctx.Done()
-				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				hs.Shutdown(sctx)
-			}()
 			logger.Info("serving MCP", "url", "http://"+ln.Addr().String()+"/mcp", "queue", srv.Sandbox().Queue)
-			if err := hs.Serve(ln); err != nil && err != http.ErrServerClosed {
-				return err
-			}
-			return nil
+			return serveHTTP(ctx, ln, mux)
 		},
 	}
 }

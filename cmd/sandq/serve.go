@@ -83,23 +83,30 @@ func serveCommand() *cli.Command {
 			// (--body-idle-timeout, --body-timeout, --write-timeout,
 			// --stream-write-timeout), so that uploads and event streams
 			// last as long as they need and no longer.
-			srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 			ctx, stop := interruptible(c)
 			defer stop()
-			go func() {
-				<-ctx.Done()
-				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				srv.Shutdown(sctx)
-			}()
 			base := "http://" + ln.Addr().String()
 			logger.Info("serving", "api", base+"/v1/jobs", "monitoring", base+"/monitoring/", "metrics", base+"/metrics", "monitoring_open", open, "hosts", hosts)
-			if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
-				return err
-			}
-			return nil
+			return serveHTTP(ctx, ln, s)
 		},
 	}
+}
+
+// serveHTTP serves h on ln until ctx ends, then shuts the server down,
+// giving requests in flight 10s. The server cuts slow headers and idle
+// connections; the rest is the handler's.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && err != http.ErrServerClosed {
+		return err
+	}
+	return nil
 }
 
 func tokenCommand() *cli.Command {
