@@ -192,6 +192,36 @@ func TestMCPOverStdio(t *testing.T) {
 		}
 	})
 
+	// Text over the inline cap (64 KiB) and a file neither text nor an
+	// image come back as links; a small text file still inline.
+	t.Run("links", func(t *testing.T) {
+		var out mcp.JobOutput
+		res := call(t, cs, "run_code", map[string]any{
+			"language": "shell",
+			"code":     `head -c 70000 /dev/zero | tr '\0' a > "$OUTPUT_DIR/big.txt"; printf small > "$OUTPUT_DIR/small.txt"; printf '\001\002\377' > "$OUTPUT_DIR/blob.bin"`,
+		}, &out)
+		if res.IsError || out.Status != "succeeded" {
+			t.Fatalf("run_code: error %v, status %q:\n%s", res.IsError, out.Status, texts(res))
+		}
+		returned := map[string]string{}
+		for _, o := range out.Outputs {
+			returned[o.Path] = o.Returned
+		}
+		want := map[string]string{"big.txt": "link", "blob.bin": "link", "small.txt": "text"}
+		if fmt.Sprint(returned) != fmt.Sprint(want) {
+			t.Errorf("outputs returned as %v, want %v", returned, want)
+		}
+		links := 0
+		for _, c := range res.Content {
+			if l, ok := c.(*sdk.ResourceLink); ok && strings.HasPrefix(l.URI, "http") {
+				links++
+			}
+		}
+		if links != 2 || strings.Contains(texts(res), "aaaaaaaa") {
+			t.Errorf("%d resource links, want 2 (and the big text not inline):\n%.300s", links, texts(res))
+		}
+	})
+
 	t.Run("refused host", func(t *testing.T) {
 		const refused = "refused.sandq.test"
 		code := fmt.Sprintf(`
