@@ -25,7 +25,9 @@ var pythonSitePath = path.Join(executor.JobMount, pythonSiteDir)
 // of a write that a pipe takes only part of, as gVisor's host pipes do.
 // Interactive kernels flush so too. A fork waits for a flush under way
 // (the flush's lock is taken around it), and the child flushes on a thread
-// of its own. It then runs the image's own sitecustomize, which this one
+// of its own. At exit the flushing stops before the interpreter's own last
+// flush, which would otherwise abort when the thread holds a stream's lock.
+// It then runs the image's own sitecustomize, which this one
 // shadows; a snapshot-restored job's launcher runs this one too (see the
 // executor's snapshot launcher), after the image's.
 const pythonSitecustomize = `# Written by sandq beside the job's script: stdout and stderr are flushed
@@ -35,8 +37,8 @@ import sys
 
 
 def _sandq_flush_output():
-    import os, threading, time
-    state = {"lock": threading.Lock()}
+    import atexit, os, threading, time
+    state = {"lock": threading.Lock(), "stopped": False}
 
     def flush():
         while True:
@@ -52,11 +54,33 @@ def _sandq_flush_output():
     def start():
         threading.Thread(target=flush, name="sandq-output-flush", daemon=True).start()
 
+    def before_fork():
+        if not state["stopped"]:
+            state["lock"].acquire()
+
+    def after_in_parent():
+        if not state["stopped"]:
+            state["lock"].release()
+
     def in_child():
         state["lock"] = threading.Lock()
+        state["stopped"] = False
         start()
 
-    os.register_at_fork(before=lambda: state["lock"].acquire(), after_in_parent=lambda: state["lock"].release(), after_in_child=in_child)
+    def stop():
+        # At exit the interpreter flushes stdout and stderr itself, but
+        # waits only 1 s for a lock a daemon thread holds, and a daemon
+        # thread that got a stream's lock and not yet the GIL when the
+        # interpreter began to finalize never lets it go: "Fatal Python
+        # error: _enter_buffered_busy", exit 134. So the last flush of
+        # this thread ends first, and no other begins.
+        # (A fork after this, from a later exit handler, goes on without
+        # the lock, which stays held.)
+        state["lock"].acquire()
+        state["stopped"] = True
+
+    os.register_at_fork(before=before_fork, after_in_parent=after_in_parent, after_in_child=in_child)
+    atexit.register(stop)
     start()
 
 
