@@ -123,7 +123,8 @@ type copySource struct {
 // under the draft's prefix: Abort removes them. Each input carries the
 // output's sha256, which the worker checks when it fetches it, and its
 // origin, which the job's result records. The same output asked for twice
-// is copied once.
+// is copied once, and each job is read once; the count is checked after
+// each entry, so a long list stops at the cap.
 func (d *Draft) AddInputsFrom(ctx context.Context, from []InputFrom) error {
 	if len(from) == 0 {
 		return nil
@@ -133,10 +134,15 @@ func (d *Draft) AddInputsFrom(ctx context.Context, from []InputFrom) error {
 	}
 	var srcs []copySource
 	seen := map[InputOrigin]bool{}
+	read := map[string][]OutputDoc{} // each job's outputs, read once
 	for _, f := range from {
-		outs, err := d.c.outputsOf(ctx, d.job.Tenant, f.Job)
-		if err != nil {
-			return err
+		outs, ok := read[f.Job]
+		if !ok {
+			var err error
+			if outs, err = d.c.outputsOf(ctx, d.job.Tenant, f.Job); err != nil {
+				return err
+			}
+			read[f.Job] = outs
 		}
 		n := 0
 		for _, o := range outs {
@@ -162,9 +168,10 @@ func (d *Draft) AddInputsFrom(ctx context.Context, from []InputFrom) error {
 		case n == 0:
 			return &FieldError{Field: "inputs_from", Msg: fmt.Sprintf("glob %q matches none of the %d outputs of job %s (%s); \"*\" does not cross \"/\"", f.Glob, len(outs), f.Job, someOutputs(outs))}
 		}
-	}
-	if len(d.names)+len(srcs) > d.c.cfg.MaxInputs {
-		return d.c.tooManyInputs(len(d.names) + len(srcs))
+		// Refused as soon as the count is over, before the next job is read.
+		if len(d.names)+len(srcs) > d.c.cfg.MaxInputs {
+			return d.c.tooManyInputs(len(d.names) + len(srcs))
+		}
 	}
 	names := d.names[:len(d.names):len(d.names)]
 	total := d.total

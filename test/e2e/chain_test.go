@@ -228,6 +228,8 @@ func TestInputFromRefusalsLeaveNothing(t *testing.T) {
 			fieldIs("inputs"), []string{`"a.csv" and "a.csv" collide`}},
 		{"over the inputs' count", twoInputs, jobs.Submission{Script: ok, Inputs: []jobs.File{file(t, "own.txt", "x")}, InputsFrom: []jobs.InputFrom{{Job: step1.ID, Glob: "*.csv"}}},
 			fieldIs("inputs"), []string{"3 inputs is over the maximum of 2"}},
+		{"over the count before the jobs after it are read", twoInputs, jobs.Submission{Script: ok, InputsFrom: []jobs.InputFrom{{Job: step1.ID, Glob: "*.csv"}, {Job: step1.ID, Glob: "notes.txt"}, {Job: missing}}},
+			fieldIs("inputs"), []string{"3 inputs is over the maximum of 2"}},
 		{"over the inputs' bytes", fewBytes, jobs.Submission{Script: ok, InputsFrom: []jobs.InputFrom{{Job: step1.ID, Glob: "*.csv"}}},
 			func(err error) bool { var tl *jobs.TooLargeError; return errors.As(err, &tl) }, []string{"over the maximum of 20480"}},
 		{"uploads over the bytes the copies left", fewBytes, jobs.Submission{Script: ok, Inputs: []jobs.File{file(t, "big.bin", strings.Repeat("x", 10<<10))}, InputsFrom: []jobs.InputFrom{{Job: step1.ID, Glob: "b.csv"}}},
