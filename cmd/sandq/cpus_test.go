@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,22 +13,7 @@ import (
 // --cpus reaches the submission as asked; 0, negative, non-finite and
 // non-numbers are refused before anything is uploaded, naming the flag.
 func TestEnqueueCPUsFlag(t *testing.T) {
-	script := filepath.Join(t.TempDir(), "job.py")
-	if err := os.WriteFile(script, []byte("print(1)\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	parse := func(args ...string) (jobs.Submission, error) {
-		t.Helper()
-		var sub jobs.Submission
-		var subErr error
-		cmd := enqueueCommand()
-		cmd.Action = func(c *cli.Context) error { sub, subErr = submissionFromFlags(c); return nil }
-		app := &cli.App{Flags: globalFlags(), Commands: []*cli.Command{cmd}}
-		if err := app.Run(append(append([]string{"sandq", "enqueue"}, args...), script)); err != nil {
-			t.Fatal(err)
-		}
-		return sub, subErr
-	}
+	parse := func(args ...string) (jobs.Submission, error) { t.Helper(); return runEnqueueFlags(t, args...) }
 	sub, err := parse()
 	if err != nil || sub.Limits.CPUs != nil {
 		t.Errorf("no --cpus: %v, %v; want none asked (the queue's default)", sub.Limits.CPUs, err)

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/term"
 
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/jobs"
@@ -68,7 +67,7 @@ func imageBuildCommand() *cli.Command {
 			start := time.Now()
 			// The phases and package counts go to stderr (see progress.go);
 			// the log shares it, so its lines pass through the progress.
-			prog := newBuildProgress(os.Stderr, term.IsTerminal(int(os.Stderr.Fd())), time.Now)
+			prog := newBuildProgress(os.Stderr, isTerminal(os.Stderr), time.Now)
 			stopTicker := func() {}
 			if prog.term {
 				stopTicker = ticker(time.Second, prog.tick)

@@ -14,7 +14,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/term"
 
 	"github.com/sandq/sandq/api"
 	"github.com/sandq/sandq/jobs"
@@ -280,7 +279,7 @@ func follow(ctx context.Context, c *cli.Context, client producer, id string) err
 	// enqueue --quiet shows no states (wait has no --quiet: false); the
 	// job's own output is printed all the same.
 	quiet := c.Bool("quiet")
-	live := !quiet && term.IsTerminal(int(os.Stderr.Fd()))
+	live := !quiet && isTerminal(os.Stderr)
 	out := newLivePrinter(c.App.Writer, os.Stderr, live)
 	var last jobs.State
 	st, err := followJob(ctx, client, id, func(st *jobs.JobStatus) {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/term"
 
 	"github.com/sandq/sandq/executor/image"
 	"github.com/sandq/sandq/internal/bytesize"
@@ -275,7 +274,7 @@ func (u *uploadProgress) close(ok bool) {
 // with --progress, so that logs stay clean. The returned func ends the
 // display, ok when the enqueue succeeded.
 func showUploads(c *cli.Context, sub *jobs.Submission) func(ok bool) {
-	isTerm := term.IsTerminal(int(os.Stderr.Fd()))
+	isTerm := isTerminal(os.Stderr)
 	if c.Bool("quiet") || (!isTerm && !c.Bool("progress")) {
 		return func(bool) {}
 	}
