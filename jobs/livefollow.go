@@ -118,8 +118,13 @@ func (c *Client) follow(ctx context.Context, id string, tenant *string, after st
 	if onLog != nil {
 		logsDone = make(chan error, 1)
 		logCtx, stopLogs := context.WithCancel(ctx)
-		defer stopLogs()
+		exited := make(chan struct{})
+		// Follow returns only once onLog can no longer be called: its
+		// caller may write to what it is about to give up (an HTTP
+		// response).
+		defer func() { stopLogs(); <-exited }()
 		go func() {
+			defer close(exited)
 			err := c.logs(logCtx, id, tenant, after, true, func(e LogEvent) error {
 				mu.Lock()
 				defer mu.Unlock()
@@ -256,6 +261,9 @@ func (r *liveReader) read(ctx context.Context) (int, error) {
 				// One bad entry must not stop every follower for good.
 				r.c.logger.Warn("skipping an entry of a job's live output", "job_id", r.id, "err", err)
 				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return n, err // the rest of a batch is not handed on once stopped
 			}
 			if err := r.fn(e); err != nil {
 				return n, err

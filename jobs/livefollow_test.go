@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -307,6 +308,41 @@ func TestFollowEndsOnAnOutputError(t *testing.T) {
 	st, err := c.Follow(ctx, id, "", nil, func(LogEvent) error { return refused })
 	if !errors.Is(err, ErrLiveOutput) || !errors.Is(err, refused) || st == nil || st.State != StatePending {
 		t.Fatalf("follow with a failing function: %+v %v, want ErrLiveOutput wrapping its error and the pending state", st, err)
+	}
+}
+
+// TestFollowCallsNothingAfterItReturns: Follow cancelled while the output
+// function works through a backlog (more than one read's worth) returns
+// only once that function can no longer be called, and the rest of the
+// read is not handed on. (The API's function writes to the HTTP response,
+// which the server reuses once the handler returns.)
+func TestFollowCallsNothingAfterItReturns(t *testing.T) {
+	addr := testenv.Redis(t)
+	c := doneClient(t, addr, 50*time.Millisecond)
+	id := enqueueBare(t, c)
+	for i := range liveReadCount + 10 {
+		addLog(t, c.rdb, id, LogEvent{Attempt: 1, Stream: "stdout", Data: fmt.Sprintf("%d\n", i)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var returned, late, calls atomic.Int32
+	_, err := c.Follow(ctx, id, "", nil, func(LogEvent) error {
+		if returned.Load() != 0 {
+			late.Add(1)
+		}
+		if calls.Add(1) == 1 {
+			cancel() // stopped while the rest of the read's batch waits
+		}
+		time.Sleep(2 * time.Millisecond)
+		return nil
+	})
+	returned.Store(1)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Follow cancelled: %v, want context.Canceled", err)
+	}
+	time.Sleep(time.Second) // what was left of the batch took about 0.5 s
+	if n := late.Load(); n > 0 || calls.Load() != 1 {
+		t.Errorf("the output function was called %d times, %d of them after Follow returned; want once, and never after", calls.Load(), n)
 	}
 }
 
