@@ -80,7 +80,7 @@ func (sl *streamSlot) renew(ctx context.Context) {
 	if sl.max < 0 || time.Since(sl.renewed) < streamRenewEvery {
 		return
 	}
-	// A failed renewal is tried again at the next poll; the lease lasts
+	// A failed renewal is tried again at the next tick; the lease lasts
 	// many renewal periods.
 	if streamLeaseScript.Run(ctx, sl.rdb, []string{sl.key}, sl.max, streamLease.Milliseconds(), "renew", sl.id).Err() == nil {
 		sl.renewed = time.Now()

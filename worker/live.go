@@ -57,7 +57,7 @@ type liveOutput struct {
 	// over.
 	running, ended time.Duration
 	logger         *slog.Logger
-	// dropped hears of every byte dropped (the metric).
+	// onDrop hears of every byte dropped (the metric).
 	onDrop func(int64)
 	// bufferBytes, flushEvery and flushBytes are the constants above
 	// (tests change them).
