@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -459,13 +460,13 @@ func fetchManifest(ctx context.Context, hc *http.Client, id string, ref *Manifes
 	if !ref.ExpiresAt.IsZero() && time.Now().After(ref.ExpiresAt) {
 		return nil, linksExpired(ref.ExpiresAt)
 	}
-	var buf strings.Builder
+	var buf bytes.Buffer
 	_, _, err := fetchInto(ctx, hc, download{path: "manifest.json", url: ref.URL, kind: "manifest", expires: ref.ExpiresAt, size: -1, maxSize: maxManifestBytes}, &buf)
 	if err != nil {
 		return nil, fmt.Errorf("the trimmed result's manifest: %w", err)
 	}
 	var m Manifest
-	if err := json.Unmarshal([]byte(buf.String()), &m); err != nil {
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
 		return nil, fmt.Errorf("the trimmed result's manifest: %w", err)
 	}
 	if m.ID != id {

@@ -26,7 +26,9 @@ const (
 	// --server): it writes inputs and removes them when a submission is
 	// refused or a queued job is cancelled. The only objects it reads are
 	// jobs' outputs and manifests, which it copies as a new job's inputs
-	// (Copy, for --input-from); never inputs or logs.
+	// (Copy, for --input-from); not logs, nor inputs, except an input it
+	// uploaded itself whose name the same patterns match (a directory
+	// "outputs/", or "manifest.json").
 	RoleProducer Role = "producer"
 	// RoleSetup prepares the bucket once (sandq s3 setup): it creates the
 	// bucket and sets the expiry rule of ObjectPrefix. Keep these

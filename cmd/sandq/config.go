@@ -79,7 +79,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "max-output-size", DefaultText: sizeText(jobs.DefaultMaxOutputSize), EnvVars: env("MAX_OUTPUT_SIZE")},
 		&cli.IntFlag{Name: "default-output-files", DefaultText: intText(jobs.DefaultOutputFiles), EnvVars: env("DEFAULT_OUTPUT_FILES")},
 		&cli.IntFlag{Name: "max-output-files", DefaultText: intText(jobs.DefaultMaxOutputFiles), EnvVars: env("MAX_OUTPUT_FILES")},
-		&cli.StringFlag{Name: "default-cpus", DefaultText: "1, or --max-cpus when less", EnvVars: env("DEFAULT_CPUS"), Usage: "CPU limit of a job that asks for none, in cores"},
+		&cli.StringFlag{Name: "default-cpus", DefaultText: strconv.FormatFloat(jobs.DefaultCPUs, 'g', -1, 64) + ", or --max-cpus when less", EnvVars: env("DEFAULT_CPUS"), Usage: "CPU limit of a job that asks for none, in cores"},
 		&cli.StringFlag{Name: "max-cpus", DefaultText: "number of CPUs", EnvVars: env("MAX_CPUS"), Usage: "largest CPU limit, in cores; a worker's may not be over its host's CPUs"},
 		&cli.IntFlag{Name: "max-inputs", DefaultText: intText(jobs.DefaultMaxInputs), EnvVars: env("MAX_INPUTS")},
 		&cli.StringFlag{Name: "max-input-size", DefaultText: sizeText(jobs.DefaultMaxInputSize), EnvVars: env("MAX_INPUT_SIZE"), Usage: "largest input file"},

@@ -23,7 +23,8 @@ import (
 const (
 	// plainEvery is the least time between two plain count lines.
 	plainEvery = 15 * time.Second
-	// tickEvery is how often a terminal's status line is redrawn.
+	// tickEvery is how often an upload's status line is redrawn on a
+	// terminal (a build's shows whole seconds, redrawn every second).
 	tickEvery = 250 * time.Millisecond
 	// uploadShowAfter keeps a quick upload's line from flashing by.
 	uploadShowAfter = 500 * time.Millisecond
@@ -233,7 +234,7 @@ func (u *uploadProgress) text(verb string, now time.Time) string {
 	if s := now.Sub(u.start).Seconds(); s > 0 {
 		rate = float64(sent) / s
 	}
-	return fmt.Sprintf("%s %s of %s (%.0f%%), %s/s", verb, progressSize(sent), progressSize(u.total), pct, progressSize(int64(rate)))
+	return fmt.Sprintf("%s %s of %s (%.0f%%), %s/s", verb, bytesize.Tenth(sent), bytesize.Tenth(u.total), pct, bytesize.Tenth(int64(rate)))
 }
 
 // tick shows the upload's state: on a terminal once it has gone on for
@@ -265,7 +266,7 @@ func (u *uploadProgress) close(ok bool) {
 	u.closed = true
 	u.line.clear()
 	if !u.term && ok {
-		fmt.Fprintf(u.w, "uploaded %s in %.1fs\n", progressSize(u.total), u.now().Sub(u.start).Seconds())
+		fmt.Fprintf(u.w, "uploaded %s in %.1fs\n", bytesize.Tenth(u.total), u.now().Sub(u.start).Seconds())
 	}
 }
 
@@ -303,7 +304,3 @@ func (c *countingReader) Read(b []byte) (int, error) {
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }
-
-// progressSize is a size to a tenth of its binary unit, so that a status
-// line keeps its width as the count grows.
-func progressSize(n int64) string { return bytesize.Tenth(n) }
