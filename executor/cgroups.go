@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,15 +27,9 @@ func pidsLimitHits(cgroupPath string) int {
 // the controller's cgroup v1 hierarchy, or else v2file in the unified one.
 // It is 0 when the file or the count is missing.
 func cgroupCount(cgroupPath, controller, v1file, v2file, key string) int {
-	v1, v2, err := runsc.CgroupRoots()
+	file, _, err := cgroupFile(cgroupPath, controller, v1file, v2file)
 	if err != nil {
 		return 0
-	}
-	var file string
-	if root, ok := v1[controller]; ok {
-		file = filepath.Join(root, cgroupPath, v1file)
-	} else if v2 != "" {
-		file = filepath.Join(v2, cgroupPath, v2file)
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
@@ -47,4 +42,26 @@ func cgroupCount(cgroupPath, controller, v1file, v2file, key string) int {
 		}
 	}
 	return 0
+}
+
+// cgroupFile is the path of a cgroup's file: v1file in the controller's
+// cgroup v1 hierarchy when the host mounts one, else v2file in the unified
+// hierarchy. It fails when neither is there (the controller is not enabled
+// for the cgroup).
+func cgroupFile(cgroupPath, controller, v1file, v2file string) (file string, v2 bool, err error) {
+	v1roots, v2root, err := runsc.CgroupRoots()
+	if err != nil {
+		return "", false, err
+	}
+	if root, ok := v1roots[controller]; ok {
+		file = filepath.Join(root, cgroupPath, v1file)
+	} else if v2root != "" {
+		file, v2 = filepath.Join(v2root, cgroupPath, v2file), true
+	} else {
+		return "", false, fmt.Errorf("no %s cgroup controller on this host", controller)
+	}
+	if _, err := os.Stat(file); err != nil {
+		return "", false, fmt.Errorf("cgroup %s: %w", controller, err)
+	}
+	return file, v2, nil
 }

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"github.com/sandq/sandq/internal/runsc"
 )
 
 // CPUPeriodMicros is the period of a sandbox's CPU limit: in each period of
@@ -25,28 +23,6 @@ const MinCPUs = 0.01
 // cpuQuotaMicros is the quota per CPUPeriodMicros of a limit of cpus.
 func cpuQuotaMicros(cpus float64) int64 {
 	return int64(math.Round(cpus * CPUPeriodMicros))
-}
-
-// cgroupFile is the path of a cgroup's file: v1file in the controller's
-// cgroup v1 hierarchy when the host mounts one, else v2file in the unified
-// hierarchy. It fails when neither is there (the controller is not enabled
-// for the cgroup).
-func cgroupFile(cgroupPath, controller, v1file, v2file string) (file string, v2 bool, err error) {
-	v1roots, v2root, err := runsc.CgroupRoots()
-	if err != nil {
-		return "", false, err
-	}
-	if root, ok := v1roots[controller]; ok {
-		file = filepath.Join(root, cgroupPath, v1file)
-	} else if v2root != "" {
-		file, v2 = filepath.Join(v2root, cgroupPath, v2file), true
-	} else {
-		return "", false, fmt.Errorf("no %s cgroup controller on this host", controller)
-	}
-	if _, err := os.Stat(file); err != nil {
-		return "", false, fmt.Errorf("cgroup %s: %w", controller, err)
-	}
-	return file, v2, nil
 }
 
 // setCPULimit sets a cgroup's CPU bandwidth to cpus CPUs (quota cpus ×
