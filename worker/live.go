@@ -297,32 +297,16 @@ func (h *Handler) followLive(a *attempt, sb executor.Sandbox) *liveOutput {
 }
 
 // partialRune is how many bytes at the end of p begin a UTF-8 character
-// whose rest is missing (0 when p ends on a boundary, or its end is not
-// UTF-8 at all).
+// whose rest is missing (0 when p ends on a boundary, or its end cannot
+// become UTF-8 whatever follows).
 func partialRune(p []byte) int {
 	for k := 1; k <= min(utf8.UTFMax-1, len(p)); k++ {
-		b := p[len(p)-k]
-		if b < utf8.RuneSelf {
-			return 0
-		}
-		if !utf8.RuneStart(b) {
-			continue
-		}
-		var need int
-		switch {
-		case b&0xE0 == 0xC0:
-			need = 2
-		case b&0xF0 == 0xE0:
-			need = 3
-		case b&0xF8 == 0xF0:
-			need = 4
-		default:
-			return 0
-		}
-		if need > k {
+		if utf8.RuneStart(p[len(p)-k]) {
+			if utf8.FullRune(p[len(p)-k:]) {
+				return 0
+			}
 			return k
 		}
-		return 0
 	}
 	return 0
 }
