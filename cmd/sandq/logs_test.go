@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -45,11 +46,7 @@ func TestLogsCommand(t *testing.T) {
 		}
 	}
 	// A stand-in worker writes the output, its End, and a result.
-	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: addr}, asynq.Config{
-		Concurrency: 1, Queues: map[string]int{jobs.DefaultQueue: 1}, TaskCheckInterval: 10 * time.Millisecond, LogLevel: asynq.FatalLevel,
-	})
-	if err := srv.Start(asynq.HandlerFunc(func(ctx context.Context, task *asynq.Task) error {
-		id, _ := asynq.GetTaskID(ctx)
+	enq := standInWorker(t, addr, func(ctx context.Context, id string) {
 		if strings.HasPrefix(id, "quiet") {
 			// Ends without output.
 		} else {
@@ -62,15 +59,7 @@ func TestLogsCommand(t *testing.T) {
 			add(id, jobs.LogEvent{Attempt: 2, Stream: "stdout", Data: "tail\n"})
 			add(id, jobs.LogEvent{Attempt: 2, End: true})
 		}
-		b, _ := json.Marshal(&jobs.Result{ID: id, Queue: jobs.DefaultQueue, Status: jobs.StatusSucceeded, Outputs: []jobs.OutputDoc{}})
-		_, err := task.ResultWriter().Write(b)
-		return err
-	})); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
-	enq := asynq.NewClient(asynq.RedisClientOpt{Addr: addr})
-	defer enq.Close()
+	})
 	var ids []string
 	for _, prefix := range []string{"loud", "quiet"} {
 		id := prefix + "-" + jobs.NewJobID()
@@ -109,6 +98,78 @@ func TestLogsCommand(t *testing.T) {
 	}
 	if _, _, err := runLogs(addr); err == nil || !strings.Contains(err.Error(), "logs takes exactly one job ID") {
 		t.Errorf("no job ID: %v", err)
+	}
+}
+
+// standInWorker serves the default queue of the Redis at addr in the
+// worker's place (the worker side is not this package's): run writes the
+// job's live output, and the job then succeeds with no outputs. It
+// returns a client to queue jobs with.
+func standInWorker(t *testing.T, addr string, run func(ctx context.Context, id string)) *asynq.Client {
+	t.Helper()
+	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: addr}, asynq.Config{
+		Concurrency: 1, Queues: map[string]int{jobs.DefaultQueue: 1}, TaskCheckInterval: 10 * time.Millisecond, LogLevel: asynq.FatalLevel,
+	})
+	if err := srv.Start(asynq.HandlerFunc(func(ctx context.Context, task *asynq.Task) error {
+		id, _ := asynq.GetTaskID(ctx)
+		run(ctx, id)
+		b, _ := json.Marshal(&jobs.Result{ID: id, Queue: jobs.DefaultQueue, Status: jobs.StatusSucceeded, Outputs: []jobs.OutputDoc{}})
+		_, err := task.ResultWriter().Write(b)
+		return err
+	})); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	enq := asynq.NewClient(asynq.RedisClientOpt{Addr: addr})
+	t.Cleanup(func() { enq.Close() })
+	return enq
+}
+
+// failFirst fails its first write and keeps the rest.
+type failFirst struct {
+	failed bool
+	kept   strings.Builder
+}
+
+func (w *failFirst) Write(p []byte) (int, error) {
+	if !w.failed {
+		w.failed = true
+		return 0, errors.New("broken pipe")
+	}
+	return w.kept.Write(p)
+}
+
+// TestWaitGoesOnWhenLiveOutputStops: `sandq wait` whose live output
+// cannot be printed (stdout refused the job's first line) says so on
+// stderr and goes on waiting without it: the result comes, and the exit
+// is the job's.
+func TestWaitGoesOnWhenLiveOutputStops(t *testing.T) {
+	addr := testenv.Redis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	enq := standInWorker(t, addr, func(ctx context.Context, id string) {
+		for _, e := range []jobs.LogEvent{{Attempt: 1, Stream: "stdout", Data: "first\n"}, {Attempt: 1, Stream: "stdout", Data: "second\n"}} {
+			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.LiveLog(id), Values: e.Values()}).Err(); err != nil {
+				t.Error(err)
+			}
+			time.Sleep(300 * time.Millisecond) // heard live, one at a time
+		}
+		rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.LiveLog(id), Values: jobs.LogEvent{Attempt: 1, End: true}.Values()})
+	})
+	id := jobs.NewJobID()
+	if _, err := enq.Enqueue(asynq.NewTask(jobs.TypeRun, []byte(fmt.Sprintf(`{"id":%q}`, id))), asynq.TaskID(id), asynq.Retention(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	var out failFirst
+	var errOut bytes.Buffer
+	app := newApp()
+	app.Writer, app.ErrWriter = &out, &errOut
+	err := app.Run([]string{"sandq", "--redis-addr", addr, "wait", id})
+	if err != nil || !strings.Contains(errOut.String(), "--- live output stopped: ") || !strings.Contains(errOut.String(), "broken pipe") {
+		t.Fatalf("wait: %v\nstderr %q; want a note that the live output stopped", err, errOut.String())
+	}
+	if got := out.kept.String(); strings.Contains(got, "second") || !strings.Contains(got, "succeeded") {
+		t.Errorf("stdout after the failed write %q: want the result, and no more live output", got)
 	}
 }
 

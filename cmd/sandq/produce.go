@@ -279,8 +279,8 @@ func follow(ctx context.Context, c *cli.Context, client producer, id string) err
 	// enqueue --quiet shows no states (wait has no --quiet: false); the
 	// job's own output is printed all the same.
 	quiet := c.Bool("quiet")
-	live := !quiet && isTerminal(os.Stderr)
-	out := newLivePrinter(c.App.Writer, os.Stderr, live)
+	live := !quiet && isTerminal(c.App.ErrWriter)
+	out := newLivePrinter(c.App.Writer, c.App.ErrWriter, live)
 	var last jobs.State
 	st, err := followJob(ctx, client, id, func(st *jobs.JobStatus) {
 		if live {
