@@ -635,10 +635,15 @@ class Client:
         done job, with ``files`` the outputs downloaded into ``dir`` (the
         current directory when None). With ``check`` (the default), a job
         that did not succeed raises JobFailed, after what it wrote has been
-        downloaded. Other arguments are submit's."""
+        downloaded. Other arguments are submit's. A result trimmed of its
+        outputs (over the server's size cap) is downloaded from its
+        manifest, as ``download`` does."""
         job = self.submit(script, **submit_args)
         job = self.wait(job, wait_timeout, on_log=on_log)
-        if job.result is not None and job.result.outputs:
+        # Whenever there is a result, not only when it lists outputs: one
+        # trimmed of them lists none, and its manifest has them all. A
+        # download of nothing fetches nothing and makes no directory.
+        if job.result is not None:
             job.files = self.download(job, os.curdir if dir is None else dir)
         if check and (job.result is None or not job.result.succeeded):
             raise JobFailed(job)
