@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import ssl
 import time
@@ -54,54 +53,8 @@ _UNITS = (
     ("B", 1),
 )
 # The largest size the CLI takes: half the largest int64.
-_MAX_SIZE = float((1 << 63) // 2)
-# What Go's strings.TrimSpace trims (Unicode White_Space; not what
-# str.strip() trims, which also takes \x1c-\x1f).
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-# The numbers Go's strconv.ParseFloat reads (but Inf and NaN, which sizes
-# refuse): decimal, or hexadecimal with a p exponent; underscores are
-# checked apart, by _underscores_ok.
-_DEC = re.compile(r"[+-]?(?=[0-9_.]*[0-9])[0-9_]*(?:\.[0-9_]*)?(?:[eE][+-]?[0-9][0-9_]*)?")
-_HEX = re.compile(r"[+-]?0[xX](?=[0-9a-fA-F_.]*[0-9a-fA-F])[0-9a-fA-F_]*(?:\.[0-9a-fA-F_]*)?[pP][+-]?[0-9][0-9_]*")
+_MAX_SIZE = 1 << 62
 _SIZE_WANT = "a non-negative number of bytes, with an optional unit: B; KiB, MiB, GiB, TiB (or Ki, Mi, Gi, Ti, or K, M, G, T) for powers of 1024; KB, MB, GB, TB for powers of 1000"
-
-
-def _underscores_ok(s: str) -> bool:
-    """Go's rule (strconv's underscoreOK): an underscore only between
-    digits, or between a base prefix and a digit."""
-    saw = "^"
-    if s[:1] in ("+", "-"):
-        s = s[1:]
-    i, hexa = 0, False
-    if len(s) >= 2 and s[0] == "0" and s[1] in "bBoOxX":
-        i, saw, hexa = 2, "0", s[1] in "xX"
-    for c in s[i:]:
-        if "0" <= c <= "9" or hexa and c in "abcdefABCDEF":
-            saw = "0"
-        elif c == "_":
-            if saw != "0":
-                return False
-            saw = "_"
-        elif saw == "_":
-            return False
-        else:
-            saw = "!"
-    return saw != "_"
-
-
-def _go_float(t: str) -> Optional[float]:
-    """t as Go's strconv.ParseFloat reads it, or None where it fails."""
-    hexa = _HEX.fullmatch(t) is not None
-    if not hexa and _DEC.fullmatch(t) is None:
-        return None
-    if "_" in t:
-        if not _underscores_ok(t):
-            return None
-        t = t.replace("_", "")
-    try:
-        return float.fromhex(t) if hexa else float(t)
-    except OverflowError:
-        return None
 
 
 def parse_size(v: Union[int, str, None], what: str) -> Optional[int]:
@@ -110,7 +63,9 @@ def parse_size(v: Union[int, str, None], what: str) -> Optional[int]:
     "512MiB", "1.5GiB", "4KB", "2G". KiB/MiB/GiB/TiB, Ki/Mi/Gi/Ti and K/M/G/T
     are powers of 1024, KB/MB/GB/TB powers of 1000, B is bytes; units are
     case-sensitive. Fractions are allowed and cut to whole bytes. A negative
-    size, or one over 2**62 bytes, is refused."""
+    size, or one over 2**62 bytes, is refused. (The number is Python's
+    float syntax, which differs from Go's in corners such as hexadecimal
+    floats.)"""
     if v is None:
         return None
     if isinstance(v, bool):
@@ -122,21 +77,21 @@ def parse_size(v: Union[int, str, None], what: str) -> Optional[int]:
             raise InvalidRequest(f"{what}: {v!r} is too large", field=what)
         return v
     if isinstance(v, str):
-        t = v.strip(_GO_SPACE)
-        if not t:
-            raise InvalidRequest(f"{what}: {v!r} is empty (want {_SIZE_WANT})", field=what)
+        t = v.strip()
         mult = 1
         for suffix, m in _UNITS:
             if t.endswith(suffix):
-                t, mult = t[: -len(suffix)].strip(_GO_SPACE), m
+                t, mult = t[: -len(suffix)].strip(), m
                 break
-        f = _go_float(t)
-        if f is None or f < 0 or math.isnan(f) or math.isinf(f):
+        try:
+            f = float(t) if t.isascii() else math.nan
+        except ValueError:
+            f = math.nan
+        if not math.isfinite(f) or f < 0:
             raise InvalidRequest(f"{what}: {v!r} is not a size (want {_SIZE_WANT})", field=what)
-        n = f * mult
-        if n > _MAX_SIZE:
+        if f * mult > _MAX_SIZE:
             raise InvalidRequest(f"{what}: {v!r} is too large", field=what)
-        return int(n)
+        return int(f * mult)
     raise InvalidRequest(f"{what}: {v!r} is not a size (want {_SIZE_WANT})", field=what)
 
 
