@@ -6,6 +6,7 @@ import datetime as _dt
 import http.client
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -42,34 +43,56 @@ STREAM_READ_TIMEOUT = 45.0
 # The longest wait between tries that the client accepts from Retry-After.
 MAX_RETRY_AFTER = 30.0
 
-_UNITS = {
-    "": 1, "B": 1,
-    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-    "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
-}
+# The units of the CLI's sizes (internal/bytesize), in the order it tries
+# them: the first that ends the string is its unit. Case matters.
+_UNITS = (
+    ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40),
+    ("KB", 1000), ("MB", 1000**2), ("GB", 1000**3), ("TB", 1000**4),
+    ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40),
+    ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40),
+    ("B", 1),
+)
+# The largest size the CLI takes: half the largest int64.
+_MAX_SIZE = 1 << 62
+_SIZE_WANT = "a non-negative number of bytes, with an optional unit: B; KiB, MiB, GiB, TiB (or Ki, Mi, Gi, Ti, or K, M, G, T) for powers of 1024; KB, MB, GB, TB for powers of 1000"
 
 
 def parse_size(v: Union[int, str, None], what: str) -> Optional[int]:
-    """A byte size: an int, or a string as the CLI spells sizes ("512MiB",
-    "1.5GiB", "4KB")."""
+    """A byte size: an int, or a string as the CLI reads sizes
+    (internal/bytesize): a plain number of bytes, or a number with a unit,
+    "512MiB", "1.5GiB", "4KB", "2G". KiB/MiB/GiB/TiB, Ki/Mi/Gi/Ti and K/M/G/T
+    are powers of 1024, KB/MB/GB/TB powers of 1000, B is bytes; units are
+    case-sensitive. Fractions are allowed and cut to whole bytes. A negative
+    size, or one over 2**62 bytes, is refused. (The number is Python's
+    float syntax, which differs from Go's in corners such as hexadecimal
+    floats.)"""
     if v is None:
         return None
     if isinstance(v, bool):
         raise InvalidRequest(f"{what}: want a number of bytes or a size such as 512MiB, not {v!r}", field=what)
     if isinstance(v, int):
+        if v < 0:
+            raise InvalidRequest(f"{what}: {v!r} is negative (want {_SIZE_WANT})", field=what)
+        if v > _MAX_SIZE:
+            raise InvalidRequest(f"{what}: {v!r} is too large", field=what)
         return v
     if isinstance(v, str):
-        s = v.strip()
-        i = len(s)
-        while i > 0 and s[i - 1].isalpha():
-            i -= 1
-        num, unit = s[:i].strip(), s[i:].upper()
-        if unit in _UNITS and num:
-            try:
-                return int(float(num) * _UNITS[unit])
-            except ValueError:
-                pass
-    raise InvalidRequest(f"{what}: {v!r} is not a size (want bytes, or e.g. 512MiB, 1.5GiB, 4KB)", field=what)
+        t = v.strip()
+        mult = 1
+        for suffix, m in _UNITS:
+            if t.endswith(suffix):
+                t, mult = t[: -len(suffix)].strip(), m
+                break
+        try:
+            f = float(t) if t.isascii() else math.nan
+        except ValueError:
+            f = math.nan
+        if not math.isfinite(f) or f < 0:
+            raise InvalidRequest(f"{what}: {v!r} is not a size (want {_SIZE_WANT})", field=what)
+        if f * mult > _MAX_SIZE:
+            raise InvalidRequest(f"{what}: {v!r} is too large", field=what)
+        return int(f * mult)
+    raise InvalidRequest(f"{what}: {v!r} is not a size (want {_SIZE_WANT})", field=what)
 
 
 def _job_id(job: Union[str, Job]) -> str:
@@ -567,10 +590,15 @@ class Client:
         done job, with ``files`` the outputs downloaded into ``dir`` (the
         current directory when None). With ``check`` (the default), a job
         that did not succeed raises JobFailed, after what it wrote has been
-        downloaded. Other arguments are submit's."""
+        downloaded. Other arguments are submit's. A result trimmed of its
+        outputs (over the server's size cap) is downloaded from its
+        manifest, as ``download`` does."""
         job = self.submit(script, **submit_args)
         job = self.wait(job, wait_timeout, on_log=on_log)
-        if job.result is not None and job.result.outputs:
+        # Whenever there is a result, not only when it lists outputs: one
+        # trimmed of them lists none, and its manifest has them all. A
+        # download of nothing fetches nothing and makes no directory.
+        if job.result is not None:
             job.files = self.download(job, os.curdir if dir is None else dir)
         if check and (job.result is None or not job.result.succeeded):
             raise JobFailed(job)

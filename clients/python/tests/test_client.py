@@ -10,7 +10,9 @@ need one are skipped, and that test fails on any skip.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
+import json
 import os
 import shutil
 import socket
@@ -128,8 +130,50 @@ def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
+class _LocalStore:
+    """An HTTP server on 127.0.0.1 serving files by name, as the object
+    store serves presigned links; it notes each path asked for."""
+
+    def __init__(self, files):
+        self.files = dict(files)
+        self.asked = []
+        store = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = urllib.parse.urlsplit(self.path).path
+                store.asked.append(path)
+                body = store.files.get(path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
 class OfflineTest(unittest.TestCase):
-    """What needs no server: documents read tolerantly, sizes, names."""
+    """What needs no server: documents read tolerantly, sizes, names, and
+    run's download from a local store."""
 
     def test_unknown_fields_are_ignored(self):
         j = sandq.Job.from_dict({
@@ -153,6 +197,72 @@ class OfflineTest(unittest.TestCase):
         with self.assertRaises(sandq.InvalidRequest) as cm:
             sandq.parse_size("lots", "memory")
         self.assertEqual(cm.exception.field, "memory")
+
+    def test_sizes_as_the_cli_reads_them(self):
+        # internal/bytesize.Parse: every unit it knows, case-sensitive;
+        # plain numbers, fractions (cut to whole bytes), spaces.
+        for s, want in [
+            ("0", 0), ("5", 5), ("+5", 5), ("-0", 0), ("1.5", 1), ("1e3", 1000),
+            ("5B", 5), ("5 B", 5), (" 5KiB\n", 5 << 10),
+            ("5KiB", 5 << 10), ("5MiB", 5 << 20), ("5GiB", 5 << 30), ("5TiB", 5 << 40),
+            ("5KB", 5000), ("5MB", 5 * 1000**2), ("5GB", 5 * 1000**3), ("5TB", 5 * 1000**4),
+            ("5Ki", 5 << 10), ("5Mi", 5 << 20), ("5Gi", 5 << 30), ("5Ti", 5 << 40),
+            ("5K", 5 << 10), ("5M", 5 << 20), ("5G", 5 << 30), ("5T", 5 << 40),
+            ("1.5GiB", 3 << 29), ("1.5G", 3 << 29), ("0.5KB", 500), (".5K", 512), ("2.M", 2 << 20),
+            ("1_000", 1000),
+            ("4194304Ti", 1 << 62), (1 << 62, 1 << 62), (0, 0),
+        ]:
+            self.assertEqual(sandq.parse_size(s, "disk"), want, repr(s))
+        for bad in [
+            "", "   ", "-1", "-1KiB", "-0.5", -1,
+            "5kib", "5KIB", "5kB", "5kb", "5k", "5b", "5mi", "5g", "5t",
+            "KiB", "B", "5EiB", "5PB", "5 bytes", "5BB", "5KiBB", "5iB", "5 K B",
+            "1__000", "_1", "1_", "0x10", "0x", "1e", "e3", ".", "1.2.3", "\u0663",
+            "inf", "Infinity", "NaN", "1e400",
+            "4194305Ti", "8EiB", (1 << 62) + 1, True, 1.5, [1],
+        ]:
+            with self.assertRaises(sandq.InvalidRequest, msg=repr(bad)) as cm:
+                sandq.parse_size(bad, "disk")
+            self.assertEqual(cm.exception.field, "disk", repr(bad))
+
+    def test_run_downloads_outputs_listed_only_in_the_manifest(self):
+        # A result over the server's size cap has had every output cut from
+        # its list (trimmed.outputs counts them; jobs/resultcap.go) and
+        # links a manifest of them all. run downloads them from it. Only
+        # submit and wait are faked; the manifest and the outputs are
+        # served by a local HTTP server, as presigned links would be.
+        files = {"a.txt": b"alpha\n", "sub/b.bin": BINARY}
+        with _LocalStore(files) as store, tempfile.TemporaryDirectory() as tmp:
+            manifest = {"id": "j1", "outputs": [
+                {"path": p, "size": len(b), "sha256": sha(b), "url": store.url(p)} for p, b in files.items()]}
+            store.files["manifest.json"] = json.dumps(manifest).encode()
+            done = sandq.Job.from_dict({"id": "j1", "state": "done", "result": {
+                "id": "j1", "status": "succeeded", "exit_code": 0, "outputs": [],
+                "trimmed": {"reason": "over the cap", "max_bytes": 65536, "outputs": 2,
+                            "manifest": {"url": store.url("manifest.json")}}}})
+            client = sandq.Client("http://127.0.0.1:1", "t")
+            out = os.path.join(tmp, "out")
+            with mock.patch.dict(os.environ, {"no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}), \
+                    mock.patch.object(client, "submit", return_value=sandq.Job(id="j1", state="pending")), \
+                    mock.patch.object(client, "wait", return_value=done):
+                job = client.run(("s.py", b"pass"), dir=out)
+            self.assertEqual(sorted(job.files), ["a.txt", "sub/b.bin"])
+            for p, b in files.items():
+                with open(os.path.join(out, p), "rb") as f:
+                    self.assertEqual(f.read(), b, p)
+            self.assertEqual(sorted(store.asked), ["/a.txt", "/manifest.json", "/sub/b.bin"])
+
+            # A result with no outputs at all: nothing is fetched, and no
+            # directory is made.
+            store.asked.clear()
+            empty = sandq.Job.from_dict({"id": "j2", "state": "done", "result": {"id": "j2", "status": "succeeded", "outputs": []}})
+            none = os.path.join(tmp, "none")
+            with mock.patch.object(client, "submit", return_value=sandq.Job(id="j2", state="pending")), \
+                    mock.patch.object(client, "wait", return_value=empty):
+                job = client.run(("s.py", b"pass"), dir=none)
+            self.assertEqual(job.files, {})
+            self.assertFalse(os.path.exists(none))
+            self.assertEqual(store.asked, [])
 
     def test_unsafe_names(self):
         for bad in ["", ".", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a/", "a\nb"]:
