@@ -50,11 +50,16 @@ const (
 	// DownloadIdleTimeout is how long a download may go without a byte
 	// before it is abandoned.
 	DownloadIdleTimeout = 60 * time.Second
-	// maxManifestBytes caps the manifest.json of a trimmed result read into
-	// memory (a manifest of 10,000 long-named outputs is about 10 MB).
-	maxManifestBytes = 256 << 20
 	// tempPrefix starts the name of a file being downloaded.
 	tempPrefix = ".sandq-download-"
+)
+
+// The limits above and below as Download applies them: tests lower them.
+var (
+	downloadIdle = DownloadIdleTimeout
+	// maxManifestBytes caps the manifest.json of a trimmed result read into
+	// memory (a manifest of 10,000 long-named outputs is about 10 MB).
+	maxManifestBytes int64 = 256 << 20
 )
 
 // DownloadOptions says what Download fetches.
@@ -373,8 +378,8 @@ func makeParents(root *os.Root, p string) error {
 func fetchInto(ctx context.Context, hc *http.Client, d download, w io.Writer) (int64, string, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	idle := time.AfterFunc(DownloadIdleTimeout, func() {
-		cancel(fmt.Errorf("nothing received for %s", DownloadIdleTimeout))
+	idle := time.AfterFunc(downloadIdle, func() {
+		cancel(fmt.Errorf("nothing received for %s", downloadIdle))
 	})
 	defer idle.Stop()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.url, nil)
@@ -450,7 +455,7 @@ type idleReader struct {
 func (r *idleReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	if n > 0 {
-		r.t.Reset(DownloadIdleTimeout)
+		r.t.Reset(downloadIdle)
 	}
 	return n, err
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -258,6 +259,46 @@ func TestDownloadDroppedConnectionLeavesNothing(t *testing.T) {
 	}
 }
 
+// A body that stops sending is given up after the idle timeout (lowered
+// here from a minute to 300 ms), naming the file; one that goes on slowly,
+// a byte every 100 ms, is not.
+func TestDownloadIdleBodyIsGivenUp(t *testing.T) {
+	defer func(d time.Duration) { downloadIdle = d }(downloadIdle)
+	downloadIdle = 300 * time.Millisecond
+	release := make(chan struct{})
+	defer close(release)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "6")
+		for i := range 6 {
+			if r.URL.Path == "/stalls" && i == 3 {
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+				return
+			}
+			w.Write([]byte("x"))
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}))
+	defer srv.Close()
+	six := []byte("xxxxxx")
+	res := &Result{ID: "j1", Outputs: []OutputDoc{{Path: "slow.txt", Size: 6, SHA256: sum(six), URL: srv.URL + "/slow"}}}
+	dir := t.TempDir()
+	if _, err := Download(context.Background(), nil, res, dir, DownloadOptions{}); err != nil {
+		t.Fatalf("a slow body: %v", err)
+	}
+	res.Outputs[0] = OutputDoc{Path: "stalled.txt", Size: 6, SHA256: sum(six), URL: srv.URL + "/stalls"}
+	_, err := Download(context.Background(), nil, res, dir, DownloadOptions{})
+	if err == nil || !strings.Contains(err.Error(), `"stalled.txt"`) || !strings.Contains(err.Error(), "nothing received for 300ms") {
+		t.Fatalf("a stalled body: %v, want it given up naming the file and the timeout", err)
+	}
+	if l := listDir(t, dir); strings.Join(l, " ") != "slow.txt" {
+		t.Errorf("dir holds %q", l)
+	}
+}
+
 func TestDownloadExpiredLinks(t *testing.T) {
 	content := []byte("x")
 	s := newObjectServer(t, map[string][]byte{"k": content})
@@ -335,6 +376,14 @@ func TestDownloadTrimmedResultReadsTheManifest(t *testing.T) {
 	if l := listDir(t, dir); strings.Join(l, " ") != "a.txt b.txt" {
 		t.Errorf("dir holds %q", l)
 	}
+	// A manifest over the cap is refused without being read whole.
+	defer func(n int64) { maxManifestBytes = n }(maxManifestBytes)
+	maxManifestBytes = int64(len(mb)) - 1
+	want := fmt.Sprintf("%d bytes received, the result says 0 to %d", len(mb), len(mb)-1)
+	if _, err := Download(context.Background(), nil, res, t.TempDir(), DownloadOptions{}); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("a manifest over the cap: %v, want %q", err, want)
+	}
+	maxManifestBytes = int64(len(mb))
 	// Another job's manifest is refused.
 	m.ID = "j2"
 	s.files["manifest"], _ = json.Marshal(m)
