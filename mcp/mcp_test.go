@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/auth"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sandq/sandq/api"
@@ -119,5 +120,35 @@ func TestCallsOverHTTPNeverGetTheDirectProducer(t *testing.T) {
 	}
 	if _, err := s.backendOf(t.Context(), &sdk.CallToolRequest{Extra: &sdk.RequestExtra{}}); err == nil {
 		t.Error("HTTP with no token info: no error")
+	}
+}
+
+// The log of run_code names the tenant the backend submits as: the
+// Submission the tool builds never carries it (the tenant's backend sets
+// it on its own copy).
+func TestBackendNamesItsTenant(t *testing.T) {
+	tok, entry, err := api.NewToken("t1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &api.AuthConfig{Tenants: map[string]api.Tenant{"t1": {Queues: []string{"*"}}}, Tokens: []api.TokenEntry{entry}}
+	if err := a.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, ok := a.LookupToken(tok)
+	if !ok {
+		t.Fatal("token not found")
+	}
+	s := testServer(t, a)
+	s.Handler()
+	b, err := s.backendOf(t.Context(), &sdk.CallToolRequest{Extra: &sdk.RequestExtra{TokenInfo: &auth.TokenInfo{Extra: map[string]any{principalKey: p}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tenantOf(b); got != "t1" {
+		t.Errorf("tenant over HTTP: %q, want t1", got)
+	}
+	if got := tenantOf(s.cfg.Client); got != "" {
+		t.Errorf("tenant of the direct producer: %q, want none", got)
 	}
 }
