@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -60,6 +61,18 @@ func TestSubmissionRefusesBadArguments(t *testing.T) {
 	if sub.Script.Name != "main.js" || sub.Runtime != jobs.RuntimeNode || sub.Queue != "default" || sub.Limits.TimeoutSeconds != 5 ||
 		len(sub.Inputs) != 2 || sub.Inputs[1].Size != 2 || sub.InputsFrom[0] != (jobs.InputFrom{Job: "j", Glob: "*.png"}) {
 		t.Errorf("submission %+v", sub)
+	}
+}
+
+// run_job_status waits at most a minute: a longer (or negative) wait is
+// refused before any Redis is asked (this one's would never answer).
+func TestJobStatusRefusesWaitOutOfRange(t *testing.T) {
+	s := testServer(t, nil)
+	for _, w := range []float64{60.5, 3600, -1} {
+		_, _, err := s.jobStatus(t.Context(), &sdk.CallToolRequest{}, JobIDInput{JobID: jobs.NewJobID(), WaitSeconds: w})
+		if want := fmt.Sprintf("wait_seconds: %g is not from 0 to 60", w); err == nil || err.Error() != want {
+			t.Errorf("wait_seconds %g: %v, want %q", w, err, want)
+		}
 	}
 }
 
