@@ -165,3 +165,36 @@ func TestBackendNamesItsTenant(t *testing.T) {
 		t.Errorf("tenant of the direct producer: %q, want none", got)
 	}
 }
+
+// A trimmed result lists fewer outputs than the job wrote: the summary
+// says how many are not listed, and links the manifest that has them all.
+func TestRenderSaysOutputsWereTrimmed(t *testing.T) {
+	s := testServer(t, nil)
+	exp := time.Date(2030, 1, 2, 3, 4, 0, 0, time.UTC)
+	r := &jobs.Result{ID: "j1", Status: jobs.StatusSucceeded, Outputs: []jobs.OutputDoc{
+		{Path: "a.bin", Size: 1, ContentType: "application/octet-stream", URL: "https://store/a", ExpiresAt: exp},
+	}}
+	text := func() string {
+		t.Helper()
+		res, out, err := s.render(t.Context(), &jobs.JobStatus{ID: "j1", State: jobs.StateDone, Result: r})
+		if err != nil || len(out.Outputs) != 1 || out.Outputs[0].Returned != "link" {
+			t.Fatalf("render: %v, %+v", err, out)
+		}
+		return res.Content[0].(*sdk.TextContent).Text
+	}
+	if got := text(); strings.Contains(got, "not listed") {
+		t.Errorf("untrimmed result:\n%s", got)
+	}
+	r.Trimmed = &jobs.TrimmedDoc{MaxBytes: 64 << 10, Outputs: 4, Manifest: &jobs.ManifestRef{URL: "https://store/manifest.json", ExpiresAt: exp}}
+	if got, want := text(), "4 more outputs are not listed: the result was trimmed to the worker's cap of 64KiB; its manifest lists them all: https://store/manifest.json (the link expires 2030-01-02 03:04 UTC).\n"; !strings.HasSuffix(got, want) {
+		t.Errorf("trimmed result:\n%s\nwant it to end %q", got, want)
+	}
+	r.Trimmed = &jobs.TrimmedDoc{MaxBytes: 64 << 10, Outputs: 1}
+	if got, want := text(), "1 more output is not listed: the result was trimmed to the worker's cap of 64KiB.\n"; !strings.HasSuffix(got, want) {
+		t.Errorf("trimmed result without a manifest:\n%s\nwant it to end %q", got, want)
+	}
+	r.Trimmed = &jobs.TrimmedDoc{MaxBytes: 64 << 10, EgressRequests: 5}
+	if got := text(); strings.Contains(got, "not listed") {
+		t.Errorf("result trimmed of egress requests only:\n%s", got)
+	}
+}
