@@ -54,6 +54,15 @@ type tenantBackend struct {
 	view jobs.TenantJobs
 }
 
+// tenantOf is the tenant a backend submits as; empty for the direct
+// producer, which has none.
+func tenantOf(b backend) string {
+	if t, ok := b.(tenantBackend); ok {
+		return t.p.Tenant()
+	}
+	return ""
+}
+
 func (t tenantBackend) Enqueue(ctx context.Context, sub jobs.Submission) (*jobs.Enqueued, error) {
 	if !t.p.MayUse(sub.Queue) {
 		return nil, &jobs.FieldError{Field: "queue", Msg: fmt.Sprintf("tenant %s may not use queue %q", t.p.Tenant(), sub.Queue)}

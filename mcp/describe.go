@@ -3,7 +3,6 @@ package mcp
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -125,10 +124,8 @@ func (sb *Sandbox) networkText() string {
 	if len(n.Default) > 0 {
 		fmt.Fprintf(&b, "; \"default\" is %s", strings.Join(n.Default, ", "))
 	}
-	ports := slices.Clone(n.Ports)
-	if len(ports) == 0 {
-		ports = []int{80, 443}
-	}
-	fmt.Fprintf(&b, ". Ports %s. Any other host is refused, and the result lists the refusals.", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(ports)), ", "), "[]"))
+	// Ports is never empty: workers publish their policy with its defaults
+	// filled (jobs.EgressConfig.WithDefaults).
+	fmt.Fprintf(&b, ". Ports %s. Any other host is refused, and the result lists the refusals.", strings.Trim(strings.Join(strings.Fields(fmt.Sprint(n.Ports)), ", "), "[]"))
 	return b.String()
 }

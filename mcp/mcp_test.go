@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/auth"
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/sandq/sandq/api"
@@ -59,6 +61,18 @@ func TestSubmissionRefusesBadArguments(t *testing.T) {
 	if sub.Script.Name != "main.js" || sub.Runtime != jobs.RuntimeNode || sub.Queue != "default" || sub.Limits.TimeoutSeconds != 5 ||
 		len(sub.Inputs) != 2 || sub.Inputs[1].Size != 2 || sub.InputsFrom[0] != (jobs.InputFrom{Job: "j", Glob: "*.png"}) {
 		t.Errorf("submission %+v", sub)
+	}
+}
+
+// run_job_status waits at most a minute: a longer (or negative) wait is
+// refused before any Redis is asked (this one's would never answer).
+func TestJobStatusRefusesWaitOutOfRange(t *testing.T) {
+	s := testServer(t, nil)
+	for _, w := range []float64{60.5, 3600, -1} {
+		_, _, err := s.jobStatus(t.Context(), &sdk.CallToolRequest{}, JobIDInput{JobID: jobs.NewJobID(), WaitSeconds: w})
+		if want := fmt.Sprintf("wait_seconds: %g is not from 0 to 60", w); err == nil || err.Error() != want {
+			t.Errorf("wait_seconds %g: %v, want %q", w, err, want)
+		}
 	}
 }
 
@@ -119,5 +133,68 @@ func TestCallsOverHTTPNeverGetTheDirectProducer(t *testing.T) {
 	}
 	if _, err := s.backendOf(t.Context(), &sdk.CallToolRequest{Extra: &sdk.RequestExtra{}}); err == nil {
 		t.Error("HTTP with no token info: no error")
+	}
+}
+
+// The log of run_code names the tenant the backend submits as: the
+// Submission the tool builds never carries it (the tenant's backend sets
+// it on its own copy).
+func TestBackendNamesItsTenant(t *testing.T) {
+	tok, entry, err := api.NewToken("t1", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &api.AuthConfig{Tenants: map[string]api.Tenant{"t1": {Queues: []string{"*"}}}, Tokens: []api.TokenEntry{entry}}
+	if err := a.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p, ok := a.LookupToken(tok)
+	if !ok {
+		t.Fatal("token not found")
+	}
+	s := testServer(t, a)
+	s.Handler()
+	b, err := s.backendOf(t.Context(), &sdk.CallToolRequest{Extra: &sdk.RequestExtra{TokenInfo: &auth.TokenInfo{Extra: map[string]any{principalKey: p}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tenantOf(b); got != "t1" {
+		t.Errorf("tenant over HTTP: %q, want t1", got)
+	}
+	if got := tenantOf(s.cfg.Client); got != "" {
+		t.Errorf("tenant of the direct producer: %q, want none", got)
+	}
+}
+
+// A trimmed result lists fewer outputs than the job wrote: the summary
+// says how many are not listed, and links the manifest that has them all.
+func TestRenderSaysOutputsWereTrimmed(t *testing.T) {
+	s := testServer(t, nil)
+	exp := time.Date(2030, 1, 2, 3, 4, 0, 0, time.UTC)
+	r := &jobs.Result{ID: "j1", Status: jobs.StatusSucceeded, Outputs: []jobs.OutputDoc{
+		{Path: "a.bin", Size: 1, ContentType: "application/octet-stream", URL: "https://store/a", ExpiresAt: exp},
+	}}
+	text := func() string {
+		t.Helper()
+		res, out, err := s.render(t.Context(), &jobs.JobStatus{ID: "j1", State: jobs.StateDone, Result: r})
+		if err != nil || len(out.Outputs) != 1 || out.Outputs[0].Returned != "link" {
+			t.Fatalf("render: %v, %+v", err, out)
+		}
+		return res.Content[0].(*sdk.TextContent).Text
+	}
+	if got := text(); strings.Contains(got, "not listed") {
+		t.Errorf("untrimmed result:\n%s", got)
+	}
+	r.Trimmed = &jobs.TrimmedDoc{MaxBytes: 64 << 10, Outputs: 4, Manifest: &jobs.ManifestRef{URL: "https://store/manifest.json", ExpiresAt: exp}}
+	if got, want := text(), "4 more outputs are not listed: the result was trimmed to the worker's cap of 64KiB; its manifest lists them all: https://store/manifest.json (the link expires 2030-01-02 03:04 UTC).\n"; !strings.HasSuffix(got, want) {
+		t.Errorf("trimmed result:\n%s\nwant it to end %q", got, want)
+	}
+	r.Trimmed = &jobs.TrimmedDoc{MaxBytes: 64 << 10, Outputs: 1}
+	if got, want := text(), "1 more output is not listed: the result was trimmed to the worker's cap of 64KiB.\n"; !strings.HasSuffix(got, want) {
+		t.Errorf("trimmed result without a manifest:\n%s\nwant it to end %q", got, want)
+	}
+	r.Trimmed = &jobs.TrimmedDoc{MaxBytes: 64 << 10, EgressRequests: 5}
+	if got := text(); strings.Contains(got, "not listed") {
+		t.Errorf("result trimmed of egress requests only:\n%s", got)
 	}
 }

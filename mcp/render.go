@@ -114,7 +114,7 @@ func (s *Server) inline(ctx context.Context, o jobs.OutputDoc, ct string) sdk.Co
 	if isImage {
 		limit = s.cfg.MaxImageBytes
 	}
-	if o.Size > limit || (!isImage && !textType(ct, o.Path)) {
+	if o.Size > limit || (!isImage && !textType(ct)) {
 		return nil
 	}
 	b, err := s.cfg.Client.Store().Read(ctx, o.Key, limit)
@@ -136,7 +136,7 @@ func (s *Server) inline(ctx context.Context, o jobs.OutputDoc, ct string) sdk.Co
 }
 
 // textType reports whether an output is text by its content type.
-func textType(ct, path string) bool {
+func textType(ct string) bool {
 	switch {
 	case strings.HasPrefix(ct, "text/"):
 		return true
@@ -196,6 +196,17 @@ func summary(out *JobOutput, r *jobs.Result) string {
 			fmt.Fprintf(&b, " %s (%d bytes, %s)", o.Path, o.Size, o.Returned)
 		}
 		b.WriteString("\n")
+	}
+	if t := r.Trimmed; t != nil && t.Outputs > 0 {
+		n := fmt.Sprintf("%d more outputs are", t.Outputs)
+		if t.Outputs == 1 {
+			n = "1 more output is"
+		}
+		fmt.Fprintf(&b, "%s not listed: the result was trimmed to the worker's cap of %s", n, jobs.FormatSize(t.MaxBytes))
+		if t.Manifest != nil {
+			fmt.Fprintf(&b, "; its manifest lists them all: %s (the link expires %s)", t.Manifest.URL, t.Manifest.ExpiresAt.UTC().Format("2006-01-02 15:04 MST"))
+		}
+		b.WriteString(".\n")
 	}
 	return b.String()
 }

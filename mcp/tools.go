@@ -69,7 +69,7 @@ func (s *Server) runCode(ctx context.Context, req *sdk.CallToolRequest, in RunCo
 	if err != nil {
 		return nil, nil, explain(err)
 	}
-	s.logger.Info("run_code job enqueued", "job_id", enq.ID, "queue", enq.Queue, "tenant", sub.Tenant)
+	s.logger.Info("run_code job enqueued", "job_id", enq.ID, "queue", enq.Queue, "tenant", tenantOf(b))
 	return s.await(ctx, b, enq.ID, s.cfg.MaxWait)
 }
 

@@ -14,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,7 @@ import (
 
 	"github.com/sandq/sandq/internal/bytesize"
 	"github.com/sandq/sandq/internal/testenv"
+	"github.com/sandq/sandq/jobs"
 )
 
 const chart = "sandq"
@@ -677,6 +679,9 @@ func TestTemplateDefault(t *testing.T) {
 		}
 	}
 
+	checkLimitsAreSandqDefaults(t, "API", ae)
+	checkLimitsAreSandqDefaults(t, "worker", we)
+
 	// The configs are the documented defaults, as JSON sandq reads.
 	var egress struct {
 		Queues map[string]struct{ Max, Default []string }
@@ -693,6 +698,53 @@ func TestTemplateDefault(t *testing.T) {
 	s := f.secrets["sq-sandq-credentials"]
 	if s == nil || s.StringData["redis-password"] != "redis-secret" || s.StringData["s3-worker-secret-key"] != "worker-secret" {
 		t.Errorf("the credentials Secret lacks the values given: %+v", s)
+	}
+}
+
+// checkLimitsAreSandqDefaults checks that the chart's limits, which it
+// always sets, are sandq's own defaults (jobs/defaults.go) as the CLI
+// parses them, so that a default changed in one place and not the other
+// fails here. maxCpus is the documented exception (docs/kubernetes.md):
+// sandq's default is the host's CPUs, which the API server cannot see.
+// A limit the chart renders and this does not know fails too.
+func checkLimitsAreSandqDefaults(t *testing.T, who string, e map[string]string) {
+	t.Helper()
+	dur := func(v string) (any, error) { return time.ParseDuration(v) }
+	size := func(v string) (any, error) { return jobs.ParseSize(v) }
+	cpus := func(v string) (any, error) { return jobs.ParseCPUs(v) }
+	count := func(v string) (any, error) { return strconv.Atoi(v) }
+	want := map[string]struct {
+		parse func(string) (any, error)
+		def   any
+	}{
+		"SANDQ_DEFAULT_TIMEOUT":  {dur, jobs.DefaultTimeout},
+		"SANDQ_MAX_TIMEOUT":      {dur, jobs.DefaultMaxTimeout},
+		"SANDQ_DEFAULT_MEMORY":   {size, int64(jobs.DefaultMemory)},
+		"SANDQ_MAX_MEMORY":       {size, int64(jobs.DefaultMaxMemory)},
+		"SANDQ_DEFAULT_DISK":     {size, int64(jobs.DefaultDisk)},
+		"SANDQ_MAX_DISK":         {size, int64(jobs.DefaultMaxDisk)},
+		"SANDQ_DEFAULT_CPUS":     {cpus, jobs.DefaultCPUs},
+		"SANDQ_MAX_CPUS":         {cpus, 4.0}, // the chart's own: docs/kubernetes.md
+		"SANDQ_MAX_RETRY":        {count, jobs.DefaultMaxRetry},
+		"SANDQ_RESULT_RETENTION": {dur, jobs.DefaultResultRetention},
+		"SANDQ_LINK_EXPIRY":      {dur, jobs.DefaultLinkExpiry},
+	}
+	for name, w := range want {
+		v, ok := e[name]
+		if !ok {
+			t.Errorf("%s: %s not set", who, name)
+			continue
+		}
+		if got, err := w.parse(v); err != nil {
+			t.Errorf("%s: %s=%q: %v", who, name, v, err)
+		} else if got != w.def {
+			t.Errorf("%s: %s=%q is %v, not the default %v (jobs/defaults.go; maxCpus: docs/kubernetes.md)", who, name, v, got, w.def)
+		}
+	}
+	for name := range e {
+		if _, ok := want[name]; !ok && regexp.MustCompile(`^SANDQ_(DEFAULT|MAX)_|^SANDQ_(RESULT_RETENTION|LINK_EXPIRY)$`).MatchString(name) {
+			t.Errorf("%s: %s is rendered, and this test does not check it against sandq's default", who, name)
+		}
 	}
 }
 
