@@ -194,6 +194,10 @@ func (c *AuthConfig) authenticate(r *http.Request, basic bool) (*principal, erro
 }
 
 // mayUse reports whether the tenant may submit to queue.
+// maxOpen is the cap of the tenant's unfinished jobs (0: none), as
+// jobs.Submission.MaxOpen takes it.
+func (p *principal) maxOpen() int { return max(p.t.MaxPending, 0) }
+
 func (p *principal) mayUse(queue string) bool {
 	return slices.Contains(p.t.Queues, "*") || slices.Contains(p.t.Queues, queue)
 }

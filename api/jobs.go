@@ -76,7 +76,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p *principal) {
 		sub := jobs.Submission{
 			Runtime: spec.Runtime, Args: spec.Args, Env: spec.Env, Limits: spec.Limits, Network: spec.Network,
 			Webhook: spec.Webhook, Queue: spec.Queue, IdempotencyKey: spec.IdempotencyKey, Image: spec.Image,
-			Tenant: p.tenant, MaxOpen: max(p.t.MaxPending, 0),
+			Tenant: p.tenant, MaxOpen: p.maxOpen(),
 		}
 		if sub.Queue == "" {
 			sub.Queue = s.jobs.Queue

@@ -33,7 +33,7 @@ func (p Principal) MayUse(queue string) bool { return p.p.mayUse(queue) }
 
 // MaxOpen is the cap of the tenant's unfinished jobs (0: none), as
 // jobs.Submission.MaxOpen takes it.
-func (p Principal) MaxOpen() int { return max(p.p.t.MaxPending, 0) }
+func (p Principal) MaxOpen() int { return p.p.maxOpen() }
 
 // Allow takes one request from the tenant's rate budget, shared with the
 // API in Redis; when none is left it returns how long until there is.
